@@ -1,0 +1,63 @@
+# ngx_http_websocket_module: build, run and test.
+#
+#   make          build nginx (vendored source) and the module
+#   make run      build, then serve conf/nginx.conf on 127.0.0.1:8080
+#   make test     install what is missing (as root), then run every test
+#   make -s paths print the nginx binary and module paths
+
+CARGO    ?= cargo
+PROFILE  ?= release
+TARGET   := $(CURDIR)/target/$(PROFILE)
+MODULE   := $(TARGET)/ngx_http_websocket_module.so
+RUN_DIR  := $(CURDIR)/target/run
+
+APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl
+PY_PACKAGES  := websockets
+
+.PHONY: all build run test unit integration deps paths clippy clean
+
+all: build
+
+build:
+	$(CARGO) build --profile $(PROFILE) --locked
+	cp -f $(TARGET)/libngx_http_websocket_module.so $(MODULE)
+
+paths:
+	@test -f $(MODULE) -a -f $(TARGET)/nginx-path || $(MAKE) --no-print-directory build >&2
+	@echo "nginx=$$(cat $(TARGET)/nginx-path)"
+	@echo "module=$(MODULE)"
+
+run: build
+	@mkdir -p $(RUN_DIR)/logs $(RUN_DIR)/modules
+	@ln -sfn $(MODULE) $(RUN_DIR)/modules/ngx_http_websocket_module.so
+	@ln -sfn $(CURDIR)/conf/html $(RUN_DIR)/html
+	@echo "echo:   ws://127.0.0.1:8080/echo"
+	@echo "demo:   http://127.0.0.1:8080/"
+	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
+	exec $$(cat $(TARGET)/nginx-path) -p $(RUN_DIR)/ -e $(RUN_DIR)/logs/error.log \
+		-c $(CURDIR)/conf/nginx.conf -g 'daemon off;'
+
+# Installs the system packages the build and the tests need, when missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root)"; exit 1; fi; \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+
+unit:
+	$(CARGO) test --profile $(PROFILE) --locked --lib
+
+integration: build
+	prove -r nginx-tests/
+
+test: deps build unit integration
+
+clippy:
+	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,280 @@
+#!/usr/bin/perl
+# websocket_echo: messages come back unchanged (content, type), unmasked;
+# ping -> pong; close is answered and the TCP connection closed; large
+# messages and a slow reader.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use WsNginx;
+use WsClient qw(build_frame);
+
+my $t = WsNginx->new(conf => <<'EOF_CONF');
+server {
+    listen 127.0.0.1:%%PORT_0%%;
+
+    location /ws {
+        websocket_echo;
+    }
+
+    location /big {
+        websocket_echo;
+        websocket_max_payload_len 2m;
+    }
+
+    location /masked {
+        websocket_echo;
+        websocket_send_masked on;
+    }
+}
+
+# A tiny socket send buffer, so that a slow reader really makes the
+# server's writes return EAGAIN.
+server {
+    listen 127.0.0.1:%%PORT_1%% sndbuf=8k;
+
+    location /big {
+        websocket_echo;
+        websocket_max_payload_len 2m;
+    }
+}
+EOF_CONF
+$t->start;
+my $port = $t->port(0);
+
+sub ws {
+    my $path = shift // '/ws';
+    my $ws = WsClient->connect(port => $port, path => $path, @_);
+    die "handshake to $path failed: " . ($ws->status // 'none') . "\n" unless ($ws->status // 0) == 101;
+    return $ws;
+}
+
+# Sends close 1000 and expects the close echo and EOF.
+sub bye {
+    my ($ws, $name) = @_;
+    $ws->send_close(1000);
+    my ($code) = $ws->recv_close(timeout => 3);
+    is($code, 1000, "$name: close answered");
+    ok($ws->wait_eof(3), "$name: TCP closed after close");
+}
+
+sub echo_ok {
+    my ($ws, $opcode, $payload, $name) = @_;
+    $ws->send_frame(opcode => $opcode, payload => $payload);
+    my $m = $ws->recv_message(timeout => 5);
+    ok($m, "$name: reply received") or return;
+    is($m->{opcode}, $opcode, "$name: same opcode");
+    ok($m->{payload} eq $payload, "$name: same payload (" . length($payload) . " bytes)")
+        or diag "got " . length($m->{payload}) . " bytes";
+    is($m->{masked}, 0, "$name: reply is not masked");
+    is($m->{rsv}, 0, "$name: reply has no RSV bits");
+}
+
+# --- simple messages --------------------------------------------------------
+{
+    my $ws = ws();
+    echo_ok($ws, 1, 'hello', 'text');
+    echo_ok($ws, 2, join('', map { chr } 0 .. 255), 'binary, all byte values');
+    echo_ok($ws, 1, '', 'empty text');
+    echo_ok($ws, 2, '', 'empty binary');
+    echo_ok($ws, 1, 'x' x 125, 'text of 125 bytes (7-bit length)');
+    echo_ok($ws, 1, 'y' x 126, 'text of 126 bytes (16-bit length)');
+    echo_ok($ws, 2, "\0" x 65535, 'binary of 65535 bytes (the default limit)');
+    my $utf8 = "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93 \xf0\x9f\x98\x80";    # héllo wörld ✓ 😀
+    echo_ok($ws, 1, $utf8, 'UTF-8 text');
+    bye($ws, 'simple');
+}
+
+# --- several messages in one write come back in order ----------------------
+{
+    my $ws = ws();
+    $ws->send_raw(join '', map { build_frame(opcode => 1, payload => "msg-$_") } 1 .. 20);
+    my @got;
+    for (1 .. 20) {
+        my $m = $ws->recv_message(timeout => 3) or last;
+        push @got, $m->{payload};
+    }
+    is_deeply(\@got, [ map { "msg-$_" } 1 .. 20 ], 'pipelined messages echoed in order');
+    bye($ws, 'pipelined');
+}
+
+# --- fragmented messages ----------------------------------------------------
+{
+    my $ws = ws();
+    $ws->send_frame(fin => 0, opcode => 1, payload => 'frag-');
+    $ws->send_frame(fin => 0, opcode => 0, payload => 'ment-');
+    $ws->send_frame(fin => 1, opcode => 0, payload => 'ed');
+    my $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{opcode}, 1, 'fragmented text: opcode text');
+    is($m && $m->{payload}, 'frag-ment-ed', 'fragmented text: content reassembled');
+
+    # a multi-byte character split across fragments is valid UTF-8
+    $ws->send_frame(fin => 0, opcode => 1, payload => "euro \xe2");
+    $ws->send_frame(fin => 0, opcode => 0, payload => "\x82");
+    $ws->send_frame(fin => 1, opcode => 0, payload => "\xac!");
+    $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{payload}, "euro \xe2\x82\xac!", 'UTF-8 character split across fragments accepted');
+
+    my $bin = join '', map { chr($_ % 256) } 1 .. 3000;
+    $ws->send_frame(fin => 0, opcode => 2, payload => substr($bin, 0, 1000));
+    $ws->send_frame(fin => 1, opcode => 0, payload => substr($bin, 1000));
+    $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{opcode}, 2, 'fragmented binary: opcode binary');
+    ok($m && $m->{payload} eq $bin, 'fragmented binary: content reassembled');
+
+    # a ping between fragments is answered at once, before the message ends
+    $ws->send_frame(fin => 0, opcode => 1, payload => 'before ');
+    $ws->send_ping('mid');
+    my ($pong, @data);
+    while (my $f = $ws->recv_frame(timeout => 3)) {
+        if ($f->{opcode} == 10) { $pong = $f; last }
+        push @data, $f;
+    }
+    ok($pong, 'ping inside a fragmented message: pong before the message is finished');
+    is($pong && $pong->{payload}, 'mid', '... with the ping payload');
+    $ws->send_frame(fin => 1, opcode => 0, payload => 'after');
+    my $text = join '', map { $_->{payload} } @data;
+    my $done = grep { $_->{fin} } @data;
+    until ($done) {
+        my $f = $ws->recv_frame(timeout => 3) or last;
+        $text .= $f->{payload};
+        $done = $f->{fin};
+    }
+    is($text, 'before after', '... and the message is echoed whole afterwards');
+    bye($ws, 'fragmented');
+}
+
+# --- a frame dribbled in a few bytes at a time (partial reads) ---------------------
+{
+    my $ws = ws();
+    my $payload = join '', map { chr(65 + $_ % 26) } 1 .. 1000;
+    my $frame = build_frame(opcode => 1, payload => $payload);
+    my $pos = 0;
+    my $step = 1;
+    while ($pos < length $frame) {
+        $ws->send_raw(substr($frame, $pos, $step));
+        $pos += $step;
+        $step = $pos < 10 ? 1 : 97;
+        Time::HiRes::sleep(0.005);
+    }
+    my $m = $ws->recv_message(timeout => 3);
+    ok($m && $m->{payload} eq $payload, 'frame sent in small pieces: echoed intact');
+    bye($ws, 'dribbled');
+}
+
+# --- ping / pong --------------------------------------------------------------
+{
+    my $ws = ws();
+    $ws->send_ping('are you there?');
+    my $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{opcode}, 10, 'ping answered with pong');
+    is($f && $f->{payload}, 'are you there?', 'pong carries the ping payload');
+    is($f && $f->{masked}, 0, 'pong is not masked');
+
+    $ws->send_ping('');
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{opcode}, 10, 'empty ping answered');
+    is($f && $f->{payload}, '', 'empty pong');
+
+    $ws->send_ping('z' x 125);
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{payload}, 'z' x 125, 'ping with a 125-byte payload answered');
+
+    # an unsolicited pong is ignored
+    $ws->send_pong('unsolicited');
+    $ws->send_text('next');
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{opcode}, 1, 'unsolicited pong ignored: next frame is the text echo');
+    is($f && $f->{payload}, 'next', '... with its payload');
+    bye($ws, 'ping');
+}
+
+# --- close ----------------------------------------------------------------------
+for my $code (1000, 1001, 3000, 4000, 4999) {
+    my $ws = ws();
+    $ws->send_close($code, "reason $code");
+    my ($got, $reason) = $ws->recv_close(timeout => 3);
+    is($got, $code, "close $code echoed");
+    is($ws->{close_frame} && $ws->{close_frame}{masked}, 0, "close $code: reply not masked");
+    ok($ws->wait_eof(3), "close $code: TCP closed");
+}
+{
+    my $ws = ws();
+    $ws->send_close;
+    my ($got, $reason) = $ws->recv_close(timeout => 3);
+    ok($ws->{close_frame}, 'empty close answered with a close');
+    ok(!defined $got || $got == 1000, 'empty close: reply is empty or 1000')
+        or diag "got $got";
+    ok($ws->wait_eof(3), 'empty close: TCP closed');
+}
+{
+    my $ws = ws();
+    $ws->send_text('last words');
+    $ws->send_close(1000);
+    my $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{payload}, 'last words', 'message before close is still echoed');
+    my ($got) = $ws->recv_close(timeout => 3);
+    is($got, 1000, '... then the close');
+    ok($ws->wait_eof(3), '... then EOF');
+}
+
+# --- server-side masking -----------------------------------------------------------
+{
+    my $ws = ws('/masked');
+    $ws->send_text('mask me');
+    my $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{masked}, 1, 'websocket_send_masked on: reply is masked');
+    is($f && $f->{payload}, 'mask me', 'websocket_send_masked on: payload intact');
+    bye($ws, 'masked');
+}
+
+# --- 1 MiB messages with websocket_max_payload_len 2m --------------------------
+my $MiB = 1024 * 1024;
+my $bin = '';
+{
+    my $block = join '', map { chr int rand 256 } 1 .. 4096;
+    $bin .= $block ^ (chr($_ % 256) x 4096) for 1 .. 256;
+}
+my $text = '';
+{
+    my $unit = "h\xc3\xa9llo w\xc3\xb6rld \xe2\x9c\x93 \xf0\x9f\x98\x80 ";    # 24 bytes
+    $text = $unit x int($MiB / length $unit);
+    $text .= 'a' x ($MiB - length $text);
+}
+is(length $bin, $MiB, 'test data: 1 MiB binary');
+is(length $text, $MiB, 'test data: 1 MiB text');
+
+{
+    my $ws = ws('/big');
+    echo_ok($ws, 2, $bin, '1 MiB binary');
+    echo_ok($ws, 1, $text, '1 MiB UTF-8 text');
+    bye($ws, '1 MiB');
+}
+
+# --- slow reader: the server must cope with a peer that reads slowly -------------
+{
+    my $ws = ws('/big', port => $t->port(1), rcvbuf => 16384);
+    my $t0 = time;
+    ok($ws->send_binary($bin), 'slow reader: 1 MiB sent');
+    $ws->read_slowly(1024, 0.0005);
+    my $m = $ws->recv_message(timeout => 15);
+    $ws->read_slowly(0);
+    ok($m, 'slow reader: message received');
+    is($m && $m->{opcode}, 2, 'slow reader: binary');
+    ok($m && $m->{payload} eq $bin, 'slow reader: 1 MiB intact, read 1 KiB at a time')
+        or diag 'got ' . ($m ? length $m->{payload} : 0) . ' bytes';
+    note sprintf 'slow read took %.2fs', time - $t0;
+
+    # and the session is still fine afterwards
+    echo_ok($ws, 1, 'still here', 'after slow read');
+    bye($ws, 'slow reader');
+}
+
+$t->stop;
+is($t->forced_stop, undef, 'nginx stopped gracefully');
+is_deeply([$t->check_error_log], [], 'no alerts in error.log');
+
+done_testing;

@@ -1,0 +1,332 @@
+//! Directives, the location configuration they fill, and its merge.
+//!
+//! Scalar directives use nginx's own slot setters (sizes `64k`, times `5s`,
+//! `on|off`), so values parse and fail exactly as in nginx's C modules.
+
+use core::ffi::{c_char, c_void};
+use core::ptr;
+
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
+    ngx_conf_t, ngx_flag_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
+    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+};
+use ngx::http::{Merge, MergeConfigError};
+use ngx::ngx_string;
+
+use crate::ngx_io::{conf_args, conf_error, set_content_handler};
+
+const UNSET_SIZE: usize = usize::MAX;
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_FLAG: ngx_flag_t = -1;
+
+/// `websocket_max_payload_len` default: the largest 16-bit frame length.
+pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 65535;
+/// `websocket_timeout` default, milliseconds.
+pub const DEFAULT_TIMEOUT_MS: ngx_msec_t = 60_000;
+
+/// Per-location configuration. `#[repr(C)]` because nginx's slot setters write
+/// the scalar fields through their byte offsets.
+#[repr(C)]
+pub struct LocConf {
+    pub max_payload_len: usize,
+    pub max_recv_len: usize,
+    pub max_send_len: usize,
+    pub timeout: ngx_msec_t,
+    pub send_masked: ngx_flag_t,
+    /// `websocket_protocols`; `None` inherits from the enclosing level.
+    pub protocols: Option<Vec<String>>,
+    /// `websocket_origins`; `None` inherits, and no list means any Origin.
+    pub origins: Option<Vec<Vec<u8>>>,
+    /// Set by `websocket_echo` (location only, never inherited).
+    pub echo: bool,
+}
+
+impl Default for LocConf {
+    fn default() -> Self {
+        LocConf {
+            max_payload_len: UNSET_SIZE,
+            max_recv_len: UNSET_SIZE,
+            max_send_len: UNSET_SIZE,
+            timeout: UNSET_MSEC,
+            send_masked: UNSET_FLAG,
+            protocols: None,
+            origins: None,
+            echo: false,
+        }
+    }
+}
+
+fn merge_value<T: Copy + PartialEq>(conf: &mut T, prev: T, unset: T, default: T) {
+    if *conf == unset {
+        *conf = if prev == unset { default } else { prev };
+    }
+}
+
+impl Merge for LocConf {
+    fn merge(&mut self, prev: &LocConf) -> Result<(), MergeConfigError> {
+        merge_value(
+            &mut self.max_payload_len,
+            prev.max_payload_len,
+            UNSET_SIZE,
+            DEFAULT_MAX_PAYLOAD_LEN,
+        );
+        // recv/send limits stay unset when not configured anywhere, so that they
+        // follow this level's max_payload_len (see `limits`).
+        merge_value(
+            &mut self.max_recv_len,
+            prev.max_recv_len,
+            UNSET_SIZE,
+            UNSET_SIZE,
+        );
+        merge_value(
+            &mut self.max_send_len,
+            prev.max_send_len,
+            UNSET_SIZE,
+            UNSET_SIZE,
+        );
+        merge_value(
+            &mut self.timeout,
+            prev.timeout,
+            UNSET_MSEC,
+            DEFAULT_TIMEOUT_MS,
+        );
+        merge_value(&mut self.send_masked, prev.send_masked, UNSET_FLAG, 0);
+        if self.protocols.is_none() {
+            self.protocols.clone_from(&prev.protocols);
+        }
+        if self.origins.is_none() {
+            self.origins.clone_from(&prev.origins);
+        }
+        Ok(())
+    }
+}
+
+/// Effective limits of a location, after inheritance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_recv_len: u64,
+    pub max_send_len: u64,
+    pub send_masked: bool,
+    pub timeout_ms: ngx_msec_t,
+}
+
+impl LocConf {
+    pub fn limits(&self) -> Limits {
+        let or_payload = |v: usize| {
+            if v == UNSET_SIZE {
+                self.max_payload_len
+            } else {
+                v
+            }
+        };
+        Limits {
+            max_recv_len: or_payload(self.max_recv_len) as u64,
+            max_send_len: or_payload(self.max_send_len) as u64,
+            send_masked: self.send_masked == 1,
+            timeout_ms: self.timeout,
+        }
+    }
+}
+
+const ANY_LEVEL: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+const fn slot(
+    name: ngx_str_t,
+    type_: u32,
+    set: unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char,
+    offset: usize,
+) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset,
+        post: ptr::null_mut(),
+    }
+}
+
+/// The directive table nginx reads; ends with a null command.
+pub static mut COMMANDS: [ngx_command_t; 9] = [
+    slot(
+        ngx_string!("websocket_echo"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        cmd_echo,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_max_payload_len"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        core::mem::offset_of!(LocConf, max_payload_len),
+    ),
+    slot(
+        ngx_string!("websocket_max_recv_len"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        core::mem::offset_of!(LocConf, max_recv_len),
+    ),
+    slot(
+        ngx_string!("websocket_max_send_len"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        core::mem::offset_of!(LocConf, max_send_len),
+    ),
+    slot(
+        ngx_string!("websocket_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, timeout),
+    ),
+    slot(
+        ngx_string!("websocket_send_masked"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        core::mem::offset_of!(LocConf, send_masked),
+    ),
+    slot(
+        ngx_string!("websocket_protocols"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        cmd_protocols,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_origins"),
+        ANY_LEVEL | NGX_CONF_1MORE,
+        cmd_origins,
+        0,
+    ),
+    ngx_command_t::empty(),
+];
+
+/// `websocket_echo;`
+unsafe extern "C" fn cmd_echo(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.echo {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    conf.echo = true;
+    // SAFETY: `cf` is the configuration being parsed, inside a location block.
+    if unsafe { set_content_handler(cf, crate::echo::handler) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+/// `websocket_protocols NAME ...;`
+unsafe extern "C" fn cmd_protocols(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.protocols.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    let mut names = Vec::new();
+    // SAFETY: `cf` is the configuration being parsed.
+    for arg in unsafe { conf_args(cf) } {
+        match core::str::from_utf8(arg) {
+            Ok(name) if is_token(name) => names.push(name.to_owned()),
+            _ => {
+                // SAFETY: as above.
+                unsafe {
+                    conf_error(
+                        cf,
+                        &format!("invalid subprotocol name \"{}\"", arg.escape_ascii()),
+                    )
+                };
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
+    conf.protocols = Some(names);
+    NGX_CONF_OK
+}
+
+/// `websocket_origins ORIGIN ...;`
+unsafe extern "C" fn cmd_origins(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.origins.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf` is the configuration being parsed.
+    let origins = unsafe { conf_args(cf) }.map(<[u8]>::to_vec).collect();
+    conf.origins = Some(origins);
+    NGX_CONF_OK
+}
+
+/// An HTTP token (RFC 7230 tchar), the syntax of a subprotocol name.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recv_and_send_limits_follow_payload_len_unless_set() {
+        let mut outer = LocConf {
+            max_payload_len: 1 << 20,
+            ..LocConf::default()
+        };
+        outer.merge(&LocConf::default()).unwrap();
+        let mut inner = LocConf {
+            max_recv_len: 100,
+            ..LocConf::default()
+        };
+        inner.merge(&outer).unwrap();
+        let l = inner.limits();
+        assert_eq!((l.max_recv_len, l.max_send_len), (100, 1 << 20));
+        assert_eq!(l.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert!(!l.send_masked);
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let mut conf = LocConf::default();
+        conf.merge(&LocConf::default()).unwrap();
+        assert_eq!(conf.limits().max_recv_len, DEFAULT_MAX_PAYLOAD_LEN as u64);
+        assert!(conf.protocols.is_none() && conf.origins.is_none());
+    }
+
+    #[test]
+    fn lists_inherit_only_when_unset() {
+        let outer = LocConf {
+            protocols: Some(vec!["chat".into()]),
+            ..LocConf::default()
+        };
+        let mut inner = LocConf::default();
+        inner.merge(&outer).unwrap();
+        assert_eq!(inner.protocols.as_deref(), Some(&["chat".to_string()][..]));
+        let mut own = LocConf {
+            protocols: Some(vec!["x".into()]),
+            ..LocConf::default()
+        };
+        own.merge(&outer).unwrap();
+        assert_eq!(own.protocols.as_deref(), Some(&["x".to_string()][..]));
+    }
+
+    #[test]
+    fn subprotocol_names_are_tokens() {
+        assert!(is_token("chat.v2"));
+        assert!(!is_token("a b") && !is_token("") && !is_token("a,b"));
+    }
+}

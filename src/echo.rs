@@ -1,0 +1,207 @@
+//! `websocket_echo`: upgrades the request and echoes every message back.
+
+use ngx::ffi::{ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_LOG_INFO};
+use ngx::http::{HttpModule, HttpModuleLocationConf};
+use ngx::ngx_log_error;
+
+use crate::module::Module;
+use crate::ngx_io::{Direction, RequestRef};
+use crate::protocol::close::{GOING_AWAY, NORMAL, TOO_BIG};
+use crate::session::{Received, Role, WebSocket, WsError};
+use crate::upgrade;
+
+/// Per-request state, allocated in the request pool.
+struct EchoSession {
+    ws: WebSocket,
+}
+
+/// How a step of the session ended.
+enum Next {
+    /// Wait for the next event.
+    Wait,
+    /// The session is over; `linger` drains the peer before closing.
+    Finish { linger: bool, error: bool },
+}
+
+/// The content handler nginx calls for a location with `websocket_echo`.
+///
+/// # Safety
+/// Called by nginx with a live request.
+pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx hands a live request to its content handler.
+    let r = unsafe { RequestRef::from_raw(r) };
+    let Some(conf) = Module::location_conf(r) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    let upgraded = match upgrade::accept(r, conf) {
+        Ok(u) => u,
+        Err(rc) => return rc,
+    };
+    let ws = WebSocket::new(
+        r.connection(),
+        Role::Server,
+        conf.limits(),
+        &upgraded.pipelined,
+    );
+    let Some(session) = r.pool_alloc(EchoSession { ws }) else {
+        return NGX_ERROR as ngx_int_t;
+    };
+    r.set_ctx(Module::module(), session.as_ptr().cast());
+    r.set_event_handlers(on_event, on_event);
+    r.hold();
+    let c = r.connection();
+    c.set_log_action(c"serving WebSocket echo");
+    if c.tcp_nodelay().is_err() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    // Run the first step from the event loop, not from inside the content
+    // phase, so every end of the session goes through one path.
+    c.post(Direction::Read);
+    NGX_DONE as ngx_int_t
+}
+
+/// Read and write event handler of an upgraded echo request.
+unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls request event handlers with a live request.
+    let r = unsafe { RequestRef::from_raw(r) };
+    let Some(mut session) = r.ctx::<EchoSession>(Module::module()) else {
+        r.finalize(false, true);
+        return;
+    };
+    // SAFETY: the session lives in the request pool until finalize; nothing
+    // else holds a reference to it during this event.
+    let next = unsafe { session.as_mut() }.step(r);
+    if let Next::Finish { linger, error } = next {
+        r.finalize(linger, error);
+    }
+}
+
+impl EchoSession {
+    fn step(&mut self, r: &mut RequestRef) -> Next {
+        let log = r.log();
+        let c = r.connection();
+        if c.take_timedout(Direction::Write) {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "websocket: client timed out while we were sending"
+            );
+            return Next::Finish {
+                linger: false,
+                error: true,
+            };
+        }
+        if c.take_timedout(Direction::Read) && !self.ws.close_sent() {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "websocket: client idle for too long, closing with {GOING_AWAY}"
+            );
+            let _ = self.ws.send_close(Some(GOING_AWAY), b"idle timeout");
+        }
+        if !self.ws.close_sent() {
+            if let Err(next) = self.echo_received(log) {
+                return next;
+            }
+        }
+        if r.output_pending() {
+            if r.flush_output().is_err() {
+                return Next::Finish {
+                    linger: false,
+                    error: true,
+                };
+            }
+            if r.output_pending() {
+                return self.arm();
+            }
+        }
+        match self.ws.flush() {
+            // When we started the close the client may still be sending:
+            // linger so that its data does not turn our close into a reset.
+            Ok(true) if self.ws.close_sent() => Next::Finish {
+                linger: !self.ws.close_received(),
+                error: false,
+            },
+            Ok(_) => self.arm(),
+            Err(_) => Next::Finish {
+                linger: false,
+                error: true,
+            },
+        }
+    }
+
+    /// Echoes everything that can be read now; stops at a close.
+    fn echo_received(&mut self, log: *mut ngx::ffi::ngx_log_t) -> Result<(), Next> {
+        loop {
+            let received = match self.ws.recv() {
+                Ok(Some(received)) => received,
+                Ok(None) => return Ok(()),
+                Err(WsError::Protocol(e)) => {
+                    let code = e.close_code();
+                    ngx_log_error!(
+                        NGX_LOG_INFO,
+                        log,
+                        "websocket: client sent {e}, closing with {code}"
+                    );
+                    let _ = self.ws.send_close(Some(code), b"");
+                    return Ok(());
+                }
+                Err(WsError::Eof) => {
+                    ngx_log_error!(
+                        NGX_LOG_INFO,
+                        log,
+                        "websocket: client closed the connection without a close frame"
+                    );
+                    return Err(Next::Finish {
+                        linger: false,
+                        error: false,
+                    });
+                }
+                Err(_) => {
+                    return Err(Next::Finish {
+                        linger: false,
+                        error: true,
+                    })
+                }
+            };
+            let sent = match received {
+                Received::Message { opcode, data } => {
+                    let sent = self.ws.send_frame(true, opcode, &data);
+                    self.ws.recycle(data);
+                    sent
+                }
+                Received::Ping(ping) => self.ws.send_pong(ping.payload()),
+                Received::Pong(_) => Ok(()),
+                Received::Close(close) => {
+                    let code = close.map_or(NORMAL, |(code, _)| code);
+                    return self
+                        .ws
+                        .send_close(Some(code), b"")
+                        .map_err(|_| Next::Finish {
+                            linger: false,
+                            error: true,
+                        });
+                }
+            };
+            if let Err(e) = sent {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "websocket: cannot echo: {e}, closing with {TOO_BIG}"
+                );
+                let _ = self.ws.send_close(Some(TOO_BIG), b"");
+                return Ok(());
+            }
+        }
+    }
+
+    fn arm(&self) -> Next {
+        match self.ws.arm(!self.ws.close_sent()) {
+            Ok(()) => Next::Wait,
+            Err(_) => Next::Finish {
+                linger: false,
+                error: true,
+            },
+        }
+    }
+}

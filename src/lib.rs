@@ -1,0 +1,18 @@
+//! ngx_http_websocket_module: an RFC 6455 WebSocket server for nginx.
+//!
+//! Layers, top to bottom (each uses only the ones below it):
+//! - [`module`] and [`config`]: the nginx module, its directives and their merge;
+//! - [`echo`]: the `websocket_echo` content handler;
+//! - [`upgrade`]: the server handshake on an nginx request;
+//! - [`session`]: the WebSocket object (`wb` operations) over an nginx connection;
+//! - [`ngx_io`]: thin wrappers around nginx's request, connection and events, the
+//!   only place that dereferences nginx pointers;
+//! - [`protocol`]: the pure RFC 6455 codec, free of nginx types.
+
+pub mod config;
+pub mod echo;
+pub mod module;
+pub mod ngx_io;
+pub mod protocol;
+pub mod session;
+pub mod upgrade;

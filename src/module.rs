@@ -1,0 +1,52 @@
+//! The `ngx_module_t` that nginx loads, and its HTTP module context.
+
+use core::ptr::addr_of;
+
+use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
+use ngx::http::{HttpModule, HttpModuleLocationConf};
+
+use crate::config::{LocConf, COMMANDS};
+
+/// Marker type that ties the location configuration to the module.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the module static is only written by nginx while loading the
+        // configuration, never while a request runs.
+        unsafe { &*addr_of!(ngx_http_websocket_module) }
+    }
+}
+
+// SAFETY: `LocConf` is the type `create_loc_conf` allocates for this module.
+unsafe impl HttpModuleLocationConf for Module {
+    type LocationConf = LocConf;
+}
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+// Unit-test executables link this crate without nginx around it: they must
+// not keep the module (and through it every nginx symbol) alive.
+#[cfg(all(feature = "export-modules", not(test)))]
+ngx::ngx_modules!(ngx_http_websocket_module);
+
+#[cfg_attr(not(test), used)]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), no_mangle)]
+pub static mut ngx_http_websocket_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as _,
+    // SAFETY: nginx reads the command table through this pointer and never
+    // writes it; the array ends with a null command.
+    commands: unsafe { addr_of!(COMMANDS[0]) as *mut _ },
+    type_: NGX_HTTP_MODULE as _,
+    ..ngx_module_t::default()
+};

@@ -1,0 +1,504 @@
+//! Thin wrappers around nginx's request, connection, event and configuration
+//! objects. This is the only module that dereferences nginx pointers; every
+//! `unsafe` block states why it holds.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::slice;
+
+use foreign_types::{ForeignTypeRef, Opaque};
+use ngx::ffi::{
+    ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t, ngx_create_temp_buf,
+    ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
+    ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
+    ngx_http_send_special, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
+    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH,
+    NGX_LOG_EMERG, NGX_OK,
+};
+use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, NgxHttpCoreModule};
+
+/// An nginx call that failed; nginx has usually logged the cause already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgxError(pub &'static str);
+
+impl core::fmt::Display for NgxError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} failed", self.0)
+    }
+}
+
+impl std::error::Error for NgxError {}
+
+/// Signature of an nginx content handler.
+pub type ContentHandler = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
+/// Signature of a request's read/write event handler.
+pub type RequestEventHandler = unsafe extern "C" fn(*mut ngx_http_request_t);
+
+// ---------------------------------------------------------------- configuration
+
+/// The arguments of the directive being parsed, without the directive name.
+///
+/// # Safety
+/// `cf` must be the configuration nginx is parsing, inside a directive handler.
+pub unsafe fn conf_args<'a>(cf: *mut ngx_conf_t) -> impl Iterator<Item = &'a [u8]> {
+    // SAFETY: during a directive handler `cf->args` is an array of ngx_str_t
+    // whose first element is the directive name.
+    let args: &[ngx_str_t] = unsafe { (*(*cf).args).as_slice() };
+    args.iter().skip(1).map(|s| s.as_bytes())
+}
+
+/// Logs a configuration error with the file and line nginx is at.
+///
+/// # Safety
+/// `cf` must be the configuration nginx is parsing.
+pub unsafe fn conf_error(cf: *mut ngx_conf_t, msg: &str) {
+    // SAFETY: "%*s" consumes exactly a length and a pointer to that many bytes.
+    unsafe {
+        ngx_conf_log_error(
+            NGX_LOG_EMERG as _,
+            cf,
+            0,
+            c"%*s".as_ptr(),
+            msg.len(),
+            msg.as_ptr(),
+        );
+    }
+}
+
+/// Installs `handler` as the content handler of the location being parsed.
+///
+/// # Safety
+/// `cf` must be the configuration nginx is parsing, inside a location block.
+pub unsafe fn set_content_handler(
+    cf: *mut ngx_conf_t,
+    handler: ContentHandler,
+) -> Result<(), NgxError> {
+    // SAFETY: inside a location the core module's loc conf exists and is ours to set.
+    let clcf = NgxHttpCoreModule::location_conf_mut(unsafe { &*cf })
+        .ok_or(NgxError("ngx_http_conf_get_module_loc_conf"))?;
+    clcf.handler = Some(handler);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- connection
+
+/// A borrowed nginx connection (`ngx_connection_t`).
+pub struct ConnectionRef(Opaque);
+
+// SAFETY: `ConnectionRef` is an opaque stand-in for `ngx_connection_t`.
+unsafe impl ForeignTypeRef for ConnectionRef {
+    type CType = ngx_connection_t;
+}
+
+/// Outcome of one non-blocking socket operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Io {
+    /// This many bytes moved.
+    Done(usize),
+    /// The socket is not ready; wait for the next event.
+    Again,
+    /// The peer closed its side (reads only).
+    Eof,
+    /// A socket error; nginx has logged it.
+    Error,
+}
+
+/// Which of a connection's two events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Read,
+    Write,
+}
+
+impl ConnectionRef {
+    fn raw(&self) -> &ngx_connection_t {
+        // SAFETY: a ConnectionRef is only made from a live connection pointer.
+        unsafe { &*self.as_ptr() }
+    }
+
+    fn event(&self, dir: Direction) -> *mut ngx_event_t {
+        match dir {
+            Direction::Read => self.raw().read,
+            Direction::Write => self.raw().write,
+        }
+    }
+
+    pub fn log(&self) -> *mut ngx_log_t {
+        self.raw().log
+    }
+
+    /// Reads into `buf` with the connection's own `recv` (plain or TLS).
+    pub fn recv(&self, buf: &mut [u8]) -> Io {
+        let recv = self
+            .raw()
+            .recv
+            .expect("nginx sets c->recv on every connection");
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+        let n = unsafe { recv(self.as_ptr(), buf.as_mut_ptr(), buf.len()) };
+        match n {
+            0 => Io::Eof,
+            n if n > 0 => Io::Done(n as usize),
+            n if n == NGX_AGAIN as isize => Io::Again,
+            _ => Io::Error,
+        }
+    }
+
+    /// Writes from `buf` with the connection's own `send` (plain or TLS).
+    pub fn send(&self, buf: &[u8]) -> Io {
+        let send = self
+            .raw()
+            .send
+            .expect("nginx sets c->send on every connection");
+        // SAFETY: `buf` is valid for `buf.len()` bytes of reads; nginx's send
+        // functions do not write through the pointer.
+        let n = unsafe { send(self.as_ptr(), buf.as_ptr().cast_mut(), buf.len()) };
+        match n {
+            n if n >= 0 => Io::Done(n as usize),
+            n if n == NGX_AGAIN as isize => Io::Again,
+            _ => Io::Error,
+        }
+    }
+
+    pub fn ready(&self, dir: Direction) -> bool {
+        // SAFETY: both events of a live connection are valid.
+        unsafe { (*self.event(dir)).ready() != 0 }
+    }
+
+    /// Returns whether the event's timer fired, and clears the flag.
+    pub fn take_timedout(&self, dir: Direction) -> bool {
+        let ev = self.event(dir);
+        // SAFETY: both events of a live connection are valid and only touched
+        // from this worker's thread.
+        unsafe {
+            let fired = (*ev).timedout() != 0;
+            (*ev).set_timedout(0);
+            fired
+        }
+    }
+
+    /// (Re)arms the event's timer; nginx skips the rbtree update when the
+    /// deadline moves by less than its lazy delay.
+    pub fn add_timer(&self, dir: Direction, ms: ngx_msec_t) {
+        // SAFETY: the event belongs to a live connection of this worker.
+        unsafe { ngx::ffi::ngx_add_timer(self.event(dir), ms) }
+    }
+
+    pub fn del_timer(&self, dir: Direction) {
+        let ev = self.event(dir);
+        // SAFETY: as above; the timer is only deleted when set.
+        unsafe {
+            if (*ev).timer_set() != 0 {
+                ngx_del_timer(ev);
+            }
+        }
+    }
+
+    /// Registers interest in the event with nginx's event loop.
+    pub fn handle_event(&self, dir: Direction) -> Result<(), NgxError> {
+        // SAFETY: the event belongs to a live connection of this worker.
+        let rc = unsafe {
+            match dir {
+                Direction::Read => ngx_handle_read_event(self.event(dir), 0),
+                Direction::Write => ngx_handle_write_event(self.event(dir), 0),
+            }
+        };
+        if rc == NGX_OK as ngx_int_t {
+            Ok(())
+        } else {
+            Err(NgxError("ngx_handle_event"))
+        }
+    }
+
+    /// Queues the event to run on this loop iteration's posted-events pass.
+    pub fn post(&self, dir: Direction) {
+        // SAFETY: the event belongs to a live connection of this worker and
+        // the posted-events queue is the worker's own.
+        unsafe {
+            ngx::ffi::ngx_post_event(
+                self.event(dir),
+                core::ptr::addr_of_mut!(ngx::ffi::ngx_posted_events),
+            )
+        }
+    }
+
+    pub fn tcp_nodelay(&self) -> Result<(), NgxError> {
+        // SAFETY: the connection is live.
+        if unsafe { ngx_tcp_nodelay(self.as_ptr()) } == NGX_OK as ngx_int_t {
+            Ok(())
+        } else {
+            Err(NgxError("ngx_tcp_nodelay"))
+        }
+    }
+
+    /// Sets the phrase nginx appends to log lines ("while ...").
+    pub fn set_log_action(&self, action: &'static core::ffi::CStr) {
+        // SAFETY: the log belongs to the connection; `action` lives forever.
+        unsafe { (*self.log()).action = action.as_ptr().cast_mut() }
+    }
+}
+
+// ---------------------------------------------------------------- request
+
+/// A borrowed nginx HTTP request (`ngx_http_request_t`).
+pub struct RequestRef(Opaque);
+
+// SAFETY: `RequestRef` is an opaque stand-in for `ngx_http_request_t`.
+unsafe impl ForeignTypeRef for RequestRef {
+    type CType = ngx_http_request_t;
+}
+
+impl RequestRef {
+    /// # Safety
+    /// `r` must be a live request of this worker.
+    pub unsafe fn from_raw<'a>(r: *mut ngx_http_request_t) -> &'a mut RequestRef {
+        // SAFETY: guaranteed by the caller.
+        unsafe { RequestRef::from_ptr_mut(r) }
+    }
+
+    fn raw(&self) -> &ngx_http_request_t {
+        // SAFETY: a RequestRef is only made from a live request pointer.
+        unsafe { &*self.as_ptr() }
+    }
+
+    fn raw_mut(&mut self) -> &mut ngx_http_request_t {
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { &mut *self.as_ptr() }
+    }
+
+    pub fn connection(&self) -> &ConnectionRef {
+        // SAFETY: a request's connection outlives the request.
+        unsafe { ConnectionRef::from_ptr(self.raw().connection) }
+    }
+
+    pub fn log(&self) -> *mut ngx_log_t {
+        self.connection().log()
+    }
+
+    pub fn is_main(&self) -> bool {
+        ptr::eq(self.raw().main, self.as_ptr())
+    }
+
+    pub fn method_name(&self) -> &[u8] {
+        self.raw().method_name.as_bytes()
+    }
+
+    pub fn http_version(&self) -> u32 {
+        self.raw().http_version as u32
+    }
+
+    /// Whether the request announces a body (Content-Length > 0 or chunked).
+    pub fn has_body(&self) -> bool {
+        let h = &self.raw().headers_in;
+        h.content_length_n > 0 || h.chunked() != 0
+    }
+
+    /// All request headers in arrival order, names as sent.
+    pub fn headers_in(&self) -> Vec<(&[u8], &[u8])> {
+        let mut out = Vec::new();
+        let mut part: *const ngx_list_part_t = &self.raw().headers_in.headers.part;
+        while !part.is_null() {
+            // SAFETY: every part of an ngx_list_t of headers holds `nelts`
+            // initialised ngx_table_elt_t and links to the next part or null.
+            unsafe {
+                let elts: &[ngx_table_elt_t] = if (*part).nelts == 0 {
+                    &[]
+                } else {
+                    slice::from_raw_parts((*part).elts.cast(), (*part).nelts)
+                };
+                for h in elts.iter().filter(|h| h.hash != 0) {
+                    out.push((h.key.as_bytes(), h.value.as_bytes()));
+                }
+                part = (*part).next;
+            }
+        }
+        out
+    }
+
+    /// The request's bytes that arrived after its header (a client may send
+    /// frames right behind the handshake); they are consumed.
+    pub fn take_pipelined(&mut self) -> Vec<u8> {
+        let b: *mut ngx_buf_t = self.raw().header_in;
+        if b.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: `header_in` is the request's header buffer; [pos, last) is
+        // data nginx has read but not parsed.
+        unsafe {
+            let len = (*b).last.offset_from((*b).pos) as usize;
+            let data = slice::from_raw_parts((*b).pos, len).to_vec();
+            (*b).pos = (*b).last;
+            data
+        }
+    }
+
+    pub fn set_status(&mut self, status: u32, line: Option<&'static str>) {
+        let r = self.raw_mut();
+        r.headers_out.status = status as _;
+        if let Some(line) = line {
+            r.headers_out.status_line = ngx_str_t {
+                len: line.len(),
+                data: line.as_ptr().cast_mut(),
+            };
+        }
+    }
+
+    /// Adds a response header; the strings are copied into the request pool.
+    pub fn add_header_out(&mut self, key: &str, value: &[u8]) -> Result<(), NgxError> {
+        let r = self.raw_mut();
+        // SAFETY: headers_out.headers is an initialised list of ngx_table_elt_t;
+        // every field nginx reads is set below.
+        unsafe {
+            let h: *mut ngx_table_elt_t = ngx_list_push(&mut r.headers_out.headers).cast();
+            if h.is_null() {
+                return Err(NgxError("ngx_list_push"));
+            }
+            (*h).hash = 1;
+            (*h).next = ptr::null_mut();
+            (*h).key =
+                ngx_str_t::from_bytes(r.pool, key.as_bytes()).ok_or(NgxError("ngx_pnalloc"))?;
+            (*h).value = ngx_str_t::from_bytes(r.pool, value).ok_or(NgxError("ngx_pnalloc"))?;
+            (*h).lowcase_key = ptr::null_mut();
+        }
+        Ok(())
+    }
+
+    pub fn set_content_length(&mut self, n: usize) {
+        self.raw_mut().headers_out.content_length_n = n as _;
+    }
+
+    pub fn set_content_type(&mut self, value: &'static str) {
+        let r = self.raw_mut();
+        r.headers_out.content_type = ngx_str_t {
+            len: value.len(),
+            data: value.as_ptr().cast_mut(),
+        };
+        r.headers_out.content_type_len = value.len();
+    }
+
+    /// Sends the response header and flushes it to the socket (buffered by
+    /// nginx if the socket is not writable).
+    pub fn send_header_flush(&mut self) -> Result<(), NgxError> {
+        let r = self.as_ptr();
+        // SAFETY: the request is live and its header not sent yet.
+        unsafe {
+            let rc = ngx_http_send_header(r);
+            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+                return Err(NgxError("ngx_http_send_header"));
+            }
+            if ngx_http_send_special(r, NGX_HTTP_FLUSH as _) == NGX_ERROR as ngx_int_t {
+                return Err(NgxError("ngx_http_send_special"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a complete small response (header and body) and returns the code
+    /// the content handler must return.
+    pub fn send_small_response(&mut self, body: &[u8]) -> ngx_int_t {
+        self.set_content_length(body.len());
+        let r = self.as_ptr();
+        // SAFETY: the request is live; the buffer is allocated from its pool and
+        // filled before the chain is handed to the output filters.
+        unsafe {
+            let rc = ngx_http_send_header(r);
+            if rc == NGX_ERROR as ngx_int_t
+                || rc > NGX_OK as ngx_int_t
+                || self.raw().header_only() != 0
+            {
+                return rc;
+            }
+            let b = ngx_create_temp_buf((*r).pool, body.len().max(1));
+            if b.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            ptr::copy_nonoverlapping(body.as_ptr(), (*b).last, body.len());
+            (*b).last = (*b).last.add(body.len());
+            (*b).set_last_buf(1);
+            (*b).set_last_in_chain(1);
+            let mut out = ngx_chain_t {
+                buf: b,
+                next: ptr::null_mut(),
+            };
+            ngx_http_output_filter(r, &mut out)
+        }
+    }
+
+    /// Whether response bytes are still held by nginx's output filters.
+    pub fn output_pending(&self) -> bool {
+        !self.raw().out.is_null() || self.connection().raw().buffered() != 0
+    }
+
+    /// Pushes response bytes held by nginx's output filters to the socket.
+    pub fn flush_output(&mut self) -> Result<(), NgxError> {
+        // SAFETY: the request is live; a null chain only flushes what is held.
+        let rc = unsafe { ngx_http_output_filter(self.as_ptr(), ptr::null_mut()) };
+        if rc == NGX_ERROR as ngx_int_t {
+            Err(NgxError("ngx_http_output_filter"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Keeps the request alive after the content handler returns NGX_DONE;
+    /// balanced by one [`RequestRef::finalize`].
+    pub fn hold(&mut self) {
+        // SAFETY: the main request is live; nginx counts references this way.
+        unsafe {
+            let main = self.raw().main;
+            (*main).set_count((*main).count() + 1);
+        }
+    }
+
+    pub fn set_event_handlers(&mut self, read: RequestEventHandler, write: RequestEventHandler) {
+        let r = self.raw_mut();
+        r.read_event_handler = Some(read);
+        r.write_event_handler = Some(write);
+        r.set_keepalive(0);
+    }
+
+    /// Stores a context pointer for `module` in the request.
+    pub fn set_ctx(&mut self, module: &ngx::ffi::ngx_module_t, value: *mut c_void) {
+        // SAFETY: `ctx` has one slot per HTTP module, indexed by ctx_index.
+        unsafe { *self.raw().ctx.add(module.ctx_index) = value }
+    }
+
+    pub fn ctx<T>(&self, module: &ngx::ffi::ngx_module_t) -> Option<NonNull<T>> {
+        // SAFETY: as above.
+        NonNull::new(unsafe { *self.raw().ctx.add(module.ctx_index) }.cast())
+    }
+
+    /// Allocates `value` in the request pool; it is dropped when the request
+    /// is freed.
+    pub fn pool_alloc<T>(&mut self, value: T) -> Option<NonNull<T>> {
+        // SAFETY: the request pool lives as long as the request.
+        let pool = unsafe { ngx::core::Pool::from_ngx_pool(self.raw().pool) };
+        NonNull::new(pool.allocate(value))
+    }
+
+    /// Ends a request held by [`RequestRef::hold`]. `linger` half-closes the
+    /// socket and drains the peer for `lingering_timeout` instead of closing
+    /// at once, so a close frame we just sent is not lost to a TCP reset.
+    /// The request and everything in its pool may be freed here: the caller
+    /// must not touch them afterwards.
+    pub fn finalize(&mut self, linger: bool, error: bool) {
+        self.connection().del_timer(Direction::Read);
+        self.connection().del_timer(Direction::Write);
+        let r = self.as_ptr();
+        // SAFETY: the request is live and held; nginx drops our reference.
+        unsafe {
+            (*r).set_lingering_close(linger as u32);
+            let rc = if error { NGX_ERROR } else { NGX_DONE };
+            ngx_http_finalize_request(r, rc as ngx_int_t);
+        }
+    }
+}
+
+impl HttpModuleConfExt for RequestRef {
+    unsafe fn http_location_conf_unchecked<T>(
+        &self,
+        module: &ngx::ffi::ngx_module_t,
+    ) -> Option<NonNull<T>> {
+        // SAFETY: `loc_conf` has one slot per HTTP module, indexed by ctx_index.
+        NonNull::new(unsafe { *self.raw().loc_conf.add(module.ctx_index) }.cast())
+    }
+}

@@ -1,0 +1,912 @@
+//! A sans-I/O streaming decoder for one direction of a connection.
+//!
+//! Data payloads are never buffered here: they are unmasked in the caller's
+//! buffer and handed back as chunks, so a relay can forward a frame before it
+//! has all of it. Control payloads (at most 125 bytes) are copied, since they
+//! may arrive split and are needed whole.
+
+use std::fmt;
+
+use super::close::parse_close_payload;
+use super::error::ProtocolError;
+use super::frame::{parse_header, FrameHeader, OpCode, ParseConfig};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// Largest payload of a control frame.
+const MAX_CONTROL_LEN: usize = 125;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderConfig {
+    pub parse: ParseConfig,
+    /// Limit on the sum of a message's fragments; 0 = unlimited. Over it: 1009.
+    pub max_message_len: u64,
+}
+
+/// What one call to [`Decoder::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeEvent<'a> {
+    /// Bytes (maybe none) were consumed but no event is complete yet.
+    NeedMore,
+    /// A piece of a data frame's payload.
+    Data {
+        /// The message's type, Text or Binary (also for its continuation frames).
+        opcode: OpCode,
+        /// The header of the frame this chunk belongs to.
+        frame_header: FrameHeader,
+        /// The first chunk of a message.
+        message_start: bool,
+        /// Unmasked in place; for text, valid UTF-8 so far.
+        chunk: &'a [u8],
+        frame_end: bool,
+        message_end: bool,
+    },
+    /// A complete control frame.
+    Control(ControlFrame),
+}
+
+/// A complete control frame with its payload copied out of the stream.
+#[derive(Clone)]
+pub struct ControlFrame {
+    pub opcode: OpCode,
+    payload: [u8; MAX_CONTROL_LEN],
+    len: u8,
+}
+
+impl ControlFrame {
+    fn empty(opcode: OpCode) -> Self {
+        Self {
+            opcode,
+            payload: [0; MAX_CONTROL_LEN],
+            len: 0,
+        }
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.payload[..usize::from(self.len)]
+    }
+
+    /// For a close frame with a status: its code and reason (validated by the decoder).
+    pub fn close(&self) -> Option<(u16, &str)> {
+        if self.opcode != OpCode::Close {
+            return None;
+        }
+        parse_close_payload(self.payload()).ok().flatten()
+    }
+}
+
+impl PartialEq for ControlFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.opcode == other.opcode && self.payload() == other.payload()
+    }
+}
+
+impl Eq for ControlFrame {}
+
+impl fmt::Debug for ControlFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlFrame")
+            .field("opcode", &self.opcode)
+            .field("payload", &self.payload())
+            .finish()
+    }
+}
+
+/// Decodes the frames of one direction of a connection.
+#[derive(Debug)]
+pub struct Decoder {
+    cfg: DecoderConfig,
+    state: State,
+    /// The data message being received, possibly over several frames.
+    message: Option<Message>,
+    utf8: Utf8Validator,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Between frames.
+    Header,
+    /// Inside a data frame's payload.
+    Data { header: FrameHeader, received: u64 },
+    /// Inside a control frame's payload.
+    Control {
+        header: FrameHeader,
+        frame: ControlFrame,
+    },
+    /// The connection is failing; every call repeats the error.
+    Failed(ProtocolError),
+}
+
+#[derive(Debug)]
+struct Message {
+    opcode: OpCode,
+    /// Sum of the payload lengths announced so far.
+    len: u64,
+    /// A chunk of it has been handed out.
+    started: bool,
+}
+
+impl Decoder {
+    pub fn new(cfg: DecoderConfig) -> Self {
+        Self {
+            cfg,
+            state: State::Header,
+            message: None,
+            utf8: Utf8Validator::new(),
+        }
+    }
+
+    /// Consumes bytes from the front of `buf` and reports at most one event;
+    /// call again with the unconsumed rest until it returns `NeedMore` with
+    /// nothing left. A partial header is not consumed: keep it and append.
+    /// After an error the decoder only repeats it.
+    pub fn decode<'a>(
+        &mut self,
+        buf: &'a mut [u8],
+    ) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
+        if let State::Failed(err) = self.state {
+            return Err(err);
+        }
+        let result = self.step(buf);
+        if let Err(err) = result {
+            self.state = State::Failed(err);
+        }
+        result
+    }
+
+    /// A fragmented message is open.
+    pub fn in_message(&self) -> bool {
+        self.message.is_some()
+    }
+
+    /// Forgets everything received, including a failure.
+    pub fn reset(&mut self) {
+        *self = Self::new(self.cfg);
+    }
+
+    fn step<'a>(&mut self, buf: &'a mut [u8]) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
+        let mut header_len = 0;
+        if let State::Header = self.state {
+            let Some((header, len)) = parse_header(buf, &self.cfg.parse)? else {
+                return Ok((0, DecodeEvent::NeedMore));
+            };
+            self.start_frame(header)?;
+            header_len = len;
+        }
+        let payload = &mut buf[header_len..];
+        let (used, event) = match self.state {
+            State::Data { header, received } => self.data_chunk(header, received, payload)?,
+            State::Control { .. } => self.control_bytes(payload)?,
+            State::Header | State::Failed(_) => unreachable!("a frame was just started"),
+        };
+        Ok((header_len + used, event))
+    }
+
+    fn start_frame(&mut self, header: FrameHeader) -> Result<(), ProtocolError> {
+        if header.opcode.is_control() {
+            self.state = State::Control {
+                header,
+                frame: ControlFrame::empty(header.opcode),
+            };
+            return Ok(());
+        }
+        let message = match (header.opcode, self.message.as_mut()) {
+            (OpCode::Continuation, Some(message)) => message,
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (_, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
+            (opcode, None) => self.message.insert(Message {
+                opcode,
+                len: 0,
+                started: false,
+            }),
+        };
+        let len = message.len.saturating_add(header.payload_len);
+        let max = self.cfg.max_message_len;
+        if max != 0 && len > max {
+            return Err(ProtocolError::MessageTooBig { len, max });
+        }
+        message.len = len;
+        self.state = State::Data {
+            header,
+            received: 0,
+        };
+        Ok(())
+    }
+
+    fn data_chunk<'a>(
+        &mut self,
+        header: FrameHeader,
+        received: u64,
+        payload: &'a mut [u8],
+    ) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
+        let remaining = header.payload_len - received;
+        let take = usize::try_from(remaining).map_or(payload.len(), |r| r.min(payload.len()));
+        if take == 0 && remaining != 0 {
+            return Ok((0, DecodeEvent::NeedMore));
+        }
+        let chunk = &mut payload[..take];
+        if let Some(key) = header.mask {
+            apply_mask(chunk, key, (received % 4) as usize);
+        }
+        let message = self
+            .message
+            .as_mut()
+            .expect("a data frame belongs to a message");
+        let frame_end = take as u64 == remaining;
+        let message_end = frame_end && header.fin;
+        if message.opcode == OpCode::Text {
+            self.utf8.feed(chunk)?;
+            if message_end {
+                self.utf8.finish()?;
+            }
+        }
+        let opcode = message.opcode;
+        let message_start = !message.started;
+        message.started = true;
+        if message_end {
+            self.message = None;
+        }
+        self.state = if frame_end {
+            State::Header
+        } else {
+            State::Data {
+                header,
+                received: received + take as u64,
+            }
+        };
+        let event = DecodeEvent::Data {
+            opcode,
+            frame_header: header,
+            message_start,
+            chunk,
+            frame_end,
+            message_end,
+        };
+        Ok((take, event))
+    }
+
+    fn control_bytes<'a>(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
+        let State::Control { header, frame } = &mut self.state else {
+            unreachable!("called inside a control frame")
+        };
+        // parse_header allows control frames of at most 125 bytes.
+        let wanted = header.payload_len as usize;
+        let have = usize::from(frame.len);
+        let take = (wanted - have).min(payload.len());
+        frame.payload[have..have + take].copy_from_slice(&payload[..take]);
+        frame.len += take as u8;
+        if usize::from(frame.len) < wanted {
+            return Ok((take, DecodeEvent::NeedMore));
+        }
+        let mut frame = frame.clone();
+        if let Some(key) = header.mask {
+            apply_mask(&mut frame.payload[..wanted], key, 0);
+        }
+        if frame.opcode == OpCode::Close {
+            parse_close_payload(frame.payload())?;
+        }
+        self.state = State::Header;
+        Ok((take, DecodeEvent::Control(frame)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::build_frame;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];
+
+    fn server(max_payload_len: u64, max_message_len: u64) -> DecoderConfig {
+        DecoderConfig {
+            parse: ParseConfig::server(max_payload_len),
+            max_message_len,
+        }
+    }
+
+    fn control(opcode: OpCode, payload: &[u8]) -> ControlFrame {
+        let mut frame = ControlFrame::empty(opcode);
+        frame.payload[..payload.len()].copy_from_slice(payload);
+        frame.len = payload.len() as u8;
+        frame
+    }
+
+    /// An event with the chunks of one frame joined, so that runs with
+    /// different splits can be compared.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Ev {
+        Frame {
+            opcode: OpCode,
+            header: FrameHeader,
+            message_start: bool,
+            payload: Vec<u8>,
+            message_end: bool,
+        },
+        Control(ControlFrame),
+    }
+
+    /// Feeds `chunks` in order the way an I/O layer would (keeping unconsumed
+    /// bytes), joins data chunks per frame and stops at the first error.
+    fn run(cfg: DecoderConfig, chunks: &[&[u8]]) -> (Vec<Ev>, Option<ProtocolError>) {
+        let mut decoder = Decoder::new(cfg);
+        let mut pending: Vec<u8> = Vec::new();
+        let mut events = Vec::new();
+        let mut frame: Option<Ev> = None;
+        for chunk in chunks {
+            pending.extend_from_slice(chunk);
+            loop {
+                let (used, event) = match decoder.decode(&mut pending) {
+                    Ok(step) => step,
+                    Err(err) => return (events, Some(err)),
+                };
+                let waiting = matches!(event, DecodeEvent::NeedMore);
+                match event {
+                    DecodeEvent::NeedMore => {}
+                    DecodeEvent::Control(c) => events.push(Ev::Control(c)),
+                    DecodeEvent::Data {
+                        opcode,
+                        frame_header,
+                        message_start,
+                        chunk,
+                        frame_end,
+                        message_end,
+                    } => {
+                        assert!(
+                            !chunk.is_empty() || frame_header.payload_len == 0,
+                            "empty chunk"
+                        );
+                        assert!(message_end == (frame_end && frame_header.fin));
+                        match frame.as_mut() {
+                            Some(Ev::Frame {
+                                payload,
+                                header,
+                                message_end: end,
+                                ..
+                            }) => {
+                                assert!(!message_start, "message_start on a later chunk");
+                                assert_eq!(*header, frame_header);
+                                payload.extend_from_slice(chunk);
+                                *end = message_end;
+                            }
+                            _ => {
+                                frame = Some(Ev::Frame {
+                                    opcode,
+                                    header: frame_header,
+                                    message_start,
+                                    payload: chunk.to_vec(),
+                                    message_end,
+                                })
+                            }
+                        }
+                        if frame_end {
+                            events.push(frame.take().expect("frame in progress"));
+                        }
+                    }
+                }
+                pending.drain(..used);
+                if waiting {
+                    break;
+                }
+            }
+        }
+        assert!(pending.is_empty() || decoder.decode(&mut pending).unwrap().0 == 0);
+        (events, None)
+    }
+
+    fn data(opcode: OpCode, frame_opcode: OpCode, fin: bool, start: bool, payload: &[u8]) -> Ev {
+        let header = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode: frame_opcode,
+            mask: Some(KEY),
+            payload_len: payload.len() as u64,
+        };
+        Ev::Frame {
+            opcode,
+            header,
+            message_start: start,
+            payload: payload.to_vec(),
+            message_end: fin,
+        }
+    }
+
+    /// Fragmented text with a ping in the middle, a binary message and a close.
+    fn sample_stream() -> Vec<u8> {
+        let frames = [
+            build_frame(false, OpCode::Text, "Hé".as_bytes(), Some(KEY)),
+            build_frame(true, OpCode::Ping, b"ping!", Some(KEY)),
+            build_frame(false, OpCode::Continuation, b"", Some(KEY)),
+            build_frame(true, OpCode::Continuation, "llo €".as_bytes(), Some(KEY)),
+            build_frame(true, OpCode::Binary, &[0u8, 1, 2, 255], Some(KEY)),
+            build_frame(true, OpCode::Binary, &[7u8; 300], Some(KEY)),
+            build_frame(true, OpCode::Close, b"\x03\xe8done", Some(KEY)),
+        ];
+        frames.concat()
+    }
+
+    fn sample_events() -> Vec<Ev> {
+        vec![
+            data(OpCode::Text, OpCode::Text, false, true, "Hé".as_bytes()),
+            Ev::Control(control(OpCode::Ping, b"ping!")),
+            data(OpCode::Text, OpCode::Continuation, false, false, b""),
+            data(
+                OpCode::Text,
+                OpCode::Continuation,
+                true,
+                false,
+                "llo €".as_bytes(),
+            ),
+            data(OpCode::Binary, OpCode::Binary, true, true, &[0, 1, 2, 255]),
+            data(OpCode::Binary, OpCode::Binary, true, true, &[7u8; 300]),
+            Ev::Control(control(OpCode::Close, b"\x03\xe8done")),
+        ]
+    }
+
+    #[test]
+    fn one_shot_stream() {
+        let stream = sample_stream();
+        assert_eq!(run(server(1000, 0), &[&stream]), (sample_events(), None));
+    }
+
+    #[test]
+    fn one_byte_at_a_time() {
+        let stream = sample_stream();
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(run(server(1000, 0), &bytes), (sample_events(), None));
+    }
+
+    #[test]
+    fn split_at_every_offset() {
+        let stream = sample_stream();
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(
+                run(server(1000, 0), &[a, b]),
+                (sample_events(), None),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn exact_events_of_a_split_frame() {
+        let mut decoder = Decoder::new(server(100, 0));
+        let stream = build_frame(true, OpCode::Text, b"abcdef", Some(KEY));
+        let header = FrameHeader {
+            fin: true,
+            rsv: 0,
+            opcode: OpCode::Text,
+            mask: Some(KEY),
+            payload_len: 6,
+        };
+
+        assert_eq!(
+            decoder.decode(&mut stream[..4].to_vec()),
+            Ok((0, DecodeEvent::NeedMore))
+        );
+        let mut first = stream[..8].to_vec();
+        let expected = DecodeEvent::Data {
+            opcode: OpCode::Text,
+            frame_header: header,
+            message_start: true,
+            chunk: b"ab",
+            frame_end: false,
+            message_end: false,
+        };
+        assert_eq!(decoder.decode(&mut first), Ok((8, expected)));
+        assert!(decoder.in_message());
+        assert_eq!(decoder.decode(&mut []), Ok((0, DecodeEvent::NeedMore)));
+
+        let mut rest = stream[8..].to_vec();
+        let expected = DecodeEvent::Data {
+            opcode: OpCode::Text,
+            frame_header: header,
+            message_start: false,
+            chunk: b"cdef",
+            frame_end: true,
+            message_end: true,
+        };
+        assert_eq!(decoder.decode(&mut rest), Ok((4, expected)));
+        // Unmasked in the caller's buffer.
+        assert_eq!(rest, b"cdef");
+        assert!(!decoder.in_message());
+    }
+
+    #[test]
+    fn header_without_payload_yet() {
+        let mut decoder = Decoder::new(server(100, 0));
+        let mut stream = build_frame(true, OpCode::Binary, b"xyz", Some(KEY));
+        assert_eq!(
+            decoder.decode(&mut stream[..6]),
+            Ok((6, DecodeEvent::NeedMore))
+        );
+        let (used, event) = decoder.decode(&mut stream[6..]).unwrap();
+        assert_eq!(used, 3);
+        assert!(matches!(
+            event,
+            DecodeEvent::Data {
+                chunk: b"xyz",
+                message_end: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn zero_length_frames_give_one_event() {
+        let mut stream = build_frame(true, OpCode::Text, b"", Some(KEY));
+        stream.extend(build_frame(true, OpCode::Ping, b"", Some(KEY)));
+        stream.extend(build_frame(true, OpCode::Close, b"", Some(KEY)));
+        let expected = vec![
+            data(OpCode::Text, OpCode::Text, true, true, b""),
+            Ev::Control(control(OpCode::Ping, b"")),
+            Ev::Control(control(OpCode::Close, b"")),
+        ];
+        assert_eq!(run(server(10, 0), &[&stream]), (expected, None));
+
+        let mut decoder = Decoder::new(server(10, 0));
+        let mut frame = build_frame(true, OpCode::Binary, b"", Some(KEY));
+        let (used, event) = decoder.decode(&mut frame).unwrap();
+        assert_eq!(used, 6);
+        assert!(matches!(
+            event,
+            DecodeEvent::Data {
+                chunk: b"",
+                frame_end: true,
+                message_end: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn control_frames() {
+        let mut close = build_frame(true, OpCode::Close, b"\x0f\xa0app", Some(KEY));
+        let mut decoder = Decoder::new(server(10, 0));
+        let close_len = close.len();
+        let (used, event) = decoder.decode(&mut close).unwrap();
+        assert_eq!(used, close_len);
+        let DecodeEvent::Control(frame) = event else {
+            panic!("expected a control frame")
+        };
+        assert_eq!(frame.opcode, OpCode::Close);
+        assert_eq!(frame.payload(), b"\x0f\xa0app");
+        assert_eq!(frame.close(), Some((4000, "app")));
+        assert_eq!(control(OpCode::Close, b"").close(), None);
+        assert_eq!(control(OpCode::Ping, b"\x03\xe8").close(), None);
+
+        let long = [0x55u8; 125];
+        let stream = build_frame(true, OpCode::Pong, &long, Some(KEY));
+        let bytes: Vec<&[u8]> = stream.chunks(7).collect();
+        assert_eq!(
+            run(server(125, 0), &bytes),
+            (vec![Ev::Control(control(OpCode::Pong, &long))], None)
+        );
+        // The frame limit covers control frames too.
+        assert_eq!(
+            run(server(124, 0), &bytes),
+            (
+                vec![],
+                Some(ProtocolError::FrameTooBig { len: 125, max: 124 })
+            )
+        );
+    }
+
+    fn expect_error(cfg: DecoderConfig, stream: &[u8], expected: ProtocolError) {
+        let (_, err) = run(cfg, &[stream]);
+        assert_eq!(err, Some(expected), "one shot");
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let (_, err) = run(cfg, &bytes);
+        assert_eq!(err, Some(expected), "byte by byte");
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let cfg = server(1000, 0);
+        let m = Some(KEY);
+        let f = build_frame;
+        let table: Vec<(Vec<u8>, ProtocolError)> = vec![
+            (
+                f(true, OpCode::Continuation, b"x", m),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                [
+                    f(true, OpCode::Text, b"a", m),
+                    f(true, OpCode::Continuation, b"b", m),
+                ]
+                .concat(),
+                ProtocolError::UnexpectedContinuation,
+            ),
+            (
+                [
+                    f(false, OpCode::Text, b"a", m),
+                    f(true, OpCode::Text, b"b", m),
+                ]
+                .concat(),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                [
+                    f(false, OpCode::Binary, b"a", m),
+                    f(false, OpCode::Binary, b"b", m),
+                ]
+                .concat(),
+                ProtocolError::ExpectedContinuation,
+            ),
+            (
+                f(true, OpCode::Text, b"a", None),
+                ProtocolError::UnmaskedFrame,
+            ),
+            (
+                vec![0x83, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedOpcode(3),
+            ),
+            (
+                vec![0xc1, 0x80, 0, 0, 0, 0],
+                ProtocolError::ReservedBits(0b100),
+            ),
+            (
+                vec![0x09, 0x80, 0, 0, 0, 0],
+                ProtocolError::FragmentedControlFrame,
+            ),
+            (
+                vec![0x89, 0xfe, 0x00, 0x7e],
+                ProtocolError::ControlFrameTooLong,
+            ),
+            (
+                f(true, OpCode::Binary, &[0u8; 1001], m),
+                ProtocolError::FrameTooBig {
+                    len: 1001,
+                    max: 1000,
+                },
+            ),
+            (
+                f(true, OpCode::Text, b"\xce\xba\xed\xa0\x80", m),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                f(true, OpCode::Text, b"ok\xe2\x82", m),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                [
+                    f(false, OpCode::Text, b"\xe2", m),
+                    f(true, OpCode::Continuation, b"\x28\xa1", m),
+                ]
+                .concat(),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                [
+                    f(false, OpCode::Text, b"\xe2", m),
+                    f(true, OpCode::Continuation, b"\x82", m),
+                ]
+                .concat(),
+                ProtocolError::InvalidUtf8,
+            ),
+            (
+                f(true, OpCode::Close, b"\x03", m),
+                ProtocolError::InvalidClosePayload,
+            ),
+            (
+                f(true, OpCode::Close, b"\x03\xed", m),
+                ProtocolError::InvalidCloseCode(1005),
+            ),
+            (
+                f(true, OpCode::Close, b"\x03\xe8\xff", m),
+                ProtocolError::InvalidCloseReason,
+            ),
+        ];
+        for (stream, expected) in table {
+            expect_error(cfg, &stream, expected);
+        }
+    }
+
+    #[test]
+    fn binary_is_not_utf8_checked() {
+        let stream = build_frame(true, OpCode::Binary, b"\xff\xfe", Some(KEY));
+        let (events, err) = run(server(10, 0), &[&stream]);
+        assert_eq!(err, None);
+        assert_eq!(
+            events,
+            vec![data(
+                OpCode::Binary,
+                OpCode::Binary,
+                true,
+                true,
+                b"\xff\xfe"
+            )]
+        );
+    }
+
+    #[test]
+    fn text_split_inside_a_character_across_frames() {
+        let stream = [
+            build_frame(false, OpCode::Text, b"\xf0\x9f", Some(KEY)),
+            build_frame(true, OpCode::Ping, b"", Some(KEY)),
+            build_frame(true, OpCode::Continuation, b"\x98\x80", Some(KEY)),
+        ]
+        .concat();
+        let (events, err) = run(server(10, 0), &[&stream]);
+        assert_eq!(err, None);
+        assert_eq!(events.len(), 3);
+    }
+
+    #[test]
+    fn max_message_len_boundaries() {
+        let two_frames = |first: usize, second: usize| {
+            [
+                build_frame(false, OpCode::Binary, &vec![1u8; first], Some(KEY)),
+                build_frame(true, OpCode::Continuation, &vec![2u8; second], Some(KEY)),
+            ]
+            .concat()
+        };
+        assert_eq!(run(server(1000, 10), &[&two_frames(4, 6)]).1, None);
+        assert_eq!(run(server(1000, 10), &[&two_frames(10, 0)]).1, None);
+        expect_error(
+            server(1000, 10),
+            &two_frames(4, 7),
+            ProtocolError::MessageTooBig { len: 11, max: 10 },
+        );
+        expect_error(
+            server(1000, 10),
+            &two_frames(11, 0),
+            ProtocolError::MessageTooBig { len: 11, max: 10 },
+        );
+        assert_eq!(run(server(1000, 0), &[&two_frames(1000, 1000)]).1, None);
+        // Each message is counted on its own.
+        let stream = [two_frames(5, 5), two_frames(5, 5)].concat();
+        assert_eq!(run(server(1000, 10), &[&stream]).1, None);
+        assert_eq!(
+            ProtocolError::MessageTooBig { len: 11, max: 10 }.close_code(),
+            1009
+        );
+    }
+
+    #[test]
+    fn too_big_fails_before_payload_arrives() {
+        let mut decoder = Decoder::new(server(65535, 0));
+        let mut header = build_frame(true, OpCode::Binary, &[0u8; 65536], Some(KEY));
+        assert_eq!(
+            decoder.decode(&mut header[..10]),
+            Err(ProtocolError::FrameTooBig {
+                len: 65536,
+                max: 65535
+            })
+        );
+    }
+
+    #[test]
+    fn failure_is_sticky_until_reset() {
+        let mut decoder = Decoder::new(server(10, 0));
+        let mut bad = build_frame(true, OpCode::Continuation, b"", Some(KEY));
+        assert_eq!(
+            decoder.decode(&mut bad),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
+        let mut good = build_frame(true, OpCode::Text, b"ok", Some(KEY));
+        assert_eq!(
+            decoder.decode(&mut good.clone()),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
+        decoder.reset();
+        assert!(matches!(
+            decoder.decode(&mut good),
+            Ok((8, DecodeEvent::Data { chunk: b"ok", .. }))
+        ));
+    }
+
+    #[test]
+    fn reset_closes_an_open_message() {
+        let mut decoder = Decoder::new(server(10, 0));
+        let mut first = build_frame(false, OpCode::Text, b"a", Some(KEY));
+        decoder.decode(&mut first).unwrap();
+        assert!(decoder.in_message());
+        decoder.reset();
+        assert!(!decoder.in_message());
+        let mut cont = build_frame(true, OpCode::Continuation, b"b", Some(KEY));
+        assert_eq!(
+            decoder.decode(&mut cont),
+            Err(ProtocolError::UnexpectedContinuation)
+        );
+    }
+
+    #[test]
+    fn client_side_unmasked_frames() {
+        let cfg = DecoderConfig {
+            parse: ParseConfig::client(100),
+            max_message_len: 0,
+        };
+        let stream = build_frame(true, OpCode::Text, b"hi", None);
+        let (events, err) = run(cfg, &[&stream]);
+        assert_eq!(err, None);
+        let Ev::Frame {
+            payload, header, ..
+        } = &events[0]
+        else {
+            panic!("expected data")
+        };
+        assert_eq!((payload.as_slice(), header.mask), (&b"hi"[..], None));
+        let masked = build_frame(true, OpCode::Text, b"hi", Some(KEY));
+        expect_error(cfg, &masked, ProtocolError::MaskedFrame);
+    }
+
+    /// A message as a list of fragments, with a ping after some of them.
+    #[derive(Debug, Clone)]
+    struct Message {
+        binary: bool,
+        fragments: Vec<(Vec<u8>, bool)>,
+    }
+
+    fn message_strategy() -> impl Strategy<Value = Message> {
+        let fragment = || (proptest::collection::vec(any::<u8>(), 0..40), any::<bool>());
+        prop_oneof![
+            (proptest::collection::vec(fragment(), 1..4)).prop_map(|fragments| Message {
+                binary: true,
+                fragments
+            }),
+            (
+                "\\PC{0,30}",
+                proptest::collection::vec((any::<usize>(), any::<bool>()), 0..3)
+            )
+                .prop_map(|(text, cuts)| {
+                    // Cut the text at arbitrary byte positions, even inside characters.
+                    let bytes = text.into_bytes();
+                    let mut points: Vec<usize> =
+                        cuts.iter().map(|(c, _)| c % (bytes.len() + 1)).collect();
+                    points.sort_unstable();
+                    let mut fragments = Vec::new();
+                    let mut start = 0;
+                    for (point, (_, ping)) in points.iter().zip(&cuts) {
+                        fragments.push((bytes[start..*point].to_vec(), *ping));
+                        start = *point;
+                    }
+                    fragments.push((bytes[start..].to_vec(), false));
+                    Message {
+                        binary: false,
+                        fragments,
+                    }
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn messages_survive_any_split(messages in proptest::collection::vec(message_strategy(), 1..5),
+                                      mask in any::<Option<[u8; 4]>>(),
+                                      cuts in proptest::collection::vec(any::<usize>(), 0..10)) {
+            let mut stream = Vec::new();
+            let mut expected = Vec::new();
+            for message in &messages {
+                let opcode = if message.binary { OpCode::Binary } else { OpCode::Text };
+                let last = message.fragments.len() - 1;
+                for (i, (payload, ping)) in message.fragments.iter().enumerate() {
+                    let frame_opcode = if i == 0 { opcode } else { OpCode::Continuation };
+                    stream.extend(build_frame(i == last, frame_opcode, payload, mask));
+                    let fin = i == last;
+                    let payload_len = payload.len() as u64;
+                    let header = FrameHeader { fin, rsv: 0, opcode: frame_opcode, mask, payload_len };
+                    let payload = payload.clone();
+                    expected.push(Ev::Frame { opcode, header, message_start: i == 0, payload, message_end: fin });
+                    if *ping {
+                        stream.extend(build_frame(true, OpCode::Ping, b"p", mask));
+                        expected.push(Ev::Control(control(OpCode::Ping, b"p")));
+                    }
+                }
+            }
+            let parse = ParseConfig { require_masked: false, ..ParseConfig::server(100) };
+            let cfg = DecoderConfig { parse, max_message_len: 0 };
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            points.push(0);
+            points.push(stream.len());
+            points.sort_unstable();
+            let chunks: Vec<&[u8]> = points.windows(2).map(|w| &stream[w[0]..w[1]]).collect();
+            prop_assert_eq!(run(cfg, &chunks), (expected, None));
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The WebSocket object over an nginx connection: the seed's `wb`
+//! operations (`send_*`, `recv`), driven by nginx's events, never blocking.
+//!
+//! Reads go through a fixed buffer and the streaming [`Decoder`], which
+//! unmasks and validates payloads in place; data messages are assembled in
+//! one reusable buffer. Writes are queued in one buffer, flushed in order on
+//! write events, and while too much is queued the object stops reading, so a
+//! slow peer slows its sender instead of growing memory.
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use ngx::ffi::{ngx_connection_t, ngx_msec_t};
+
+use crate::config::Limits;
+use crate::ngx_io::{ConnectionRef, Direction, Io};
+use crate::protocol::close::build_close_payload;
+use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
+use crate::protocol::frame::{encode_header, OpCode, ParseConfig};
+use crate::protocol::mask::apply_mask;
+use crate::protocol::ProtocolError;
+
+use foreign_types::ForeignTypeRef;
+
+/// Size of the read buffer; frames larger than this stream through it.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+/// Queued output above which the object stops reading from its peer.
+const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// Buffers that grew past this for a large message are released afterwards.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// Which end of the connection this object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Receives masked frames, sends unmasked ones (unless `send_masked`).
+    Server,
+}
+
+/// What [`WebSocket::recv`] delivers.
+#[derive(Debug)]
+pub enum Received {
+    /// A complete text or binary message. Hand `data` back with
+    /// [`WebSocket::recycle`] to reuse its allocation.
+    Message {
+        opcode: OpCode,
+        data: Vec<u8>,
+    },
+    Ping(ControlFrame),
+    Pong(ControlFrame),
+    /// The peer's close frame: its code and reason, if it sent any.
+    Close(Option<(u16, String)>),
+}
+
+/// Why an operation failed.
+#[derive(Debug)]
+pub enum WsError {
+    /// The peer broke RFC 6455; answer with a close frame carrying
+    /// [`ProtocolError::close_code`].
+    Protocol(ProtocolError),
+    /// The peer closed the TCP connection without a close handshake.
+    Eof,
+    /// A socket error, already logged by nginx.
+    Io,
+    /// A send larger than `max_send_len`; nothing was queued.
+    TooBig { len: usize, limit: u64 },
+    /// A send after our close frame was queued.
+    Closed,
+}
+
+impl fmt::Display for WsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WsError::Protocol(e) => write!(f, "protocol error: {e}"),
+            WsError::Eof => f.write_str("peer closed the connection without a close frame"),
+            WsError::Io => f.write_str("connection error"),
+            WsError::TooBig { len, limit } => {
+                write!(
+                    f,
+                    "message of {len} bytes exceeds the send limit of {limit} bytes"
+                )
+            }
+            WsError::Closed => f.write_str("connection is closing"),
+        }
+    }
+}
+
+impl From<ProtocolError> for WsError {
+    fn from(e: ProtocolError) -> Self {
+        WsError::Protocol(e)
+    }
+}
+
+/// One WebSocket endpoint over an nginx connection.
+pub struct WebSocket {
+    conn: NonNull<ngx_connection_t>,
+    decoder: Decoder,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    rend: usize,
+    message: Vec<u8>,
+    wbuf: Vec<u8>,
+    wpos: usize,
+    limits: Limits,
+    close_sent: bool,
+    close_received: bool,
+}
+
+impl WebSocket {
+    /// Wraps an upgraded server connection. `pipelined` are bytes the peer
+    /// sent right after its handshake.
+    pub fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
+        let parse = match role {
+            Role::Server => ParseConfig::server(limits.max_recv_len),
+        };
+        let decoder = Decoder::new(DecoderConfig {
+            parse,
+            max_message_len: limits.max_recv_len,
+        });
+        let mut rbuf = vec![0; READ_BUFFER_SIZE.max(pipelined.len())];
+        rbuf[..pipelined.len()].copy_from_slice(pipelined);
+        WebSocket {
+            conn: NonNull::new(conn.as_ptr()).expect("a connection reference is never null"),
+            decoder,
+            rbuf,
+            rpos: 0,
+            rend: pipelined.len(),
+            message: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            limits,
+            close_sent: false,
+            close_received: false,
+        }
+    }
+
+    fn conn(&self) -> &ConnectionRef {
+        // SAFETY: the object lives in its request's pool, which is freed
+        // before the connection is.
+        unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
+    }
+
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
+    }
+
+    pub fn close_received(&self) -> bool {
+        self.close_received
+    }
+
+    /// The network timeout for reads and writes (`websocket_timeout`).
+    pub fn set_timeout(&mut self, ms: ngx_msec_t) {
+        self.limits.timeout_ms = ms;
+    }
+
+    /// Returns the next complete message or control frame, `Ok(None)` when
+    /// it must wait for the socket (or for queued output to drain first).
+    pub fn recv(&mut self) -> Result<Option<Received>, WsError> {
+        loop {
+            if let Some(received) = self.decode_buffered()? {
+                return Ok(Some(received));
+            }
+            if self.rpos > 0 {
+                self.rbuf.copy_within(self.rpos..self.rend, 0);
+                self.rend -= self.rpos;
+                self.rpos = 0;
+            }
+            if self.queued() > WRITE_HIGH_WATER {
+                return Ok(None);
+            }
+            let conn = self.conn.as_ptr();
+            // SAFETY: see `conn()`; the reference does not outlive this call.
+            let io = unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..]);
+            match io {
+                Io::Done(n) => self.rend += n,
+                Io::Again => return Ok(None),
+                Io::Eof => return Err(WsError::Eof),
+                Io::Error => return Err(WsError::Io),
+            }
+        }
+    }
+
+    fn decode_buffered(&mut self) -> Result<Option<Received>, WsError> {
+        while self.rpos < self.rend {
+            let (n, event) = self.decoder.decode(&mut self.rbuf[self.rpos..self.rend])?;
+            self.rpos += n;
+            match event {
+                DecodeEvent::NeedMore => {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                DecodeEvent::Data {
+                    opcode,
+                    message_start,
+                    chunk,
+                    message_end,
+                    ..
+                } => {
+                    if message_start {
+                        self.message.clear();
+                    }
+                    self.message.extend_from_slice(chunk);
+                    if message_end {
+                        let data = core::mem::take(&mut self.message);
+                        return Ok(Some(Received::Message { opcode, data }));
+                    }
+                }
+                DecodeEvent::Control(frame) => {
+                    return Ok(Some(match frame.opcode {
+                        OpCode::Ping => Received::Ping(frame),
+                        OpCode::Pong => Received::Pong(frame),
+                        _ => {
+                            self.close_received = true;
+                            Received::Close(
+                                frame
+                                    .close()
+                                    .map(|(code, reason)| (code, reason.to_owned())),
+                            )
+                        }
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Gives a message buffer back for reuse; very large ones are released.
+    pub fn recycle(&mut self, mut data: Vec<u8>) {
+        if data.capacity() <= KEEP_CAPACITY && self.message.capacity() < data.capacity() {
+            data.clear();
+            self.message = data;
+        }
+    }
+
+    pub fn send_text(&mut self, data: &[u8]) -> Result<(), WsError> {
+        self.send_frame(true, OpCode::Text, data)
+    }
+
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), WsError> {
+        self.send_frame(true, OpCode::Binary, data)
+    }
+
+    pub fn send_ping(&mut self, data: &[u8]) -> Result<(), WsError> {
+        self.send_frame(true, OpCode::Ping, data)
+    }
+
+    pub fn send_pong(&mut self, data: &[u8]) -> Result<(), WsError> {
+        self.send_frame(true, OpCode::Pong, data)
+    }
+
+    /// Queues a close frame; no further frames may be sent after it.
+    pub fn send_close(&mut self, code: Option<u16>, reason: &[u8]) -> Result<(), WsError> {
+        let payload = match code {
+            Some(code) => build_close_payload(code, reason),
+            None => Vec::new(),
+        };
+        self.send_frame(true, OpCode::Close, &payload)
+    }
+
+    /// Queues one frame. Over `max_send_len` (or over 125 bytes for a
+    /// control frame) it fails and queues nothing.
+    pub fn send_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) -> Result<(), WsError> {
+        if self.close_sent {
+            return Err(WsError::Closed);
+        }
+        let limit = if opcode.is_control() {
+            125
+        } else {
+            self.limits.max_send_len
+        };
+        if payload.len() as u64 > limit {
+            return Err(WsError::TooBig {
+                len: payload.len(),
+                limit,
+            });
+        }
+        let mask = self.limits.send_masked.then(random_mask);
+        let header = encode_header(fin, 0, opcode, payload.len() as u64, mask);
+        self.wbuf.extend_from_slice(header.as_slice());
+        let start = self.wbuf.len();
+        self.wbuf.extend_from_slice(payload);
+        if let Some(mask) = mask {
+            apply_mask(&mut self.wbuf[start..], mask, 0);
+        }
+        if opcode == OpCode::Close {
+            self.close_sent = true;
+        }
+        Ok(())
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len() - self.wpos
+    }
+
+    /// Writes queued frames; `Ok(true)` once everything is on the wire.
+    pub fn flush(&mut self) -> Result<bool, WsError> {
+        while self.wpos < self.wbuf.len() {
+            match self.conn().send(&self.wbuf[self.wpos..]) {
+                Io::Done(n) => self.wpos += n,
+                Io::Again => return Ok(false),
+                Io::Eof | Io::Error => return Err(WsError::Io),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.wbuf.capacity() > KEEP_CAPACITY {
+            self.wbuf = Vec::new();
+        }
+        Ok(true)
+    }
+
+    /// Registers for the events the object now waits on, with
+    /// `websocket_timeout` as the deadline for each.
+    pub fn arm(&self, want_read: bool) -> Result<(), WsError> {
+        let c = self.conn();
+        let timeout = self.limits.timeout_ms;
+        c.handle_event(Direction::Read).map_err(|_| WsError::Io)?;
+        c.handle_event(Direction::Write).map_err(|_| WsError::Io)?;
+        if self.queued() > 0 {
+            c.add_timer(Direction::Write, timeout);
+        } else {
+            c.del_timer(Direction::Write);
+        }
+        if want_read {
+            c.add_timer(Direction::Read, timeout);
+        } else {
+            c.del_timer(Direction::Read);
+        }
+        Ok(())
+    }
+}
+
+/// A masking key from nginx's seeded PRNG. RFC 6455 asks for unpredictable
+/// keys from clients; the server-side `send_masked` only needs them to vary.
+fn random_mask() -> [u8; 4] {
+    (ngx::ffi::ngx_random() as u32).to_ne_bytes()
+}
