@@ -4,6 +4,7 @@
 #   make run      build, then serve conf/nginx.conf on 127.0.0.1:8080
 #   make test     install what is missing (as root), then run every test
 #   make -s paths print the nginx binary and module paths
+#   make autobahn run the Autobahn|Testsuite (cases 1-10) against the module
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -14,7 +15,7 @@ RUN_DIR  := $(CURDIR)/target/run
 APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration deps paths clippy clean
+.PHONY: all build run test unit integration autobahn deps paths clippy clean
 
 all: build
 
@@ -49,12 +50,19 @@ deps:
 	@python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
 
 unit:
-	$(CARGO) test --profile $(PROFILE) --locked --lib
+	$(CARGO) test --profile $(PROFILE) --locked
 
 integration: build
 	prove -r nginx-tests/
 
-test: deps build unit integration
+# The Autobahn|Testsuite fuzzing client, cases 1-10, against websocket_echo.
+AUTOBAHN_DIR   := $(CURDIR)/target/autobahn
+AUTOBAHN_CASES := 1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*
+autobahn: build
+	autobahn/install.sh $(AUTOBAHN_DIR)
+	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report '$(AUTOBAHN_CASES)'
+
+test: deps build unit integration autobahn
 
 clippy:
 	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings

@@ -16,7 +16,7 @@ use crate::config::Limits;
 use crate::ngx_io::{ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
 use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
-use crate::protocol::frame::{encode_header, OpCode, ParseConfig};
+use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
 use crate::protocol::mask::apply_mask;
 use crate::protocol::ProtocolError;
 
@@ -49,6 +49,85 @@ pub enum Received {
     Pong(ControlFrame),
     /// The peer's close frame: its code and reason, if it sent any.
     Close(Option<(u16, String)>),
+}
+
+/// The type of a frame, as the seed's `recv_frame` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameType {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl From<OpCode> for FrameType {
+    fn from(op: OpCode) -> Self {
+        match op {
+            OpCode::Continuation => FrameType::Continuation,
+            OpCode::Text => FrameType::Text,
+            OpCode::Binary => FrameType::Binary,
+            OpCode::Close => FrameType::Close,
+            OpCode::Ping => FrameType::Ping,
+            OpCode::Pong => FrameType::Pong,
+        }
+    }
+}
+
+impl FrameType {
+    /// The seed's name: "continuation", "text", "binary", "close", "ping", "pong".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameType::Continuation => "continuation",
+            FrameType::Text => "text",
+            FrameType::Binary => "binary",
+            FrameType::Close => "close",
+            FrameType::Ping => "ping",
+            FrameType::Pong => "pong",
+        }
+    }
+}
+
+/// What [`WebSocket::recv_frame`] delivers: the seed's `data, typ, err`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecvFrame {
+    /// The payload; for a close frame, its reason.
+    pub data: Vec<u8>,
+    pub typ: FrameType,
+    /// The seed's `err == "again"`: more fragments of this message follow.
+    pub again: bool,
+    /// For a close frame with a status, the seed's `err == code`.
+    pub close_code: Option<u16>,
+}
+
+impl RecvFrame {
+    fn control(typ: FrameType, payload: &[u8]) -> Self {
+        RecvFrame {
+            data: payload.to_vec(),
+            typ,
+            again: false,
+            close_code: None,
+        }
+    }
+}
+
+/// How much data [`WebSocket::read_until`] collects before returning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Frame,
+    Message,
+}
+
+/// What [`WebSocket::read_until`] found.
+enum Got {
+    /// `self.message` holds the unit; `opcode` is the message's type and
+    /// `header` the last frame's.
+    Data {
+        opcode: OpCode,
+        header: FrameHeader,
+    },
+    Control(ControlFrame),
 }
 
 /// Why an operation failed.
@@ -154,10 +233,105 @@ impl WebSocket {
 
     /// Returns the next complete message or control frame, `Ok(None)` when
     /// it must wait for the socket (or for queued output to drain first).
+    /// Fragments are reassembled; pings inside a fragmented message are
+    /// returned as soon as they arrive.
+    ///
+    /// ```no_run
+    /// # use ngx_http_websocket_module::session::{Received, WebSocket, WsError};
+    /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
+    /// while let Some(received) = wb.recv()? {
+    ///     match received {
+    ///         Received::Message { opcode, data } => {
+    ///             wb.send_frame(true, opcode, &data)?;
+    ///             wb.recycle(data);
+    ///         }
+    ///         Received::Ping(ping) => wb.send_pong(ping.payload())?,
+    ///         Received::Pong(_) => {}
+    ///         Received::Close(_) => return wb.send_close(Some(1000), b""),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn recv(&mut self) -> Result<Option<Received>, WsError> {
+        match self.read_until(Unit::Message)? {
+            Some(Got::Data { opcode, .. }) => {
+                let data = core::mem::take(&mut self.message);
+                Ok(Some(Received::Message { opcode, data }))
+            }
+            Some(Got::Control(frame)) => Ok(Some(self.control(frame))),
+            None => Ok(None),
+        }
+    }
+
+    /// The seed's `wb:recv_frame()`: one frame at a time, fragments not
+    /// reassembled. A fragment that more frames follow is flagged `again`;
+    /// a close frame carries its code and, as data, its reason.
+    ///
+    /// ```no_run
+    /// # use ngx_http_websocket_module::session::{FrameType, WebSocket, WsError};
+    /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
+    /// // local data, typ, err = wb:recv_frame()
+    /// while let Some(frame) = wb.recv_frame()? {
+    ///     match frame.typ {
+    ///         FrameType::Close => {
+    ///             // typ == "close", err == code, data == reason
+    ///             let code = frame.close_code.unwrap_or(1000);
+    ///             return wb.send_close(Some(code), b"");
+    ///         }
+    ///         FrameType::Ping => wb.send_pong(&frame.data)?,
+    ///         FrameType::Pong => {}
+    ///         // err == "again": more fragments of this message follow
+    ///         _ if frame.again => {}
+    ///         _ => wb.send_text(&frame.data)?,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_frame(&mut self) -> Result<Option<RecvFrame>, WsError> {
+        match self.read_until(Unit::Frame)? {
+            Some(Got::Data { header, .. }) => Ok(Some(RecvFrame {
+                data: core::mem::take(&mut self.message),
+                typ: FrameType::from(header.opcode),
+                again: !header.fin,
+                close_code: None,
+            })),
+            Some(Got::Control(frame)) => Ok(Some(match self.control(frame) {
+                Received::Ping(f) => RecvFrame::control(FrameType::Ping, f.payload()),
+                Received::Pong(f) => RecvFrame::control(FrameType::Pong, f.payload()),
+                Received::Close(close) => {
+                    let (code, reason) = close.map_or((None, String::new()), |(c, r)| (Some(c), r));
+                    RecvFrame {
+                        close_code: code,
+                        ..RecvFrame::control(FrameType::Close, reason.as_bytes())
+                    }
+                }
+                Received::Message { .. } => unreachable!("control() never yields data"),
+            })),
+            None => Ok(None),
+        }
+    }
+
+    fn control(&mut self, frame: ControlFrame) -> Received {
+        match frame.opcode {
+            OpCode::Ping => Received::Ping(frame),
+            OpCode::Pong => Received::Pong(frame),
+            _ => {
+                self.close_received = true;
+                Received::Close(
+                    frame
+                        .close()
+                        .map(|(code, reason)| (code, reason.to_owned())),
+                )
+            }
+        }
+    }
+
+    /// Reads and decodes until a whole `unit` of data sits in `self.message`
+    /// or a control frame arrives.
+    fn read_until(&mut self, unit: Unit) -> Result<Option<Got>, WsError> {
         loop {
-            if let Some(received) = self.decode_buffered()? {
-                return Ok(Some(received));
+            if let Some(got) = self.decode_buffered(unit)? {
+                return Ok(Some(got));
             }
             if self.rpos > 0 {
                 self.rbuf.copy_within(self.rpos..self.rend, 0);
@@ -179,7 +353,7 @@ impl WebSocket {
         }
     }
 
-    fn decode_buffered(&mut self) -> Result<Option<Received>, WsError> {
+    fn decode_buffered(&mut self, unit: Unit) -> Result<Option<Got>, WsError> {
         while self.rpos < self.rend {
             let (n, event) = self.decoder.decode(&mut self.rbuf[self.rpos..self.rend])?;
             self.rpos += n;
@@ -191,34 +365,28 @@ impl WebSocket {
                 }
                 DecodeEvent::Data {
                     opcode,
+                    frame_header,
                     message_start,
                     chunk,
+                    frame_end,
                     message_end,
-                    ..
                 } => {
                     if message_start {
                         self.message.clear();
                     }
                     self.message.extend_from_slice(chunk);
-                    if message_end {
-                        let data = core::mem::take(&mut self.message);
-                        return Ok(Some(Received::Message { opcode, data }));
+                    let done = match unit {
+                        Unit::Message => message_end,
+                        Unit::Frame => frame_end,
+                    };
+                    if done {
+                        return Ok(Some(Got::Data {
+                            opcode,
+                            header: frame_header,
+                        }));
                     }
                 }
-                DecodeEvent::Control(frame) => {
-                    return Ok(Some(match frame.opcode {
-                        OpCode::Ping => Received::Ping(frame),
-                        OpCode::Pong => Received::Pong(frame),
-                        _ => {
-                            self.close_received = true;
-                            Received::Close(
-                                frame
-                                    .close()
-                                    .map(|(code, reason)| (code, reason.to_owned())),
-                            )
-                        }
-                    }));
-                }
+                DecodeEvent::Control(frame) => return Ok(Some(Got::Control(frame))),
             }
         }
         Ok(None)

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Start the nginx built here with our module, run the Autobahn fuzzing client
+# against its endpoints, stop nginx by PID, and exit with run.sh's verdict.
+# Usage: autobahn/against-nginx.sh WSTEST OUTDIR CASES [EXCLUDE]
+set -eu
+WSTEST=$1 OUTDIR=$2 CASES=$3 EXCLUDE=${4:-}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+eval "$(make -s -C "$ROOT" paths | sed 's/^/NGX_/')"
+RUN=$OUTDIR/nginx
+mkdir -p "$RUN/logs"
+RUN=$(cd "$RUN" && pwd)
+# A free port: bind to 0 and let the kernel pick.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+sed -e "s|@MODULE@|$NGX_module|" -e "s|@RUN@|$RUN|g" -e "s|@PORT@|$PORT|g" \
+    "$HERE/nginx.conf.in" > "$RUN/nginx.conf"
+"$NGX_nginx" -p "$RUN/" -c "$RUN/nginx.conf"
+trap 'kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true' EXIT
+status=0
+"$HERE/run.sh" --wstest "$WSTEST" --outdir "$OUTDIR" --cases "$CASES" --exclude "$EXCLUDE" \
+    echo="ws://127.0.0.1:$PORT/echo" || status=$?
+if grep -E '\[(alert|crit|emerg)\]|exited on signal' "$RUN/logs/error.log"; then
+    echo "against-nginx.sh: nginx logged alerts" >&2
+    status=1
+fi
+exit $status
