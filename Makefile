@@ -21,7 +21,9 @@ all: build
 
 build:
 	$(CARGO) build --profile $(PROFILE) --locked
-	cp -f $(TARGET)/libngx_http_websocket_module.so $(MODULE)
+	@# A new inode: overwriting the file in place would crash a running nginx.
+	cp -f $(TARGET)/libngx_http_websocket_module.so $(MODULE).tmp
+	mv -f $(MODULE).tmp $(MODULE)
 
 paths:
 	@test -f $(MODULE) -a -f $(TARGET)/nginx-path || $(MAKE) --no-print-directory build >&2

@@ -4,19 +4,20 @@
 //! `on|off`), so values parse and fail exactly as in nginx's C modules.
 
 use core::ffi::{c_char, c_void};
-use core::ptr;
+use core::ptr::{self, NonNull};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
-    ngx_conf_t, ngx_flag_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    ngx_conf_t, ngx_flag_t, ngx_http_upstream_srv_conf_t, ngx_msec_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
-use crate::ngx_io::{conf_args, conf_error, set_content_handler};
+use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
+use crate::url::{UrlError, WsUrl};
 
 const UNSET_SIZE: usize = usize::MAX;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
@@ -42,6 +43,22 @@ pub struct LocConf {
     pub origins: Option<Vec<Vec<u8>>>,
     /// Set by `websocket_echo` (location only, never inherited).
     pub echo: bool,
+    /// Set by `websocket_pass` (location only, never inherited).
+    pub pass: Option<PassTarget>,
+    pub connect_timeout: ngx_msec_t,
+    /// `websocket_pass_header`; `None` inherits the enclosing level's list.
+    pub pass_headers: Option<Vec<(String, ComplexValue)>>,
+    pub pass_host: Option<ComplexValue>,
+    pub pass_origin: Option<ComplexValue>,
+    pub pass_send_unmasked: ngx_flag_t,
+}
+
+/// Where `websocket_pass` connects.
+#[derive(Clone)]
+pub struct PassTarget {
+    pub url: WsUrl,
+    /// The `upstream {}` block, named or implicit, that picks the peer.
+    pub upstream: NonNull<ngx_http_upstream_srv_conf_t>,
 }
 
 impl Default for LocConf {
@@ -55,6 +72,12 @@ impl Default for LocConf {
             protocols: None,
             origins: None,
             echo: false,
+            pass: None,
+            connect_timeout: UNSET_MSEC,
+            pass_headers: None,
+            pass_host: None,
+            pass_origin: None,
+            pass_send_unmasked: UNSET_FLAG,
         }
     }
 }
@@ -100,6 +123,23 @@ impl Merge for LocConf {
         if self.origins.is_none() {
             self.origins.clone_from(&prev.origins);
         }
+        merge_value(
+            &mut self.connect_timeout,
+            prev.connect_timeout,
+            UNSET_MSEC,
+            DEFAULT_TIMEOUT_MS,
+        );
+        if self.pass_headers.is_none() {
+            self.pass_headers.clone_from(&prev.pass_headers);
+        }
+        self.pass_host = self.pass_host.or(prev.pass_host);
+        self.pass_origin = self.pass_origin.or(prev.pass_origin);
+        merge_value(
+            &mut self.pass_send_unmasked,
+            prev.pass_send_unmasked,
+            UNSET_FLAG,
+            0,
+        );
         Ok(())
     }
 }
@@ -150,7 +190,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 9] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -199,6 +239,42 @@ pub static mut COMMANDS: [ngx_command_t; 9] = [
         cmd_origins,
         0,
     ),
+    slot(
+        ngx_string!("websocket_pass"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        cmd_pass,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_connect_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, connect_timeout),
+    ),
+    slot(
+        ngx_string!("websocket_pass_header"),
+        ANY_LEVEL | NGX_CONF_TAKE2,
+        cmd_pass_header,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_pass_host"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_pass_host,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_pass_origin"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_pass_origin,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_pass_send_unmasked"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        core::mem::offset_of!(LocConf, pass_send_unmasked),
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -210,7 +286,7 @@ unsafe extern "C" fn cmd_echo(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo {
+    if conf.echo || conf.pass.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     conf.echo = true;
@@ -219,6 +295,141 @@ unsafe extern "C" fn cmd_echo(
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK
+}
+
+/// `websocket_pass URL;`
+unsafe extern "C" fn cmd_pass(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.echo || conf.pass.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: `cf` is the configuration being parsed.
+    let arg = unsafe { conf_args(cf) }.next().unwrap_or_default();
+    let parsed = core::str::from_utf8(arg)
+        .map_err(|_| UrlError::Scheme)
+        .and_then(WsUrl::parse);
+    let url = match parsed {
+        Ok(url) if !arg.contains(&b'$') => url,
+        Ok(_) => {
+            // SAFETY: as above.
+            unsafe { conf_error(cf, "variables in \"websocket_pass\" are not supported yet") };
+            return NGX_CONF_ERROR;
+        }
+        Err(e) => {
+            // SAFETY: as above.
+            unsafe { conf_error(cf, &format!("invalid URL \"{}\": {e}", arg.escape_ascii())) };
+            return NGX_CONF_ERROR;
+        }
+    };
+    // SAFETY: as above.
+    let upstream = match unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) } {
+        Ok(uscf) => uscf,
+        Err(_) => return NGX_CONF_ERROR,
+    };
+    conf.pass = Some(PassTarget { url, upstream });
+    // SAFETY: `cf` is the configuration being parsed, inside a location block.
+    if unsafe { set_content_handler(cf, crate::proxy::handler) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+/// Headers the client handshake sets itself; `websocket_pass_header` may
+/// not override them.
+const RESERVED_HEADERS: [&str; 7] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "origin",
+];
+
+/// `websocket_pass_header NAME VALUE;`
+unsafe extern "C" fn cmd_pass_header(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: `cf` is the configuration being parsed.
+    let mut args = unsafe { conf_args(cf) };
+    let (name, value) = (
+        args.next().unwrap_or_default(),
+        args.next().unwrap_or_default(),
+    );
+    let name = match core::str::from_utf8(name) {
+        Ok(n) if is_token(n) && !RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) => n,
+        _ => {
+            let msg = format!(
+                "invalid header name \"{}\" (Host and Origin have their own directives; \
+                 the handshake headers are set by the module)",
+                name.escape_ascii()
+            );
+            // SAFETY: as above.
+            unsafe { conf_error(cf, &msg) };
+            return NGX_CONF_ERROR;
+        }
+    };
+    // SAFETY: as above.
+    let Ok(value) = (unsafe { ComplexValue::compile(cf, value) }) else {
+        return NGX_CONF_ERROR;
+    };
+    conf.pass_headers
+        .get_or_insert_with(Vec::new)
+        .push((name.to_owned(), value));
+    NGX_CONF_OK
+}
+
+/// `websocket_pass_host VALUE;`
+unsafe extern "C" fn cmd_pass_host(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: `cf` is the configuration being parsed.
+    unsafe { set_complex(cf, &mut conf.pass_host) }
+}
+
+/// `websocket_pass_origin VALUE;`
+unsafe extern "C" fn cmd_pass_origin(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: `cf` is the configuration being parsed.
+    unsafe { set_complex(cf, &mut conf.pass_origin) }
+}
+
+/// Compiles the single argument into `slot`, refusing a second occurrence.
+///
+/// # Safety
+/// `cf` must be the configuration nginx is parsing, inside a directive handler.
+unsafe fn set_complex(cf: *mut ngx_conf_t, slot: &mut Option<ComplexValue>) -> *mut c_char {
+    if slot.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: guaranteed by the caller.
+    let value = unsafe { conf_args(cf) }.next().unwrap_or_default();
+    // SAFETY: as above.
+    match unsafe { ComplexValue::compile(cf, value) } {
+        Ok(cv) => {
+            *slot = Some(cv);
+            NGX_CONF_OK
+        }
+        Err(_) => NGX_CONF_ERROR,
+    }
 }
 
 /// `websocket_protocols NAME ...;`

@@ -7,6 +7,7 @@ use ngx::ngx_log_error;
 use crate::module::Module;
 use crate::ngx_io::{Direction, RequestRef};
 use crate::protocol::close::{GOING_AWAY, NORMAL, TOO_BIG};
+use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Received, Role, WebSocket, WsError};
 use crate::upgrade;
 
@@ -33,16 +34,20 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(conf) = Module::location_conf(r) else {
         return NGX_ERROR as ngx_int_t;
     };
-    let upgraded = match upgrade::accept(r, conf) {
-        Ok(u) => u,
+    let handshake = match upgrade::validate(r, conf) {
+        Ok(h) => h,
         Err(rc) => return rc,
     };
-    let ws = WebSocket::new(
-        r.connection(),
-        Role::Server,
-        conf.limits(),
-        &upgraded.pipelined,
-    );
+    let offered: Vec<&str> = handshake.protocols.iter().map(String::as_str).collect();
+    let chosen = conf
+        .protocols
+        .as_deref()
+        .and_then(|ours| select_subprotocol(&offered, ours));
+    let pipelined = match upgrade::respond(r, &handshake.accept, chosen) {
+        Ok(p) => p,
+        Err(rc) => return rc,
+    };
+    let ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
     let Some(session) = r.pool_alloc(EchoSession { ws }) else {
         return NGX_ERROR as ngx_int_t;
     };

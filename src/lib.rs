@@ -9,10 +9,14 @@
 //!   only place that dereferences nginx pointers;
 //! - [`protocol`]: the pure RFC 6455 codec, free of nginx types.
 
+pub mod client;
 pub mod config;
 pub mod echo;
 pub mod module;
 pub mod ngx_io;
+pub mod ngx_peer;
 pub mod protocol;
+pub mod proxy;
 pub mod session;
 pub mod upgrade;
+pub mod url;

@@ -127,6 +127,10 @@ impl ConnectionRef {
         self.raw().log
     }
 
+    pub fn fd(&self) -> i32 {
+        self.raw().fd
+    }
+
     /// Reads into `buf` with the connection's own `recv` (plain or TLS).
     pub fn recv(&self, buf: &mut [u8]) -> Io {
         let recv = self
@@ -475,6 +479,25 @@ impl RequestRef {
         NonNull::new(pool.allocate(value))
     }
 
+    /// The client connection, to run posted requests on after the request
+    /// itself may be gone (see [`run_posted_requests`]).
+    pub fn connection_ptr(&self) -> *mut ngx_connection_t {
+        self.raw().connection
+    }
+
+    /// Ends the request with an HTTP status (or NGX_ERROR) instead of a
+    /// WebSocket session: nginx sends its error page. Same rules as
+    /// [`RequestRef::finalize`] about what may be touched afterwards.
+    pub fn finalize_status(&mut self, rc: ngx_int_t) {
+        // SAFETY: the request is live and held.
+        unsafe { ngx_http_finalize_request(self.as_ptr(), rc) }
+    }
+
+    /// The request URI as the client sent it (path and query).
+    pub fn unparsed_uri(&self) -> &[u8] {
+        self.raw().unparsed_uri.as_bytes()
+    }
+
     /// Ends a request held by [`RequestRef::hold`]. `linger` half-closes the
     /// socket and drains the peer for `lingering_timeout` instead of closing
     /// at once, so a close frame we just sent is not lost to a TCP reset.
@@ -501,4 +524,93 @@ impl HttpModuleConfExt for RequestRef {
         // SAFETY: `loc_conf` has one slot per HTTP module, indexed by ctx_index.
         NonNull::new(unsafe { *self.raw().loc_conf.add(module.ctx_index) }.cast())
     }
+}
+
+/// Runs subrequests and terminations that nginx posted while an event of
+/// another connection (an upstream's) was handled. Safe after the request
+/// was freed: nginx checks `c->destroyed`, and connections are never freed.
+///
+/// # Safety
+/// `c` must be a client connection of this worker.
+pub unsafe fn run_posted_requests(c: *mut ngx_connection_t) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { ngx::ffi::ngx_http_run_posted_requests(c) }
+}
+
+// ---------------------------------------------------------------- config values
+
+/// A directive value that may contain variables (`ngx_http_complex_value_t`),
+/// compiled once at configuration time and evaluated per request.
+#[derive(Clone, Copy)]
+pub struct ComplexValue(NonNull<ngx::ffi::ngx_http_complex_value_t>);
+
+impl ComplexValue {
+    /// Compiles `value` in the configuration pool.
+    ///
+    /// # Safety
+    /// `cf` must be the configuration nginx is parsing.
+    pub unsafe fn compile(cf: *mut ngx_conf_t, value: &[u8]) -> Result<Self, NgxError> {
+        // SAFETY: the pool outlives the configuration; the compile structure
+        // is zeroed as nginx's C modules do before filling it.
+        unsafe {
+            let pool = (*cf).pool;
+            let cv: *mut ngx::ffi::ngx_http_complex_value_t = ngx::ffi::ngx_pcalloc(
+                pool,
+                core::mem::size_of::<ngx::ffi::ngx_http_complex_value_t>(),
+            )
+            .cast();
+            let cv = NonNull::new(cv).ok_or(NgxError("ngx_pcalloc"))?;
+            let mut source = ngx_str_t::from_bytes(pool, value).ok_or(NgxError("ngx_pnalloc"))?;
+            let mut ccv: ngx::ffi::ngx_http_compile_complex_value_t = core::mem::zeroed();
+            ccv.cf = cf;
+            ccv.value = &mut source;
+            ccv.complex_value = cv.as_ptr();
+            if ngx::ffi::ngx_http_compile_complex_value(&mut ccv) != NGX_OK as ngx_int_t {
+                return Err(NgxError("ngx_http_compile_complex_value"));
+            }
+            Ok(ComplexValue(cv))
+        }
+    }
+
+    /// Evaluates the value for `r`.
+    pub fn evaluate(&self, r: &RequestRef) -> Result<Vec<u8>, NgxError> {
+        let mut out = ngx_str_t::empty();
+        // SAFETY: the compiled value lives in the configuration pool; the
+        // result is allocated in the request pool and copied out at once.
+        let rc = unsafe { ngx::ffi::ngx_http_complex_value(r.as_ptr(), self.0.as_ptr(), &mut out) };
+        if rc != NGX_OK as ngx_int_t {
+            return Err(NgxError("ngx_http_complex_value"));
+        }
+        Ok(out.as_bytes().to_vec())
+    }
+}
+
+/// The `upstream {}` block named `authority` (`host` or `host:port`), or the
+/// implicit one nginx creates for it (resolved when the configuration is
+/// loaded), exactly as `proxy_pass` finds it.
+///
+/// # Safety
+/// `cf` must be the configuration nginx is parsing.
+pub unsafe fn upstream_add(
+    cf: *mut ngx_conf_t,
+    authority: &str,
+    default_port: u16,
+) -> Result<NonNull<ngx::ffi::ngx_http_upstream_srv_conf_t>, NgxError> {
+    // SAFETY: the URL string is copied into the configuration pool, which
+    // the upstream configuration keeps pointing to.
+    unsafe {
+        let mut u: ngx::ffi::ngx_url_t = core::mem::zeroed();
+        u.url = ngx_str_t::from_bytes((*cf).pool, authority.as_bytes())
+            .ok_or(NgxError("ngx_pnalloc"))?;
+        u.default_port = default_port;
+        u.set_no_resolve(1);
+        let uscf = ngx::ffi::ngx_http_upstream_add(cf, &mut u, 0);
+        NonNull::new(uscf).ok_or(NgxError("ngx_http_upstream_add"))
+    }
+}
+
+/// nginx's cached current time in milliseconds.
+pub fn now_msec() -> ngx_msec_t {
+    // SAFETY: a plain read of the worker's time cache.
+    unsafe { ngx::ffi::ngx_current_msec }
 }

@@ -34,6 +34,9 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 pub enum Role {
     /// Receives masked frames, sends unmasked ones (unless `send_masked`).
     Server,
+    /// Receives unmasked frames, sends masked ones (unless `send_masked` is
+    /// off, which only `websocket_pass_send_unmasked` does).
+    Client,
 }
 
 /// What [`WebSocket::recv`] delivers.
@@ -185,11 +188,12 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    /// Wraps an upgraded server connection. `pipelined` are bytes the peer
-    /// sent right after its handshake.
+    /// Wraps an upgraded connection. `pipelined` are bytes the peer sent
+    /// right after its handshake.
     pub fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
         let parse = match role {
             Role::Server => ParseConfig::server(limits.max_recv_len),
+            Role::Client => ParseConfig::client(limits.max_recv_len),
         };
         let decoder = Decoder::new(DecoderConfig {
             parse,
@@ -216,6 +220,11 @@ impl WebSocket {
         // SAFETY: the object lives in its request's pool, which is freed
         // before the connection is.
         unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
+    }
+
+    /// Whether the connection's read or write deadline passed (and clears it).
+    pub fn take_timedout(&self, dir: Direction) -> bool {
+        self.conn().take_timedout(dir)
     }
 
     pub fn close_sent(&self) -> bool {
@@ -454,6 +463,12 @@ impl WebSocket {
             self.close_sent = true;
         }
         Ok(())
+    }
+
+    /// Drops queued output: the peer is gone and will never read it.
+    pub fn discard_output(&mut self) {
+        self.wbuf.clear();
+        self.wpos = 0;
     }
 
     /// Bytes queued but not yet written.

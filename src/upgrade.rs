@@ -1,29 +1,30 @@
 //! The server side of the opening handshake on an nginx request: validate,
 //! answer 101 (or the status the defect calls for), hand over the socket.
 
-use ngx::ffi::{ngx_int_t, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_INFO};
+use ngx::ffi::{ngx_int_t, NGX_ERROR, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
 use crate::config::LocConf;
 use crate::ngx_io::RequestRef;
-use crate::protocol::handshake::{select_subprotocol, validate_request, HandshakeRequest};
+use crate::protocol::handshake::{validate_request, HandshakeRequest};
 
-/// What the session needs from a successful handshake.
-pub struct Upgraded {
-    /// Bytes the client sent right behind its handshake (already frames).
-    pub pipelined: Vec<u8>,
-    pub subprotocol: Option<String>,
+/// A client handshake that passed every check, with what the response and
+/// a proxied handshake need from it.
+pub struct ClientHandshake {
+    pub accept: String,
+    /// Subprotocols the client offered, in its order of preference.
+    pub protocols: Vec<String>,
+    pub origin: Option<Vec<u8>>,
 }
 
 const HTTP_FORBIDDEN: ngx_int_t = 403;
 const HTTP_BAD_REQUEST: ngx_int_t = 400;
 const HTTP_UPGRADE_REQUIRED: u32 = 426;
-const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = 500;
+pub const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = 500;
 
-/// Validates the request and answers it. On success the 101 response is on
-/// its way and the connection speaks WebSocket; on failure the returned code
-/// is what the content handler returns to nginx.
-pub fn accept(r: &mut RequestRef, conf: &LocConf) -> Result<Upgraded, ngx_int_t> {
+/// Checks the client's handshake (and `websocket_origins`). On failure the
+/// returned code is what the content handler returns to nginx.
+pub fn validate(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_t> {
     if !r.is_main() {
         ngx_log_error!(
             NGX_LOG_INFO,
@@ -32,15 +33,18 @@ pub fn accept(r: &mut RequestRef, conf: &LocConf) -> Result<Upgraded, ngx_int_t>
         );
         return Err(HTTP_INTERNAL_SERVER_ERROR);
     }
-    let subprotocol = {
-        let headers = r.headers_in();
+    let handshake = {
         let req = HandshakeRequest {
             method: r.method_name(),
             http_version: r.http_version(),
-            headers,
+            headers: r.headers_in(),
         };
-        let valid = match validate_request(&req) {
-            Ok(valid) => valid,
+        match validate_request(&req) {
+            Ok(valid) => ClientHandshake {
+                accept: valid.accept,
+                protocols: valid.protocols.iter().map(|p| (*p).to_owned()).collect(),
+                origin: valid.origin.map(<[u8]>::to_vec),
+            },
             Err(e) => {
                 ngx_log_error!(NGX_LOG_INFO, r.log(), "websocket: handshake rejected: {e}");
                 let status = e.status();
@@ -49,56 +53,56 @@ pub fn accept(r: &mut RequestRef, conf: &LocConf) -> Result<Upgraded, ngx_int_t>
                 }
                 return Err(status as ngx_int_t);
             }
-        };
-        if r.has_body() {
+        }
+    };
+    if r.has_body() {
+        ngx_log_error!(
+            NGX_LOG_INFO,
+            r.log(),
+            "websocket: handshake rejected: request has a body"
+        );
+        return Err(HTTP_BAD_REQUEST);
+    }
+    if let Some(allowed) = &conf.origins {
+        let origin = handshake.origin.as_deref().unwrap_or_default();
+        if !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 r.log(),
-                "websocket: handshake rejected: request has a body"
+                "websocket: handshake rejected: origin \"{}\" is not allowed",
+                origin.escape_ascii()
             );
-            return Err(HTTP_BAD_REQUEST);
+            return Err(HTTP_FORBIDDEN);
         }
-        if let Some(allowed) = &conf.origins {
-            let origin = valid.origin.unwrap_or_default();
-            if !allowed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    r.log(),
-                    "websocket: handshake rejected: origin \"{}\" is not allowed",
-                    origin.escape_ascii()
-                );
-                return Err(HTTP_FORBIDDEN);
-            }
-        }
-        let chosen = conf
-            .protocols
-            .as_deref()
-            .and_then(|accepted| select_subprotocol(&valid.protocols, accepted))
-            .map(str::to_owned);
-        let accept = valid.accept.clone();
-        r.set_status(
-            NGX_HTTP_SWITCHING_PROTOCOLS,
-            Some("101 Switching Protocols"),
-        );
-        let added = r
-            .add_header_out("Upgrade", b"websocket")
-            .and_then(|()| r.add_header_out("Sec-WebSocket-Accept", accept.as_bytes()))
-            .and_then(|()| match &chosen {
-                Some(p) => r.add_header_out("Sec-WebSocket-Protocol", p.as_bytes()),
-                None => Ok(()),
-            });
-        if added.is_err() {
-            return Err(HTTP_INTERNAL_SERVER_ERROR);
-        }
-        chosen
-    };
-    if r.send_header_flush().is_err() {
-        return Err(ngx::ffi::NGX_ERROR as ngx_int_t);
     }
-    Ok(Upgraded {
-        pipelined: r.take_pipelined(),
-        subprotocol,
-    })
+    Ok(handshake)
+}
+
+/// Answers 101 and flushes it. Returns the bytes the client sent right behind
+/// its handshake (already frames); on failure, the code to finalize with.
+pub fn respond(
+    r: &mut RequestRef,
+    accept: &str,
+    subprotocol: Option<&str>,
+) -> Result<Vec<u8>, ngx_int_t> {
+    r.set_status(
+        NGX_HTTP_SWITCHING_PROTOCOLS,
+        Some("101 Switching Protocols"),
+    );
+    let added = r
+        .add_header_out("Upgrade", b"websocket")
+        .and_then(|()| r.add_header_out("Sec-WebSocket-Accept", accept.as_bytes()))
+        .and_then(|()| match subprotocol {
+            Some(p) => r.add_header_out("Sec-WebSocket-Protocol", p.as_bytes()),
+            None => Ok(()),
+        });
+    if added.is_err() {
+        return Err(HTTP_INTERNAL_SERVER_ERROR);
+    }
+    if r.send_header_flush().is_err() {
+        return Err(NGX_ERROR as ngx_int_t);
+    }
+    Ok(r.take_pipelined())
 }
 
 /// 426 is not among nginx's built-in error pages, so it is sent here, with

@@ -1,6 +1,7 @@
 //! Server side: checking a client's upgrade request (RFC 6455 §4.2.1).
 
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet::STANDARD as ALPHABET;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 
 use super::accept_key;
@@ -90,6 +91,11 @@ fn check_version<'a>(mut versions: impl Iterator<Item = &'a [u8]>) -> Result<(),
     }
 }
 
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &ALPHABET,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
+
 /// Exactly one `Sec-WebSocket-Key`, the base64 of 16 bytes.
 fn single_key<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> Result<&'a str, HandshakeError> {
     let key = keys.next().ok_or(HandshakeError::MissingKey)?;
@@ -97,7 +103,9 @@ fn single_key<'a>(mut keys: impl Iterator<Item = &'a [u8]>) -> Result<&'a str, H
         return Err(HandshakeError::DuplicateKey);
     }
     let key = std::str::from_utf8(key).map_err(|_| HandshakeError::InvalidKey)?;
-    match STANDARD.decode(key) {
+    // Padding is required, but unused low bits in the last character are
+    // tolerated, as common clients' decoders do: the key is only hashed.
+    match LENIENT.decode(key) {
         Ok(nonce) if nonce.len() == 16 => Ok(key),
         _ => Err(HandshakeError::InvalidKey),
     }
@@ -183,6 +191,17 @@ mod tests {
             valid.extensions,
             vec![&b"permessage-deflate; client_max_window_bits"[..], b"x-foo"]
         );
+    }
+
+    #[test]
+    fn key_with_unused_bits_set_is_accepted() {
+        let req = with(
+            b"Sec-WebSocket-Key",
+            &[(b"Sec-WebSocket-Key", b"BBBBBBBBBBBBBBBBBBBBBB==")],
+        );
+        let valid = validate_request(&req).expect("16 bytes, padded");
+        assert_eq!(valid.key, "BBBBBBBBBBBBBBBBBBBBBB==");
+        assert_eq!(valid.accept, accept_key(b"BBBBBBBBBBBBBBBBBBBBBB=="));
     }
 
     #[test]

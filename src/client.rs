@@ -1,0 +1,357 @@
+//! The module's WebSocket client: connect to an upstream through nginx's
+//! balancer, send the opening handshake, check the answer. Everything runs
+//! on nginx's events; [`Connector::advance`] is called on each of them.
+
+use core::ffi::c_void;
+use core::fmt;
+
+use ngx::ffi::{ngx_int_t, ngx_msec_t, NGX_LOG_ERR};
+use ngx::ngx_log_error;
+
+use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef};
+use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
+use crate::protocol::handshake::{
+    generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
+};
+
+/// What the client handshake sends.
+pub struct ClientOptions {
+    /// Path and query of the request line.
+    pub path: String,
+    /// The Host header.
+    pub host: String,
+    /// Subprotocols to offer, in order of preference.
+    pub protocols: Vec<String>,
+    pub origin: Option<String>,
+    pub headers: Vec<(String, String)>,
+    /// Bound on connect and handshake together.
+    pub connect_timeout: ngx_msec_t,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug)]
+pub enum ClientError {
+    NoLivePeers,
+    /// The last peer tried refused or was unreachable (each attempt is
+    /// logged when it fails).
+    Unreachable {
+        peer: String,
+        errno: i32,
+    },
+    Timeout {
+        peer: String,
+    },
+    /// The upstream closed before it answered the handshake.
+    Closed {
+        peer: String,
+    },
+    BadResponse {
+        peer: String,
+        error: HandshakeError,
+    },
+    Internal(NgxError),
+}
+
+impl ClientError {
+    /// The HTTP status the client of `websocket_pass` gets.
+    pub fn status(&self) -> ngx_int_t {
+        match self {
+            ClientError::Timeout { .. } => 504,
+            ClientError::Internal(_) => 500,
+            _ => 502,
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::NoLivePeers => f.write_str("no live upstreams"),
+            ClientError::Unreachable { peer, errno } => {
+                write!(
+                    f,
+                    "no upstream reachable, last tried {peer} ({errno}: {})",
+                    os_error_text(*errno)
+                )
+            }
+            ClientError::Timeout { peer } => write!(f, "upstream {peer} timed out"),
+            ClientError::Closed { peer } => {
+                write!(
+                    f,
+                    "upstream {peer} closed the connection before answering the handshake"
+                )
+            }
+            ClientError::BadResponse { peer, error } => {
+                write!(f, "upstream {peer} failed the handshake: {error}")
+            }
+            ClientError::Internal(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A finished handshake.
+pub struct Established {
+    pub peer: UpstreamPeer,
+    pub subprotocol: Option<String>,
+    /// Bytes the upstream sent right behind its 101 response (frames).
+    pub leftover: Vec<u8>,
+}
+
+/// Where [`Connector::advance`] stands.
+pub enum Progress {
+    Pending,
+    Ready(Established),
+    Failed(ClientError),
+}
+
+enum Stage {
+    /// Waiting for a non-blocking connect to complete.
+    Connect,
+    Send {
+        pos: usize,
+    },
+    Receive,
+}
+
+/// An upstream connection being set up.
+pub struct Connector {
+    peer: Option<UpstreamPeer>,
+    stage: Stage,
+    key: String,
+    protocols: Vec<String>,
+    request: Vec<u8>,
+    response: Vec<u8>,
+    deadline: ngx_msec_t,
+    data: *mut c_void,
+    handler: EventHandler,
+}
+
+impl Connector {
+    /// Starts connecting. `data` and `handler` are installed on the new
+    /// connection; the handler must call [`Connector::advance`].
+    pub fn start(
+        r: &mut RequestRef,
+        upstream: core::ptr::NonNull<ngx::ffi::ngx_http_upstream_srv_conf_t>,
+        opts: &ClientOptions,
+        data: *mut c_void,
+        handler: EventHandler,
+    ) -> Result<Connector, ClientError> {
+        let peer = UpstreamPeer::new(r, upstream).map_err(ClientError::Internal)?;
+        let key = generate_key(random16());
+        let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
+        let headers: Vec<(&str, &str)> = opts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let request = ClientRequest {
+            path: &opts.path,
+            host: &opts.host,
+            key: &key,
+            protocols: &protocols,
+            origin: opts.origin.as_deref(),
+            extra_headers: &headers,
+        }
+        .to_bytes();
+        let mut connector = Connector {
+            peer: Some(peer),
+            stage: Stage::Connect,
+            key,
+            protocols: opts.protocols.clone(),
+            request,
+            response: Vec::new(),
+            deadline: now_msec().wrapping_add(opts.connect_timeout),
+            data,
+            handler,
+        };
+        match connector.connect_next() {
+            Progress::Failed(e) => Err(e),
+            _ => Ok(connector),
+        }
+    }
+
+    fn peer(&mut self) -> &mut UpstreamPeer {
+        self.peer
+            .as_mut()
+            .expect("the peer is taken only when the handshake is done")
+    }
+
+    /// Tries peers until one connects or is in progress.
+    fn connect_next(&mut self) -> Progress {
+        let (data, handler) = (self.data, self.handler);
+        loop {
+            match self.peer().connect(data, handler) {
+                Connect::Connected => {
+                    self.stage = Stage::Send { pos: 0 };
+                    return self.advance();
+                }
+                Connect::InProgress => {
+                    self.stage = Stage::Connect;
+                    return self.wait(Direction::Write);
+                }
+                Connect::Declined => {
+                    // nginx has logged why this peer failed.
+                    self.peer().fail();
+                    if !self.peer().tries_left() {
+                        let peer = self.peer().name();
+                        return Progress::Failed(ClientError::Unreachable { peer, errno: 0 });
+                    }
+                }
+                Connect::NoLivePeers => return Progress::Failed(ClientError::NoLivePeers),
+                Connect::Error => {
+                    return Progress::Failed(ClientError::Internal(NgxError(
+                        "ngx_event_connect_peer",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Moves the handshake on after an event of the upstream connection.
+    pub fn advance(&mut self) -> Progress {
+        loop {
+            let Some(c) = connection(&self.peer) else {
+                return Progress::Failed(ClientError::Internal(NgxError("upstream connection")));
+            };
+            if c.take_timedout(Direction::Read) | c.take_timedout(Direction::Write) {
+                let peer = self.peer().name();
+                self.peer().fail();
+                return Progress::Failed(ClientError::Timeout { peer });
+            }
+            match self.stage {
+                Stage::Connect => match self.peer().test_connect() {
+                    Ok(()) => self.stage = Stage::Send { pos: 0 },
+                    Err(errno) => return self.connect_failed(errno),
+                },
+                Stage::Send { pos } => match c.send(&self.request[pos..]) {
+                    Io::Done(n) if pos + n == self.request.len() => self.stage = Stage::Receive,
+                    Io::Done(n) => self.stage = Stage::Send { pos: pos + n },
+                    Io::Again => return self.wait(Direction::Write),
+                    Io::Eof | Io::Error => return self.closed(),
+                },
+                Stage::Receive => {
+                    let start = self.response.len();
+                    self.response.resize(start + 4096, 0);
+                    let io = c.recv(&mut self.response[start..]);
+                    let got = if let Io::Done(n) = io { n } else { 0 };
+                    self.response.truncate(start + got);
+                    match io {
+                        Io::Done(_) => {
+                            if let Some(progress) = self.check_response() {
+                                return progress;
+                            }
+                        }
+                        Io::Again => return self.wait(Direction::Read),
+                        Io::Eof | Io::Error => return self.closed(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A non-blocking connect failed: log it, then try the next peer.
+    fn connect_failed(&mut self, errno: i32) -> Progress {
+        let peer = self.peer().name();
+        if let Some(c) = connection(&self.peer) {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                c.log(),
+                "websocket: connect() to {peer} failed ({errno}: {})",
+                os_error_text(errno)
+            );
+        }
+        self.peer().fail();
+        if self.peer().tries_left() {
+            self.connect_next()
+        } else {
+            Progress::Failed(ClientError::Unreachable { peer, errno })
+        }
+    }
+
+    /// Parses what arrived of the response; `None` while it is incomplete.
+    fn check_response(&mut self) -> Option<Progress> {
+        let parsed = parse_response(&self.response).and_then(|head| match head {
+            None if self.response.len() > MAX_RESPONSE_HEAD_LEN => {
+                Err(HandshakeError::ResponseHeadTooLarge)
+            }
+            None => Ok(None),
+            Some((response, used)) => {
+                let offered: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
+                response
+                    .validate(&self.key, &offered)
+                    .map(|chosen| Some((chosen, used)))
+            }
+        });
+        match parsed {
+            Ok(None) => None,
+            Ok(Some((subprotocol, used))) => {
+                let leftover = self.response.split_off(used);
+                let peer = self.peer.take().expect("the peer is still held");
+                Some(Progress::Ready(Established {
+                    peer,
+                    subprotocol,
+                    leftover,
+                }))
+            }
+            Err(error) => {
+                let peer = self.peer().name();
+                self.peer().fail();
+                Some(Progress::Failed(ClientError::BadResponse { peer, error }))
+            }
+        }
+    }
+
+    fn closed(&mut self) -> Progress {
+        let peer = self.peer().name();
+        self.peer().fail();
+        Progress::Failed(ClientError::Closed { peer })
+    }
+
+    /// Waits for `dir` on the upstream connection until the deadline.
+    fn wait(&mut self, dir: Direction) -> Progress {
+        let left = self.deadline.wrapping_sub(now_msec()) as i64;
+        if left <= 0 || left > i64::from(u32::MAX) {
+            let peer = self.peer().name();
+            self.peer().fail();
+            return Progress::Failed(ClientError::Timeout { peer });
+        }
+        let Some(c) = connection(&self.peer) else {
+            return Progress::Failed(ClientError::Internal(NgxError("upstream connection")));
+        };
+        if c.handle_event(dir).is_err() {
+            return Progress::Failed(ClientError::Internal(NgxError("ngx_handle_event")));
+        }
+        c.add_timer(dir, left as ngx_msec_t);
+        Progress::Pending
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer.as_mut() {
+            peer.close();
+        }
+    }
+}
+
+/// The system's text for an errno, as nginx prints it.
+fn os_error_text(errno: i32) -> String {
+    let text = std::io::Error::from_raw_os_error(errno).to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+fn connection(peer: &Option<UpstreamPeer>) -> Option<&ConnectionRef> {
+    peer.as_ref().and_then(UpstreamPeer::connection)
+}
+
+/// 16 bytes for the handshake key from nginx's PRNG.
+fn random16() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    for chunk in key.chunks_mut(4) {
+        chunk.copy_from_slice(&(ngx::ffi::ngx_random() as u32).to_ne_bytes());
+    }
+    key
+}
