@@ -104,34 +104,43 @@ impl EchoSession {
             );
             let _ = self.ws.send_close(Some(GOING_AWAY), b"idle timeout");
         }
-        if !self.ws.close_sent() {
-            if let Err(next) = self.echo_received(log) {
-                return next;
-            }
-        }
-        if r.output_pending() {
-            if r.flush_output().is_err() {
-                return Next::Finish {
-                    linger: false,
-                    error: true,
-                };
+        loop {
+            if !self.ws.close_sent() {
+                if let Err(next) = self.echo_received(log) {
+                    return next;
+                }
             }
             if r.output_pending() {
-                return self.arm();
+                if r.flush_output().is_err() {
+                    return Next::Finish {
+                        linger: false,
+                        error: true,
+                    };
+                }
+                if r.output_pending() {
+                    return self.arm();
+                }
             }
-        }
-        match self.ws.flush() {
-            // When we started the close the client may still be sending:
-            // linger so that its data does not turn our close into a reset.
-            Ok(true) if self.ws.close_sent() => Next::Finish {
-                linger: !self.ws.close_received(),
-                error: false,
-            },
-            Ok(_) => self.arm(),
-            Err(_) => Next::Finish {
-                linger: false,
-                error: true,
-            },
+            match self.ws.flush() {
+                // When we started the close the client may still be sending:
+                // linger so that its data does not turn our close into a reset.
+                Ok(true) if self.ws.close_sent() => {
+                    return Next::Finish {
+                        linger: !self.ws.close_received(),
+                        error: false,
+                    }
+                }
+                // Reading paused for the output that just drained: resume now,
+                // the socket will not signal again for data already there.
+                Ok(true) if self.ws.take_throttled() => continue,
+                Ok(_) => return self.arm(),
+                Err(_) => {
+                    return Next::Finish {
+                        linger: false,
+                        error: true,
+                    }
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use crate::config::{Limits, LocConf, PassTarget};
 use crate::module::Module;
 use crate::ngx_io::{run_posted_requests, Direction, RequestRef};
 use crate::ngx_peer::{request_of, UpstreamPeer};
-use crate::protocol::close::{GOING_AWAY, INTERNAL};
+use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Role, WebSocket, WsError};
 use crate::upgrade::{self, ClientHandshake, HTTP_INTERNAL_SERVER_ERROR};
@@ -246,6 +246,7 @@ impl PassSession {
             upstream,
             peer: established.peer,
             closing: false,
+            client_failed: None,
         }));
         let State::Relaying(relay) = &mut self.state else {
             unreachable!()
@@ -266,9 +267,12 @@ struct Relay {
     client: WebSocket,
     upstream: WebSocket,
     peer: UpstreamPeer,
-    /// We started closing both legs (a violation, a timeout, a dead peer):
-    /// only flushing is left.
+    /// Both legs are being closed at once (a dead peer, a timeout, an
+    /// upstream violation): only flushing is left.
     closing: bool,
+    /// The client broke the protocol with this close code. The upstream was
+    /// asked to close; what it still sends reaches the client, then the code.
+    client_failed: Option<u16>,
 }
 
 impl Relay {
@@ -292,60 +296,83 @@ impl Relay {
         let client_idle = self.client.take_timedout(Direction::Read);
         let upstream_idle = self.upstream.take_timedout(Direction::Read);
         if (client_idle || upstream_idle) && !self.closing {
+            let code = self.client_failed.unwrap_or(GOING_AWAY);
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,
-                "websocket: session idle for too long, closing with {GOING_AWAY}"
+                "websocket: session idle for too long, closing with {code}"
             );
-            self.close_both(GOING_AWAY);
+            self.close_both(code);
         }
-        if !self.closing {
-            if let Err(next) = self
-                .pump(Way::ToUpstream, log)
-                .and_then(|()| self.pump(Way::ToClient, log))
-            {
-                return next;
+        loop {
+            let mut throttled = false;
+            if !self.closing {
+                if self.client_failed.is_none() {
+                    throttled |= self.pump(Way::ToUpstream, log);
+                }
+                throttled |= self.pump(Way::ToClient, log);
+            }
+            if let Some(code) = self.client_failed {
+                if self.upstream.close_received() && !self.client.close_sent() {
+                    let _ = self.client.send_close(Some(code), b"");
+                }
+            }
+            let flushed = match (self.client.flush(), self.upstream.flush()) {
+                (Ok(c), Ok(u)) => c && u,
+                _ => return self.finish(false, true),
+            };
+            let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
+            let client_done = self.client.close_sent()
+                && (self.client.close_received() || self.client_failed.is_some());
+            if flushed && (self.closing || (upstream_done && client_done)) {
+                return self.finish(!self.client.close_received(), false);
+            }
+            // Reading paused for output that has now drained: go on at once,
+            // the sockets will not signal again for data already there.
+            if !(flushed && throttled) {
+                break;
             }
         }
-        let flushed = match (self.client.flush(), self.upstream.flush()) {
-            (Ok(c), Ok(u)) => c && u,
-            _ => return self.finish(false, true),
-        };
-        let handshake_done = self.client.close_sent()
-            && self.client.close_received()
-            && self.upstream.close_sent()
-            && self.upstream.close_received();
-        if flushed && (self.closing || handshake_done) {
-            return self.finish(!self.client.close_received(), false);
-        }
-        let arm_client = self
-            .client
-            .arm(!self.closing && !self.client.close_received());
-        let arm_upstream = self
-            .upstream
-            .arm(!self.closing && !self.upstream.close_received());
-        match (arm_client, arm_upstream) {
+        let read_client =
+            !self.closing && self.client_failed.is_none() && !self.client.close_received();
+        let read_upstream = !self.closing && !self.upstream.close_received();
+        match (
+            self.client.arm(read_client),
+            self.upstream.arm(read_upstream),
+        ) {
             (Ok(()), Ok(())) => Next::Wait,
             _ => self.finish(false, true),
         }
     }
 
     /// Moves frames from one side to the other until the source has nothing
-    /// more or the destination has enough queued.
-    fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> Result<(), Next> {
+    /// more or the destination has enough queued; true when it stopped for
+    /// queued output rather than for want of input. Failures change the
+    /// relay's state (see `source_failed`).
+    fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
+        let client_failed = self.client_failed;
         let (src, dst) = match way {
             Way::ToUpstream => (&mut self.client, &mut self.upstream),
             Way::ToClient => (&mut self.upstream, &mut self.client),
         };
-        while !src.close_received() && dst.queued() <= RELAY_HIGH_WATER {
+        while !src.close_received() {
+            if dst.queued() > RELAY_HIGH_WATER {
+                return true;
+            }
             let frame = match src.recv_frame() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(self.source_failed(way, e, log)),
+                Ok(None) => return src.take_throttled(),
+                Err(e) => {
+                    self.source_failed(way, e, log);
+                    return false;
+                }
             };
             let forwarded = match frame.typ {
                 FrameType::Ping => dst.send_ping(&frame.data),
                 FrameType::Pong => dst.send_pong(&frame.data),
+                // After a client violation the client hears its own code
+                // (sent by `step`), not the upstream's answer.
+                FrameType::Close if client_failed.is_some() => Ok(()),
                 FrameType::Close => dst.send_close(frame.close_code, &frame.data),
                 FrameType::Text | FrameType::Binary | FrameType::Continuation => {
                     let opcode = match frame.typ {
@@ -361,58 +388,53 @@ impl Relay {
             match forwarded {
                 // The destination already closed: what still comes is dropped.
                 Ok(()) | Err(WsError::Closed) => {}
-                Err(e) => return Err(self.source_failed(way, e, log)),
+                Err(e) => {
+                    self.source_failed(way, e, log);
+                    return false;
+                }
             }
         }
-        Ok(())
+        false
     }
 
-    /// The source side broke the protocol, went away, or sent what the
-    /// destination cannot take: close both legs with the fitting code.
-    fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) -> Next {
-        let side = if way == Way::ToUpstream {
-            "client"
-        } else {
-            "upstream"
-        };
-        let level = if way == Way::ToUpstream {
-            NGX_LOG_INFO
-        } else {
-            NGX_LOG_ERR
-        };
+    /// The source broke the protocol, went away, or sent what the
+    /// destination cannot take.
+    fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
+        let from_client = way == Way::ToUpstream;
         let code = match &e {
             WsError::Protocol(p) => p.close_code(),
-            WsError::TooBig { .. } => crate::protocol::close::TOO_BIG,
-            WsError::Eof | WsError::Io if way == Way::ToUpstream => GOING_AWAY,
-            _ => INTERNAL,
+            WsError::TooBig { .. } => TOO_BIG,
+            // A peer that went away: the client was leaving, or the
+            // upstream failed us (unless a client violation is being closed).
+            _ => self
+                .client_failed
+                .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
+        };
+        let (side, level) = if from_client {
+            ("client", NGX_LOG_INFO)
+        } else {
+            ("upstream", NGX_LOG_ERR)
         };
         ngx_log_error!(level, log, "websocket: {side}: {e}, closing with {code}");
-        if matches!(e, WsError::Eof | WsError::Io) {
-            // The source is gone: only the other leg can hear the close.
-            let other = if way == Way::ToUpstream {
-                &mut self.upstream
-            } else {
-                &mut self.client
-            };
-            let _ = other.send_close(Some(code), b"");
-            let flushed = other.flush();
-            return match flushed {
-                Ok(true) | Err(_) => self.finish(false, false),
-                Ok(false) => {
-                    self.closing = true;
-                    // The dead side is not written to any more.
-                    let dead = if way == Way::ToUpstream {
-                        &mut self.client
-                    } else {
-                        &mut self.upstream
-                    };
-                    dead.discard_output();
-                    Next::Wait
-                }
-            };
+        match e {
+            WsError::Eof | WsError::Io => {
+                // The source is gone: only the other leg can hear the close.
+                self.closing = true;
+                let (gone, other) = if from_client {
+                    (&mut self.client, &mut self.upstream)
+                } else {
+                    (&mut self.upstream, &mut self.client)
+                };
+                gone.discard_output();
+                let _ = other.send_close(Some(code), b"");
+            }
+            WsError::Protocol(_) if from_client => {
+                // Let the upstream finish what it is sending first.
+                self.client_failed = Some(code);
+                let _ = self.upstream.send_close(Some(code), b"");
+            }
+            _ => self.close_both(code),
         }
-        self.close_both(code);
-        Next::Wait
     }
 
     fn close_both(&mut self, code: u16) {

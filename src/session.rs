@@ -185,6 +185,9 @@ pub struct WebSocket {
     limits: Limits,
     close_sent: bool,
     close_received: bool,
+    /// Reading stopped because too much output was queued; once it drains,
+    /// the caller must read again (an edge-triggered event will not repeat).
+    throttled: bool,
 }
 
 impl WebSocket {
@@ -213,6 +216,7 @@ impl WebSocket {
             limits,
             close_sent: false,
             close_received: false,
+            throttled: false,
         }
     }
 
@@ -348,6 +352,7 @@ impl WebSocket {
                 self.rpos = 0;
             }
             if self.queued() > WRITE_HIGH_WATER {
+                self.throttled = true;
                 return Ok(None);
             }
             let conn = self.conn.as_ptr();
@@ -469,6 +474,11 @@ impl WebSocket {
     pub fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
+    }
+
+    /// Whether reading stopped for queued output since the last call.
+    pub fn take_throttled(&mut self) -> bool {
+        core::mem::take(&mut self.throttled)
     }
 
     /// Bytes queued but not yet written.
