@@ -1,6 +1,7 @@
 #!/usr/bin/perl
 # The opening handshake: 101 with a correct Sec-WebSocket-Accept, and the
-# rejection statuses 400 / 403 / 405 / 426 for defective requests.
+# rejection statuses 400 / 405 / 426 for defective requests (subprotocols
+# and Origin checks, with 403, are in 11-subprotocol-origin.t).
 
 use strict;
 use warnings;
@@ -8,6 +9,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use WsNginx;
+use WsTest;
 use WsClient qw(accept_key http_request);
 
 my $t = WsNginx->new(conf => <<'EOF_CONF');
@@ -18,16 +20,6 @@ server {
         websocket_echo;
     }
 
-    location /proto {
-        websocket_echo;
-        websocket_protocols chat superchat;
-    }
-
-    location /origin {
-        websocket_echo;
-        websocket_origins http://good.example https://also.example;
-    }
-
     location /plain {
         return 200 "plain\n";
     }
@@ -35,6 +27,7 @@ server {
 EOF_CONF
 $t->start;
 my $port = $t->port(0);
+my @workers = $t->worker_pids;
 
 sub ws { WsClient->connect(port => $port, path => '/ws', @_) }
 
@@ -120,44 +113,6 @@ for my $case (@bad) {
     is($ws->status, 400, 'HTTP/1.0: 400');
 }
 
-# --- subprotocols -----------------------------------------------------------
-{
-    my $ws = WsClient->connect(port => $port, path => '/proto',
-        protocols => [qw(foo superchat chat)]);
-    is($ws->status, 101, 'subprotocol offered: 101');
-    is($ws->header('Sec-WebSocket-Protocol'), 'superchat',
-        "subprotocol: the client's first acceptable one is chosen");
-}
-{
-    my $ws = WsClient->connect(port => $port, path => '/proto',
-        extra_headers => [ 'Sec-WebSocket-Protocol' => 'foo', 'Sec-WebSocket-Protocol' => 'chat' ]);
-    is($ws->status, 101, 'subprotocol in two header lines: 101');
-    is($ws->header('Sec-WebSocket-Protocol'), 'chat', 'subprotocol: header lines are joined');
-}
-{
-    my $ws = WsClient->connect(port => $port, path => '/proto', protocols => ['foo']);
-    is($ws->status, 101, 'no acceptable subprotocol: still 101');
-    ok(!defined $ws->header('Sec-WebSocket-Protocol'),
-        'no acceptable subprotocol: no Sec-WebSocket-Protocol header');
-}
-{
-    my $ws = WsClient->connect(port => $port, path => '/ws', protocols => ['chat']);
-    ok(!defined $ws->header('Sec-WebSocket-Protocol'),
-        'websocket_protocols unset: no subprotocol is chosen');
-}
-
-# --- origins ----------------------------------------------------------------
-{
-    my $ws = WsClient->connect(port => $port, path => '/origin', origin => 'http://good.example');
-    is($ws->status, 101, 'listed Origin: 101');
-    $ws = WsClient->connect(port => $port, path => '/origin', origin => 'https://also.example');
-    is($ws->status, 101, 'second listed Origin: 101');
-    $ws = WsClient->connect(port => $port, path => '/origin', origin => 'http://evil.example');
-    is($ws->status, 403, 'unlisted Origin: 403');
-    $ws = WsClient->connect(port => $port, path => '/ws', origin => 'http://evil.example');
-    is($ws->status, 101, 'websocket_origins unset: any Origin is accepted');
-}
-
 # --- plain requests elsewhere are untouched ---------------------------------
 {
     my ($st, $h, $body) = http_request($port,
@@ -171,8 +126,6 @@ for my $case (@bad) {
     ok($st == 400 || $st == 426, "plain GET on an echo location is rejected ($st)");
 }
 
-$t->stop;
-is($t->forced_stop, undef, 'nginx stopped gracefully');
-is_deeply([$t->check_error_log], [], 'no alerts in error.log');
+finish($t, $port, \@workers);
 
 done_testing;

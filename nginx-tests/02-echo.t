@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # websocket_echo: messages come back unchanged (content, type), unmasked;
-# ping -> pong; close is answered and the TCP connection closed; large
-# messages and a slow reader.
+# ping -> pong; large messages, a slow reader, websocket_send_masked.
+# Fragmentation is in 07-fragmentation.t, the close handshake in 09-close.t.
 
 use strict;
 use warnings;
@@ -11,6 +11,7 @@ use Test::More;
 use Time::HiRes qw(time);
 use WsNginx;
 use WsClient qw(build_frame);
+use WsTest;
 
 my $t = WsNginx->new(conf => <<'EOF_CONF');
 server {
@@ -44,34 +45,9 @@ server {
 EOF_CONF
 $t->start;
 my $port = $t->port(0);
+my @workers = $t->worker_pids;
 
-sub ws {
-    my $path = shift // '/ws';
-    my $ws = WsClient->connect(port => $port, path => $path, @_);
-    die "handshake to $path failed: " . ($ws->status // 'none') . "\n" unless ($ws->status // 0) == 101;
-    return $ws;
-}
-
-# Sends close 1000 and expects the close echo and EOF.
-sub bye {
-    my ($ws, $name) = @_;
-    $ws->send_close(1000);
-    my ($code) = $ws->recv_close(timeout => 3);
-    is($code, 1000, "$name: close answered");
-    ok($ws->wait_eof(3), "$name: TCP closed after close");
-}
-
-sub echo_ok {
-    my ($ws, $opcode, $payload, $name) = @_;
-    $ws->send_frame(opcode => $opcode, payload => $payload);
-    my $m = $ws->recv_message(timeout => 5);
-    ok($m, "$name: reply received") or return;
-    is($m->{opcode}, $opcode, "$name: same opcode");
-    ok($m->{payload} eq $payload, "$name: same payload (" . length($payload) . " bytes)")
-        or diag "got " . length($m->{payload}) . " bytes";
-    is($m->{masked}, 0, "$name: reply is not masked");
-    is($m->{rsv}, 0, "$name: reply has no RSV bits");
-}
+sub ws { my $path = shift // '/ws'; ws_open($port, $path, @_) }
 
 # --- simple messages --------------------------------------------------------
 {
@@ -99,52 +75,6 @@ sub echo_ok {
     }
     is_deeply(\@got, [ map { "msg-$_" } 1 .. 20 ], 'pipelined messages echoed in order');
     bye($ws, 'pipelined');
-}
-
-# --- fragmented messages ----------------------------------------------------
-{
-    my $ws = ws();
-    $ws->send_frame(fin => 0, opcode => 1, payload => 'frag-');
-    $ws->send_frame(fin => 0, opcode => 0, payload => 'ment-');
-    $ws->send_frame(fin => 1, opcode => 0, payload => 'ed');
-    my $m = $ws->recv_message(timeout => 3);
-    is($m && $m->{opcode}, 1, 'fragmented text: opcode text');
-    is($m && $m->{payload}, 'frag-ment-ed', 'fragmented text: content reassembled');
-
-    # a multi-byte character split across fragments is valid UTF-8
-    $ws->send_frame(fin => 0, opcode => 1, payload => "euro \xe2");
-    $ws->send_frame(fin => 0, opcode => 0, payload => "\x82");
-    $ws->send_frame(fin => 1, opcode => 0, payload => "\xac!");
-    $m = $ws->recv_message(timeout => 3);
-    is($m && $m->{payload}, "euro \xe2\x82\xac!", 'UTF-8 character split across fragments accepted');
-
-    my $bin = join '', map { chr($_ % 256) } 1 .. 3000;
-    $ws->send_frame(fin => 0, opcode => 2, payload => substr($bin, 0, 1000));
-    $ws->send_frame(fin => 1, opcode => 0, payload => substr($bin, 1000));
-    $m = $ws->recv_message(timeout => 3);
-    is($m && $m->{opcode}, 2, 'fragmented binary: opcode binary');
-    ok($m && $m->{payload} eq $bin, 'fragmented binary: content reassembled');
-
-    # a ping between fragments is answered at once, before the message ends
-    $ws->send_frame(fin => 0, opcode => 1, payload => 'before ');
-    $ws->send_ping('mid');
-    my ($pong, @data);
-    while (my $f = $ws->recv_frame(timeout => 3)) {
-        if ($f->{opcode} == 10) { $pong = $f; last }
-        push @data, $f;
-    }
-    ok($pong, 'ping inside a fragmented message: pong before the message is finished');
-    is($pong && $pong->{payload}, 'mid', '... with the ping payload');
-    $ws->send_frame(fin => 1, opcode => 0, payload => 'after');
-    my $text = join '', map { $_->{payload} } @data;
-    my $done = grep { $_->{fin} } @data;
-    until ($done) {
-        my $f = $ws->recv_frame(timeout => 3) or last;
-        $text .= $f->{payload};
-        $done = $f->{fin};
-    }
-    is($text, 'before after', '... and the message is echoed whole afterwards');
-    bye($ws, 'fragmented');
 }
 
 # --- a frame dribbled in a few bytes at a time (partial reads) ---------------------
@@ -192,35 +122,6 @@ sub echo_ok {
     bye($ws, 'ping');
 }
 
-# --- close ----------------------------------------------------------------------
-for my $code (1000, 1001, 3000, 4000, 4999) {
-    my $ws = ws();
-    $ws->send_close($code, "reason $code");
-    my ($got, $reason) = $ws->recv_close(timeout => 3);
-    is($got, $code, "close $code echoed");
-    is($ws->{close_frame} && $ws->{close_frame}{masked}, 0, "close $code: reply not masked");
-    ok($ws->wait_eof(3), "close $code: TCP closed");
-}
-{
-    my $ws = ws();
-    $ws->send_close;
-    my ($got, $reason) = $ws->recv_close(timeout => 3);
-    ok($ws->{close_frame}, 'empty close answered with a close');
-    ok(!defined $got || $got == 1000, 'empty close: reply is empty or 1000')
-        or diag "got $got";
-    ok($ws->wait_eof(3), 'empty close: TCP closed');
-}
-{
-    my $ws = ws();
-    $ws->send_text('last words');
-    $ws->send_close(1000);
-    my $m = $ws->recv_message(timeout => 3);
-    is($m && $m->{payload}, 'last words', 'message before close is still echoed');
-    my ($got) = $ws->recv_close(timeout => 3);
-    is($got, 1000, '... then the close');
-    ok($ws->wait_eof(3), '... then EOF');
-}
-
 # --- server-side masking -----------------------------------------------------------
 {
     my $ws = ws('/masked');
@@ -228,6 +129,16 @@ for my $code (1000, 1001, 3000, 4000, 4999) {
     my $f = $ws->recv_frame(timeout => 3);
     is($f && $f->{masked}, 1, 'websocket_send_masked on: reply is masked');
     is($f && $f->{payload}, 'mask me', 'websocket_send_masked on: payload intact');
+    my $bin = join '', map { chr(($_ * 7) % 256) } 1 .. 3000;
+    $ws->send_binary($bin);
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{masked}, 1, 'websocket_send_masked on: binary reply is masked');
+    ok($f && $f->{opcode} == 2 && $f->{payload} eq $bin, 'websocket_send_masked on: 3000 bytes intact');
+    $ws->send_ping('masked pong?');
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{opcode}, 10, 'websocket_send_masked on: ping answered');
+    is($f && $f->{masked}, 1, 'websocket_send_masked on: pong is masked');
+    is($f && $f->{payload}, 'masked pong?', 'websocket_send_masked on: pong payload intact');
     bye($ws, 'masked');
 }
 
@@ -273,8 +184,6 @@ is(length $text, $MiB, 'test data: 1 MiB text');
     bye($ws, 'slow reader');
 }
 
-$t->stop;
-is($t->forced_stop, undef, 'nginx stopped gracefully');
-is_deeply([$t->check_error_log], [], 'no alerts in error.log');
+finish($t, $port, \@workers);
 
 done_testing;

@@ -10,6 +10,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time);
 use WsNginx;
+use WsTest;
 use WsClient;
 
 my $N = 100;
@@ -26,6 +27,7 @@ server {
 EOF_CONF
 $t->start;
 my $port = $t->port(0);
+my @workers = $t->worker_pids;
 
 my @c;
 for my $i (0 .. $N - 1) {
@@ -87,8 +89,6 @@ is($closed, scalar @c, "all $N sessions closed with 1000 and EOF");
 # the server may legitimately linger on the half-closed sockets).
 $_->close for @c;
 
-$t->stop;
-is($t->forced_stop, undef, 'nginx stopped gracefully');
-is_deeply([$t->check_error_log], [], 'no alerts in error.log');
+finish($t, $port, \@workers);
 
 done_testing;

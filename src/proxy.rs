@@ -336,6 +336,9 @@ impl Relay {
         let read_client =
             !self.closing && self.client_failed.is_none() && !self.client.close_received();
         let read_upstream = !self.closing && !self.upstream.close_received();
+        // A leg whose reading waits for the other leg to drain is not idle.
+        let read_client = read_client && self.upstream.queued() <= RELAY_HIGH_WATER;
+        let read_upstream = read_upstream && self.client.queued() <= RELAY_HIGH_WATER;
         match (
             self.client.arm(read_client),
             self.upstream.arm(read_upstream),

@@ -515,7 +515,9 @@ impl WebSocket {
         } else {
             c.del_timer(Direction::Write);
         }
-        if want_read {
+        // While reading waits for queued output to drain, the write timer
+        // alone bounds the wait: the peer is slow, not idle.
+        if want_read && self.queued() <= WRITE_HIGH_WATER {
             c.add_timer(Direction::Read, timeout);
         } else {
             c.del_timer(Direction::Read);

@@ -346,6 +346,19 @@ sub pump {
     return $total;
 }
 
+# fill($n, $timeout) -> true once at least $n bytes are buffered (unparsed);
+# buffer() returns them, for tests that look at the raw bytes of a frame.
+sub fill {
+    my ($self, $n, $timeout) = @_;
+    my $deadline = time + ($timeout // $self->{timeout});
+    while (length $self->{buf} < $n) {
+        return 0 unless $self->_read_some($deadline);
+    }
+    return 1;
+}
+
+sub buffer { $_[0]{buf} }
+
 # read_slowly($bytes_per_read, $delay_seconds): later reads take at most
 # $bytes_per_read bytes per sysread and sleep $delay after each.
 # read_slowly(0) restores normal reading.

@@ -257,6 +257,17 @@ sub start {
         sleep 0.02;
     }
     $self->{master_pid} = $self->_read_pidfile // $pid;
+
+    # The master listens before it forks the workers: wait for them too, so
+    # that worker_pids() right after start() sees every worker.
+    my $want = $self->{worker_processes} =~ /^\d+$/ ? $self->{worker_processes} : 1;
+    while ((my @w = $self->worker_pids) < $want) {
+        if (time > $deadline) {
+            $self->stop;
+            croak "nginx started no $want worker(s) within ${timeout}s:\n" . $self->error_log;
+        }
+        sleep 0.01;
+    }
     return $self;
 }
 
