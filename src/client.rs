@@ -4,12 +4,14 @@
 
 use core::ffi::c_void;
 use core::fmt;
+use std::ffi::CString;
 
-use ngx::ffi::{ngx_int_t, ngx_msec_t, NGX_LOG_ERR};
+use ngx::ffi::{ngx_connection_handler_pt, ngx_int_t, ngx_msec_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef};
 use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
+use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
 use crate::protocol::handshake::{
     generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
 };
@@ -24,8 +26,22 @@ pub struct ClientOptions {
     pub protocols: Vec<String>,
     pub origin: Option<String>,
     pub headers: Vec<(String, String)>,
-    /// Bound on connect and handshake together.
+    /// Bound on connect, TLS and handshake together.
     pub connect_timeout: ngx_msec_t,
+    /// Set for `wss://`.
+    pub tls: Option<TlsTarget>,
+}
+
+/// TLS parameters of one connection.
+pub struct TlsTarget {
+    pub ctx: ClientTls,
+    /// The server name sent in SNI (none for an IP address).
+    pub sni: Option<CString>,
+    /// When verifying: the name the certificate must carry.
+    pub verify_name: Option<Vec<u8>>,
+    /// Called by nginx when a handshake that could not finish at once ends;
+    /// it must give the events back (`ngx_peer::set_handlers`) and advance.
+    pub on_done: ngx_connection_handler_pt,
 }
 
 /// Why a connection attempt failed.
@@ -44,6 +60,10 @@ pub enum ClientError {
     /// The upstream closed before it answered the handshake.
     Closed {
         peer: String,
+    },
+    Tls {
+        peer: String,
+        why: String,
     },
     BadResponse {
         peer: String,
@@ -84,6 +104,7 @@ impl fmt::Display for ClientError {
             ClientError::BadResponse { peer, error } => {
                 write!(f, "upstream {peer} failed the handshake: {error}")
             }
+            ClientError::Tls { peer, why } => write!(f, "TLS with upstream {peer} failed: {why}"),
             ClientError::Internal(e) => write!(f, "{e}"),
         }
     }
@@ -107,6 +128,8 @@ pub enum Progress {
 enum Stage {
     /// Waiting for a non-blocking connect to complete.
     Connect,
+    /// nginx drives the TLS handshake.
+    Tls,
     Send {
         pos: usize,
     },
@@ -124,6 +147,7 @@ pub struct Connector {
     deadline: ngx_msec_t,
     data: *mut c_void,
     handler: EventHandler,
+    tls: Option<TlsTarget>,
 }
 
 impl Connector {
@@ -132,7 +156,7 @@ impl Connector {
     pub fn start(
         r: &mut RequestRef,
         upstream: core::ptr::NonNull<ngx::ffi::ngx_http_upstream_srv_conf_t>,
-        opts: &ClientOptions,
+        mut opts: ClientOptions,
         data: *mut c_void,
         handler: EventHandler,
     ) -> Result<Connector, ClientError> {
@@ -163,6 +187,7 @@ impl Connector {
             deadline: now_msec().wrapping_add(opts.connect_timeout),
             data,
             handler,
+            tls: opts.tls.take(),
         };
         match connector.connect_next() {
             Progress::Failed(e) => Err(e),
@@ -181,11 +206,9 @@ impl Connector {
         let (data, handler) = (self.data, self.handler);
         loop {
             match self.peer().connect(data, handler) {
-                Connect::Connected => {
-                    self.stage = Stage::Send { pos: 0 };
-                    return self.advance();
-                }
-                Connect::InProgress => {
+                // Connected at once: go on from the write event like after an
+                // in-progress connect, so the caller always gets Pending first.
+                Connect::Connected | Connect::InProgress => {
                     self.stage = Stage::Connect;
                     return self.wait(Direction::Write);
                 }
@@ -219,10 +242,37 @@ impl Connector {
                 return Progress::Failed(ClientError::Timeout { peer });
             }
             match self.stage {
-                Stage::Connect => match self.peer().test_connect() {
-                    Ok(()) => self.stage = Stage::Send { pos: 0 },
+                Stage::Connect => match test_connect(&self.peer) {
+                    Ok(()) => match &self.tls {
+                        None => self.stage = Stage::Send { pos: 0 },
+                        Some(tls) => {
+                            match ngx_ssl::start(tls.ctx, c, tls.sni.as_deref(), tls.on_done) {
+                                TlsHandshake::Done => self.stage = Stage::Tls,
+                                TlsHandshake::Again => {
+                                    self.stage = Stage::Tls;
+                                    return self.wait(Direction::Write);
+                                }
+                                TlsHandshake::Failed => {
+                                    return self.tls_failed("handshake failed".into())
+                                }
+                            }
+                        }
+                    },
                     Err(errno) => return self.connect_failed(errno),
                 },
+                Stage::Tls => {
+                    if !ngx_ssl::handshaked(c) {
+                        return self.tls_failed("handshake failed".into());
+                    }
+                    let verified = match self.tls.as_ref().and_then(|t| t.verify_name.as_deref()) {
+                        Some(name) => ngx_ssl::verify(c, name),
+                        None => Ok(()),
+                    };
+                    if let Err(why) = verified {
+                        return self.tls_failed(why);
+                    }
+                    self.stage = Stage::Send { pos: 0 };
+                }
                 Stage::Send { pos } => match c.send(&self.request[pos..]) {
                     Io::Done(n) if pos + n == self.request.len() => self.stage = Stage::Receive,
                     Io::Done(n) => self.stage = Stage::Send { pos: pos + n },
@@ -247,6 +297,12 @@ impl Connector {
                 }
             }
         }
+    }
+
+    fn tls_failed(&mut self, why: String) -> Progress {
+        let peer = self.peer().name();
+        self.peer().fail();
+        Progress::Failed(ClientError::Tls { peer, why })
     }
 
     /// A non-blocking connect failed: log it, then try the next peer.
@@ -341,6 +397,10 @@ fn os_error_text(errno: i32) -> String {
         Some(i) => text[..i].to_owned(),
         None => text,
     }
+}
+
+fn test_connect(peer: &Option<UpstreamPeer>) -> Result<(), i32> {
+    peer.as_ref().map_or(Err(0), UpstreamPeer::test_connect)
 }
 
 fn connection(peer: &Option<UpstreamPeer>) -> Option<&ConnectionRef> {

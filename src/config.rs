@@ -9,14 +9,16 @@ use core::ptr::{self, NonNull};
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
-    ngx_conf_t, ngx_flag_t, ngx_http_upstream_srv_conf_t, ngx_msec_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t, ngx_http_upstream_srv_conf_t, ngx_msec_t,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
+use crate::ngx_ssl::{ClientTls, TlsSettings};
 use crate::url::{UrlError, WsUrl};
 
 const UNSET_SIZE: usize = usize::MAX;
@@ -51,6 +53,13 @@ pub struct LocConf {
     pub pass_host: Option<ComplexValue>,
     pub pass_origin: Option<ComplexValue>,
     pub pass_send_unmasked: ngx_flag_t,
+    pub ssl_verify: ngx_flag_t,
+    pub ssl_trusted_certificate: ngx_str_t,
+    pub ssl_server_name: ngx_str_t,
+    pub ssl_certificate: ngx_str_t,
+    pub ssl_certificate_key: ngx_str_t,
+    /// The TLS context of a `wss://` pass, made when the configuration loads.
+    pub ssl: Option<ClientTls>,
 }
 
 /// Where `websocket_pass` connects.
@@ -78,6 +87,12 @@ impl Default for LocConf {
             pass_host: None,
             pass_origin: None,
             pass_send_unmasked: UNSET_FLAG,
+            ssl_verify: UNSET_FLAG,
+            ssl_trusted_certificate: ngx_str_t::empty(),
+            ssl_server_name: ngx_str_t::empty(),
+            ssl_certificate: ngx_str_t::empty(),
+            ssl_certificate_key: ngx_str_t::empty(),
+            ssl: None,
         }
     }
 }
@@ -190,7 +205,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 20] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -275,8 +290,77 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         ngx_conf_set_flag_slot,
         core::mem::offset_of!(LocConf, pass_send_unmasked),
     ),
+    slot(
+        ngx_string!("websocket_ssl_verify"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        core::mem::offset_of!(LocConf, ssl_verify),
+    ),
+    slot(
+        ngx_string!("websocket_ssl_trusted_certificate"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_str_slot,
+        core::mem::offset_of!(LocConf, ssl_trusted_certificate),
+    ),
+    slot(
+        ngx_string!("websocket_ssl_server_name"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_str_slot,
+        core::mem::offset_of!(LocConf, ssl_server_name),
+    ),
+    slot(
+        ngx_string!("websocket_ssl_certificate"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_str_slot,
+        core::mem::offset_of!(LocConf, ssl_certificate),
+    ),
+    slot(
+        ngx_string!("websocket_ssl_certificate_key"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_str_slot,
+        core::mem::offset_of!(LocConf, ssl_certificate_key),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// The module's `merge_loc_conf`: inheritance, then the TLS context of a
+/// `wss://` pass, which needs the merged settings and the configuration.
+///
+/// # Safety
+/// Called by nginx with two location configurations of this module.
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the enclosing and the current level's conf.
+    let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
+    if conf.merge(prev).is_err() {
+        return NGX_CONF_ERROR;
+    }
+    if !conf.pass.as_ref().is_some_and(|p| p.url.tls) {
+        return NGX_CONF_OK;
+    }
+    let settings = TlsSettings {
+        verify: conf.ssl_verify == 1,
+        trusted_certificate: configured(&conf.ssl_trusted_certificate),
+        certificate: configured(&conf.ssl_certificate),
+        certificate_key: configured(&conf.ssl_certificate_key),
+    };
+    // SAFETY: `cf` is the configuration being loaded.
+    match unsafe { ClientTls::create(cf, &settings) } {
+        Ok(tls) => {
+            conf.ssl = Some(tls);
+            NGX_CONF_OK
+        }
+        Err(_) => NGX_CONF_ERROR,
+    }
+}
+
+/// A string directive's value, `None` when it was not set.
+pub fn configured(s: &ngx_str_t) -> Option<&[u8]> {
+    (!s.data.is_null()).then(|| s.as_bytes())
+}
 
 /// `websocket_echo;`
 unsafe extern "C" fn cmd_echo(

@@ -5,7 +5,7 @@ use core::ptr::addr_of;
 use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 
-use crate::config::{LocConf, COMMANDS};
+use crate::config::{merge_loc_conf, LocConf, COMMANDS};
 
 /// Marker type that ties the location configuration to the module.
 pub struct Module;
@@ -31,7 +31,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
-    merge_loc_conf: Some(Module::merge_loc_conf),
+    merge_loc_conf: Some(merge_loc_conf),
 };
 
 // Unit-test executables link this crate without nginx around it: they must

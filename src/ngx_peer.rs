@@ -189,6 +189,11 @@ impl UpstreamPeer {
         pc.connection = ptr::null_mut();
         // SAFETY: `c` is live and ours; its pool was made in `connect`.
         unsafe {
+            if !(*c).ssl.is_null() {
+                // Send close_notify without waiting for the peer's.
+                (*(*c).ssl).set_no_wait_shutdown(1);
+                ngx::ffi::ngx_ssl_shutdown(c);
+            }
             let pool = (*c).pool;
             ngx_close_connection(c);
             if !pool.is_null() {
@@ -209,6 +214,23 @@ impl Drop for UpstreamPeer {
             self.close();
         }
     }
+}
+
+/// Gives the connection's events back to `handler` (nginx's TLS handshake
+/// borrows them).
+pub fn set_handlers(c: &ConnectionRef, handler: EventHandler) {
+    let c = c.as_ptr();
+    // SAFETY: a live connection with both events.
+    unsafe {
+        (*(*c).read).handler = Some(handler);
+        (*(*c).write).handler = Some(handler);
+    }
+}
+
+/// The write event of a connection, to call its handler directly.
+pub fn write_event(c: &ConnectionRef) -> *mut ngx_event_t {
+    // SAFETY: a live connection has a write event.
+    unsafe { (*c.as_ptr()).write }
 }
 
 /// The request whose upstream connection an event belongs to.

@@ -3,21 +3,25 @@
 //! upstream, re-masked towards it, every rule checked on both legs.
 
 use ngx::ffi::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, NGX_DONE, NGX_ERROR, NGX_LOG_ERR,
-    NGX_LOG_INFO,
+    ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, NGX_DONE, NGX_ERROR,
+    NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
-use crate::client::{ClientError, ClientOptions, Connector, Established, Progress};
-use crate::config::{Limits, LocConf, PassTarget};
+use crate::client::{ClientError, ClientOptions, Connector, Established, Progress, TlsTarget};
+use std::ffi::CString;
+
+use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::module::Module;
-use crate::ngx_io::{run_posted_requests, Direction, RequestRef};
-use crate::ngx_peer::{request_of, UpstreamPeer};
+use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
+use crate::ngx_peer::{request_of, set_handlers, write_event, UpstreamPeer};
+use crate::ngx_ssl::ClientTls;
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Role, WebSocket, WsError};
 use crate::upgrade::{self, ClientHandshake, HTTP_INTERNAL_SERVER_ERROR};
+use foreign_types::ForeignTypeRef;
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
@@ -80,7 +84,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     r.connection().set_log_action(c"connecting to upstream");
     let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
-    let connector = match Connector::start(r, target.upstream, &opts, data, upstream_event) {
+    let connector = match Connector::start(r, target.upstream, opts, data, upstream_event) {
         Ok(connector) => connector,
         Err(e) => {
             log_connect_failure(r, &e);
@@ -143,7 +147,34 @@ fn client_options(
         origin,
         headers,
         connect_timeout: conf.connect_timeout,
+        tls: conf.ssl.map(|ctx| tls_target(conf, target, ctx)),
     })
+}
+
+/// SNI and verification for a `wss://` upstream: `websocket_ssl_server_name`
+/// or the URL's host; no SNI for an IP address.
+fn tls_target(conf: &LocConf, target: &PassTarget, ctx: ClientTls) -> TlsTarget {
+    let name = match configured(&conf.ssl_server_name) {
+        Some(name) => name.to_vec(),
+        None => target
+            .url
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .as_bytes()
+            .to_vec(),
+    };
+    let is_ip = core::str::from_utf8(&name).is_ok_and(|n| n.parse::<std::net::IpAddr>().is_ok());
+    TlsTarget {
+        ctx,
+        sni: if is_ip {
+            None
+        } else {
+            CString::new(name.clone()).ok()
+        },
+        verify_name: (conf.ssl_verify == 1).then_some(name),
+        on_done: Some(upstream_tls_done),
+    }
 }
 
 /// Logs why the upstream could not be used; nginx appends the peer.
@@ -169,6 +200,15 @@ unsafe extern "C" fn upstream_event(ev: *mut ngx_event_t) {
     run(r);
     // SAFETY: `c` is the client connection; see run_posted_requests.
     unsafe { run_posted_requests(c) };
+}
+
+/// nginx finished (or timed out) a TLS handshake with the upstream.
+unsafe extern "C" fn upstream_tls_done(c: *mut ngx_connection_t) {
+    // SAFETY: nginx calls this with the live upstream connection.
+    let conn = unsafe { ConnectionRef::from_ptr(c) };
+    set_handlers(conn, upstream_event);
+    // SAFETY: the connection's write event, with its handler restored.
+    unsafe { upstream_event(write_event(conn)) };
 }
 
 fn run(r: &mut RequestRef) {
