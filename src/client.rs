@@ -10,7 +10,7 @@ use ngx::ffi::{ngx_connection_handler_pt, ngx_int_t, ngx_msec_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef};
-use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
+use crate::ngx_peer::{Connect, EventHandler, PeerSource, UpstreamPeer};
 use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
 use crate::protocol::handshake::{
     generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
@@ -155,12 +155,12 @@ impl Connector {
     /// connection; the handler must call [`Connector::advance`].
     pub fn start(
         r: &mut RequestRef,
-        upstream: core::ptr::NonNull<ngx::ffi::ngx_http_upstream_srv_conf_t>,
+        source: &PeerSource,
         mut opts: ClientOptions,
         data: *mut c_void,
         handler: EventHandler,
     ) -> Result<Connector, ClientError> {
-        let peer = UpstreamPeer::new(r, upstream).map_err(ClientError::Internal)?;
+        let peer = UpstreamPeer::new(r, source).map_err(ClientError::Internal)?;
         let key = generate_key(random16());
         let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
         let headers: Vec<(&str, &str)> = opts

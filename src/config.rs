@@ -64,10 +64,25 @@ pub struct LocConf {
 
 /// Where `websocket_pass` connects.
 #[derive(Clone)]
-pub struct PassTarget {
-    pub url: WsUrl,
-    /// The `upstream {}` block, named or implicit, that picks the peer.
-    pub upstream: NonNull<ngx_http_upstream_srv_conf_t>,
+pub enum PassTarget {
+    /// A URL known when the configuration loads, with the `upstream {}`
+    /// block (named, or implicit for `host:port`) that picks the peer.
+    Static {
+        url: WsUrl,
+        upstream: NonNull<ngx_http_upstream_srv_conf_t>,
+    },
+    /// A URL with variables, parsed per request.
+    Variable(ComplexValue),
+}
+
+impl PassTarget {
+    /// Whether connections may need TLS.
+    fn may_use_tls(&self) -> bool {
+        match self {
+            PassTarget::Static { url, .. } => url.tls,
+            PassTarget::Variable(_) => true,
+        }
+    }
 }
 
 impl Default for LocConf {
@@ -338,7 +353,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.merge(prev).is_err() {
         return NGX_CONF_ERROR;
     }
-    if !conf.pass.as_ref().is_some_and(|p| p.url.tls) {
+    if !conf.pass.as_ref().is_some_and(PassTarget::may_use_tls) {
         return NGX_CONF_OK;
     }
     let settings = TlsSettings {
@@ -394,28 +409,31 @@ unsafe extern "C" fn cmd_pass(
     }
     // SAFETY: `cf` is the configuration being parsed.
     let arg = unsafe { conf_args(cf) }.next().unwrap_or_default();
-    let parsed = core::str::from_utf8(arg)
-        .map_err(|_| UrlError::Scheme)
-        .and_then(WsUrl::parse);
-    let url = match parsed {
-        Ok(url) if !arg.contains(&b'$') => url,
-        Ok(_) => {
-            // SAFETY: as above.
-            unsafe { conf_error(cf, "variables in \"websocket_pass\" are not supported yet") };
-            return NGX_CONF_ERROR;
+    if arg.contains(&b'$') {
+        // SAFETY: as above.
+        match unsafe { ComplexValue::compile(cf, arg) } {
+            Ok(cv) => conf.pass = Some(PassTarget::Variable(cv)),
+            Err(_) => return NGX_CONF_ERROR,
         }
-        Err(e) => {
-            // SAFETY: as above.
-            unsafe { conf_error(cf, &format!("invalid URL \"{}\": {e}", arg.escape_ascii())) };
-            return NGX_CONF_ERROR;
-        }
-    };
-    // SAFETY: as above.
-    let upstream = match unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) } {
-        Ok(uscf) => uscf,
-        Err(_) => return NGX_CONF_ERROR,
-    };
-    conf.pass = Some(PassTarget { url, upstream });
+    } else {
+        let parsed = core::str::from_utf8(arg)
+            .map_err(|_| UrlError::Scheme)
+            .and_then(WsUrl::parse);
+        let url = match parsed {
+            Ok(url) => url,
+            Err(e) => {
+                // SAFETY: as above.
+                unsafe { conf_error(cf, &format!("invalid URL \"{}\": {e}", arg.escape_ascii())) };
+                return NGX_CONF_ERROR;
+            }
+        };
+        // SAFETY: as above.
+        let upstream = match unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) } {
+            Ok(uscf) => uscf,
+            Err(_) => return NGX_CONF_ERROR,
+        };
+        conf.pass = Some(PassTarget::Static { url, upstream });
+    }
     // SAFETY: `cf` is the configuration being parsed, inside a location block.
     if unsafe { set_content_handler(cf, crate::proxy::handler) }.is_err() {
         return NGX_CONF_ERROR;

@@ -9,9 +9,11 @@ use core::ptr::{self, NonNull};
 
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    getsockopt, ngx_close_connection, ngx_connection_t, ngx_create_pool, ngx_destroy_pool,
-    ngx_event_connect_peer, ngx_event_t, ngx_http_request_t, ngx_http_upstream_srv_conf_t,
-    ngx_http_upstream_t, ngx_int_t, ngx_pcalloc, ngx_peer_connection_t, socklen_t, NGX_AGAIN,
+    getsockopt, ngx_addr_t, ngx_close_connection, ngx_connection_t, ngx_create_pool,
+    ngx_destroy_pool, ngx_event_connect_peer, ngx_event_t, ngx_http_request_t,
+    ngx_http_upstream_create_round_robin_peer, ngx_http_upstream_main_conf_t,
+    ngx_http_upstream_resolved_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
+    ngx_parse_addr_port, ngx_pcalloc, ngx_peer_connection_t, ngx_str_t, socklen_t, NGX_AGAIN,
     NGX_BUSY, NGX_DECLINED, NGX_LOG_ERR, NGX_OK, NGX_PEER_FAILED, SOL_SOCKET, SO_ERROR,
 };
 
@@ -19,6 +21,58 @@ use crate::ngx_io::{ConnectionRef, NgxError, RequestRef};
 
 /// An event handler of an upstream connection.
 pub type EventHandler = unsafe extern "C" fn(*mut ngx_event_t);
+
+/// Where the peers of a connection come from.
+pub enum PeerSource {
+    /// An `upstream {}` block, named or implicit.
+    Upstream(NonNull<ngx_http_upstream_srv_conf_t>),
+    /// One address, known only at run time (a URL with variables).
+    Address(ngx_addr_t),
+}
+
+impl PeerSource {
+    /// An `ip:port` or `[ipv6]:port` literal, parsed without any name
+    /// resolution; `None` for a host name.
+    pub fn literal(r: &RequestRef, host_port: &str) -> Option<PeerSource> {
+        // SAFETY: `r` is live; nginx copies the text into the request pool.
+        unsafe {
+            let pool = (*r.as_ptr()).pool;
+            let text = ngx_str_t::from_bytes(pool, host_port.as_bytes())?;
+            let mut addr: ngx_addr_t = mem::zeroed();
+            if ngx_parse_addr_port(pool, &mut addr, text.data, text.len) != NGX_OK as ngx_int_t {
+                return None;
+            }
+            addr.name = text;
+            Some(PeerSource::Address(addr))
+        }
+    }
+
+    /// The `upstream {}` block defined with this name (and this port, when
+    /// the block was declared with one), as `proxy_pass` with variables
+    /// finds it.
+    pub fn named(r: &RequestRef, host: &str, port: Option<u16>) -> Option<PeerSource> {
+        // SAFETY: the upstream module's main conf exists in every http
+        // block; its `upstreams` array holds pointers to live block confs.
+        unsafe {
+            let module = &*ptr::addr_of!(ngx::ffi::ngx_http_upstream_module);
+            let umcf: *mut ngx_http_upstream_main_conf_t =
+                (*(*r.as_ptr()).main_conf.add(module.ctx_index)).cast();
+            let blocks: &[*mut ngx_http_upstream_srv_conf_t] = (*umcf).upstreams.as_slice();
+            blocks.iter().copied().find_map(|uscf| {
+                let u = &*uscf;
+                let same_port = match port {
+                    None => u.port == 0,
+                    Some(p) => u.port == 0 || u.port == p,
+                };
+                let name_matches = u.host.as_bytes().eq_ignore_ascii_case(host.as_bytes());
+                // Implicit blocks (made for a `host:port` elsewhere) have no
+                // `servers` list of their own to pick from at run time.
+                (name_matches && same_port && !u.servers.is_null())
+                    .then(|| PeerSource::Upstream(NonNull::new_unchecked(uscf)))
+            })
+        }
+    }
+}
 
 /// What one connect attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,29 +94,47 @@ pub struct UpstreamPeer {
 }
 
 impl UpstreamPeer {
-    /// Prepares `uscf`'s balancer for `r`.
-    pub fn new(
-        r: &mut RequestRef,
-        uscf: NonNull<ngx_http_upstream_srv_conf_t>,
-    ) -> Result<Self, NgxError> {
+    /// Prepares the balancer of `source` for `r`.
+    pub fn new(r: &mut RequestRef, source: &PeerSource) -> Result<Self, NgxError> {
         let r = r.as_ptr();
         // SAFETY: `r` is live; the upstream object is zeroed pool memory, as
         // nginx's own ngx_http_upstream_create makes it, and lives as long as
-        // the request. Balancer init functions only touch `r->upstream->peer`.
+        // the request. Balancer init functions only touch `r->upstream->peer`;
+        // the resolved address lives in the request pool too.
         unsafe {
+            let pool = (*r).pool;
             let u: *mut ngx_http_upstream_t =
-                ngx_pcalloc((*r).pool, mem::size_of::<ngx_http_upstream_t>()).cast();
+                ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_t>()).cast();
             let u = NonNull::new(u).ok_or(NgxError("ngx_pcalloc"))?;
             (*r).upstream = u.as_ptr();
             let pc = &mut (*u.as_ptr()).peer;
             pc.log = (*(*r).connection).log;
             pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_ERR as _);
-            let init = (*uscf.as_ptr())
-                .peer
-                .init
-                .ok_or(NgxError("upstream peer init"))?;
-            if init(r, uscf.as_ptr()) != NGX_OK as ngx_int_t {
-                return Err(NgxError("upstream peer init"));
+            match source {
+                PeerSource::Upstream(uscf) => {
+                    let init = (*uscf.as_ptr())
+                        .peer
+                        .init
+                        .ok_or(NgxError("upstream peer init"))?;
+                    if init(r, uscf.as_ptr()) != NGX_OK as ngx_int_t {
+                        return Err(NgxError("upstream peer init"));
+                    }
+                }
+                PeerSource::Address(addr) => {
+                    let ur: *mut ngx_http_upstream_resolved_t =
+                        ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_resolved_t>()).cast();
+                    if ur.is_null() {
+                        return Err(NgxError("ngx_pcalloc"));
+                    }
+                    (*ur).sockaddr = addr.sockaddr;
+                    (*ur).socklen = addr.socklen;
+                    (*ur).name = addr.name;
+                    (*ur).host = addr.name;
+                    (*ur).naddrs = 1;
+                    if ngx_http_upstream_create_round_robin_peer(r, ur) != NGX_OK as ngx_int_t {
+                        return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
+                    }
+                }
             }
             Ok(UpstreamPeer { u })
         }

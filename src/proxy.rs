@@ -15,12 +15,15 @@ use std::ffi::CString;
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::module::Module;
 use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
-use crate::ngx_peer::{request_of, set_handlers, write_event, UpstreamPeer};
+use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamPeer};
 use crate::ngx_ssl::ClientTls;
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Role, WebSocket, WsError};
 use crate::upgrade::{self, ClientHandshake, HTTP_INTERNAL_SERVER_ERROR};
+use crate::url::{UrlError, WsUrl};
+
+const HTTP_BAD_GATEWAY: ngx_int_t = 502;
 use foreign_types::ForeignTypeRef;
 
 /// Queued bytes towards one side above which the other side is not read.
@@ -75,7 +78,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(h) => h,
         Err(rc) => return rc,
     };
-    let opts = match client_options(r, conf, target, &handshake) {
+    let (url, source) = match resolve(r, target) {
+        Ok(resolved) => resolved,
+        Err(rc) => return rc,
+    };
+    let opts = match client_options(r, conf, &url, &handshake) {
         Ok(opts) => opts,
         Err(e) => {
             ngx_log_error!(NGX_LOG_ERR, r.log(), "websocket: {e}");
@@ -84,7 +91,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     r.connection().set_log_action(c"connecting to upstream");
     let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
-    let connector = match Connector::start(r, target.upstream, opts, data, upstream_event) {
+    let connector = match Connector::start(r, &source, opts, data, upstream_event) {
         Ok(connector) => connector,
         Err(e) => {
             log_connect_failure(r, &e);
@@ -111,22 +118,62 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     NGX_DONE as ngx_int_t
 }
 
+/// The URL and the peers of this request's upstream.
+fn resolve(r: &RequestRef, target: &PassTarget) -> Result<(WsUrl, PeerSource), ngx_int_t> {
+    let cv = match target {
+        PassTarget::Static { url, upstream } => {
+            return Ok((url.clone(), PeerSource::Upstream(*upstream)))
+        }
+        PassTarget::Variable(cv) => cv,
+    };
+    let text = cv.evaluate(r).map_err(|_| HTTP_INTERNAL_SERVER_ERROR)?;
+    let url = match core::str::from_utf8(&text)
+        .map_err(|_| UrlError::Scheme)
+        .and_then(WsUrl::parse)
+    {
+        Ok(url) => url,
+        Err(e) => {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                r.log(),
+                "websocket: invalid URL \"{}\": {e}",
+                text.escape_ascii()
+            );
+            return Err(HTTP_INTERNAL_SERVER_ERROR);
+        }
+    };
+    let address = format!("{}:{}", url.host, url.port_or_default());
+    match PeerSource::named(r, &url.host, url.port).or_else(|| PeerSource::literal(r, &address)) {
+        Some(source) => Ok((url, source)),
+        None => {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                r.log(),
+                "websocket: \"{}\" is neither an IP address nor an upstream {{}} block; \
+                 host names in a URL with variables are not resolved",
+                url.host
+            );
+            Err(HTTP_BAD_GATEWAY)
+        }
+    }
+}
+
 /// What the upstream handshake carries, from the configuration and the
 /// client's own handshake.
 fn client_options(
     r: &RequestRef,
     conf: &LocConf,
-    target: &PassTarget,
+    url: &WsUrl,
     handshake: &ClientHandshake,
 ) -> Result<ClientOptions, crate::ngx_io::NgxError> {
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
-    let path = match &target.url.path {
+    let path = match &url.path {
         Some(path) => path.clone(),
         None => String::from_utf8_lossy(r.unparsed_uri()).into_owned(),
     };
     let host = match &conf.pass_host {
         Some(cv) => text(cv.evaluate(r)?),
-        None => target.url.host_header(),
+        None => url.host_header(),
     };
     let origin = match &conf.pass_origin {
         Some(cv) => Some(text(cv.evaluate(r)?)),
@@ -147,17 +194,19 @@ fn client_options(
         origin,
         headers,
         connect_timeout: conf.connect_timeout,
-        tls: conf.ssl.map(|ctx| tls_target(conf, target, ctx)),
+        tls: conf
+            .ssl
+            .filter(|_| url.tls)
+            .map(|ctx| tls_target(conf, url, ctx)),
     })
 }
 
 /// SNI and verification for a `wss://` upstream: `websocket_ssl_server_name`
 /// or the URL's host; no SNI for an IP address.
-fn tls_target(conf: &LocConf, target: &PassTarget, ctx: ClientTls) -> TlsTarget {
+fn tls_target(conf: &LocConf, url: &WsUrl, ctx: ClientTls) -> TlsTarget {
     let name = match configured(&conf.ssl_server_name) {
         Some(name) => name.to_vec(),
-        None => target
-            .url
+        None => url
             .host
             .trim_start_matches('[')
             .trim_end_matches(']')
