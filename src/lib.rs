@@ -15,6 +15,7 @@ pub mod echo;
 pub mod module;
 pub mod ngx_io;
 pub mod ngx_peer;
+pub mod ngx_resolve;
 pub mod ngx_ssl;
 pub mod protocol;
 pub mod proxy;

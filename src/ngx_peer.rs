@@ -18,6 +18,7 @@ use ngx::ffi::{
 };
 
 use crate::ngx_io::{ConnectionRef, NgxError, RequestRef};
+use crate::ngx_resolve::Addresses;
 
 /// An event handler of an upstream connection.
 pub type EventHandler = unsafe extern "C" fn(*mut ngx_event_t);
@@ -28,6 +29,8 @@ pub enum PeerSource {
     Upstream(NonNull<ngx_http_upstream_srv_conf_t>),
     /// One address, known only at run time (a URL with variables).
     Address(ngx_addr_t),
+    /// The addresses a host name resolved to, and the port to use.
+    Resolved { addrs: Addresses, port: u16 },
 }
 
 impl PeerSource {
@@ -131,6 +134,20 @@ impl UpstreamPeer {
                     (*ur).name = addr.name;
                     (*ur).host = addr.name;
                     (*ur).naddrs = 1;
+                    if ngx_http_upstream_create_round_robin_peer(r, ur) != NGX_OK as ngx_int_t {
+                        return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
+                    }
+                }
+                PeerSource::Resolved { addrs, port } => {
+                    let ur: *mut ngx_http_upstream_resolved_t =
+                        ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_resolved_t>()).cast();
+                    if ur.is_null() {
+                        return Err(NgxError("ngx_pcalloc"));
+                    }
+                    (*ur).host = addrs.host;
+                    (*ur).addrs = addrs.addrs;
+                    (*ur).naddrs = addrs.naddrs;
+                    (*ur).port = *port;
                     if ngx_http_upstream_create_round_robin_peer(r, ur) != NGX_OK as ngx_int_t {
                         return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
                     }

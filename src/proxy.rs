@@ -3,8 +3,8 @@
 //! upstream, re-masked towards it, every rule checked on both legs.
 
 use ngx::ffi::{
-    ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, NGX_DONE, NGX_ERROR,
-    NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_resolver_ctx_t,
+    NGX_DONE, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
@@ -16,6 +16,7 @@ use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::module::Module;
 use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
 use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamPeer};
+use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
@@ -35,9 +36,23 @@ struct PassSession {
 }
 
 enum State {
+    /// The upstream's host name is being resolved.
+    Resolving(Box<Resolving>),
     Connecting(Box<Handshaking>),
     Relaying(Box<Relay>),
     Done,
+}
+
+/// Waiting for the resolver; the client waits for its answer.
+struct Resolving {
+    opts: Option<ClientOptions>,
+    port: u16,
+    /// The query in flight; dropping it cancels it.
+    query: Option<NameQuery>,
+    answer: Option<Result<Addresses, ResolveError>>,
+    accept: String,
+    limits: Limits,
+    upstream_limits: Limits,
 }
 
 /// The upstream handshake is under way; the client waits for its answer.
@@ -78,8 +93,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(h) => h,
         Err(rc) => return rc,
     };
-    let (url, source) = match resolve(r, target) {
-        Ok(resolved) => resolved,
+    let (url, route) = match route(r, target) {
+        Ok(routed) => routed,
         Err(rc) => return rc,
     };
     let opts = match client_options(r, conf, &url, &handshake) {
@@ -90,39 +105,92 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         }
     };
     r.connection().set_log_action(c"connecting to upstream");
-    let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
-    let connector = match Connector::start(r, &source, opts, data, upstream_event) {
-        Ok(connector) => connector,
-        Err(e) => {
-            log_connect_failure(r, &e);
-            return e.status();
-        }
-    };
     let limits = conf.limits();
     let upstream_limits = Limits {
         send_masked: conf.pass_send_unmasked != 1,
         ..limits
     };
-    let state = State::Connecting(Box::new(Handshaking {
-        connector,
-        accept: handshake.accept,
-        limits,
-        upstream_limits,
-    }));
-    let Some(session) = r.pool_alloc(PassSession { state }) else {
+    let accept = handshake.accept;
+    let state = match route {
+        Route::Peers(source) => match connect(r, &source, opts) {
+            Ok(connector) => State::Connecting(Box::new(Handshaking {
+                connector,
+                accept,
+                limits,
+                upstream_limits,
+            })),
+            Err(rc) => return rc,
+        },
+        Route::Dns => State::Resolving(Box::new(Resolving {
+            opts: Some(opts),
+            port: url.port_or_default(),
+            query: None,
+            answer: None,
+            accept,
+            limits,
+            upstream_limits,
+        })),
+    };
+    let Some(mut session) = r.pool_alloc(PassSession { state }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_ctx(Module::module(), session.as_ptr().cast());
     r.set_event_handlers(client_event, client_event);
+    // SAFETY: just allocated; only this handler and the resolver's (which
+    // runs inside `ngx_resolve::start` or later) touch it.
+    if let State::Resolving(_) = unsafe { &session.as_ref().state } {
+        let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
+        match ngx_resolve::start(r, &url.host, on_resolved, data) {
+            Ok(query) => {
+                // SAFETY: as above.
+                match unsafe { &mut session.as_mut().state } {
+                    State::Resolving(resolving) if resolving.answer.is_none() => {
+                        resolving.query = Some(query)
+                    }
+                    // Answered from the cache: the handler freed the query.
+                    _ => query.forget(),
+                }
+            }
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    r.log(),
+                    "websocket: cannot resolve \"{}\": {e}",
+                    url.host
+                );
+                return HTTP_BAD_GATEWAY;
+            }
+        }
+    }
     r.hold();
     NGX_DONE as ngx_int_t
 }
 
-/// The URL and the peers of this request's upstream.
-fn resolve(r: &RequestRef, target: &PassTarget) -> Result<(WsUrl, PeerSource), ngx_int_t> {
+/// Starts the upstream connection.
+fn connect(
+    r: &mut RequestRef,
+    source: &PeerSource,
+    opts: ClientOptions,
+) -> Result<Connector, ngx_int_t> {
+    let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
+    Connector::start(r, source, opts, data, upstream_event).map_err(|e| {
+        log_connect_failure(r, &e);
+        e.status()
+    })
+}
+
+/// How this request reaches its upstream's peers.
+enum Route {
+    Peers(PeerSource),
+    /// The URL's host is a name to resolve first.
+    Dns,
+}
+
+/// The URL of this request's upstream and how to reach its peers.
+fn route(r: &RequestRef, target: &PassTarget) -> Result<(WsUrl, Route), ngx_int_t> {
     let cv = match target {
         PassTarget::Static { url, upstream } => {
-            return Ok((url.clone(), PeerSource::Upstream(*upstream)))
+            return Ok((url.clone(), Route::Peers(PeerSource::Upstream(*upstream))))
         }
         PassTarget::Variable(cv) => cv,
     };
@@ -143,19 +211,13 @@ fn resolve(r: &RequestRef, target: &PassTarget) -> Result<(WsUrl, PeerSource), n
         }
     };
     let address = format!("{}:{}", url.host, url.port_or_default());
-    match PeerSource::named(r, &url.host, url.port).or_else(|| PeerSource::literal(r, &address)) {
-        Some(source) => Ok((url, source)),
-        None => {
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                r.log(),
-                "websocket: \"{}\" is neither an IP address nor an upstream {{}} block; \
-                 host names in a URL with variables are not resolved",
-                url.host
-            );
-            Err(HTTP_BAD_GATEWAY)
-        }
-    }
+    let route = match PeerSource::named(r, &url.host, url.port)
+        .or_else(|| PeerSource::literal(r, &address))
+    {
+        Some(source) => Route::Peers(source),
+        None => Route::Dns,
+    };
+    Ok((url, route))
 }
 
 /// What the upstream handshake carries, from the configuration and the
@@ -234,6 +296,28 @@ fn log_connect_failure(r: &RequestRef, e: &ClientError) {
     ngx_log_error!(NGX_LOG_ERR, r.log(), "websocket: {e}");
 }
 
+/// The resolver's handler: keeps the answer and lets the session go on from
+/// the event loop (it may run inside the content handler, from the cache).
+unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
+    // SAFETY: the query was started with the request as its data; the
+    // request holds the session until it is finalized, which cancels the
+    // query first.
+    unsafe {
+        let r = RequestRef::from_raw((*ctx).data.cast());
+        let pool = (*foreign_types::ForeignTypeRef::as_ptr(&*r)).pool;
+        let (_, answer) = ngx_resolve::finish(pool, ctx);
+        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
+            if let State::Resolving(resolving) = &mut session.as_mut().state {
+                if let Some(query) = resolving.query.take() {
+                    query.forget();
+                }
+                resolving.answer = Some(answer);
+            }
+        }
+        r.connection().post(Direction::Write);
+    }
+}
+
 /// Read/write handler of the client connection.
 unsafe extern "C" fn client_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
@@ -284,6 +368,37 @@ fn run(r: &mut RequestRef) {
 impl PassSession {
     fn step(&mut self, r: &mut RequestRef) -> Next {
         match &mut self.state {
+            State::Resolving(resolving) => {
+                let Some(answer) = resolving.answer.take() else {
+                    return Next::Wait;
+                };
+                let addrs = match answer {
+                    Ok(addrs) => addrs,
+                    Err(e) => {
+                        ngx_log_error!(NGX_LOG_ERR, r.log(), "websocket: {e}");
+                        return Next::Fail(HTTP_BAD_GATEWAY);
+                    }
+                };
+                let source = PeerSource::Resolved {
+                    addrs,
+                    port: resolving.port,
+                };
+                let Some(opts) = resolving.opts.take() else {
+                    return Next::Fail(NGX_ERROR as ngx_int_t);
+                };
+                match connect(r, &source, opts) {
+                    Ok(connector) => {
+                        self.state = State::Connecting(Box::new(Handshaking {
+                            connector,
+                            accept: core::mem::take(&mut resolving.accept),
+                            limits: resolving.limits,
+                            upstream_limits: resolving.upstream_limits,
+                        }));
+                        Next::Wait
+                    }
+                    Err(rc) => Next::Fail(rc),
+                }
+            }
             State::Connecting(handshaking) => match handshaking.connector.advance() {
                 Progress::Pending => Next::Wait,
                 Progress::Failed(e) => {
