@@ -8,22 +8,24 @@ use core::ptr::{self, NonNull};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
-    ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t, ngx_http_upstream_srv_conf_t, ngx_msec_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_SRV_CONF,
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
+    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
+use crate::pool::PoolSettings;
 use crate::url::{UrlError, WsUrl};
 
 const UNSET_SIZE: usize = usize::MAX;
 const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const UNSET_FLAG: ngx_flag_t = -1;
+const UNSET_INT: ngx_int_t = -1;
 
 /// `websocket_max_payload_len` default: the largest 16-bit frame length.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 65535;
@@ -60,6 +62,10 @@ pub struct LocConf {
     pub ssl_certificate_key: ngx_str_t,
     /// The TLS context of a `wss://` pass, made when the configuration loads.
     pub ssl: Option<ClientTls>,
+    pub keepalive: ngx_int_t,
+    pub keepalive_timeout: ngx_msec_t,
+    pub keepalive_backlog: ngx_int_t,
+    pub keepalive_pool: Option<ComplexValue>,
 }
 
 /// Where `websocket_pass` connects.
@@ -108,6 +114,10 @@ impl Default for LocConf {
             ssl_certificate: ngx_str_t::empty(),
             ssl_certificate_key: ngx_str_t::empty(),
             ssl: None,
+            keepalive: UNSET_INT,
+            keepalive_timeout: UNSET_MSEC,
+            keepalive_backlog: UNSET_INT,
+            keepalive_pool: None,
         }
     }
 }
@@ -170,6 +180,34 @@ impl Merge for LocConf {
             UNSET_FLAG,
             0,
         );
+        merge_value(&mut self.ssl_verify, prev.ssl_verify, UNSET_FLAG, 0);
+        for (conf, prev) in [
+            (
+                &mut self.ssl_trusted_certificate,
+                prev.ssl_trusted_certificate,
+            ),
+            (&mut self.ssl_server_name, prev.ssl_server_name),
+            (&mut self.ssl_certificate, prev.ssl_certificate),
+            (&mut self.ssl_certificate_key, prev.ssl_certificate_key),
+        ] {
+            if conf.data.is_null() {
+                *conf = prev;
+            }
+        }
+        merge_value(&mut self.keepalive, prev.keepalive, UNSET_INT, 0);
+        merge_value(
+            &mut self.keepalive_timeout,
+            prev.keepalive_timeout,
+            UNSET_MSEC,
+            DEFAULT_TIMEOUT_MS,
+        );
+        merge_value(
+            &mut self.keepalive_backlog,
+            prev.keepalive_backlog,
+            UNSET_INT,
+            UNSET_INT,
+        );
+        self.keepalive_pool = self.keepalive_pool.or(prev.keepalive_pool);
         Ok(())
     }
 }
@@ -184,6 +222,15 @@ pub struct Limits {
 }
 
 impl LocConf {
+    /// The keepalive pool settings; `None` when pooling is off.
+    pub fn pool_settings(&self) -> Option<PoolSettings> {
+        (self.keepalive > 0).then(|| PoolSettings {
+            size: self.keepalive as usize,
+            idle_timeout: self.keepalive_timeout,
+            backlog: (self.keepalive_backlog >= 0).then_some(self.keepalive_backlog as usize),
+        })
+    }
+
     pub fn limits(&self) -> Limits {
         let or_payload = |v: usize| {
             if v == UNSET_SIZE {
@@ -220,7 +267,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 20] = [
+pub static mut COMMANDS: [ngx_command_t; 24] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -334,6 +381,30 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         ANY_LEVEL | NGX_CONF_TAKE1,
         ngx_conf_set_str_slot,
         core::mem::offset_of!(LocConf, ssl_certificate_key),
+    ),
+    slot(
+        ngx_string!("websocket_keepalive"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        core::mem::offset_of!(LocConf, keepalive),
+    ),
+    slot(
+        ngx_string!("websocket_keepalive_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, keepalive_timeout),
+    ),
+    slot(
+        ngx_string!("websocket_keepalive_backlog"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        core::mem::offset_of!(LocConf, keepalive_backlog),
+    ),
+    slot(
+        ngx_string!("websocket_keepalive_pool"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_keepalive_pool,
+        0,
     ),
     ngx_command_t::empty(),
 ];
@@ -502,6 +573,18 @@ unsafe extern "C" fn cmd_pass_host(
     unsafe { set_complex(cf, &mut conf.pass_host) }
 }
 
+/// `websocket_keepalive_pool NAME;`
+unsafe extern "C" fn cmd_keepalive_pool(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    // SAFETY: `cf` is the configuration being parsed.
+    unsafe { set_complex(cf, &mut conf.keepalive_pool) }
+}
+
 /// `websocket_pass_origin VALUE;`
 unsafe extern "C" fn cmd_pass_origin(
     cf: *mut ngx_conf_t,
@@ -618,6 +701,39 @@ mod tests {
         conf.merge(&LocConf::default()).unwrap();
         assert_eq!(conf.limits().max_recv_len, DEFAULT_MAX_PAYLOAD_LEN as u64);
         assert!(conf.protocols.is_none() && conf.origins.is_none());
+    }
+
+    #[test]
+    fn keepalive_and_tls_settings_inherit() {
+        let mut outer = LocConf {
+            keepalive: 4,
+            keepalive_backlog: 2,
+            ssl_verify: 1,
+            ssl_server_name: ngx_str_t {
+                len: 1,
+                data: c"x".as_ptr().cast_mut().cast(),
+            },
+            ..LocConf::default()
+        };
+        outer.merge(&LocConf::default()).unwrap();
+        let mut inner = LocConf::default();
+        inner.merge(&outer).unwrap();
+        let settings = inner.pool_settings().expect("pooling is on");
+        assert_eq!(
+            (settings.size, settings.idle_timeout, settings.backlog),
+            (4, DEFAULT_TIMEOUT_MS, Some(2))
+        );
+        assert_eq!(
+            (inner.ssl_verify, configured(&inner.ssl_server_name)),
+            (1, Some(&b"x"[..]))
+        );
+        let mut off = LocConf::default();
+        off.merge(&LocConf::default()).unwrap();
+        assert!(off.pool_settings().is_none());
+        assert_eq!(
+            (off.ssl_verify, configured(&off.ssl_trusted_certificate)),
+            (0, None)
+        );
     }
 
     #[test]

@@ -609,6 +609,19 @@ pub unsafe fn upstream_add(
     }
 }
 
+/// The cycle's log, for connections that no request owns (pooled ones).
+pub fn cycle_log() -> *mut ngx_log_t {
+    // SAFETY: the current cycle and its log live as long as the worker.
+    unsafe { (*ngx::ffi::ngx_cycle).log }
+}
+
+/// Posts a client connection's write event, so that its request handler
+/// runs on this loop iteration (to wake a session waiting for a pool).
+pub fn post_write_event(c: NonNull<ngx_connection_t>) {
+    // SAFETY: the caller keeps only live connections of this worker.
+    unsafe { ConnectionRef::from_ptr(c.as_ptr()) }.post(Direction::Write);
+}
+
 /// nginx's cached current time in milliseconds.
 pub fn now_msec() -> ngx_msec_t {
     // SAFETY: a plain read of the worker's time cache.

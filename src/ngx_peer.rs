@@ -272,23 +272,97 @@ impl UpstreamPeer {
     pub fn close(&mut self) {
         let pc = self.pc_mut();
         let c: *mut ngx_connection_t = pc.connection;
-        if c.is_null() {
-            return;
-        }
         pc.connection = ptr::null_mut();
-        // SAFETY: `c` is live and ours; its pool was made in `connect`.
-        unsafe {
-            if !(*c).ssl.is_null() {
-                // Send close_notify without waiting for the peer's.
-                (*(*c).ssl).set_no_wait_shutdown(1);
-                ngx::ffi::ngx_ssl_shutdown(c);
-            }
-            let pool = (*c).pool;
-            ngx_close_connection(c);
-            if !pool.is_null() {
-                ngx_destroy_pool(pool);
-            }
+        if let Some(c) = NonNull::new(c) {
+            close_connection(c);
         }
+    }
+
+    /// The handshake succeeded: the balancer hears that the peer worked, and
+    /// the connection leaves the request's balancer state, so that it can
+    /// outlive the request (in a keepalive pool).
+    pub fn into_conn(mut self) -> Option<UpstreamConn> {
+        let name = self.name();
+        let pc = self.pc_mut();
+        if let Some(free) = pc.free {
+            // SAFETY: `free` is the balancer's, with its own data.
+            unsafe { free(pc, pc.data, 0) };
+            pc.free = None;
+        }
+        let c = NonNull::new(pc.connection)?;
+        pc.connection = ptr::null_mut();
+        Some(UpstreamConn { c, name })
+    }
+}
+
+/// Closes an upstream connection made by [`UpstreamPeer::connect`].
+fn close_connection(c: NonNull<ngx_connection_t>) {
+    let c = c.as_ptr();
+    // SAFETY: `c` is live and ours; its pool was made in `connect`.
+    unsafe {
+        if !(*c).ssl.is_null() {
+            // Send close_notify without waiting for the peer's.
+            (*(*c).ssl).set_no_wait_shutdown(1);
+            ngx::ffi::ngx_ssl_shutdown(c);
+        }
+        let pool = (*c).pool;
+        ngx_close_connection(c);
+        if !pool.is_null() {
+            ngx_destroy_pool(pool);
+        }
+    }
+}
+
+/// An established upstream connection, owned: dropping it closes it.
+pub struct UpstreamConn {
+    c: NonNull<ngx_connection_t>,
+    name: String,
+}
+
+impl UpstreamConn {
+    pub fn connection(&self) -> &ConnectionRef {
+        // SAFETY: the connection is live while this object owns it.
+        unsafe { ConnectionRef::from_ptr(self.c.as_ptr()) }
+    }
+
+    /// The peer's address, for logs.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hands the connection's events to `handler` with `data`, logging to
+    /// `log` (a request's, or the cycle's while pooled).
+    pub fn attach(&self, data: *mut c_void, handler: EventHandler, log: *mut ngx::ffi::ngx_log_t) {
+        let c = self.c.as_ptr();
+        // SAFETY: a live connection with both events and a pool.
+        unsafe {
+            (*c).data = data;
+            (*c).log = log;
+            (*(*c).read).log = log;
+            (*(*c).write).log = log;
+            (*(*c).pool).log = log;
+            (*(*c).read).handler = Some(handler);
+            (*(*c).write).handler = Some(handler);
+        }
+    }
+
+    /// Marks the connection idle, so that a worker that exits closes it
+    /// through its read handler with `close` set.
+    pub fn set_idle(&self, idle: bool) {
+        // SAFETY: a live connection.
+        unsafe { (*self.c.as_ptr()).set_idle(idle as u32) }
+    }
+
+    /// Whether nginx asked the connection to close (worker exiting).
+    pub fn close_requested(&self) -> bool {
+        // SAFETY: a live connection.
+        unsafe { (*self.c.as_ptr()).close() != 0 }
+    }
+}
+
+impl Drop for UpstreamConn {
+    fn drop(&mut self) {
+        close_connection(self.c);
     }
 }
 

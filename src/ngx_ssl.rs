@@ -97,6 +97,14 @@ impl ClientTls {
     }
 }
 
+impl ClientTls {
+    /// Identifies the context (connections made with different contexts
+    /// never share a pool).
+    pub fn id(&self) -> usize {
+        self.0.as_ptr() as usize
+    }
+}
+
 /// A copy of `s` in the configuration pool (nginx keeps pointers to it).
 ///
 /// # Safety

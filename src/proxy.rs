@@ -1,34 +1,37 @@
-//! `websocket_pass`: connect to the upstream and finish its handshake first,
-//! then upgrade the client and relay frames both ways — unmasked from the
-//! upstream, re-masked towards it, every rule checked on both legs.
+//! `websocket_pass`: find a connection to the upstream (a pooled one, or a
+//! new one: resolve, connect, TLS, handshake) before answering the client,
+//! then upgrade the client and hand both legs to the [`Relay`].
 
+use core::hash::{Hash, Hasher};
+use core::ptr::NonNull;
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::CString;
+
+use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_resolver_ctx_t,
-    NGX_DONE, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_resolver_ctx_t, NGX_DONE,
+    NGX_ERROR, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
-use crate::client::{ClientError, ClientOptions, Connector, Established, Progress, TlsTarget};
-use std::ffi::CString;
-
+use crate::client::{ClientError, ClientOptions, Connector, Progress, TlsTarget};
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::module::Module;
 use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
-use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamPeer};
+use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamConn};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
-use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
-use crate::protocol::frame::OpCode;
-use crate::session::{FrameType, Role, WebSocket, WsError};
-use crate::upgrade::{self, ClientHandshake, HTTP_INTERNAL_SERVER_ERROR};
+use crate::pool::{self, Acquired};
+use crate::relay::{Keepalive, Outcome, Relay};
+use crate::session::{Role, WebSocket};
+use crate::upgrade::ClientHandshake;
+use crate::upgrade::{self, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
 
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
-use foreign_types::ForeignTypeRef;
-
-/// Queued bytes towards one side above which the other side is not read.
-const RELAY_HIGH_WATER: usize = 64 * 1024;
+const HTTP_SERVICE_UNAVAILABLE: ngx_int_t = 503;
+const HTTP_GATEWAY_TIMEOUT: ngx_int_t = 504;
 
 /// Per-request state, allocated in the request pool.
 struct PassSession {
@@ -36,32 +39,49 @@ struct PassSession {
 }
 
 enum State {
+    /// In a keepalive pool's line for a connection.
+    Waiting(Box<Plan>),
     /// The upstream's host name is being resolved.
     Resolving(Box<Resolving>),
+    /// Connect, TLS and the upstream handshake are under way.
     Connecting(Box<Handshaking>),
     Relaying(Box<Relay>),
     Done,
 }
 
-/// Waiting for the resolver; the client waits for its answer.
-struct Resolving {
+/// Everything needed to get this session an upstream connection.
+struct Plan {
     opts: Option<ClientOptions>,
-    port: u16,
-    /// The query in flight; dropping it cancels it.
-    query: Option<NameQuery>,
-    answer: Option<Result<Addresses, ResolveError>>,
-    accept: String,
-    limits: Limits,
-    upstream_limits: Limits,
-}
-
-/// The upstream handshake is under way; the client waits for its answer.
-struct Handshaking {
-    connector: Connector,
+    route: Option<Route>,
     /// The client's Sec-WebSocket-Accept, sent once the upstream agreed.
     accept: String,
     limits: Limits,
     upstream_limits: Limits,
+    connect_timeout: ngx::ffi::ngx_msec_t,
+    keepalive: Option<Keepalive>,
+}
+
+/// How this request reaches its upstream's peers.
+enum Route {
+    Peers(PeerSource),
+    /// The URL's host is a name to resolve first.
+    Dns {
+        host: String,
+        port: u16,
+    },
+}
+
+struct Resolving {
+    plan: Box<Plan>,
+    port: u16,
+    /// The query in flight; dropping it cancels it.
+    query: Option<NameQuery>,
+    answer: Option<Result<Addresses, ResolveError>>,
+}
+
+struct Handshaking {
+    connector: Connector,
+    plan: Box<Plan>,
 }
 
 /// How an event left the session.
@@ -74,6 +94,13 @@ enum Next {
     },
     /// End the request with this HTTP status (nothing was upgraded yet).
     Fail(ngx_int_t),
+}
+
+/// Which connection an event came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Client,
+    Upstream,
 }
 
 /// The content handler nginx calls for a location with `websocket_pass`.
@@ -93,97 +120,97 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(h) => h,
         Err(rc) => return rc,
     };
-    let (url, route) = match route(r, target) {
-        Ok(routed) => routed,
+    let plan = match plan(r, conf, target, handshake) {
+        Ok(plan) => plan,
         Err(rc) => return rc,
     };
-    let opts = match client_options(r, conf, &url, &handshake) {
-        Ok(opts) => opts,
-        Err(e) => {
-            ngx_log_error!(NGX_LOG_ERR, r.log(), "websocket: {e}");
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-    };
     r.connection().set_log_action(c"connecting to upstream");
-    let limits = conf.limits();
-    let upstream_limits = Limits {
-        send_masked: conf.pass_send_unmasked != 1,
-        ..limits
-    };
-    let accept = handshake.accept;
-    let state = match route {
-        Route::Peers(source) => match connect(r, &source, opts) {
-            Ok(connector) => State::Connecting(Box::new(Handshaking {
-                connector,
-                accept,
-                limits,
-                upstream_limits,
-            })),
-            Err(rc) => return rc,
-        },
-        Route::Dns => State::Resolving(Box::new(Resolving {
-            opts: Some(opts),
-            port: url.port_or_default(),
-            query: None,
-            answer: None,
-            accept,
-            limits,
-            upstream_limits,
-        })),
-    };
-    let Some(mut session) = r.pool_alloc(PassSession { state }) else {
+    let Some(mut session) = r.pool_alloc(PassSession { state: State::Done }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_ctx(Module::module(), session.as_ptr().cast());
     r.set_event_handlers(client_event, client_event);
-    // SAFETY: just allocated; only this handler and the resolver's (which
-    // runs inside `ngx_resolve::start` or later) touch it.
-    if let State::Resolving(_) = unsafe { &session.as_ref().state } {
-        let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
-        match ngx_resolve::start(r, &url.host, on_resolved, data) {
-            Ok(query) => {
-                // SAFETY: as above.
-                match unsafe { &mut session.as_mut().state } {
-                    State::Resolving(resolving) if resolving.answer.is_none() => {
-                        resolving.query = Some(query)
-                    }
-                    // Answered from the cache: the handler freed the query.
-                    _ => query.forget(),
-                }
-            }
-            Err(e) => {
-                ngx_log_error!(
-                    NGX_LOG_ERR,
-                    r.log(),
-                    "websocket: cannot resolve \"{}\": {e}",
-                    url.host
-                );
-                return HTTP_BAD_GATEWAY;
-            }
+    // SAFETY: just allocated in the request pool; this handler is the only
+    // user until it returns (the resolver's handler only posts an event).
+    let session = unsafe { session.as_mut() };
+    match session.proceed(r, plan) {
+        Next::Fail(rc) => {
+            session.state = State::Done;
+            rc
+        }
+        _ => {
+            r.hold();
+            NGX_DONE as ngx_int_t
         }
     }
-    r.hold();
-    NGX_DONE as ngx_int_t
 }
 
-/// Starts the upstream connection.
-fn connect(
-    r: &mut RequestRef,
-    source: &PeerSource,
-    opts: ClientOptions,
-) -> Result<Connector, ngx_int_t> {
-    let data = foreign_types::ForeignTypeRef::as_ptr(&*r).cast();
-    Connector::start(r, source, opts, data, upstream_event).map_err(|e| {
-        log_connect_failure(r, &e);
-        e.status()
-    })
+/// Works out the upstream URL, its route, the handshake to send and the
+/// pool this session may use.
+fn plan(
+    r: &RequestRef,
+    conf: &LocConf,
+    target: &PassTarget,
+    handshake: ClientHandshake,
+) -> Result<Box<Plan>, ngx_int_t> {
+    let (url, route) = route(r, target)?;
+    let opts = client_options(r, conf, &url, &handshake).map_err(|e| {
+        ngx_log_error!(NGX_LOG_ERR, r.log(), "websocket: {e}");
+        HTTP_INTERNAL_SERVER_ERROR
+    })?;
+    let keepalive = match conf.pool_settings() {
+        None => None,
+        Some(settings) => {
+            let name = match &conf.keepalive_pool {
+                Some(cv) => String::from_utf8_lossy(
+                    &cv.evaluate(r).map_err(|_| HTTP_INTERNAL_SERVER_ERROR)?,
+                )
+                .into_owned(),
+                None => format!("{}:{}", url.host, url.port_or_default()),
+            };
+            // TLS connections are kept apart per TLS context and name.
+            let key = match &opts.tls {
+                Some(tls) => format!("{name}|tls:{:x}:{:?}", tls.ctx.id(), tls.sni),
+                None => name,
+            };
+            let me = NonNull::new(r.connection_ptr()).ok_or(HTTP_INTERNAL_SERVER_ERROR)?;
+            Some(Keepalive {
+                pool: pool::pool(&key),
+                fingerprint: fingerprint(&opts),
+                settings,
+                slot: None,
+                me,
+            })
+        }
+    };
+    let limits = conf.limits();
+    Ok(Box::new(Plan {
+        opts: Some(opts),
+        route: Some(route),
+        accept: handshake.accept,
+        limits,
+        upstream_limits: Limits {
+            send_masked: conf.pass_send_unmasked != 1,
+            ..limits
+        },
+        connect_timeout: conf.connect_timeout,
+        keepalive,
+    }))
 }
 
-/// How this request reaches its upstream's peers.
-enum Route {
-    Peers(PeerSource),
-    /// The URL's host is a name to resolve first.
-    Dns,
+/// Identifies an upstream handshake: a pooled connection is only reused for
+/// an identical one (same path, host, subprotocols, origin and headers).
+fn fingerprint(opts: &ClientOptions) -> u64 {
+    let mut h = DefaultHasher::new();
+    (
+        &opts.path,
+        &opts.host,
+        &opts.protocols,
+        &opts.origin,
+        &opts.headers,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 /// The URL of this request's upstream and how to reach its peers.
@@ -215,7 +242,10 @@ fn route(r: &RequestRef, target: &PassTarget) -> Result<(WsUrl, Route), ngx_int_
         .or_else(|| PeerSource::literal(r, &address))
     {
         Some(source) => Route::Peers(source),
-        None => Route::Dns,
+        None => Route::Dns {
+            host: url.host.clone(),
+            port: url.port_or_default(),
+        },
     };
     Ok((url, route))
 }
@@ -304,7 +334,7 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
     // query first.
     unsafe {
         let r = RequestRef::from_raw((*ctx).data.cast());
-        let pool = (*foreign_types::ForeignTypeRef::as_ptr(&*r)).pool;
+        let pool = (*ForeignTypeRef::as_ptr(&*r)).pool;
         let (_, answer) = ngx_resolve::finish(pool, ctx);
         if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
             if let State::Resolving(resolving) = &mut session.as_mut().state {
@@ -322,7 +352,7 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
 unsafe extern "C" fn client_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let r = unsafe { RequestRef::from_raw(r) };
-    run(r);
+    run(r, Origin::Client);
 }
 
 /// Read/write handler of the upstream connection.
@@ -330,7 +360,7 @@ unsafe extern "C" fn upstream_event(ev: *mut ngx_event_t) {
     // SAFETY: the upstream connection was set up with the request as data.
     let r = unsafe { RequestRef::from_raw(request_of(ev)) };
     let c = r.connection_ptr();
-    run(r);
+    run(r, Origin::Upstream);
     // SAFETY: `c` is the client connection; see run_posted_requests.
     unsafe { run_posted_requests(c) };
 }
@@ -344,7 +374,7 @@ unsafe extern "C" fn upstream_tls_done(c: *mut ngx_connection_t) {
     unsafe { upstream_event(write_event(conn)) };
 }
 
-fn run(r: &mut RequestRef) {
+fn run(r: &mut RequestRef, origin: Origin) {
     let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
         r.finalize(false, true);
         return;
@@ -352,7 +382,7 @@ fn run(r: &mut RequestRef) {
     // SAFETY: the session lives in the request pool until the request is
     // finalized below; nothing else references it during this event.
     let session = unsafe { session.as_mut() };
-    match session.step(r) {
+    match session.step(r, origin) {
         Next::Wait => {}
         Next::Finish { linger, error } => {
             session.state = State::Done;
@@ -366,10 +396,23 @@ fn run(r: &mut RequestRef) {
 }
 
 impl PassSession {
-    fn step(&mut self, r: &mut RequestRef) -> Next {
-        match &mut self.state {
-            State::Resolving(resolving) => {
+    fn step(&mut self, r: &mut RequestRef, origin: Origin) -> Next {
+        let state = core::mem::replace(&mut self.state, State::Done);
+        match state {
+            State::Waiting(plan) => {
+                if r.connection().take_timedout(Direction::Write) {
+                    ngx_log_error!(
+                        NGX_LOG_ERR,
+                        r.log(),
+                        "websocket: no upstream connection became free within websocket_connect_timeout"
+                    );
+                    return Next::Fail(HTTP_GATEWAY_TIMEOUT);
+                }
+                self.proceed(r, plan)
+            }
+            State::Resolving(mut resolving) => {
                 let Some(answer) = resolving.answer.take() else {
+                    self.state = State::Resolving(resolving);
                     return Next::Wait;
                 };
                 let addrs = match answer {
@@ -379,279 +422,175 @@ impl PassSession {
                         return Next::Fail(HTTP_BAD_GATEWAY);
                     }
                 };
-                let source = PeerSource::Resolved {
+                let mut plan = resolving.plan;
+                plan.route = Some(Route::Peers(PeerSource::Resolved {
                     addrs,
                     port: resolving.port,
-                };
-                let Some(opts) = resolving.opts.take() else {
-                    return Next::Fail(NGX_ERROR as ngx_int_t);
-                };
-                match connect(r, &source, opts) {
-                    Ok(connector) => {
-                        self.state = State::Connecting(Box::new(Handshaking {
-                            connector,
-                            accept: core::mem::take(&mut resolving.accept),
-                            limits: resolving.limits,
-                            upstream_limits: resolving.upstream_limits,
-                        }));
-                        Next::Wait
-                    }
-                    Err(rc) => Next::Fail(rc),
-                }
+                }));
+                self.proceed(r, plan)
             }
-            State::Connecting(handshaking) => match handshaking.connector.advance() {
-                Progress::Pending => Next::Wait,
+            // Only the upstream's events move a handshake on; the client may
+            // speak (or be posted) meanwhile.
+            State::Connecting(handshaking) if origin == Origin::Client => {
+                self.state = State::Connecting(handshaking);
+                Next::Wait
+            }
+            State::Connecting(mut handshaking) => match handshaking.connector.advance() {
+                Progress::Pending => {
+                    self.state = State::Connecting(handshaking);
+                    Next::Wait
+                }
                 Progress::Failed(e) => {
                     log_connect_failure(r, &e);
                     Next::Fail(e.status())
                 }
-                Progress::Ready(established) => self.upgrade(r, established),
+                Progress::Ready(established) => match established.peer.into_conn() {
+                    Some(conn) => self.upgrade(
+                        r,
+                        handshaking.plan,
+                        conn,
+                        established.subprotocol,
+                        &established.leftover,
+                    ),
+                    None => Next::Fail(HTTP_BAD_GATEWAY),
+                },
             },
-            State::Relaying(relay) => relay.step(r.log()),
+            State::Relaying(mut relay) => {
+                let outcome = relay.step(r.log());
+                self.state = State::Relaying(relay);
+                match outcome {
+                    Outcome::Wait => Next::Wait,
+                    Outcome::Finish { linger, error } => Next::Finish { linger, error },
+                }
+            }
             State::Done => Next::Wait,
         }
     }
 
-    /// The upstream accepted: answer the client with 101 and start relaying.
-    fn upgrade(&mut self, r: &mut RequestRef, mut established: Established) -> Next {
-        let State::Connecting(handshaking) = &self.state else {
-            return Next::Fail(NGX_ERROR as ngx_int_t);
-        };
-        let (limits, upstream_limits) = (handshaking.limits, handshaking.upstream_limits);
-        let responded =
-            upgrade::respond(r, &handshaking.accept, established.subprotocol.as_deref());
-        let pipelined = match responded {
-            Ok(pipelined) => pipelined,
-            Err(rc) => {
-                established.peer.finish();
-                return Next::Fail(rc);
+    /// Gets the session an upstream connection: from the pool, by waiting in
+    /// its line, or by resolving and connecting.
+    fn proceed(&mut self, r: &mut RequestRef, mut plan: Box<Plan>) -> Next {
+        let c = r.connection();
+        c.del_timer(Direction::Write);
+        if let Some(keepalive) = plan.keepalive.as_mut().filter(|k| k.slot.is_none()) {
+            match keepalive
+                .pool
+                .acquire(keepalive.fingerprint, keepalive.settings, keepalive.me)
+            {
+                Acquired::Reused {
+                    conn,
+                    slot,
+                    subprotocol,
+                } => {
+                    keepalive.slot = Some(slot);
+                    return self.upgrade(r, plan, conn, subprotocol, &[]);
+                }
+                Acquired::Connect(slot) => keepalive.slot = Some(slot),
+                Acquired::Wait => {
+                    c.add_timer(Direction::Write, plan.connect_timeout);
+                    self.state = State::Waiting(plan);
+                    return Next::Wait;
+                }
+                Acquired::Overflow => {
+                    ngx_log_error!(
+                        NGX_LOG_ERR,
+                        r.log(),
+                        "websocket: too many waiting connect operations (pool \"{}\")",
+                        keepalive.pool.name()
+                    );
+                    return Next::Fail(HTTP_SERVICE_UNAVAILABLE);
+                }
             }
+        }
+        match plan.route.take() {
+            Some(Route::Peers(source)) => {
+                let Some(opts) = plan.opts.take() else {
+                    return Next::Fail(NGX_ERROR as ngx_int_t);
+                };
+                let data = ForeignTypeRef::as_ptr(&*r).cast();
+                match Connector::start(r, &source, opts, data, upstream_event) {
+                    Ok(connector) => {
+                        self.state = State::Connecting(Box::new(Handshaking { connector, plan }));
+                        Next::Wait
+                    }
+                    Err(e) => {
+                        log_connect_failure(r, &e);
+                        Next::Fail(e.status())
+                    }
+                }
+            }
+            Some(Route::Dns { host, port }) => {
+                self.state = State::Resolving(Box::new(Resolving {
+                    plan,
+                    port,
+                    query: None,
+                    answer: None,
+                }));
+                let data = ForeignTypeRef::as_ptr(&*r).cast();
+                match ngx_resolve::start(r, &host, on_resolved, data) {
+                    Ok(query) => {
+                        match &mut self.state {
+                            State::Resolving(resolving) if resolving.answer.is_none() => {
+                                resolving.query = Some(query)
+                            }
+                            // Answered from the cache: the handler freed the query.
+                            _ => query.forget(),
+                        }
+                        Next::Wait
+                    }
+                    Err(e) => {
+                        ngx_log_error!(
+                            NGX_LOG_ERR,
+                            r.log(),
+                            "websocket: cannot resolve \"{host}\": {e}"
+                        );
+                        Next::Fail(HTTP_BAD_GATEWAY)
+                    }
+                }
+            }
+            None => Next::Fail(NGX_ERROR as ngx_int_t),
+        }
+    }
+
+    /// An upstream connection is ready (new or pooled): answer the client
+    /// with 101 and start relaying.
+    fn upgrade(
+        &mut self,
+        r: &mut RequestRef,
+        plan: Box<Plan>,
+        conn: UpstreamConn,
+        subprotocol: Option<String>,
+        leftover: &[u8],
+    ) -> Next {
+        let pipelined = match upgrade::respond(r, &plan.accept, subprotocol.as_deref()) {
+            Ok(pipelined) => pipelined,
+            Err(rc) => return Next::Fail(rc),
         };
-        let client = WebSocket::new(r.connection(), Role::Server, limits, &pipelined);
-        let Some(upstream_conn) = established.peer.connection() else {
-            return Next::Fail(NGX_ERROR as ngx_int_t);
-        };
+        conn.attach(ForeignTypeRef::as_ptr(&*r).cast(), upstream_event, r.log());
+        let client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
         let upstream = WebSocket::new(
-            upstream_conn,
+            conn.connection(),
             Role::Client,
-            upstream_limits,
-            &established.leftover,
+            plan.upstream_limits,
+            leftover,
         );
-        if r.connection().tcp_nodelay().is_err() || upstream_conn.tcp_nodelay().is_err() {
-            established.peer.finish();
+        if r.connection().tcp_nodelay().is_err() || conn.connection().tcp_nodelay().is_err() {
             return Next::Finish {
                 linger: false,
                 error: true,
             };
         }
         r.connection().set_log_action(c"proxying WebSocket");
-        self.state = State::Relaying(Box::new(Relay {
+        let Plan { keepalive, .. } = *plan;
+        self.state = State::Relaying(Box::new(Relay::new(
             client,
             upstream,
-            peer: established.peer,
-            closing: false,
-            client_failed: None,
-        }));
-        let State::Relaying(relay) = &mut self.state else {
-            unreachable!()
-        };
-        relay.step(r.log())
-    }
-}
-
-/// Which way frames move.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Way {
-    ToUpstream,
-    ToClient,
-}
-
-/// An upgraded client and its upstream, relaying frames.
-struct Relay {
-    client: WebSocket,
-    upstream: WebSocket,
-    peer: UpstreamPeer,
-    /// Both legs are being closed at once (a dead peer, a timeout, an
-    /// upstream violation): only flushing is left.
-    closing: bool,
-    /// The client broke the protocol with this close code. The upstream was
-    /// asked to close; what it still sends reaches the client, then the code.
-    client_failed: Option<u16>,
-}
-
-impl Relay {
-    fn step(&mut self, log: *mut ngx_log_t) -> Next {
-        if self.client.take_timedout(Direction::Write) {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "websocket: client timed out while we were sending"
-            );
-            return self.finish(false, true);
-        }
-        if self.upstream.take_timedout(Direction::Write) {
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                log,
-                "websocket: upstream timed out while we were sending"
-            );
-            return self.finish(false, true);
-        }
-        let client_idle = self.client.take_timedout(Direction::Read);
-        let upstream_idle = self.upstream.take_timedout(Direction::Read);
-        if (client_idle || upstream_idle) && !self.closing {
-            let code = self.client_failed.unwrap_or(GOING_AWAY);
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "websocket: session idle for too long, closing with {code}"
-            );
-            self.close_both(code);
-        }
-        loop {
-            let mut throttled = false;
-            if !self.closing {
-                if self.client_failed.is_none() {
-                    throttled |= self.pump(Way::ToUpstream, log);
-                }
-                throttled |= self.pump(Way::ToClient, log);
-            }
-            if let Some(code) = self.client_failed {
-                if self.upstream.close_received() && !self.client.close_sent() {
-                    let _ = self.client.send_close(Some(code), b"");
-                }
-            }
-            let flushed = match (self.client.flush(), self.upstream.flush()) {
-                (Ok(c), Ok(u)) => c && u,
-                _ => return self.finish(false, true),
-            };
-            let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
-            let client_done = self.client.close_sent()
-                && (self.client.close_received() || self.client_failed.is_some());
-            if flushed && (self.closing || (upstream_done && client_done)) {
-                return self.finish(!self.client.close_received(), false);
-            }
-            // Reading paused for output that has now drained: go on at once,
-            // the sockets will not signal again for data already there.
-            if !(flushed && throttled) {
-                break;
-            }
-        }
-        let read_client =
-            !self.closing && self.client_failed.is_none() && !self.client.close_received();
-        let read_upstream = !self.closing && !self.upstream.close_received();
-        // A leg whose reading waits for the other leg to drain is not idle.
-        let read_client = read_client && self.upstream.queued() <= RELAY_HIGH_WATER;
-        let read_upstream = read_upstream && self.client.queued() <= RELAY_HIGH_WATER;
-        match (
-            self.client.arm(read_client),
-            self.upstream.arm(read_upstream),
-        ) {
-            (Ok(()), Ok(())) => Next::Wait,
-            _ => self.finish(false, true),
-        }
-    }
-
-    /// Moves frames from one side to the other until the source has nothing
-    /// more or the destination has enough queued; true when it stopped for
-    /// queued output rather than for want of input. Failures change the
-    /// relay's state (see `source_failed`).
-    fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
-        let client_failed = self.client_failed;
-        let (src, dst) = match way {
-            Way::ToUpstream => (&mut self.client, &mut self.upstream),
-            Way::ToClient => (&mut self.upstream, &mut self.client),
-        };
-        while !src.close_received() {
-            if dst.queued() > RELAY_HIGH_WATER {
-                return true;
-            }
-            let frame = match src.recv_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return src.take_throttled(),
-                Err(e) => {
-                    self.source_failed(way, e, log);
-                    return false;
-                }
-            };
-            let forwarded = match frame.typ {
-                FrameType::Ping => dst.send_ping(&frame.data),
-                FrameType::Pong => dst.send_pong(&frame.data),
-                // After a client violation the client hears its own code
-                // (sent by `step`), not the upstream's answer.
-                FrameType::Close if client_failed.is_some() => Ok(()),
-                FrameType::Close => dst.send_close(frame.close_code, &frame.data),
-                FrameType::Text | FrameType::Binary | FrameType::Continuation => {
-                    let opcode = match frame.typ {
-                        FrameType::Text => OpCode::Text,
-                        FrameType::Binary => OpCode::Binary,
-                        _ => OpCode::Continuation,
-                    };
-                    let sent = dst.send_frame(!frame.again, opcode, &frame.data);
-                    src.recycle(frame.data);
-                    sent
-                }
-            };
-            match forwarded {
-                // The destination already closed: what still comes is dropped.
-                Ok(()) | Err(WsError::Closed) => {}
-                Err(e) => {
-                    self.source_failed(way, e, log);
-                    return false;
-                }
-            }
-        }
-        false
-    }
-
-    /// The source broke the protocol, went away, or sent what the
-    /// destination cannot take.
-    fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
-        let from_client = way == Way::ToUpstream;
-        let code = match &e {
-            WsError::Protocol(p) => p.close_code(),
-            WsError::TooBig { .. } => TOO_BIG,
-            // A peer that went away: the client was leaving, or the
-            // upstream failed us (unless a client violation is being closed).
-            _ => self
-                .client_failed
-                .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
-        };
-        let (side, level) = if from_client {
-            ("client", NGX_LOG_INFO)
-        } else {
-            ("upstream", NGX_LOG_ERR)
-        };
-        ngx_log_error!(level, log, "websocket: {side}: {e}, closing with {code}");
-        match e {
-            WsError::Eof | WsError::Io => {
-                // The source is gone: only the other leg can hear the close.
-                self.closing = true;
-                let (gone, other) = if from_client {
-                    (&mut self.client, &mut self.upstream)
-                } else {
-                    (&mut self.upstream, &mut self.client)
-                };
-                gone.discard_output();
-                let _ = other.send_close(Some(code), b"");
-            }
-            WsError::Protocol(_) if from_client => {
-                // Let the upstream finish what it is sending first.
-                self.client_failed = Some(code);
-                let _ = self.upstream.send_close(Some(code), b"");
-            }
-            _ => self.close_both(code),
-        }
-    }
-
-    fn close_both(&mut self, code: u16) {
-        self.closing = true;
-        let _ = self.client.send_close(Some(code), b"");
-        let _ = self.upstream.send_close(Some(code), b"");
-    }
-
-    fn finish(&mut self, linger: bool, error: bool) -> Next {
-        self.peer.finish();
-        Next::Finish { linger, error }
+            conn,
+            subprotocol,
+            keepalive,
+        )));
+        // Relay from the event loop, as for a fresh upgrade.
+        r.connection().post(Direction::Read);
+        Next::Wait
     }
 }

@@ -188,6 +188,8 @@ pub struct WebSocket {
     /// Reading stopped because too much output was queued; once it drains,
     /// the caller must read again (an edge-triggered event will not repeat).
     throttled: bool,
+    /// A fragmented message is being sent (its last frame not yet queued).
+    sending_message: bool,
 }
 
 impl WebSocket {
@@ -217,6 +219,7 @@ impl WebSocket {
             close_sent: false,
             close_received: false,
             throttled: false,
+            sending_message: false,
         }
     }
 
@@ -466,8 +469,21 @@ impl WebSocket {
         }
         if opcode == OpCode::Close {
             self.close_sent = true;
+        } else if !opcode.is_control() {
+            self.sending_message = !fin;
         }
         Ok(())
+    }
+
+    /// Whether the connection could serve another session as it is: nothing
+    /// queued or buffered, no message half sent or half received, no close.
+    pub fn reusable(&self) -> bool {
+        self.queued() == 0
+            && self.rpos == self.rend
+            && !self.decoder.in_message()
+            && !self.sending_message
+            && !self.close_sent
+            && !self.close_received
     }
 
     /// Drops queued output: the peer is gone and will never read it.
@@ -528,6 +544,6 @@ impl WebSocket {
 
 /// A masking key from nginx's seeded PRNG. RFC 6455 asks for unpredictable
 /// keys from clients; the server-side `send_masked` only needs them to vary.
-fn random_mask() -> [u8; 4] {
+pub(crate) fn random_mask() -> [u8; 4] {
     (ngx::ffi::ngx_random() as u32).to_ne_bytes()
 }

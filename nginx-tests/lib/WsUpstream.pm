@@ -1,0 +1,517 @@
+package WsUpstream;
+
+# A scripted WebSocket upstream for the websocket_pass tests. It listens on
+# 127.0.0.1, forks one process per accepted connection, reads and records
+# the handshake request, then hands the connection to a Perl callback that
+# answers (or misbehaves) as the test wants. Whatever the callback observes
+# is recorded with $c->note / $c->push_note and read back by the test with
+# records() / wait_record(), through files in a private directory.
+#
+#   my $up = WsUpstream->new(handler => sub {
+#       my ($c) = @_;                 # a WsUpstream::Conn
+#       $c->handshake(protocol => 'chat');
+#       $c->echo_loop;
+#   });
+#   $up->port;
+#   my $rec = $up->wait_record(path => qr/id=7/, until => 'close_code');
+#   $rec->{headers}{host}; $rec->{close_code}; @{ $rec->{frames} };
+#   $up->stop;                        # also from DESTROY and END
+#
+# Every child leaves with POSIX::_exit, so no END block or destructor of
+# the test (e.g. WsNginx's) runs in it.
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use Config ();
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX ();
+use Storable qw(nstore retrieve);
+use Time::HiRes qw(sleep time);
+
+my %LIVE;
+
+# new(handler => CODE, port => 0)
+sub new {
+    my ($class, %o) = @_;
+    my $handler = $o{handler} or croak 'WsUpstream->new: handler => CODE is required';
+
+    my $listen = IO::Socket::INET->new(
+        LocalAddr => '127.0.0.1',
+        LocalPort => $o{port} // 0,
+        Proto     => 'tcp',
+        Listen    => 128,
+        ReuseAddr => 1,
+    ) or croak "WsUpstream: cannot listen: $!";
+    my $dir = tempdir('wsupstream-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+
+    my $pid = fork // croak "WsUpstream: fork: $!";
+    if ($pid == 0) {
+        _child_setup();
+        setpgrp(0, 0);
+        local $SIG{CHLD} = 'IGNORE';    # connection processes reap themselves
+        my $n = 0;
+        while (1) {
+            my $s = $listen->accept or next;
+            $n++;
+            my $cpid = fork;
+            if (!defined $cpid) { CORE::close $s; next }
+            if ($cpid == 0) {
+                $SIG{CHLD} = 'DEFAULT';
+                CORE::close $listen;
+                my $c = WsUpstream::Conn->_new($s, $n, "$dir/conn-$n");
+                eval {
+                    $c->_read_request;
+                    $handler->($c);
+                    1;
+                } or do {
+                    my $err = $@ || 'unknown error';
+                    $c->note(handler_error => $err);
+                };
+                $c->note(done => 1);
+                POSIX::_exit(0);
+            }
+            CORE::close $s;
+        }
+    }
+    my $port = $listen->sockport;
+    CORE::close $listen;
+
+    my $self = bless { pid => $pid, port => $port, dir => $dir }, $class;
+    $LIVE{"$self"} = $self;
+    return $self;
+}
+
+sub _child_setup {
+    $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+    $SIG{PIPE} = 'IGNORE';
+    # Linux x86_64: prctl(PR_SET_PDEATHSIG, SIGTERM): go away with the test.
+    eval { syscall(157, 1, 15) }
+        if $^O eq 'linux' && $Config::Config{archname} =~ /^x86_64/;
+}
+
+sub port { $_[0]{port} }
+sub dir  { $_[0]{dir} }
+
+# All records so far, ordered by connection number.
+sub records {
+    my ($self) = @_;
+    opendir my $dh, $self->{dir} or return ();
+    my @ids = sort { $a <=> $b } map { /^conn-(\d+)$/ ? $1 : () } readdir $dh;
+    closedir $dh;
+    my @r;
+    for my $id (@ids) {
+        my $rec = eval { retrieve("$self->{dir}/conn-$id") };
+        push @r, $rec if $rec;
+    }
+    return @r;
+}
+
+sub count { scalar $_[0]->records }
+
+# wait_record(path => qr/.../ | sub { $rec } , until => 'note' | CODE,
+#     timeout => 5) -> the last record whose request path matches (and whose
+# `until` note exists / callback is true), or undef after the timeout.
+sub wait_record {
+    my ($self, %o) = @_;
+    my $match = $o{path};
+    my $until = $o{until};
+    my $deadline = time + ($o{timeout} // 5);
+    while (1) {
+        my @r = $self->records;
+        if (defined $match) {
+            @r = grep {
+                ref $match eq 'CODE' ? $match->($_) : (($_->{path} // '') =~ $match)
+            } @r;
+        }
+        if (defined $until) {
+            @r = grep { ref $until eq 'CODE' ? $until->($_) : exists $_->{$until} } @r;
+        }
+        return $r[-1] if @r;
+        return undef if time > $deadline;
+        sleep 0.02;
+    }
+}
+
+sub stop {
+    my ($self) = @_;
+    my $pid = delete $self->{pid} or return;
+    delete $LIVE{"$self"};
+    # The server is the leader of its own process group, the connection
+    # processes are in it.
+    kill 'TERM', -$pid;
+    kill 'TERM', $pid;
+    my $deadline = time + 3;
+    while (time < $deadline) {
+        my $r = waitpid($pid, POSIX::WNOHANG());
+        last if $r == $pid || $r == -1;
+        sleep 0.02;
+    }
+    if (kill 0, $pid) {
+        kill 'KILL', -$pid;
+        kill 'KILL', $pid;
+        waitpid($pid, 0);
+    }
+    return;
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    local ($?, $@, $!);
+    $self->stop if $self->{pid};
+}
+
+END {
+    local $?;
+    $_->stop for values %LIVE;
+}
+
+# ---------------------------------------------------------------------------
+
+package WsUpstream::Conn;
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use Digest::SHA qw(sha1);
+use Errno qw(EAGAIN EINTR EWOULDBLOCK);
+use IO::Select;
+use MIME::Base64 qw(encode_base64);
+use Socket qw(SOL_SOCKET SO_SNDBUF SO_RCVBUF IPPROTO_TCP TCP_NODELAY);
+use Storable qw(nstore);
+use Time::HiRes qw(sleep time);
+
+use constant WS_GUID => '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+
+sub _new {
+    my ($class, $fh, $id, $file) = @_;
+    setsockopt($fh, IPPROTO_TCP, TCP_NODELAY, pack('i', 1));
+    my $self = bless {
+        fh   => $fh,
+        buf  => '',
+        eof  => 0,
+        file => $file,
+        rec  => { id => $id, accepted_at => time },
+    }, $class;
+    $self->_save;
+    return $self;
+}
+
+sub socket { $_[0]{fh} }
+sub id     { $_[0]{rec}{id} }
+sub record { $_[0]{rec} }
+sub path   { $_[0]{rec}{path} }
+sub is_eof { $_[0]{eof} }
+
+# The request header (lower-case name): all values joined with ", ".
+sub header { $_[0]{rec}{headers}{ lc $_[1] } }
+
+sub _save {
+    my ($self) = @_;
+    my $tmp = "$self->{file}.tmp";
+    nstore($self->{rec}, $tmp);
+    rename $tmp, $self->{file};
+}
+
+# note(name => value, ...): sets fields of this connection's record.
+sub note {
+    my ($self, %kv) = @_;
+    @{ $self->{rec} }{ keys %kv } = values %kv;
+    $self->_save;
+    return $self;
+}
+
+# push_note(name => value): appends to a list in the record.
+sub push_note {
+    my ($self, $k, $v) = @_;
+    push @{ $self->{rec}{$k} }, $v;
+    $self->_save;
+    return $self;
+}
+
+sub set_sndbuf {
+    my ($self, $n) = @_;
+    setsockopt($self->{fh}, SOL_SOCKET, SO_SNDBUF, pack('i', $n));
+}
+
+# Reads into the buffer until $deadline; false on timeout or EOF.
+sub _read_some {
+    my ($self, $deadline) = @_;
+    return 0 if $self->{eof};
+    my $left = $deadline - time;
+    $left = 0 if $left < 0;
+    return 0 unless IO::Select->new($self->{fh})->can_read($left);
+    my $n = sysread($self->{fh}, $self->{buf}, 65536, length $self->{buf});
+    if (!defined $n) {
+        return 1 if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
+        $self->{eof} = 1;
+        $self->{read_error} = "$!";
+        return 0;
+    }
+    if ($n == 0) { $self->{eof} = 1; return 0 }
+    return 1;
+}
+
+sub _read_request {
+    my ($self) = @_;
+    my $deadline = time + 5;
+    while ($self->{buf} !~ /\r\n\r\n/) {
+        last unless $self->_read_some($deadline);
+    }
+    my $rec = $self->{rec};
+    unless ($self->{buf} =~ s/\A(.*?\r\n)\r\n//s) {
+        $rec->{request} = $self->{buf};
+        $rec->{bad_request} = 1;
+        $self->_save;
+        return;
+    }
+    my $head = $1;
+    $rec->{request} = "$head\r\n";
+    my @lines = split /\r\n/, $head;
+    my $rl = shift @lines // '';
+    @$rec{qw(method path version)} = $rl =~ m{^(\S+) (\S+) HTTP/(\d\.\d)$};
+    my (%h, @order);
+    for (@lines) {
+        next unless /^([^:]+):[ \t]*(.*?)[ \t]*$/;
+        my $k = lc $1;
+        push @order, $1;
+        $h{$k} = exists $h{$k} ? "$h{$k}, $2" : $2;
+    }
+    $rec->{headers} = \%h;
+    $rec->{header_names} = \@order;
+    $rec->{request_at} = time;
+    $self->_save;
+    return;
+}
+
+sub accept_key {
+    my ($self, $key) = @_;
+    $key //= $self->header('Sec-WebSocket-Key') // '';
+    return encode_base64(sha1($key . WS_GUID), '');
+}
+
+# Writes everything (blocking); false when the peer is gone.
+sub send_raw {
+    my ($self, $bytes) = @_;
+    my $off = 0;
+    while ($off < length $bytes) {
+        my $n = syswrite($self->{fh}, $bytes, length($bytes) - $off, $off);
+        if (!defined $n) {
+            next if $! == EINTR;
+            $self->{write_error} = "$!";
+            return 0;
+        }
+        $off += $n;
+    }
+    return 1;
+}
+
+# handshake(status => 101, accept => $value | undef (left out),
+#     protocol => $name, headers => [name, value, ...], then => $bytes)
+# Sends the response head, and `then` (frames) in the same write.
+sub handshake {
+    my ($self, %o) = @_;
+    my $status = $o{status} // 101;
+    my $resp;
+    if ($status == 101) {
+        $resp = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+        my $accept = exists $o{accept} ? $o{accept} : $self->accept_key;
+        $resp .= "Sec-WebSocket-Accept: $accept\r\n" if defined $accept;
+    } else {
+        $resp = "HTTP/1.1 $status Whatever\r\nContent-Length: 0\r\n";
+    }
+    $resp .= "Sec-WebSocket-Protocol: $o{protocol}\r\n" if defined $o{protocol};
+    my @h = @{ $o{headers} // [] };
+    while (my ($n, $v) = splice @h, 0, 2) { $resp .= "$n: $v\r\n" }
+    $resp .= "\r\n";
+    $resp = $o{raw} if defined $o{raw};
+    return $self->send_raw($resp . ($o{then} // ''));
+}
+
+# frame(fin => 1, opcode => 1, payload => '', mask => 0, rsv => 0, mask_key => 4 bytes)
+sub frame {
+    shift if ref $_[0] || (@_ % 2 && $_[0] eq __PACKAGE__);
+    my (%o) = @_;
+    my $fin = $o{fin} // 1;
+    my $opcode = $o{opcode} // 1;
+    my $payload = $o{payload} // '';
+    my $len = length $payload;
+    my $b0 = (($fin ? 1 : 0) << 7) | ((($o{rsv} // 0) & 7) << 4) | ($opcode & 0xF);
+    my $m = $o{mask} ? 0x80 : 0;
+    my $f = chr $b0;
+    if ($len < 126) {
+        $f .= chr($m | $len);
+    } elsif ($len < 65536) {
+        $f .= chr($m | 126) . pack('n', $len);
+    } else {
+        $f .= chr($m | 127) . pack('NN', int($len / 4294967296), $len % 4294967296);
+    }
+    if ($o{mask}) {
+        my $key = $o{mask_key} // pack('N', int rand 4294967296);
+        $f .= $key . _xor($payload, $key);
+    } else {
+        $f .= $payload;
+    }
+    return $f;
+}
+
+sub _xor {
+    my ($data, $key) = @_;
+    my $n = length $data or return '';
+    return $data ^ substr($key x (int($n / 4) + 1), 0, $n);
+}
+
+sub send_frame { my ($s, %o) = @_; $s->send_raw(frame(%o)) }
+sub send_text  { my ($s, $p) = @_; $s->send_frame(opcode => 1, payload => $p) }
+sub send_binary { my ($s, $p) = @_; $s->send_frame(opcode => 2, payload => $p) }
+sub send_ping  { my ($s, $p) = @_; $s->send_frame(opcode => 9, payload => $p // '') }
+sub send_close {
+    my ($s, $code, $reason) = @_;
+    $s->send_frame(opcode => 8,
+        payload => defined $code ? pack('n', $code) . ($reason // '') : '');
+}
+
+# recv_frame(timeout => 5) -> {fin, rsv, opcode, masked, mask_key, length,
+# payload (unmasked)}, or undef on timeout / EOF.
+sub recv_frame {
+    my ($self, %o) = @_;
+    my $deadline = time + ($o{timeout} // 5);
+    while (1) {
+        my $f = $self->_parse;
+        return $f if $f;
+        return undef unless $self->_read_some($deadline);
+    }
+}
+
+sub _parse {
+    my ($self) = @_;
+    my $b = \$self->{buf};
+    return undef if length $$b < 2;
+    my ($b0, $b1) = unpack 'CC', $$b;
+    my $masked = ($b1 & 0x80) ? 1 : 0;
+    my $len = $b1 & 0x7F;
+    my $hl = 2;
+    if ($len == 126) {
+        return undef if length $$b < 4;
+        $len = unpack 'n', substr($$b, 2, 2);
+        $hl = 4;
+    } elsif ($len == 127) {
+        return undef if length $$b < 10;
+        my ($hi, $lo) = unpack 'NN', substr($$b, 2, 8);
+        $len = $hi * 4294967296 + $lo;
+        $hl = 10;
+    }
+    my $key = '';
+    if ($masked) {
+        return undef if length $$b < $hl + 4;
+        $key = substr($$b, $hl, 4);
+        $hl += 4;
+    }
+    return undef if length $$b < $hl + $len;
+    my $payload = substr($$b, $hl, $len);
+    $payload = _xor($payload, $key) if $masked;
+    substr($$b, 0, $hl + $len, '');
+    return {
+        fin      => ($b0 >> 7) & 1,
+        rsv      => ($b0 >> 4) & 7,
+        opcode   => $b0 & 0xF,
+        masked   => $masked,
+        mask_key => $key,
+        length   => $len,
+        payload  => $payload,
+    };
+}
+
+# The close code of a close frame (undef when empty).
+sub close_code {
+    my ($f) = @_;
+    return undef unless $f && length($f->{payload}) >= 2;
+    return unpack 'n', $f->{payload};
+}
+
+# wait_close(timeout => 5): reads frames until a close; notes its code as
+# close_code (-1 for an empty close, undef note when none came) and the
+# frames on the way as `frames`. Returns the close frame or undef.
+sub wait_close {
+    my ($self, %o) = @_;
+    my $deadline = time + ($o{timeout} // 5);
+    while (1) {
+        my $left = $deadline - time;
+        my $f = $self->recv_frame(timeout => $left > 0 ? $left : 0);
+        unless ($f) {
+            $self->note(close_code => undef, eof_before_close => $self->{eof} ? 1 : 0);
+            return undef;
+        }
+        $self->push_note(frames => $f);
+        if ($f->{opcode} == 8) {
+            $self->note(close_code => close_code($f) // -1);
+            return $f;
+        }
+    }
+}
+
+# wait_eof(timeout => 5): true when the peer closed TCP; notes `eof`.
+sub wait_eof {
+    my ($self, %o) = @_;
+    my $deadline = time + ($o{timeout} // 5);
+    while (!$self->{eof} && time < $deadline) {
+        $self->_read_some($deadline);
+        $self->{buf} = '' if length $self->{buf} > 1 << 20;
+    }
+    $self->note(eof => $self->{eof} ? 1 : 0);
+    return $self->{eof};
+}
+
+# echo_loop(timeout => 10, record => 1): echoes every data frame as it came
+# (same fin and opcode, unmasked); records every frame in `frames` when
+# `record`; does not answer pings. Text commands from the peer (whole
+# frames): "cmd:ping:PAYLOAD" makes the upstream send a ping,
+# "cmd:close:CODE" makes it start the close handshake.
+# A close is answered with the same code, then the loop waits for EOF.
+sub echo_loop {
+    my ($self, %o) = @_;
+    my $record = $o{record} // 1;
+    my $timeout = $o{timeout} // 10;
+    while (1) {
+        my $f = $self->recv_frame(timeout => $timeout);
+        unless ($f) {
+            $self->note(loop_end => $self->{eof} ? 'eof' : 'timeout');
+            return;
+        }
+        $self->push_note(frames => $f) if $record;
+        my $op = $f->{opcode};
+        if ($op == 8) {
+            my $code = close_code($f);
+            $self->note(close_code => $code // -1);
+            $o{on_close}->($self, $f) if $o{on_close};
+            $self->send_close($code);
+            $self->wait_eof(timeout => 5);
+            return;
+        }
+        next if $op == 9 || $op == 10;
+        if ($op == 1 && $f->{fin} && $f->{payload} =~ /\Acmd:(\w+):(.*)\z/s) {
+            my ($cmd, $arg) = ($1, $2);
+            if ($cmd eq 'ping') { $self->send_ping($arg); next }
+            if ($cmd eq 'close') {
+                $self->send_close($arg);
+                my $reply = $self->wait_close(timeout => 5);
+                $self->note(close_reply => close_code($reply));
+                $self->wait_eof(timeout => 5);
+                return;
+            }
+        }
+        $self->send_frame(fin => $f->{fin}, opcode => $op, payload => $f->{payload})
+            or return;
+    }
+}
+
+sub close {
+    my ($self) = @_;
+    CORE::close $self->{fh} if $self->{fh};
+    $self->{fh} = undef;
+}
+
+1;

@@ -1,0 +1,296 @@
+//! The frame relay of an upgraded `websocket_pass` session: frames move
+//! both ways, unmasked from the upstream and re-masked towards it, every
+//! rule checked on both legs, with backpressure. A client that closes
+//! normally can leave its upstream connection to a keepalive pool.
+
+use std::rc::Rc;
+
+use ngx::ffi::{ngx_log_t, NGX_LOG_ERR, NGX_LOG_INFO};
+use ngx::ngx_log_error;
+
+use crate::ngx_io::Direction;
+use crate::ngx_peer::UpstreamConn;
+use crate::pool::{Pool, PoolSettings, Slot};
+use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
+use crate::protocol::frame::OpCode;
+use crate::session::{FrameType, WebSocket, WsError};
+
+/// Queued bytes towards one side above which the other side is not read.
+const RELAY_HIGH_WATER: usize = 64 * 1024;
+
+/// How a relay step left the session.
+pub enum Outcome {
+    Wait,
+    /// The session is over; `linger` drains the client before closing.
+    Finish {
+        linger: bool,
+        error: bool,
+    },
+}
+
+/// A session's place in a keepalive pool.
+pub struct Keepalive {
+    pub pool: Rc<Pool>,
+    /// Identifies the upstream handshake: only an identical one may reuse.
+    pub fingerprint: u64,
+    pub settings: PoolSettings,
+    /// The counted place of this session's upstream connection.
+    pub slot: Option<Slot>,
+    /// The client connection, which identifies the session while it waits.
+    pub me: core::ptr::NonNull<ngx::ffi::ngx_connection_t>,
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.pool.leave_line(self.me);
+    }
+}
+
+/// Which way frames move.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    ToUpstream,
+    ToClient,
+}
+
+/// An upgraded client and its upstream, relaying frames.
+pub struct Relay {
+    client: WebSocket,
+    upstream: WebSocket,
+    /// `None` once handed to a pool.
+    upstream_conn: Option<UpstreamConn>,
+    subprotocol: Option<String>,
+    keepalive: Option<Keepalive>,
+    /// The client closed normally and the upstream connection goes to the
+    /// pool once the client has our close.
+    pooling: bool,
+    /// Both legs are being closed at once (a dead peer, a timeout, an
+    /// upstream violation): only flushing is left.
+    closing: bool,
+    /// The client broke the protocol with this close code. The upstream was
+    /// asked to close; what it still sends reaches the client, then the code.
+    client_failed: Option<u16>,
+}
+
+impl Relay {
+    pub fn new(
+        client: WebSocket,
+        upstream: WebSocket,
+        upstream_conn: UpstreamConn,
+        subprotocol: Option<String>,
+        keepalive: Option<Keepalive>,
+    ) -> Relay {
+        Relay {
+            client,
+            upstream,
+            upstream_conn: Some(upstream_conn),
+            subprotocol,
+            keepalive,
+            pooling: false,
+            closing: false,
+            client_failed: None,
+        }
+    }
+
+    pub fn step(&mut self, log: *mut ngx_log_t) -> Outcome {
+        if self.client.take_timedout(Direction::Write) {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "websocket: client timed out while we were sending"
+            );
+            return self.finish(false, true);
+        }
+        if self.upstream.take_timedout(Direction::Write) {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "websocket: upstream timed out while we were sending"
+            );
+            return self.finish(false, true);
+        }
+        let client_idle = self.client.take_timedout(Direction::Read);
+        let upstream_idle = self.upstream.take_timedout(Direction::Read);
+        if (client_idle || upstream_idle) && !self.closing {
+            let code = self.client_failed.unwrap_or(GOING_AWAY);
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "websocket: session idle for too long, closing with {code}"
+            );
+            self.close_both(code);
+        }
+        loop {
+            let mut throttled = false;
+            if !self.closing && !self.pooling {
+                if self.client_failed.is_none() {
+                    throttled |= self.pump(Way::ToUpstream, log);
+                }
+                throttled |= self.pump(Way::ToClient, log);
+            }
+            if let Some(code) = self.client_failed {
+                if self.upstream.close_received() && !self.client.close_sent() {
+                    let _ = self.client.send_close(Some(code), b"");
+                }
+            }
+            let flushed = match (self.client.flush(), self.upstream.flush()) {
+                (Ok(c), Ok(u)) => c && u,
+                _ => return self.finish(false, true),
+            };
+            if self.pooling && flushed {
+                return self.finish(false, false);
+            }
+            let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
+            let client_done = self.client.close_sent()
+                && (self.client.close_received() || self.client_failed.is_some());
+            if flushed && (self.closing || (upstream_done && client_done)) {
+                return self.finish(!self.client.close_received(), false);
+            }
+            // Reading paused for output that has now drained: go on at once,
+            // the sockets will not signal again for data already there.
+            if !(flushed && throttled) {
+                break;
+            }
+        }
+        let read_client =
+            !self.closing && self.client_failed.is_none() && !self.client.close_received();
+        let read_upstream = !self.closing && !self.upstream.close_received();
+        // A leg whose reading waits for the other leg to drain is not idle.
+        let read_client = read_client && self.upstream.queued() <= RELAY_HIGH_WATER;
+        let read_upstream = read_upstream && self.client.queued() <= RELAY_HIGH_WATER;
+        match (
+            self.client.arm(read_client),
+            self.upstream.arm(read_upstream),
+        ) {
+            (Ok(()), Ok(())) => Outcome::Wait,
+            _ => self.finish(false, true),
+        }
+    }
+
+    /// Moves frames from one side to the other until the source has nothing
+    /// more or the destination has enough queued; true when it stopped for
+    /// queued output rather than for want of input. Failures change the
+    /// relay's state (see `source_failed`).
+    fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
+        let client_failed = self.client_failed;
+        let may_pool = way == Way::ToUpstream && self.keepalive.is_some();
+        let (src, dst) = match way {
+            Way::ToUpstream => (&mut self.client, &mut self.upstream),
+            Way::ToClient => (&mut self.upstream, &mut self.client),
+        };
+        while !src.close_received() {
+            if dst.queued() > RELAY_HIGH_WATER {
+                return true;
+            }
+            let frame = match src.recv_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return src.take_throttled(),
+                Err(e) => {
+                    self.source_failed(way, e, log);
+                    return false;
+                }
+            };
+            let forwarded = match frame.typ {
+                FrameType::Ping => dst.send_ping(&frame.data),
+                FrameType::Pong => dst.send_pong(&frame.data),
+                // After a client violation the client hears its own code
+                // (sent by `step`), not the upstream's answer.
+                FrameType::Close if client_failed.is_some() => Ok(()),
+                // A normal close from the client while the upstream leg is
+                // clean: answer it here and keep the upstream for later.
+                FrameType::Close if may_pool && dst.reusable() => {
+                    let answered = src.send_close(frame.close_code, b"");
+                    self.pooling = answered.is_ok();
+                    return false;
+                }
+                FrameType::Close => dst.send_close(frame.close_code, &frame.data),
+                FrameType::Text | FrameType::Binary | FrameType::Continuation => {
+                    let opcode = match frame.typ {
+                        FrameType::Text => OpCode::Text,
+                        FrameType::Binary => OpCode::Binary,
+                        _ => OpCode::Continuation,
+                    };
+                    let sent = dst.send_frame(!frame.again, opcode, &frame.data);
+                    src.recycle(frame.data);
+                    sent
+                }
+            };
+            match forwarded {
+                // The destination already closed: what still comes is dropped.
+                Ok(()) | Err(WsError::Closed) => {}
+                Err(e) => {
+                    self.source_failed(way, e, log);
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// The source broke the protocol, went away, or sent what the
+    /// destination cannot take.
+    fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
+        let from_client = way == Way::ToUpstream;
+        let code = match &e {
+            WsError::Protocol(p) => p.close_code(),
+            WsError::TooBig { .. } => TOO_BIG,
+            // A peer that went away: the client was leaving, or the
+            // upstream failed us (unless a client violation is being closed).
+            _ => self
+                .client_failed
+                .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
+        };
+        let (side, level) = if from_client {
+            ("client", NGX_LOG_INFO)
+        } else {
+            ("upstream", NGX_LOG_ERR)
+        };
+        ngx_log_error!(level, log, "websocket: {side}: {e}, closing with {code}");
+        match e {
+            WsError::Eof | WsError::Io => {
+                // The source is gone: only the other leg can hear the close.
+                self.closing = true;
+                let (gone, other) = if from_client {
+                    (&mut self.client, &mut self.upstream)
+                } else {
+                    (&mut self.upstream, &mut self.client)
+                };
+                gone.discard_output();
+                let _ = other.send_close(Some(code), b"");
+            }
+            WsError::Protocol(_) if from_client => {
+                // Let the upstream finish what it is sending first.
+                self.client_failed = Some(code);
+                let _ = self.upstream.send_close(Some(code), b"");
+            }
+            _ => self.close_both(code),
+        }
+    }
+
+    fn close_both(&mut self, code: u16) {
+        self.closing = true;
+        let _ = self.client.send_close(Some(code), b"");
+        let _ = self.upstream.send_close(Some(code), b"");
+    }
+
+    fn finish(&mut self, linger: bool, error: bool) -> Outcome {
+        if self.pooling && self.upstream.reusable() {
+            if let (Some(keepalive), Some(conn)) =
+                (self.keepalive.as_mut(), self.upstream_conn.take())
+            {
+                if let Some(slot) = keepalive.slot.take() {
+                    let pool = Rc::clone(&keepalive.pool);
+                    pool.release(
+                        conn,
+                        slot,
+                        keepalive.fingerprint,
+                        self.subprotocol.take(),
+                        keepalive.settings,
+                    );
+                }
+            }
+        }
+        // Whatever was not pooled is closed as the relay is dropped.
+        Outcome::Finish { linger, error }
+    }
+}
