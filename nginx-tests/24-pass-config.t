@@ -181,34 +181,17 @@ my @bad = (
       'websocket_connect_timeout', 'websocket_connect_timeout soon' ],
 );
 
-# The module's own messages for a bad URL or header name do not name the
-# directive yet (nginx's generic ones do).
-my %unnamed = map { $_ => 1 } grep {
-    /URL|port|user info/ || /^websocket_pass_header (?!with one)/
-} map { $_->[0] } @bad;
-
-# Sec-WebSocket-Accept and -Extensions are not refused yet.
-my %accepted = map { $_ => 1 } 'websocket_pass_header sec-websocket-accept',
-    'websocket_pass_header Sec-WebSocket-Extensions';
-
 for my $case (@bad) {
     my ($name, $conf, $directive, $marker) = @$case;
     my $t = WsNginx->new(conf => $conf);
     my $line = $t->conf_line($marker);
     BAIL_OUT("test bug: marker not found for '$name'") unless $line;
     my ($rc, $out) = $t->test_config;
-    TODO: {
-        local $TODO = $accepted{$name} ? 'only some Sec-WebSocket-* headers are refused' : undef;
-        isnt($rc, 0, "$name: nginx -t fails");
-        like($out, qr/\[emerg\].*nginx\.conf:$line\b/, "$name: [emerg] names nginx.conf:$line")
-            or $TODO or diag $out;
-    }
-    TODO: {
-        local $TODO = $unnamed{$name} || $accepted{$name}
-            ? 'the error message does not name the directive' : undef;
-        like($out, qr/\[emerg\].*\b\Q$directive\E\b/, "$name: error names $directive")
-            or $TODO or diag $out;
-    }
+    isnt($rc, 0, "$name: nginx -t fails");
+    like($out, qr/\[emerg\].*nginx\.conf:$line\b/, "$name: [emerg] names nginx.conf:$line")
+        or diag $out;
+    like($out, qr/\[emerg\].*\b\Q$directive\E\b/, "$name: error names $directive")
+        or diag $out;
 }
 
 # As for proxy_pass: an upstream{} name with a port in the URL is refused

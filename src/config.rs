@@ -494,7 +494,15 @@ unsafe extern "C" fn cmd_pass(
             Ok(url) => url,
             Err(e) => {
                 // SAFETY: as above.
-                unsafe { conf_error(cf, &format!("invalid URL \"{}\": {e}", arg.escape_ascii())) };
+                unsafe {
+                    conf_error(
+                        cf,
+                        &format!(
+                            "invalid URL \"{}\" in \"websocket_pass\": {e}",
+                            arg.escape_ascii()
+                        ),
+                    )
+                };
                 return NGX_CONF_ERROR;
             }
         };
@@ -512,17 +520,13 @@ unsafe extern "C" fn cmd_pass(
     NGX_CONF_OK
 }
 
-/// Headers the client handshake sets itself; `websocket_pass_header` may
-/// not override them.
-const RESERVED_HEADERS: [&str; 7] = [
-    "host",
-    "upgrade",
-    "connection",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-    "origin",
-];
+/// Headers the client handshake sets itself (and every `Sec-WebSocket-*`);
+/// `websocket_pass_header` may not set them.
+fn is_reserved_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["host", "upgrade", "connection", "origin"].contains(&name.as_str())
+        || name.starts_with("sec-websocket-")
+}
 
 /// `websocket_pass_header NAME VALUE;`
 unsafe extern "C" fn cmd_pass_header(
@@ -539,11 +543,11 @@ unsafe extern "C" fn cmd_pass_header(
         args.next().unwrap_or_default(),
     );
     let name = match core::str::from_utf8(name) {
-        Ok(n) if is_token(n) && !RESERVED_HEADERS.contains(&n.to_ascii_lowercase().as_str()) => n,
+        Ok(n) if is_token(n) && !is_reserved_header(n) => n,
         _ => {
             let msg = format!(
-                "invalid header name \"{}\" (Host and Origin have their own directives; \
-                 the handshake headers are set by the module)",
+                "invalid header name \"{}\" in \"websocket_pass_header\" (Host and Origin \
+                 have their own directives; the handshake headers are set by the module)",
                 name.escape_ascii()
             );
             // SAFETY: as above.
@@ -638,7 +642,10 @@ unsafe extern "C" fn cmd_protocols(
                 unsafe {
                     conf_error(
                         cf,
-                        &format!("invalid subprotocol name \"{}\"", arg.escape_ascii()),
+                        &format!(
+                            "invalid subprotocol name \"{}\" in \"websocket_protocols\"",
+                            arg.escape_ascii()
+                        ),
                     )
                 };
                 return NGX_CONF_ERROR;
@@ -751,6 +758,22 @@ mod tests {
         };
         own.merge(&outer).unwrap();
         assert_eq!(own.protocols.as_deref(), Some(&["x".to_string()][..]));
+    }
+
+    #[test]
+    fn handshake_headers_are_reserved() {
+        for name in [
+            "Host",
+            "upgrade",
+            "Connection",
+            "Origin",
+            "Sec-WebSocket-Key",
+            "sec-websocket-accept",
+            "Sec-WebSocket-Extensions",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        assert!(!is_reserved_header("X-Real-IP") && !is_reserved_header("Cookie"));
     }
 
     #[test]
