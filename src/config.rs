@@ -29,6 +29,8 @@ const UNSET_INT: ngx_int_t = -1;
 
 /// `websocket_max_payload_len` default: the largest 16-bit frame length.
 pub const DEFAULT_MAX_PAYLOAD_LEN: usize = 65535;
+/// `websocket_ping_timeout` default, milliseconds.
+pub const DEFAULT_PING_TIMEOUT_MS: ngx_msec_t = 30_000;
 /// `websocket_timeout` default, milliseconds.
 pub const DEFAULT_TIMEOUT_MS: ngx_msec_t = 60_000;
 
@@ -66,6 +68,9 @@ pub struct LocConf {
     pub keepalive_timeout: ngx_msec_t,
     pub keepalive_backlog: ngx_int_t,
     pub keepalive_pool: Option<ComplexValue>,
+    /// 0 = off.
+    pub ping_interval: ngx_msec_t,
+    pub ping_timeout: ngx_msec_t,
 }
 
 /// Where `websocket_pass` connects.
@@ -118,6 +123,8 @@ impl Default for LocConf {
             keepalive_timeout: UNSET_MSEC,
             keepalive_backlog: UNSET_INT,
             keepalive_pool: None,
+            ping_interval: UNSET_MSEC,
+            ping_timeout: UNSET_MSEC,
         }
     }
 }
@@ -208,6 +215,13 @@ impl Merge for LocConf {
             UNSET_INT,
         );
         self.keepalive_pool = self.keepalive_pool.or(prev.keepalive_pool);
+        merge_value(&mut self.ping_interval, prev.ping_interval, UNSET_MSEC, 0);
+        merge_value(
+            &mut self.ping_timeout,
+            prev.ping_timeout,
+            UNSET_MSEC,
+            DEFAULT_PING_TIMEOUT_MS,
+        );
         Ok(())
     }
 }
@@ -219,6 +233,9 @@ pub struct Limits {
     pub max_send_len: u64,
     pub send_masked: bool,
     pub timeout_ms: ngx_msec_t,
+    /// `websocket_ping_interval`, when heartbeats are on.
+    pub ping_interval_ms: Option<ngx_msec_t>,
+    pub ping_timeout_ms: ngx_msec_t,
 }
 
 impl LocConf {
@@ -244,6 +261,8 @@ impl LocConf {
             max_send_len: or_payload(self.max_send_len) as u64,
             send_masked: self.send_masked == 1,
             timeout_ms: self.timeout,
+            ping_interval_ms: (self.ping_interval > 0).then_some(self.ping_interval),
+            ping_timeout_ms: self.ping_timeout,
         }
     }
 }
@@ -267,7 +286,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 24] = [
+pub static mut COMMANDS: [ngx_command_t; 26] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -405,6 +424,18 @@ pub static mut COMMANDS: [ngx_command_t; 24] = [
         ANY_LEVEL | NGX_CONF_TAKE1,
         cmd_keepalive_pool,
         0,
+    ),
+    slot(
+        ngx_string!("websocket_ping_interval"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, ping_interval),
+    ),
+    slot(
+        ngx_string!("websocket_ping_timeout"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, ping_timeout),
     ),
     ngx_command_t::empty(),
 ];

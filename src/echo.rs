@@ -6,9 +6,9 @@ use ngx::ngx_log_error;
 
 use crate::module::Module;
 use crate::ngx_io::{Direction, RequestRef};
-use crate::protocol::close::{GOING_AWAY, NORMAL, TOO_BIG};
+use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
-use crate::session::{Received, Role, WebSocket, WsError};
+use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
 
 /// Per-request state, allocated in the request pool.
@@ -97,12 +97,28 @@ impl EchoSession {
             };
         }
         if c.take_timedout(Direction::Read) && !self.ws.close_sent() {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "websocket: client idle for too long, closing with {GOING_AWAY}"
-            );
-            let _ = self.ws.send_close(Some(GOING_AWAY), b"idle timeout");
+            let code = match self.ws.on_read_timeout() {
+                Quiet::Pinged => None,
+                Quiet::Idle => {
+                    ngx_log_error!(
+                        NGX_LOG_INFO,
+                        log,
+                        "websocket: client idle for too long, closing with {GOING_AWAY}"
+                    );
+                    Some(GOING_AWAY)
+                }
+                Quiet::Dead => {
+                    ngx_log_error!(
+                        NGX_LOG_INFO,
+                        log,
+                        "websocket: client did not answer a ping in time, closing with {INTERNAL}"
+                    );
+                    Some(INTERNAL)
+                }
+            };
+            if let Some(code) = code {
+                let _ = self.ws.send_close(Some(code), b"");
+            }
         }
         loop {
             if !self.ws.close_sent() {

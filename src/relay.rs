@@ -13,7 +13,7 @@ use crate::ngx_peer::UpstreamConn;
 use crate::pool::{Pool, PoolSettings, Slot};
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::session::{FrameType, WebSocket, WsError};
+use crate::session::{FrameType, Quiet, WebSocket, WsError};
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
@@ -109,15 +109,30 @@ impl Relay {
             );
             return self.finish(false, true);
         }
-        let client_idle = self.client.take_timedout(Direction::Read);
-        let upstream_idle = self.upstream.take_timedout(Direction::Read);
-        if (client_idle || upstream_idle) && !self.closing {
-            let code = self.client_failed.unwrap_or(GOING_AWAY);
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "websocket: session idle for too long, closing with {code}"
-            );
+        for way in [Way::ToUpstream, Way::ToClient] {
+            let (leg, side) = match way {
+                Way::ToUpstream => (&mut self.client, "client"),
+                Way::ToClient => (&mut self.upstream, "upstream"),
+            };
+            if !leg.take_timedout(Direction::Read) || self.closing {
+                continue;
+            }
+            let quiet = leg.on_read_timeout();
+            let (code, why) = match quiet {
+                Quiet::Pinged => continue,
+                Quiet::Idle => (
+                    self.client_failed.unwrap_or(GOING_AWAY),
+                    "idle for too long",
+                ),
+                Quiet::Dead => (INTERNAL, "did not answer a ping in time"),
+            };
+            // A dead upstream is a failure of ours to report; the rest is traffic.
+            let level = if quiet == Quiet::Dead && way == Way::ToClient {
+                NGX_LOG_ERR
+            } else {
+                NGX_LOG_INFO
+            };
+            ngx_log_error!(level, log, "websocket: {side} {why}, closing with {code}");
             self.close_both(code);
         }
         loop {

@@ -13,7 +13,7 @@ use core::ptr::NonNull;
 use ngx::ffi::{ngx_connection_t, ngx_msec_t};
 
 use crate::config::Limits;
-use crate::ngx_io::{ConnectionRef, Direction, Io};
+use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
 use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
 use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
@@ -190,6 +190,21 @@ pub struct WebSocket {
     throttled: bool,
     /// A fragmented message is being sent (its last frame not yet queued).
     sending_message: bool,
+    /// When bytes last arrived, and when an unanswered heartbeat ping went
+    /// out (`websocket_ping_interval`).
+    last_received: ngx_msec_t,
+    ping_sent_at: Option<ngx_msec_t>,
+}
+
+/// What a quiet peer gets when its read deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// No heartbeats configured: it was idle for `websocket_timeout`.
+    Idle,
+    /// A heartbeat ping was queued.
+    Pinged,
+    /// It did not answer a ping within `websocket_ping_timeout`.
+    Dead,
 }
 
 impl WebSocket {
@@ -220,6 +235,8 @@ impl WebSocket {
             close_received: false,
             throttled: false,
             sending_message: false,
+            last_received: now_msec(),
+            ping_sent_at: None,
         }
     }
 
@@ -362,7 +379,12 @@ impl WebSocket {
             // SAFETY: see `conn()`; the reference does not outlive this call.
             let io = unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..]);
             match io {
-                Io::Done(n) => self.rend += n,
+                Io::Done(n) => {
+                    self.rend += n;
+                    // Anything from the peer shows it is alive.
+                    self.last_received = now_msec();
+                    self.ping_sent_at = None;
+                }
                 Io::Again => return Ok(None),
                 Io::Eof => return Err(WsError::Eof),
                 Io::Error => return Err(WsError::Io),
@@ -519,8 +541,38 @@ impl WebSocket {
         Ok(true)
     }
 
+    /// The read deadline passed: what to do about a quiet peer.
+    pub fn on_read_timeout(&mut self) -> Quiet {
+        let Some(_) = self.limits.ping_interval_ms else {
+            return Quiet::Idle;
+        };
+        if self.ping_sent_at.is_some() {
+            return Quiet::Dead;
+        }
+        self.ping_sent_at = Some(now_msec());
+        match self.send_ping(b"") {
+            Ok(()) => Quiet::Pinged,
+            Err(_) => Quiet::Idle,
+        }
+    }
+
+    /// Milliseconds until the read deadline: the heartbeat's when
+    /// `websocket_ping_interval` is set, else `websocket_timeout`.
+    fn read_deadline(&self) -> ngx_msec_t {
+        let Some(interval) = self.limits.ping_interval_ms else {
+            return self.limits.timeout_ms;
+        };
+        let (since, wait) = match self.ping_sent_at {
+            Some(sent) => (sent, self.limits.ping_timeout_ms),
+            None => (self.last_received, interval),
+        };
+        let elapsed = now_msec().wrapping_sub(since);
+        wait.saturating_sub(elapsed).max(1)
+    }
+
     /// Registers for the events the object now waits on, with
-    /// `websocket_timeout` as the deadline for each.
+    /// `websocket_timeout` as the write deadline and [`Self::read_deadline`]
+    /// for reads.
     pub fn arm(&self, want_read: bool) -> Result<(), WsError> {
         let c = self.conn();
         let timeout = self.limits.timeout_ms;
@@ -534,7 +586,7 @@ impl WebSocket {
         // While reading waits for queued output to drain, the write timer
         // alone bounds the wait: the peer is slow, not idle.
         if want_read && self.queued() <= WRITE_HIGH_WATER {
-            c.add_timer(Direction::Read, timeout);
+            c.add_timer(Direction::Read, self.read_deadline());
         } else {
             c.del_timer(Direction::Read);
         }
