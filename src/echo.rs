@@ -1,19 +1,22 @@
 //! `websocket_echo`: upgrades the request and echoes every message back.
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_LOG_INFO};
+use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_LOG_INFO};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
 use crate::module::Module;
-use crate::ngx_io::{Direction, RequestRef};
+use crate::ngx_io::{request_of_client_event, run_posted_requests, Direction, RequestRef};
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
+use foreign_types::ForeignTypeRef;
 
 /// Per-request state, allocated in the request pool.
 struct EchoSession {
     ws: WebSocket,
+    /// The worker is exiting: finish the message under way, then close 1001.
+    shutting_down: bool,
 }
 
 /// How a step of the session ended.
@@ -48,13 +51,20 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     let ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
-    let Some(session) = r.pool_alloc(EchoSession { ws }) else {
+    let Some(session) = r.pool_alloc(EchoSession {
+        ws,
+        shutting_down: false,
+    }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_ctx(Module::module(), session.as_ptr().cast());
     r.set_event_handlers(on_event, on_event);
     r.hold();
     let c = r.connection();
+    // Events come straight to the session (not through the request's
+    // handlers), so that a worker that exits asks it to close gracefully.
+    c.set_event_handler(on_connection_event);
+    c.set_idle(true);
     c.set_log_action(c"serving WebSocket echo");
     if c.tcp_nodelay().is_err() {
         return NGX_ERROR as ngx_int_t;
@@ -63,6 +73,24 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // phase, so every end of the session goes through one path.
     c.post(Direction::Read);
     NGX_DONE as ngx_int_t
+}
+
+/// Event handler of an upgraded echo connection.
+unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
+    // SAFETY: the connection's data is its request while it is upgraded.
+    let (c, r) = unsafe { request_of_client_event(ev) };
+    // SAFETY: as above.
+    let r = unsafe { RequestRef::from_raw(r) };
+    if r.connection().take_close_request() {
+        if let Some(mut session) = r.ctx::<EchoSession>(Module::module()) {
+            // SAFETY: see `on_event`.
+            unsafe { session.as_mut() }.shutting_down = true;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { on_event(r.as_ptr()) };
+    // SAFETY: `c` is the client connection; see run_posted_requests.
+    unsafe { run_posted_requests(c) };
 }
 
 /// Read and write event handler of an upgraded echo request.
@@ -124,6 +152,11 @@ impl EchoSession {
             if !self.ws.close_sent() {
                 if let Err(next) = self.echo_received(log) {
                     return next;
+                }
+                // Everything received is answered; a message still arriving
+                // is waited for (worker_shutdown_timeout bounds it).
+                if self.shutting_down && !self.ws.close_sent() && !self.ws.in_message() {
+                    let _ = self.ws.send_close(Some(GOING_AWAY), b"");
                 }
             }
             if r.output_pending() {

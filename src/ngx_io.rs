@@ -6,7 +6,9 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::slice;
 
-use foreign_types::{ForeignTypeRef, Opaque};
+use core::cell::UnsafeCell;
+
+use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
     ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t, ngx_create_temp_buf,
     ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
@@ -83,7 +85,12 @@ pub unsafe fn set_content_handler(
 // ---------------------------------------------------------------- connection
 
 /// A borrowed nginx connection (`ngx_connection_t`).
-pub struct ConnectionRef(Opaque);
+///
+/// The struct is wrapped in `UnsafeCell`: nginx and this module change it
+/// while shared references to it exist, and the compiler must not assume
+/// otherwise (an opaque zero-sized stand-in would let it drop our writes).
+#[repr(transparent)]
+pub struct ConnectionRef(UnsafeCell<ngx_connection_t>);
 
 // SAFETY: `ConnectionRef` is an opaque stand-in for `ngx_connection_t`.
 unsafe impl ForeignTypeRef for ConnectionRef {
@@ -213,6 +220,39 @@ impl ConnectionRef {
         }
     }
 
+    /// Marks the connection idle, so that when the worker starts exiting
+    /// nginx calls its read handler with `close` set (see
+    /// [`ConnectionRef::take_close_request`]).
+    pub fn set_idle(&self, idle: bool) {
+        // SAFETY: a live connection of this worker.
+        unsafe { ngx_connection_t::set_idle_raw(self.as_ptr(), idle as u32) }
+    }
+
+    /// Whether nginx asked the connection to close (the worker is exiting);
+    /// clears the request and the idle mark so it is asked once.
+    pub fn take_close_request(&self) -> bool {
+        let c = self.as_ptr();
+        // SAFETY: a live connection of this worker.
+        unsafe {
+            let asked = ngx_connection_t::close_raw(c) != 0;
+            if asked {
+                ngx_connection_t::set_close_raw(c, 0);
+                ngx_connection_t::set_idle_raw(c, 0);
+            }
+            asked
+        }
+    }
+
+    /// Handles both events of the connection with `handler` directly,
+    /// instead of through the request's handlers.
+    pub fn set_event_handler(&self, handler: unsafe extern "C" fn(*mut ngx::ffi::ngx_event_t)) {
+        // SAFETY: a live connection with both events.
+        unsafe {
+            (*self.raw().read).handler = Some(handler);
+            (*self.raw().write).handler = Some(handler);
+        }
+    }
+
     /// Queues the event to run on this loop iteration's posted-events pass.
     pub fn post(&self, dir: Direction) {
         // SAFETY: the event belongs to a live connection of this worker and
@@ -244,7 +284,10 @@ impl ConnectionRef {
 // ---------------------------------------------------------------- request
 
 /// A borrowed nginx HTTP request (`ngx_http_request_t`).
-pub struct RequestRef(Opaque);
+///
+/// Wrapped in `UnsafeCell` for the same reason as [`ConnectionRef`].
+#[repr(transparent)]
+pub struct RequestRef(UnsafeCell<ngx_http_request_t>);
 
 // SAFETY: `RequestRef` is an opaque stand-in for `ngx_http_request_t`.
 unsafe impl ForeignTypeRef for RequestRef {
@@ -523,6 +566,21 @@ impl HttpModuleConfExt for RequestRef {
     ) -> Option<NonNull<T>> {
         // SAFETY: `loc_conf` has one slot per HTTP module, indexed by ctx_index.
         NonNull::new(unsafe { *self.raw().loc_conf.add(module.ctx_index) }.cast())
+    }
+}
+
+/// The request of a client connection's event, and the connection.
+///
+/// # Safety
+/// `ev` must be an event of a client connection that carries an HTTP
+/// request (`c->data`).
+pub unsafe fn request_of_client_event(
+    ev: *mut ngx::ffi::ngx_event_t,
+) -> (*mut ngx_connection_t, *mut ngx_http_request_t) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let c: *mut ngx_connection_t = (*ev).data.cast();
+        (c, (*c).data.cast())
     }
 }
 

@@ -18,7 +18,9 @@ use ngx::ngx_log_error;
 use crate::client::{ClientError, ClientOptions, Connector, Progress, TlsTarget};
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::module::Module;
-use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
+use crate::ngx_io::{
+    request_of_client_event, run_posted_requests, ConnectionRef, Direction, RequestRef,
+};
 use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamConn};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
@@ -355,6 +357,26 @@ unsafe extern "C" fn client_event(r: *mut ngx_http_request_t) {
     run(r, Origin::Client);
 }
 
+/// Event handler of the client connection once the relay runs.
+unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
+    // SAFETY: the connection's data is its request while it is upgraded.
+    let (c, r) = unsafe { request_of_client_event(ev) };
+    // SAFETY: as above.
+    let r = unsafe { RequestRef::from_raw(r) };
+    if r.connection().take_close_request() {
+        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
+            // SAFETY: the session lives in the request pool; nothing else
+            // references it during this event.
+            if let State::Relaying(relay) = unsafe { &mut session.as_mut().state } {
+                relay.shut_down();
+            }
+        }
+    }
+    run(r, Origin::Client);
+    // SAFETY: `c` is the client connection; see run_posted_requests.
+    unsafe { run_posted_requests(c) };
+}
+
 /// Read/write handler of the upstream connection.
 unsafe extern "C" fn upstream_event(ev: *mut ngx_event_t) {
     // SAFETY: the upstream connection was set up with the request as data.
@@ -589,6 +611,10 @@ impl PassSession {
             subprotocol,
             keepalive,
         )));
+        // The client's events come straight here from now on, so that a
+        // worker that exits asks the relay to close gracefully.
+        r.connection().set_event_handler(relay_client_event);
+        r.connection().set_idle(true);
         // Relay from the event loop, as for a fresh upgrade.
         r.connection().post(Direction::Read);
         Next::Wait

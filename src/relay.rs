@@ -64,6 +64,8 @@ pub struct Relay {
     /// The client closed normally and the upstream connection goes to the
     /// pool once the client has our close.
     pooling: bool,
+    /// The worker is exiting: relay what arrived, then close both with 1001.
+    shutting_down: bool,
     /// Both legs are being closed at once (a dead peer, a timeout, an
     /// upstream violation): only flushing is left.
     closing: bool,
@@ -87,9 +89,15 @@ impl Relay {
             subprotocol,
             keepalive,
             pooling: false,
+            shutting_down: false,
             closing: false,
             client_failed: None,
         }
+    }
+
+    /// The worker is exiting (see `step`).
+    pub fn shut_down(&mut self) {
+        self.shutting_down = true;
     }
 
     pub fn step(&mut self, log: *mut ngx_log_t) -> Outcome {
@@ -142,6 +150,21 @@ impl Relay {
                     throttled |= self.pump(Way::ToUpstream, log);
                 }
                 throttled |= self.pump(Way::ToClient, log);
+            }
+            // What arrived is relayed; a message under way either way is
+            // waited for (worker_shutdown_timeout bounds it).
+            if self.shutting_down
+                && !self.closing
+                && !self.pooling
+                && !self.client.in_message()
+                && !self.upstream.in_message()
+            {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "websocket: worker is exiting, closing with {GOING_AWAY}"
+                );
+                self.close_both(GOING_AWAY);
             }
             if let Some(code) = self.client_failed {
                 if self.upstream.close_received() && !self.client.close_sent() {

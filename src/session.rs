@@ -497,6 +497,11 @@ impl WebSocket {
         Ok(())
     }
 
+    /// Whether a message is partly received.
+    pub fn in_message(&self) -> bool {
+        self.decoder.in_message() || !self.message.is_empty()
+    }
+
     /// Whether the connection could serve another session as it is: nothing
     /// queued or buffered, no message half sent or half received, no close.
     pub fn reusable(&self) -> bool {

@@ -508,6 +508,88 @@ sub echo_loop {
     }
 }
 
+# serve(idle => 30): an echo loop for connections that may sit in nginx's
+# keepalive pool, where one upstream connection carries several client
+# sessions. Echoes every data frame as it came; records every frame it
+# receives in `frames` and pongs also in `pongs` (with `at`); answers a
+# close with the same code and waits for EOF. Notes how it ended as `end`
+# ('eof', 'timeout', 'dropped' when it closed TCP itself) and `end_at`.
+# Text commands (whole frames, echoed like any message):
+#   "cmd:after:SECONDS:ACTION:ARG"  when nothing has arrived for SECONDS:
+#       ping  - send a ping with payload ARG (noted as `pinged_at`)
+#       pings - send ARG pings of 125 bytes in one write
+#       splitping - send a ping with payload ARG in two writes 0.1 s apart
+#       text  - send a text frame ARG (noted as `sent_text_at`)
+#       close - send a close frame with code ARG (default 1000)
+#       drop  - close TCP without a close frame
+#   "cmd:frag:ARG"  send ARG at once as a non-final text fragment
+sub serve {
+    my ($self, %o) = @_;
+    my $idle = $o{idle} // 30;
+    my $pending;
+    while (1) {
+        my $f = $self->recv_frame(timeout => $pending ? $pending->[0] : $idle);
+        unless ($f) {
+            if ($self->{eof}) {
+                $self->note(end => 'eof', end_at => time);
+                return;
+            }
+            unless ($pending) {
+                $self->note(end => 'timeout', end_at => time);
+                return;
+            }
+            my (undef, $action, $arg) = @$pending;
+            $pending = undef;
+            if ($action eq 'ping') {
+                $self->send_ping($arg);
+                $self->note(pinged_at => time);
+            } elsif ($action eq 'pings') {
+                $self->send_raw(join '', map {
+                    frame(opcode => 9, payload => sprintf('%03d', $_) . ('p' x 122))
+                } 1 .. $arg);
+                $self->note(pinged_at => time);
+            } elsif ($action eq 'splitping') {
+                my $f = frame(opcode => 9, payload => $arg);
+                $self->send_raw(substr($f, 0, 2));
+                sleep 0.1;
+                $self->send_raw(substr($f, 2));
+                $self->note(pinged_at => time);
+            } elsif ($action eq 'text') {
+                $self->send_text($arg);
+                $self->note(sent_text_at => time);
+            } elsif ($action eq 'close') {
+                $self->send_close(length $arg ? $arg : 1000);
+                $self->note(sent_close_at => time);
+            } elsif ($action eq 'drop') {
+                $self->note(end => 'dropped', end_at => time);
+                $self->close;
+                return;
+            }
+            next;
+        }
+        $self->push_note(frames => { %$f, at => time });
+        my $op = $f->{opcode};
+        if ($op == 8) {
+            my $code = close_code($f);
+            $self->note(close_code => $code // -1);
+            $self->send_close($code);
+            next;    # then EOF
+        }
+        if ($op == 10) {
+            $self->push_note(pongs => { payload => $f->{payload}, masked => $f->{masked}, at => time });
+            next;
+        }
+        next if $op == 9;
+        if ($op == 1 && $f->{fin} && $f->{payload} =~ /\Acmd:after:([\d.]+):(\w+):?(.*)\z/s) {
+            $pending = [ $1, $2, $3 ];
+        }
+        my $frag = $op == 1 && $f->{fin} && $f->{payload} =~ /\Acmd:frag:(.*)\z/s ? $1 : undef;
+        $self->send_frame(fin => $f->{fin}, opcode => $op, payload => $f->{payload})
+            or do { $self->note(end => 'write error', end_at => time); return };
+        $self->send_frame(fin => 0, opcode => 1, payload => $frag) if defined $frag;
+    }
+}
+
 sub close {
     my ($self) = @_;
     CORE::close $self->{fh} if $self->{fh};
