@@ -12,7 +12,7 @@ TARGET   := $(CURDIR)/target/$(PROFILE)
 MODULE   := $(TARGET)/ngx_http_websocket_module.so
 RUN_DIR  := $(CURDIR)/target/run
 
-APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl
+APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl
 PY_PACKAGES  := websockets
 
 .PHONY: all build run test unit integration autobahn deps paths clippy clean

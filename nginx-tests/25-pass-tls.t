@@ -17,9 +17,8 @@
 # an upstream{} named "localhost" sends Host: localhost.
 #
 # The websocket_ssl_* files are named relative to the configuration's
-# directory here; absolute names are checked on their own at the end (a
-# module bug, kept as TODO: the names reach OpenSSL without a terminating
-# NUL, so the certificate's name runs into the key's).
+# directory here; absolute names are checked on their own at the end (they
+# reach OpenSSL as C strings, so each must end where its name ends).
 
 use strict;
 use warnings;
@@ -537,8 +536,7 @@ server {
 }
 EOF_ABS
     my ($rc, $out) = $abs->test_config;
-    TODO: {
-        local $TODO = 'module bug: websocket_ssl_certificate file names are passed to nginx without a NUL terminator';
+    {
         is($rc, 0, 'absolute file names in websocket_ssl_certificate / _key / _trusted_certificate: nginx -t accepts them')
             or diag $out;
         unlike($out, qr/client\.crt\Q$D\E/, 'the certificate file name is not run into the key file name');

@@ -331,8 +331,7 @@ ok(scalar $t->grep_error_log(qr/closing pooled upstream connection/),
     my $path = '/ka/pings';
     session_ok($path, 'three pings at once while pooled: first session', ['cmd:after:0.3:pings:3']);
     my $r = wait_rec($up, $path, sub { @{ $_[0]{pongs} // [] } >= 3 || exists $_[0]{end} }, 3) // {};
-    TODO: {
-        local $TODO = 'module bug: a pooled connection reads at most 256 bytes at a time and drops a ping cut at that boundary';
+    {
         is_deeply([ map { substr $_->{payload}, 0, 3 } @{ $r->{pongs} // [] } ], [ '001', '002', '003' ],
             'three 125-byte pings to a pooled connection: three pongs, in order');
         ok(!exists $r->{end}, 'three pings at once: the connection stays pooled');
@@ -343,8 +342,7 @@ ok(scalar $t->grep_error_log(qr/closing pooled upstream connection/),
     my $path = '/ka/splitping';
     session_ok($path, 'split ping while pooled: first session', ['cmd:after:0.3:splitping:in two parts']);
     my $r = wait_rec($up, $path, sub { $_[0]{pongs} || exists $_[0]{end} }, 3) // {};
-    TODO: {
-        local $TODO = 'module bug: a ping that arrives in two reads closes a pooled connection';
+    {
         is(($r->{pongs} // [])->[0]{payload}, 'in two parts', 'a ping in two TCP segments to a pooled connection: pong');
         ok(!exists $r->{end}, 'a ping in two TCP segments: the connection stays pooled');
     }
@@ -565,8 +563,7 @@ ok(scalar $t->grep_error_log(qr/closing pooled upstream connection/),
     my $w2 = start_handshake('/bl/two');
     sleep 0.3;
     my ($early) = answered($w2) ? finish_handshake($w2, 1) : ();
-    TODO: {
-        local $TODO = 'module bug: a waiting client that left keeps its place in the line until websocket_connect_timeout';
+    {
         ok(!defined $early, 'backlog: after a waiting client left, the next one waits in line (no 503)')
             or diag "got $early";
     }

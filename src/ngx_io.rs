@@ -220,6 +220,27 @@ impl ConnectionRef {
         }
     }
 
+    /// Whether the peer has closed its side, without consuming anything it
+    /// sent (as nginx's `ngx_http_test_reading` checks).
+    pub fn peer_closed(&self) -> bool {
+        let rev = self.event(Direction::Read);
+        // SAFETY: the read event of a live connection; a one-byte peek into
+        // a local buffer.
+        unsafe {
+            if (*rev).pending_eof() != 0 || (*rev).eof() != 0 {
+                return true;
+            }
+            let mut byte = 0u8;
+            let n = ngx::ffi::recv(
+                self.fd(),
+                core::ptr::addr_of_mut!(byte).cast(),
+                1,
+                ngx::ffi::MSG_PEEK as i32,
+            );
+            n == 0 || (n < 0 && ngx::ffi::ngx_socket_errno() != ngx::ffi::NGX_EAGAIN as i32)
+        }
+    }
+
     /// Marks the connection idle, so that when the worker starts exiting
     /// nginx calls its read handler with `close` set (see
     /// [`ConnectionRef::take_close_request`]).

@@ -109,9 +109,19 @@ impl ClientTls {
 ///
 /// # Safety
 /// `cf` must be the configuration nginx is loading.
+/// It is zero-terminated: nginx hands absolute paths to OpenSSL as C strings.
 unsafe fn conf_str(cf: *mut ngx_conf_t, s: &[u8]) -> Result<ngx_str_t, NgxError> {
-    // SAFETY: guaranteed by the caller.
-    unsafe { ngx_str_t::from_bytes((*cf).pool, s) }.ok_or(NgxError("ngx_pnalloc"))
+    // SAFETY: guaranteed by the caller; one more byte is allocated for the
+    // terminator and the length excludes it.
+    unsafe {
+        let data: *mut u8 = ngx::ffi::ngx_pnalloc((*cf).pool, s.len() + 1).cast();
+        if data.is_null() {
+            return Err(NgxError("ngx_pnalloc"));
+        }
+        ptr::copy_nonoverlapping(s.as_ptr(), data, s.len());
+        *data.add(s.len()) = 0;
+        Ok(ngx_str_t { len: s.len(), data })
+    }
 }
 
 /// Where a TLS handshake stands.

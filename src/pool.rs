@@ -47,6 +47,8 @@ struct Idle {
     slot: Slot,
     fingerprint: u64,
     subprotocol: Option<String>,
+    /// Bytes of a ping that has not fully arrived yet.
+    partial: RefCell<Vec<u8>>,
 }
 
 /// A place among a pool's open connections; giving it back lets the first
@@ -197,6 +199,7 @@ impl Pool {
             slot,
             fingerprint,
             subprotocol,
+            partial: RefCell::new(Vec::new()),
         });
         let data = core::ptr::addr_of_mut!(*idle).cast();
         idle.conn.attach(data, idle_event, cycle_log());
@@ -253,10 +256,12 @@ unsafe extern "C" fn idle_event(ev: *mut ngx_event_t) {
     drop(removed);
 }
 
-/// Reads what a pooled connection received; answers pings. False when the
-/// connection must go (closed, an error, or any other frame).
+/// Reads what a pooled connection received; answers pings, also ones that
+/// arrive in pieces. False when the connection must go (closed, an error,
+/// or any other frame).
 fn answer_pings(idle: &Idle) -> bool {
     let c = idle.conn.connection();
+    let mut pending = idle.partial.borrow_mut();
     let mut buf = [0u8; 256];
     loop {
         let n = match c.recv(&mut buf) {
@@ -264,26 +269,29 @@ fn answer_pings(idle: &Idle) -> bool {
             Io::Done(n) => n,
             Io::Eof | Io::Error => return false,
         };
+        pending.extend_from_slice(&buf[..n]);
         let mut at = 0;
-        while at < n {
-            let Ok(Some((header, len))) = parse_header(&buf[at..n], &ParseConfig::client(125))
-            else {
-                return false;
+        loop {
+            let header = match parse_header(&pending[at..], &ParseConfig::client(125)) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(_) => return false,
             };
-            let end = at + len + header.payload_len as usize;
-            if header.opcode != OpCode::Ping || end > n {
+            let (header, len) = header;
+            if header.opcode != OpCode::Ping {
                 return false;
             }
-            let pong = build_frame(
-                true,
-                OpCode::Pong,
-                &buf[at + len..end],
-                Some(crate::session::random_mask()),
-            );
+            let end = at + len + header.payload_len as usize;
+            if end > pending.len() {
+                break;
+            }
+            let mask = Some(crate::session::random_mask());
+            let pong = build_frame(true, OpCode::Pong, &pending[at + len..end], mask);
             if c.send(&pong) != Io::Done(pong.len()) {
                 return false;
             }
             at = end;
         }
+        pending.drain(..at);
     }
 }

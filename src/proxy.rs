@@ -10,7 +10,7 @@ use std::ffi::CString;
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
     ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_resolver_ctx_t, NGX_DONE,
-    NGX_ERROR, NGX_LOG_ERR,
+    NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
@@ -34,6 +34,8 @@ use crate::url::{UrlError, WsUrl};
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
 const HTTP_SERVICE_UNAVAILABLE: ngx_int_t = 503;
 const HTTP_GATEWAY_TIMEOUT: ngx_int_t = 504;
+/// nginx's code for a client that went away before the response.
+const HTTP_CLIENT_CLOSED_REQUEST: ngx_int_t = 499;
 
 /// Per-request state, allocated in the request pool.
 struct PassSession {
@@ -419,6 +421,16 @@ fn run(r: &mut RequestRef, origin: Origin) {
 
 impl PassSession {
     fn step(&mut self, r: &mut RequestRef, origin: Origin) -> Next {
+        let upgraded = matches!(self.state, State::Relaying(_) | State::Done);
+        if !upgraded && origin == Origin::Client && r.connection().peer_closed() {
+            // Gone while waiting for its upstream: free its place at once.
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                r.log(),
+                "websocket: client closed the connection before the upgrade"
+            );
+            return Next::Fail(HTTP_CLIENT_CLOSED_REQUEST);
+        }
         let state = core::mem::replace(&mut self.state, State::Done);
         match state {
             State::Waiting(plan) => {
