@@ -10,10 +10,14 @@ use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
+use crate::variables::SessionLog;
 use foreign_types::ForeignTypeRef;
 
 /// Per-request state, allocated in the request pool.
+#[repr(C)]
 struct EchoSession {
+    /// First, as `variables::SessionLog` requires.
+    log: SessionLog,
     ws: WebSocket,
     /// The worker is exiting: finish the message under way, then close 1001.
     shutting_down: bool,
@@ -51,7 +55,12 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     let ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
+    let log = SessionLog {
+        subprotocol: chosen.map(str::to_owned),
+        ..SessionLog::default()
+    };
     let Some(session) = r.pool_alloc(EchoSession {
+        log,
         ws,
         shutting_down: false,
     }) else {
@@ -103,7 +112,9 @@ unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
     };
     // SAFETY: the session lives in the request pool until finalize; nothing
     // else holds a reference to it during this event.
-    let next = unsafe { session.as_mut() }.step(r);
+    let session = unsafe { session.as_mut() };
+    let next = session.step(r);
+    session.log.stats = session.ws.stats();
     if let Next::Finish { linger, error } = next {
         r.finalize(linger, error);
     }

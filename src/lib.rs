@@ -24,3 +24,4 @@ pub mod relay;
 pub mod session;
 pub mod upgrade;
 pub mod url;
+pub mod variables;

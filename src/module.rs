@@ -24,7 +24,7 @@ unsafe impl HttpModuleLocationConf for Module {
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(crate::variables::add_variables),
     postconfiguration: None,
     create_main_conf: None,
     init_main_conf: None,

@@ -30,6 +30,7 @@ use crate::session::{Role, WebSocket};
 use crate::upgrade::ClientHandshake;
 use crate::upgrade::{self, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
+use crate::variables::SessionLog;
 
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
 const HTTP_SERVICE_UNAVAILABLE: ngx_int_t = 503;
@@ -38,7 +39,10 @@ const HTTP_GATEWAY_TIMEOUT: ngx_int_t = 504;
 const HTTP_CLIENT_CLOSED_REQUEST: ngx_int_t = 499;
 
 /// Per-request state, allocated in the request pool.
+#[repr(C)]
 struct PassSession {
+    /// First, as `variables::SessionLog` requires.
+    log: SessionLog,
     state: State,
 }
 
@@ -129,7 +133,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     r.connection().set_log_action(c"connecting to upstream");
-    let Some(mut session) = r.pool_alloc(PassSession { state: State::Done }) else {
+    let Some(mut session) = r.pool_alloc(PassSession {
+        log: SessionLog::default(),
+        state: State::Done,
+    }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_ctx(Module::module(), session.as_ptr().cast());
@@ -406,7 +413,11 @@ fn run(r: &mut RequestRef, origin: Origin) {
     // SAFETY: the session lives in the request pool until the request is
     // finalized below; nothing else references it during this event.
     let session = unsafe { session.as_mut() };
-    match session.step(r, origin) {
+    let next = session.step(r, origin);
+    if let State::Relaying(relay) = &session.state {
+        session.log.stats = relay.client_stats();
+    }
+    match next {
         Next::Wait => {}
         Next::Finish { linger, error } => {
             session.state = State::Done;
@@ -485,6 +496,7 @@ impl PassSession {
                         conn,
                         established.subprotocol,
                         &established.leftover,
+                        false,
                     ),
                     None => Next::Fail(HTTP_BAD_GATEWAY),
                 },
@@ -517,7 +529,7 @@ impl PassSession {
                     subprotocol,
                 } => {
                     keepalive.slot = Some(slot);
-                    return self.upgrade(r, plan, conn, subprotocol, &[]);
+                    return self.upgrade(r, plan, conn, subprotocol, &[], true);
                 }
                 Acquired::Connect(slot) => keepalive.slot = Some(slot),
                 Acquired::Wait => {
@@ -595,6 +607,7 @@ impl PassSession {
         conn: UpstreamConn,
         subprotocol: Option<String>,
         leftover: &[u8],
+        reused: bool,
     ) -> Next {
         let pipelined = match upgrade::respond(r, &plan.accept, subprotocol.as_deref()) {
             Ok(pipelined) => pipelined,
@@ -615,6 +628,9 @@ impl PassSession {
             };
         }
         r.connection().set_log_action(c"proxying WebSocket");
+        self.log.subprotocol.clone_from(&subprotocol);
+        self.log.upstream_addr = Some(conn.name().to_owned());
+        self.log.upstream_reused = reused;
         let Plan { keepalive, .. } = *plan;
         self.state = State::Relaying(Box::new(Relay::new(
             client,

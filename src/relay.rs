@@ -95,6 +95,11 @@ impl Relay {
         }
     }
 
+    /// What crossed the client leg so far.
+    pub fn client_stats(&self) -> crate::session::Stats {
+        self.client.stats()
+    }
+
     /// The worker is exiting (see `step`).
     pub fn shut_down(&mut self) {
         self.shutting_down = true;

@@ -22,6 +22,8 @@ use crate::protocol::ProtocolError;
 
 use foreign_types::ForeignTypeRef;
 
+/// The close code reported for a close frame without one (RFC 6455 §7.1.5).
+const NO_STATUS: u16 = 1005;
 /// Size of the read buffer; frames larger than this stream through it.
 const READ_BUFFER_SIZE: usize = 16 * 1024;
 /// Queued output above which the object stops reading from its peer.
@@ -194,6 +196,20 @@ pub struct WebSocket {
     /// out (`websocket_ping_interval`).
     last_received: ngx_msec_t,
     ping_sent_at: Option<ngx_msec_t>,
+    stats: Stats,
+}
+
+/// What crossed this connection, for the access log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Data messages received and sent, and their payload bytes.
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Code of the first close frame, received or sent (1005 for one
+    /// without a code).
+    pub close_code: Option<u16>,
 }
 
 /// What a quiet peer gets when its read deadline passes.
@@ -237,6 +253,7 @@ impl WebSocket {
             sending_message: false,
             last_received: now_msec(),
             ping_sent_at: None,
+            stats: Stats::default(),
         }
     }
 
@@ -350,6 +367,8 @@ impl WebSocket {
             OpCode::Pong => Received::Pong(frame),
             _ => {
                 self.close_received = true;
+                let code = frame.close().map_or(NO_STATUS, |(code, _)| code);
+                self.stats.close_code.get_or_insert(code);
                 Received::Close(
                     frame
                         .close()
@@ -412,6 +431,10 @@ impl WebSocket {
                 } => {
                     if message_start {
                         self.message.clear();
+                    }
+                    self.stats.bytes_in += chunk.len() as u64;
+                    if message_end {
+                        self.stats.messages_in += 1;
                     }
                     self.message.extend_from_slice(chunk);
                     let done = match unit {
@@ -491,10 +514,24 @@ impl WebSocket {
         }
         if opcode == OpCode::Close {
             self.close_sent = true;
+            let code = match payload {
+                [hi, lo, ..] => u16::from_be_bytes([*hi, *lo]),
+                _ => NO_STATUS,
+            };
+            self.stats.close_code.get_or_insert(code);
         } else if !opcode.is_control() {
             self.sending_message = !fin;
+            self.stats.bytes_out += payload.len() as u64;
+            if fin {
+                self.stats.messages_out += 1;
+            }
         }
         Ok(())
+    }
+
+    /// What crossed the connection so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
     }
 
     /// Whether a message is partly received.
