@@ -5,6 +5,9 @@
 #   make test     install what is missing (as root), then run every test
 #   make -s paths print the nginx binary and module paths
 #   make autobahn run the Autobahn|Testsuite (cases 1-10) against the module
+#   make distro   build the module against the system's packaged nginx (Debian's
+#                 nginx-dev, installed as root) into target/distro/
+#   make test-distro  run the integration suite against /usr/sbin/nginx with it
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -15,7 +18,7 @@ RUN_DIR  := $(CURDIR)/target/run
 APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn deps paths clippy clean
+.PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro
 
 all: build
 
@@ -65,6 +68,14 @@ autobahn: build
 	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report '$(AUTOBAHN_CASES)'
 
 test: deps build unit integration autobahn
+
+# Debian's nginx-dev: configure its source with Debian's flags, build without the
+# vendored nginx (target/distro/, never touches target/$(PROFILE)).
+distro:
+	distro/build.sh
+
+test-distro:
+	distro/test.sh
 
 clippy:
 	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings

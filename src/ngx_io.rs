@@ -421,7 +421,11 @@ impl RequestRef {
                 return Err(NgxError("ngx_list_push"));
             }
             (*h).hash = 1;
-            (*h).next = ptr::null_mut();
+            // 1.23.0 chains headers of the same name through `next`.
+            #[cfg(nginx1_23_0)]
+            {
+                (*h).next = ptr::null_mut();
+            }
             (*h).key =
                 ngx_str_t::from_bytes(r.pool, key.as_bytes()).ok_or(NgxError("ngx_pnalloc"))?;
             (*h).value = ngx_str_t::from_bytes(r.pool, value).ok_or(NgxError("ngx_pnalloc"))?;

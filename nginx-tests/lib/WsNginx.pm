@@ -140,7 +140,10 @@ sub _write_conf {
     my $main = $self->_subst($self->{main_conf});
     my $events = $self->_subst($self->{events_conf});
 
-    my $load = $self->{module} ne '' ? "load_module $self->{module};\n" : '';
+    # TEST_NGINX_LOAD_MODULES: further dynamic modules (space-separated paths)
+    # loaded before ours, e.g. a distro's ngx_stream_module.so.
+    my $load = join '', map { "load_module $_;\n" } split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
+    $load .= "load_module $self->{module};\n" if $self->{module} ne '';
 
     my $conf = <<"EOF";
 ${load}daemon off;
