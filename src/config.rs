@@ -49,6 +49,8 @@ pub struct LocConf {
     pub origins: Option<Vec<Vec<u8>>>,
     /// Set by `websocket_echo` (location only, never inherited).
     pub echo: bool,
+    /// Set by `websocket_status` (location only, never inherited).
+    pub status: bool,
     /// Set by `websocket_pass` (location only, never inherited).
     pub pass: Option<PassTarget>,
     pub connect_timeout: ngx_msec_t,
@@ -107,6 +109,7 @@ impl Default for LocConf {
             protocols: None,
             origins: None,
             echo: false,
+            status: false,
             pass: None,
             connect_timeout: UNSET_MSEC,
             pass_headers: None,
@@ -286,7 +289,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 26] = [
+pub static mut COMMANDS: [ngx_command_t; 27] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -437,6 +440,12 @@ pub static mut COMMANDS: [ngx_command_t; 26] = [
         ngx_conf_set_msec_slot,
         core::mem::offset_of!(LocConf, ping_timeout),
     ),
+    slot(
+        ngx_string!("websocket_status"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
+        cmd_status,
+        0,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -487,12 +496,31 @@ unsafe extern "C" fn cmd_echo(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo || conf.pass.is_some() {
+    if conf.echo || conf.status || conf.pass.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     conf.echo = true;
     // SAFETY: `cf` is the configuration being parsed, inside a location block.
     if unsafe { set_content_handler(cf, crate::echo::handler) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+/// `websocket_status;`
+unsafe extern "C" fn cmd_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.echo || conf.status || conf.pass.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    conf.status = true;
+    // SAFETY: `cf` is the configuration being parsed, inside a location block.
+    if unsafe { set_content_handler(cf, crate::metrics::status_handler) }.is_err() {
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK
@@ -506,7 +534,7 @@ unsafe extern "C" fn cmd_pass(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo || conf.pass.is_some() {
+    if conf.echo || conf.status || conf.pass.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     // SAFETY: `cf` is the configuration being parsed.

@@ -4,6 +4,7 @@ use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, 
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
+use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::{request_of_client_event, run_posted_requests, Direction, RequestRef};
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
@@ -55,10 +56,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     let ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
-    let log = SessionLog {
-        subprotocol: chosen.map(str::to_owned),
-        ..SessionLog::default()
-    };
+    let log = SessionLog::new(Some(Kind::Echo), chosen.map(str::to_owned));
+    metrics::session_started(Kind::Echo);
     let Some(session) = r.pool_alloc(EchoSession {
         log,
         ws,
@@ -114,7 +113,7 @@ unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
     // else holds a reference to it during this event.
     let session = unsafe { session.as_mut() };
     let next = session.step(r);
-    session.log.stats = session.ws.stats();
+    session.log.update(session.ws.stats());
     if let Next::Finish { linger, error } = next {
         r.finalize(linger, error);
     }

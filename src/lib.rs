@@ -12,6 +12,7 @@
 pub mod client;
 pub mod config;
 pub mod echo;
+pub mod metrics;
 pub mod module;
 pub mod ngx_io;
 pub mod ngx_peer;

@@ -25,7 +25,7 @@ unsafe impl HttpModuleLocationConf for Module {
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(crate::variables::add_variables),
-    postconfiguration: None,
+    postconfiguration: Some(crate::metrics::add_zone),
     create_main_conf: None,
     init_main_conf: None,
     create_srv_conf: None,

@@ -17,6 +17,7 @@ use ngx::ngx_log_error;
 
 use crate::client::{ClientError, ClientOptions, Connector, Progress, TlsTarget};
 use crate::config::{configured, Limits, LocConf, PassTarget};
+use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, ConnectionRef, Direction, RequestRef,
@@ -134,7 +135,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     r.connection().set_log_action(c"connecting to upstream");
     let Some(mut session) = r.pool_alloc(PassSession {
-        log: SessionLog::default(),
+        log: SessionLog::new(None, None),
         state: State::Done,
     }) else {
         return NGX_ERROR as ngx_int_t;
@@ -147,6 +148,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     match session.proceed(r, plan) {
         Next::Fail(rc) => {
             session.state = State::Done;
+            metrics::handshake_rejected(rc);
             rc
         }
         _ => {
@@ -415,7 +417,7 @@ fn run(r: &mut RequestRef, origin: Origin) {
     let session = unsafe { session.as_mut() };
     let next = session.step(r, origin);
     if let State::Relaying(relay) = &session.state {
-        session.log.stats = relay.client_stats();
+        session.log.update(relay.client_stats());
     }
     match next {
         Next::Wait => {}
@@ -425,6 +427,7 @@ fn run(r: &mut RequestRef, origin: Origin) {
         }
         Next::Fail(rc) => {
             session.state = State::Done;
+            metrics::handshake_rejected(rc);
             r.finalize_status(rc);
         }
     }
@@ -631,6 +634,9 @@ impl PassSession {
         self.log.subprotocol.clone_from(&subprotocol);
         self.log.upstream_addr = Some(conn.name().to_owned());
         self.log.upstream_reused = reused;
+        self.log.kind = Some(Kind::Pass);
+        metrics::session_started(Kind::Pass);
+        metrics::upstream_connected(reused);
         let Plan { keepalive, .. } = *plan;
         self.state = State::Relaying(Box::new(Relay::new(
             client,

@@ -5,6 +5,7 @@ use ngx::ffi::{ngx_int_t, NGX_ERROR, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_INFO}
 use ngx::ngx_log_error;
 
 use crate::config::LocConf;
+use crate::metrics;
 use crate::ngx_io::RequestRef;
 use crate::protocol::handshake::{validate_request, HandshakeRequest};
 
@@ -25,6 +26,14 @@ pub const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = 500;
 /// Checks the client's handshake (and `websocket_origins`). On failure the
 /// returned code is what the content handler returns to nginx.
 pub fn validate(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_t> {
+    let checked = check(r, conf);
+    if let Err(rc) = checked {
+        metrics::handshake_rejected(rc);
+    }
+    checked
+}
+
+fn check(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_t> {
     if !r.is_main() {
         ngx_log_error!(
             NGX_LOG_INFO,
@@ -108,6 +117,7 @@ pub fn respond(
 /// 426 is not among nginx's built-in error pages, so it is sent here, with
 /// the version this server speaks.
 fn upgrade_required(r: &mut RequestRef) -> ngx_int_t {
+    metrics::handshake_rejected(HTTP_UPGRADE_REQUIRED as ngx_int_t);
     r.set_status(HTTP_UPGRADE_REQUIRED, Some("426 Upgrade Required"));
     r.set_content_type("text/plain");
     if r.add_header_out("Sec-WebSocket-Version", b"13").is_err() {

@@ -10,6 +10,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModule;
 
+use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::RequestRef;
 use crate::session::Stats;
@@ -17,13 +18,42 @@ use crate::session::Stats;
 /// What the access log reports of a session. Every session type of this
 /// module is `#[repr(C)]` with this as its first field, so the request's
 /// module context can be read as a `SessionLog` whatever the session.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct SessionLog {
     /// The client leg's counts.
     pub stats: Stats,
     pub subprotocol: Option<String>,
     pub upstream_addr: Option<String>,
     pub upstream_reused: bool,
+    /// Set once the session upgraded (counted in the metrics).
+    pub kind: Option<Kind>,
+    /// What was added to the metrics so far.
+    pub reported: Stats,
+}
+
+impl SessionLog {
+    pub fn new(kind: Option<Kind>, subprotocol: Option<String>) -> Self {
+        let mut log = SessionLog::default();
+        log.kind = kind;
+        log.subprotocol = subprotocol;
+        log
+    }
+
+    /// Takes the client leg's latest counts into the log and the metrics.
+    pub fn update(&mut self, stats: Stats) {
+        self.stats = stats;
+        metrics::report_traffic(&self.stats, &mut self.reported);
+    }
+}
+
+impl Drop for SessionLog {
+    /// The session is over (its request is freed, however it ended): the
+    /// metrics hear how it closed.
+    fn drop(&mut self) {
+        if let Some(kind) = self.kind.take() {
+            metrics::session_ended(kind, self.stats.close_code);
+        }
+    }
 }
 
 type Getter = fn(&SessionLog) -> Option<String>;
