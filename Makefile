@@ -15,7 +15,8 @@ TARGET   := $(CURDIR)/target/$(PROFILE)
 MODULE   := $(TARGET)/ngx_http_websocket_module.so
 RUN_DIR  := $(CURDIR)/target/run
 
-APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl
+APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl \
+                chromium
 PY_PACKAGES  := websockets
 
 .PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro
@@ -38,6 +39,7 @@ run: build
 	@ln -sfn $(MODULE) $(RUN_DIR)/modules/ngx_http_websocket_module.so
 	@ln -sfn $(CURDIR)/conf/html $(RUN_DIR)/html
 	@echo "echo:   ws://127.0.0.1:8080/echo"
+	@echo "proxy:  ws://127.0.0.1:8080/proxy (websocket_pass to an echo on 127.0.0.1:8081)"
 	@echo "demo:   http://127.0.0.1:8080/"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
 	exec $$(cat $(TARGET)/nginx-path) -p $(RUN_DIR)/ -e $(RUN_DIR)/logs/error.log \
@@ -53,6 +55,9 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 	@python3 -c 'import websockets' 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+	@# The browser test drives Debian's Chromium with playwright-core (Node 20+).
+	@test -f browser/node_modules/playwright-core/package.json || \
+		npm ci --prefix browser --no-audit --no-fund
 
 unit:
 	$(CARGO) test --profile $(PROFILE) --locked
