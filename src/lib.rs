@@ -9,6 +9,7 @@
 //!   only place that dereferences nginx pointers;
 //! - [`protocol`]: the pure RFC 6455 codec, free of nginx types.
 
+pub mod buffers;
 pub mod client;
 pub mod config;
 pub mod echo;

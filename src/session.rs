@@ -12,6 +12,7 @@ use core::ptr::NonNull;
 
 use ngx::ffi::{ngx_connection_t, ngx_msec_t};
 
+use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::config::Limits;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
@@ -24,8 +25,6 @@ use foreign_types::ForeignTypeRef;
 
 /// The close code reported for a close frame without one (RFC 6455 §7.1.5).
 const NO_STATUS: u16 = 1005;
-/// Size of the read buffer; frames larger than this stream through it.
-const READ_BUFFER_SIZE: usize = 16 * 1024;
 /// Queued output above which the object stops reading from its peer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Buffers that grew past this for a large message are released afterwards.
@@ -235,7 +234,13 @@ impl WebSocket {
             parse,
             max_message_len: limits.max_recv_len,
         });
-        let mut rbuf = vec![0; READ_BUFFER_SIZE.max(pipelined.len())];
+        let mut rbuf = if pipelined.is_empty() {
+            Vec::new()
+        } else if pipelined.len() <= READ_BUFFER_SIZE {
+            buffers::take()
+        } else {
+            vec![0; pipelined.len()]
+        };
         rbuf[..pipelined.len()].copy_from_slice(pipelined);
         WebSocket {
             conn: NonNull::new(conn.as_ptr()).expect("a connection reference is never null"),
@@ -394,6 +399,9 @@ impl WebSocket {
                 self.throttled = true;
                 return Ok(None);
             }
+            if self.rbuf.len() == self.rend {
+                self.grow_read_buffer();
+            }
             let conn = self.conn.as_ptr();
             // SAFETY: see `conn()`; the reference does not outlive this call.
             let io = unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..]);
@@ -404,10 +412,30 @@ impl WebSocket {
                     self.last_received = now_msec();
                     self.ping_sent_at = None;
                 }
-                Io::Again => return Ok(None),
+                Io::Again => {
+                    self.release_read_buffer();
+                    return Ok(None);
+                }
                 Io::Eof => return Err(WsError::Eof),
                 Io::Error => return Err(WsError::Io),
             }
+        }
+    }
+
+    /// Gets a read buffer when the connection holds none (it was idle).
+    fn grow_read_buffer(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = buffers::take();
+        }
+    }
+
+    /// An idle connection holds no read buffer: it goes back to the worker's
+    /// list once every byte in it was decoded.
+    fn release_read_buffer(&mut self) {
+        if self.rpos == self.rend && !self.rbuf.is_empty() {
+            buffers::give(core::mem::take(&mut self.rbuf));
+            self.rpos = 0;
+            self.rend = 0;
         }
     }
 
@@ -633,6 +661,12 @@ impl WebSocket {
             c.del_timer(Direction::Read);
         }
         Ok(())
+    }
+}
+
+impl Drop for WebSocket {
+    fn drop(&mut self) {
+        buffers::give(core::mem::take(&mut self.rbuf));
     }
 }
 
