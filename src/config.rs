@@ -242,6 +242,11 @@ pub struct Limits {
 }
 
 impl LocConf {
+    /// Whether a content directive (echo, pass, status) claimed the location.
+    fn has_content(&self) -> bool {
+        self.echo || self.status || self.pass.is_some()
+    }
+
     /// The keepalive pool settings; `None` when pooling is off.
     pub fn pool_settings(&self) -> Option<PoolSettings> {
         (self.keepalive > 0).then(|| PoolSettings {
@@ -359,14 +364,14 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
     slot(
         ngx_string!("websocket_pass_host"),
         ANY_LEVEL | NGX_CONF_TAKE1,
-        cmd_pass_host,
-        0,
+        cmd_complex,
+        core::mem::offset_of!(LocConf, pass_host),
     ),
     slot(
         ngx_string!("websocket_pass_origin"),
         ANY_LEVEL | NGX_CONF_TAKE1,
-        cmd_pass_origin,
-        0,
+        cmd_complex,
+        core::mem::offset_of!(LocConf, pass_origin),
     ),
     slot(
         ngx_string!("websocket_pass_send_unmasked"),
@@ -425,8 +430,8 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
     slot(
         ngx_string!("websocket_keepalive_pool"),
         ANY_LEVEL | NGX_CONF_TAKE1,
-        cmd_keepalive_pool,
-        0,
+        cmd_complex,
+        core::mem::offset_of!(LocConf, keepalive_pool),
     ),
     slot(
         ngx_string!("websocket_ping_interval"),
@@ -488,6 +493,30 @@ pub fn configured(s: &ngx_str_t) -> Option<&[u8]> {
     (!s.data.is_null()).then(|| s.as_bytes())
 }
 
+/// A directive that makes the location's content handler: one per location.
+///
+/// # Safety
+/// `cf` and `conf` as nginx passes them to a directive handler of this
+/// module's location configuration.
+unsafe fn content_directive(
+    cf: *mut ngx_conf_t,
+    conf: *mut c_void,
+    mark: fn(&mut LocConf),
+    handler: crate::ngx_io::ContentHandler,
+) -> *mut c_char {
+    // SAFETY: guaranteed by the caller.
+    let conf = unsafe { &mut *conf.cast::<LocConf>() };
+    if conf.has_content() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    mark(conf);
+    // SAFETY: `cf` is the configuration being parsed, inside a location block.
+    if unsafe { set_content_handler(cf, handler) }.is_err() {
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
 /// `websocket_echo;`
 unsafe extern "C" fn cmd_echo(
     cf: *mut ngx_conf_t,
@@ -495,16 +524,7 @@ unsafe extern "C" fn cmd_echo(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
-    let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo || conf.status || conf.pass.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
-    }
-    conf.echo = true;
-    // SAFETY: `cf` is the configuration being parsed, inside a location block.
-    if unsafe { set_content_handler(cf, crate::echo::handler) }.is_err() {
-        return NGX_CONF_ERROR;
-    }
-    NGX_CONF_OK
+    unsafe { content_directive(cf, conf, |c| c.echo = true, crate::echo::handler) }
 }
 
 /// `websocket_status;`
@@ -514,16 +534,14 @@ unsafe extern "C" fn cmd_status(
     conf: *mut c_void,
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
-    let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo || conf.status || conf.pass.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
+    unsafe {
+        content_directive(
+            cf,
+            conf,
+            |c| c.status = true,
+            crate::metrics::status_handler,
+        )
     }
-    conf.status = true;
-    // SAFETY: `cf` is the configuration being parsed, inside a location block.
-    if unsafe { set_content_handler(cf, crate::metrics::status_handler) }.is_err() {
-        return NGX_CONF_ERROR;
-    }
-    NGX_CONF_OK
 }
 
 /// `websocket_pass URL;`
@@ -534,7 +552,7 @@ unsafe extern "C" fn cmd_pass(
 ) -> *mut c_char {
     // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
     let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    if conf.echo || conf.status || conf.pass.is_some() {
+    if conf.has_content() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     // SAFETY: `cf` is the configuration being parsed.
@@ -624,51 +642,26 @@ unsafe extern "C" fn cmd_pass_header(
     NGX_CONF_OK
 }
 
-/// `websocket_pass_host VALUE;`
-unsafe extern "C" fn cmd_pass_host(
+/// A directive whose one argument may contain variables, stored in the
+/// `Option<ComplexValue>` at the command's offset (`websocket_pass_host`,
+/// `websocket_pass_origin`, `websocket_keepalive_pool`).
+unsafe extern "C" fn cmd_complex(
     cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
+    cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
-    let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: `cf` is the configuration being parsed.
-    unsafe { set_complex(cf, &mut conf.pass_host) }
-}
-
-/// `websocket_keepalive_pool NAME;`
-unsafe extern "C" fn cmd_keepalive_pool(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
-    let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: `cf` is the configuration being parsed.
-    unsafe { set_complex(cf, &mut conf.keepalive_pool) }
-}
-
-/// `websocket_pass_origin VALUE;`
-unsafe extern "C" fn cmd_pass_origin(
-    cf: *mut ngx_conf_t,
-    _cmd: *mut ngx_command_t,
-    conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx passes this module's location conf for NGX_HTTP_LOC_CONF_OFFSET.
-    let conf = unsafe { &mut *conf.cast::<LocConf>() };
-    // SAFETY: `cf` is the configuration being parsed.
-    unsafe { set_complex(cf, &mut conf.pass_origin) }
-}
-
-/// Compiles the single argument into `slot`, refusing a second occurrence.
-///
-/// # Safety
-/// `cf` must be the configuration nginx is parsing, inside a directive handler.
-unsafe fn set_complex(cf: *mut ngx_conf_t, slot: &mut Option<ComplexValue>) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf; the command table
+    // gives the offset of an `Option<ComplexValue>` field in it.
+    let slot = unsafe {
+        &mut *conf
+            .cast::<u8>()
+            .add((*cmd).offset)
+            .cast::<Option<ComplexValue>>()
+    };
     if slot.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // SAFETY: guaranteed by the caller.
+    // SAFETY: `cf` is the configuration being parsed.
     let value = unsafe { conf_args(cf) }.next().unwrap_or_default();
     // SAFETY: as above.
     match unsafe { ComplexValue::compile(cf, value) } {
