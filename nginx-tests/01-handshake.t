@@ -8,11 +8,10 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use WsNginx;
 use WsTest;
 use WsClient qw(accept_key http_request);
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
+my ($t, $port, @workers) = start_nginx(conf => <<'EOF_CONF');
 server {
     listen 127.0.0.1:%%PORT_0%%;
 
@@ -25,9 +24,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 sub ws { WsClient->connect(port => $port, path => '/ws', @_) }
 

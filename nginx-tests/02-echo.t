@@ -9,43 +9,17 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-
-    location /big {
-        websocket_echo;
-        websocket_max_payload_len 2m;
-    }
-
-    location /masked {
-        websocket_echo;
-        websocket_send_masked on;
-    }
-}
-
-# A tiny socket send buffer, so that a slow reader really makes the
-# server's writes return EAGAIN.
-server {
-    listen 127.0.0.1:%%PORT_1%% sndbuf=8k;
-
-    location /big {
-        websocket_echo;
-        websocket_max_payload_len 2m;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'     => [],
+    '/big'    => ['websocket_max_payload_len 2m'],
+    '/masked' => ['websocket_send_masked on'],
+)
+    # A tiny socket send buffer, so that a slow reader really makes the
+    # server's writes return EAGAIN.
+    . echo_server('1 sndbuf=8k', '/big' => ['websocket_max_payload_len 2m']));
 
 sub ws { my $path = shift // '/ws'; ws_open($port, $path, @_) }
 
@@ -98,27 +72,7 @@ sub ws { my $path = shift // '/ws'; ws_open($port, $path, @_) }
 # --- ping / pong --------------------------------------------------------------
 {
     my $ws = ws();
-    $ws->send_ping('are you there?');
-    my $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{opcode}, 10, 'ping answered with pong');
-    is($f && $f->{payload}, 'are you there?', 'pong carries the ping payload');
-    is($f && $f->{masked}, 0, 'pong is not masked');
-
-    $ws->send_ping('');
-    $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{opcode}, 10, 'empty ping answered');
-    is($f && $f->{payload}, '', 'empty pong');
-
-    $ws->send_ping('z' x 125);
-    $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{payload}, 'z' x 125, 'ping with a 125-byte payload answered');
-
-    # an unsolicited pong is ignored
-    $ws->send_pong('unsolicited');
-    $ws->send_text('next');
-    $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{opcode}, 1, 'unsolicited pong ignored: next frame is the text echo');
-    is($f && $f->{payload}, 'next', '... with its payload');
+    ping_pong_ok($ws, 'ping');
     bye($ws, 'ping');
 }
 

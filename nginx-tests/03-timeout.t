@@ -9,45 +9,18 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsTest;
 use WsClient;
 use Socket ();
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'   => ['websocket_timeout 1s'],
+    '/long' => [],
+)
+    # A tiny socket send buffer, so that the echo's writes block.
+    . echo_server('1 sndbuf=8k', '/ws' => ['websocket_timeout 1s']));
 
-    location /ws {
-        websocket_echo;
-        websocket_timeout 1s;
-    }
-
-    location /long {
-        websocket_echo;
-    }
-}
-
-# A tiny socket send buffer, so that the echo's writes block.
-server {
-    listen 127.0.0.1:%%PORT_1%% sndbuf=8k;
-
-    location /ws {
-        websocket_echo;
-        websocket_timeout 1s;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
-
-sub ws {
-    my $path = shift // '/ws';
-    my $ws = WsClient->connect(port => $port, path => $path);
-    die "handshake failed: " . ($ws->status // 'none') . "\n" unless ($ws->status // 0) == 101;
-    return $ws;
-}
+sub ws { my $path = shift // '/ws'; ws_open($port, $path) }
 
 # --- idle connection ---------------------------------------------------------
 {

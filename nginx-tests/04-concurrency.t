@@ -9,25 +9,13 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Select;
 use Time::HiRes qw(time);
-use WsNginx;
 use WsTest;
 use WsClient;
 
 my $N = 100;
 my $M = 10;
 
-my $t = WsNginx->new(worker_processes => 2, conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(worker_processes => 2, conf => echo_server(0, '/ws' => []));
 
 my @c;
 for my $i (0 .. $N - 1) {

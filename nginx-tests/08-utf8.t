@@ -10,38 +10,16 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-
-    location /big {
-        websocket_echo;
-        websocket_max_payload_len 256k;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'  => [],
+    '/big' => ['websocket_max_payload_len 256k'],
+));
 
 sub f { build_frame(@_) }
 sub v { violation($port, @_) }
-
-# frags($opcode, @pieces): the frames of one fragmented message.
-sub frags {
-    my ($opcode, @pieces) = @_;
-    return join '', map {
-        f(opcode => $_ ? 0 : $opcode, fin => $_ == $#pieces ? 1 : 0, payload => $pieces[$_])
-    } 0 .. $#pieces;
-}
 
 # --- valid text is echoed byte for byte ------------------------------------------
 my @valid = (

@@ -10,26 +10,13 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0, '/ws' => []));
 
 sub f { build_frame(@_) }
 sub v { violation($port, @_) }
-sub close_frame { my ($code, $reason) = @_; f(opcode => 8, payload => pack('n', $code) . ($reason // '')) }
 
 # --- valid codes are echoed ------------------------------------------------------------
 for my $code (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999) {

@@ -11,45 +11,17 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-
-    location /payload100 {
-        websocket_echo;
-        websocket_max_payload_len 100;
-    }
-
-    location /recv100 {
-        websocket_echo;
-        websocket_max_recv_len 100;
-    }
-
-    location /send100 {
-        websocket_echo;
-        websocket_max_send_len 100;
-    }
-
-    location /big {
-        websocket_echo;
-        websocket_max_payload_len 2m;
-    }
-
-    location /recv1k_payload100 {
-        websocket_echo;
-        websocket_max_payload_len 100;
-        websocket_max_recv_len 1k;
-    }
-}
-
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'                => [],
+    '/payload100'        => ['websocket_max_payload_len 100'],
+    '/recv100'           => ['websocket_max_recv_len 100'],
+    '/send100'           => ['websocket_max_send_len 100'],
+    '/big'               => ['websocket_max_payload_len 2m'],
+    '/recv1k_payload100' => ['websocket_max_payload_len 100', 'websocket_max_recv_len 1k'],
+) . <<'EOF_CONF');
 server {
     listen 127.0.0.1:%%PORT_1%%;
     websocket_max_recv_len 50;
@@ -64,20 +36,9 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 sub f { build_frame(@_) }
 sub v { violation($port, @_) }
-
-# frags($opcode, @pieces): the frames of one fragmented message.
-sub frags {
-    my ($opcode, @pieces) = @_;
-    return join '', map {
-        f(opcode => $_ ? 0 : $opcode, fin => $_ == $#pieces ? 1 : 0, payload => $pieces[$_])
-    } 0 .. $#pieces;
-}
 
 # echoes($path, $name, $bytes_to_send, $expected_payload, %o)
 sub echoes {

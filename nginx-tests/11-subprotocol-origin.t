@@ -8,38 +8,15 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use WsNginx;
 use WsClient;
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-
-    location /proto {
-        websocket_echo;
-        websocket_protocols chat superchat;
-    }
-
-    location /origin {
-        websocket_echo;
-        websocket_origins http://good.example https://also.example;
-    }
-
-    location /both {
-        websocket_echo;
-        websocket_protocols chat;
-        websocket_origins http://good.example;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'     => [],
+    '/proto'  => ['websocket_protocols chat superchat'],
+    '/origin' => ['websocket_origins http://good.example https://also.example'],
+    '/both'   => ['websocket_protocols chat', 'websocket_origins http://good.example'],
+));
 
 sub conn { WsClient->connect(port => $port, @_) }
 

@@ -13,13 +13,12 @@ use Test::More;
 use IO::Select;
 use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
 my $TIMEOUT = 2;    # websocket_timeout below
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
+my ($t, $port, @workers) = start_nginx(conf => <<'EOF_CONF');
 server {
     listen 127.0.0.1:%%PORT_0%%;
 
@@ -33,9 +32,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 sub f { build_frame(@_) }
 

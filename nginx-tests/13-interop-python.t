@@ -9,8 +9,6 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use POSIX ();
-use WsNginx;
 use WsTest;
 
 my $script = "$FindBin::Bin/interop/ws_client.py";
@@ -24,48 +22,17 @@ if ($? != 0) {
 }
 note 'python websockets ' . `python3 -c 'import websockets; print(websockets.__version__)' 2>&1`;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
-
-    location /ws {
-        websocket_echo;
-    }
-
-    location /interop {
-        websocket_echo;
-        websocket_max_payload_len 2m;
-        websocket_protocols chat superchat;
-    }
-}
-EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
+my ($t, $port, @workers) = start_nginx(conf => echo_server(0,
+    '/ws'      => [],
+    '/interop' => ['websocket_max_payload_len 2m', 'websocket_protocols chat superchat'],
+));
 
 # Runs the script with a hard time limit; returns (exit status, output lines).
 sub run_client {
     my ($url, $limit) = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if ($pid == 0) {
-        open STDERR, '>&', \*STDOUT;
-        delete @ENV{qw(http_proxy https_proxy all_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY)};
-        exec 'python3', $script, $url or POSIX::_exit(127);
-    }
-    my @lines;
-    my $ok = eval {
-        local $SIG{ALRM} = sub { die "timeout\n" };
-        alarm $limit;
-        while (my $l = <$fh>) { chomp $l; push @lines, $l }
-        alarm 0;
-        1;
-    };
-    if (!$ok) {
-        kill 'KILL', $pid;
-        push @lines, "not ok run killed after ${limit}s";
-    }
-    close $fh;
-    return ($? >> 8, @lines);
+    my ($rc, $finished, @lines) = run_captured($limit, undef, 'python3', $script, $url);
+    push @lines, "not ok run killed after ${limit}s" unless $finished;
+    return ($rc, @lines);
 }
 
 my ($rc, @lines) = run_client("ws://127.0.0.1:$port/interop", 40);

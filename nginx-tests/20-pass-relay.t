@@ -11,11 +11,10 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Select;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 
-my $t = WsNginx->new(conf => <<'EOF_CONF');
+my ($t, $port, @workers) = start_nginx(conf => <<'EOF_CONF');
 server {
     listen 127.0.0.1:%%PORT_0%%;
 
@@ -48,9 +47,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 sub ws { my $path = shift // '/pass'; ws_open($port, $path, @_) }
 
@@ -118,23 +114,8 @@ sub ws { my $path = shift // '/pass'; ws_open($port, $path, @_) }
 # --- ping / pong relayed -----------------------------------------------------------
 {
     my $ws = ws();
-    $ws->send_ping('are you there?');
-    my $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{opcode}, 10, 'ping relayed, the echo answers: pong');
-    is($f && $f->{payload}, 'are you there?', 'pong carries the ping payload');
-    is($f && $f->{masked}, 0, 'pong is not masked');
-    $ws->send_ping('');
-    $f = $ws->recv_frame(timeout => 3);
-    ok($f && $f->{opcode} == 10 && $f->{payload} eq '', 'empty ping -> empty pong');
-    $ws->send_ping('z' x 125);
-    $f = $ws->recv_frame(timeout => 3);
-    is($f && $f->{payload}, 'z' x 125, '125-byte ping -> pong with the payload');
-    # an unsolicited pong goes to the echo, which ignores it
-    $ws->send_pong('unsolicited');
-    $ws->send_text('next');
-    $f = $ws->recv_frame(timeout => 3);
-    ok($f && $f->{opcode} == 1 && $f->{payload} eq 'next',
-        'unsolicited pong: the next frame is the text echo');
+    # the echo behind the relay answers the pings and ignores the pong
+    ping_pong_ok($ws, 'ping relayed');
     bye($ws, 'ping');
 }
 

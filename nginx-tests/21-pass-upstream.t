@@ -205,7 +205,7 @@ my $up = WsUpstream->new(handler => sub {
 my $UP = $up->port;
 my $DEAD = WsNginx::free_port();
 
-my $t = WsNginx->new(conf => <<"EOF_CONF");
+my ($t, $port, @workers) = start_nginx(conf => <<"EOF_CONF");
 upstream scripted {
     server 127.0.0.1:$UP;
 }
@@ -275,9 +275,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 my $id = 0;
 

@@ -17,7 +17,7 @@ use WsTest;
 my $DEAD = WsNginx::free_port();
 my $DEAD2 = WsNginx::free_port();
 
-my $t = WsNginx->new(conf => <<"EOF_CONF");
+my ($t, $port, @workers) = start_nginx(conf => <<"EOF_CONF");
 upstream mixed {
     server 127.0.0.1:$DEAD;
     server 127.0.0.1:%%PORT_1%%;
@@ -81,9 +81,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 # session($path, $n): upgrade, one echo, close 1000; true when all went well.
 sub session {

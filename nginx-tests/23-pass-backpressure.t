@@ -16,7 +16,6 @@ use Digest::SHA qw(sha1_hex);
 use Errno qw(EAGAIN EWOULDBLOCK EINTR);
 use IO::Select;
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient qw(build_frame);
 use WsTest;
 use WsUpstream;
@@ -66,7 +65,7 @@ my $up = WsUpstream->new(handler => sub {
 });
 my $UP = $up->port;
 
-my $t = WsNginx->new(conf => <<"EOF_CONF");
+my ($t, $port, @workers) = start_nginx(conf => <<"EOF_CONF");
 server {
     listen 127.0.0.1:%%PORT_0%% sndbuf=8k rcvbuf=8k;
 
@@ -75,9 +74,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 is(scalar @workers, 1, 'one worker');
 
 sub rss_kib {

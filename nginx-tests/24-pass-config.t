@@ -82,10 +82,7 @@ EOF_CONF
 
 {
     my $t = WsNginx->new(conf => $valid);
-    my ($rc, $out) = $t->test_config;
-    is($rc, 0, 'every pass directive: nginx -t exits 0') or diag $out;
-    like($out, qr/test is successful/, 'every pass directive: test is successful');
-    ok(eval { $t->start; 1 }, 'every pass directive: nginx starts') or diag $@;
+    config_accepted($t, 'every pass directive');
     my $port = $t->port(0);
     my @workers = $t->worker_pids;
     for my $path ('/all', '/upstream-block', '/no-path', '/exact', '/nested/inner') {
@@ -118,87 +115,74 @@ EOF_CONF
 }
 
 # [name, http{} fragment, directive that must be named, marker of the bad line]
-my $srv = sub { "server {\n    listen 127.0.0.1:%%PORT_0%%;\n$_[0]\n}\n" };
-my $loc = sub { $srv->("    location /ws {\n$_[0]\n    }") };
 my @bad = (
-    [ 'http:// URL', $loc->("        websocket_pass http://127.0.0.1:1;"),
+    [ 'http:// URL', conf_location("        websocket_pass http://127.0.0.1:1;"),
       'websocket_pass', 'websocket_pass http://' ],
-    [ 'wss:// URL without host', $loc->("        websocket_pass wss://;"),
+    [ 'wss:// URL without host', conf_location("        websocket_pass wss://;"),
       'websocket_pass', 'websocket_pass wss://;' ],
-    [ 'URL without host', $loc->("        websocket_pass ws://;"),
+    [ 'URL without host', conf_location("        websocket_pass ws://;"),
       'websocket_pass', 'websocket_pass ws://;' ],
-    [ 'URL with only a port', $loc->("        websocket_pass ws://:8080/x;"),
+    [ 'URL with only a port', conf_location("        websocket_pass ws://:8080/x;"),
       'websocket_pass', 'websocket_pass ws://:8080' ],
-    [ 'port 99999', $loc->("        websocket_pass ws://127.0.0.1:99999;"),
+    [ 'port 99999', conf_location("        websocket_pass ws://127.0.0.1:99999;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:99999' ],
-    [ 'port 0', $loc->("        websocket_pass ws://127.0.0.1:0/;"),
+    [ 'port 0', conf_location("        websocket_pass ws://127.0.0.1:0/;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:0' ],
-    [ 'port not a number', $loc->("        websocket_pass ws://127.0.0.1:http;"),
+    [ 'port not a number', conf_location("        websocket_pass ws://127.0.0.1:http;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:http' ],
-    [ 'URL with user info', $loc->("        websocket_pass ws://user\@127.0.0.1:1;"),
+    [ 'URL with user info', conf_location("        websocket_pass ws://user\@127.0.0.1:1;"),
       'websocket_pass', 'websocket_pass ws://user' ],
-    [ 'websocket_pass without an argument', $loc->("        websocket_pass;"),
+    [ 'websocket_pass without an argument', conf_location("        websocket_pass;"),
       'websocket_pass', 'websocket_pass;' ],
-    [ 'websocket_pass with two arguments', $loc->("        websocket_pass ws://127.0.0.1:1 ws://127.0.0.1:2;"),
+    [ 'websocket_pass with two arguments', conf_location("        websocket_pass ws://127.0.0.1:1 ws://127.0.0.1:2;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:1 ws' ],
     [ 'websocket_pass at server level',
-      $srv->("    websocket_pass ws://127.0.0.1:1;\n    location /ws { }"),
+      conf_server("    websocket_pass ws://127.0.0.1:1;\n    location /ws { }"),
       'websocket_pass', qr/^\s+websocket_pass ws/ ],
     [ 'websocket_pass at http level',
-      "websocket_pass ws://127.0.0.1:1;\n" . $srv->("    location /ws { }"),
+      "websocket_pass ws://127.0.0.1:1;\n" . conf_server("    location /ws { }"),
       'websocket_pass', qr/^websocket_pass ws/ ],
     [ 'websocket_pass twice in a location',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass ws://127.0.0.1:2;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass ws://127.0.0.1:2;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:2' ],
     [ 'websocket_echo then websocket_pass',
-      $loc->("        websocket_echo;\n        websocket_pass ws://127.0.0.1:1;"),
+      conf_location("        websocket_echo;\n        websocket_pass ws://127.0.0.1:1;"),
       'websocket_pass', 'websocket_pass ws://127.0.0.1:1' ],
     [ 'websocket_pass then websocket_echo',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_echo;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_echo;"),
       'websocket_echo', qr/^\s+websocket_echo;/ ],
     (map {
-        [ "websocket_pass_header $_", $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header $_ x;"),
+        [ "websocket_pass_header $_", conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header $_ x;"),
           'websocket_pass_header', "websocket_pass_header $_ x" ]
     } qw(Host Upgrade Connection Origin Sec-WebSocket-Key Sec-WebSocket-Version
          Sec-WebSocket-Protocol sec-websocket-accept Sec-WebSocket-Extensions HOST)),
     [ 'websocket_pass_header with an invalid name',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header \"Bad Name\" x;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header \"Bad Name\" x;"),
       'websocket_pass_header', 'websocket_pass_header "Bad Name"' ],
     [ 'websocket_pass_header with one argument',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header X-Only;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_header X-Only;"),
       'websocket_pass_header', 'websocket_pass_header X-Only;' ],
     [ 'websocket_pass_host without an argument',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_host;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_host;"),
       'websocket_pass_host', 'websocket_pass_host;' ],
     [ 'websocket_pass_origin with two arguments',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_origin a b;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_origin a b;"),
       'websocket_pass_origin', 'websocket_pass_origin a b' ],
     [ 'websocket_pass_send_unmasked with a bad flag',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_send_unmasked maybe;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_pass_send_unmasked maybe;"),
       'websocket_pass_send_unmasked', 'websocket_pass_send_unmasked maybe' ],
     [ 'websocket_connect_timeout with a bad time',
-      $loc->("        websocket_pass ws://127.0.0.1:1;\n        websocket_connect_timeout soon;"),
+      conf_location("        websocket_pass ws://127.0.0.1:1;\n        websocket_connect_timeout soon;"),
       'websocket_connect_timeout', 'websocket_connect_timeout soon' ],
 );
 
-for my $case (@bad) {
-    my ($name, $conf, $directive, $marker) = @$case;
-    my $t = WsNginx->new(conf => $conf);
-    my $line = $t->conf_line($marker);
-    BAIL_OUT("test bug: marker not found for '$name'") unless $line;
-    my ($rc, $out) = $t->test_config;
-    isnt($rc, 0, "$name: nginx -t fails");
-    like($out, qr/\[emerg\].*nginx\.conf:$line\b/, "$name: [emerg] names nginx.conf:$line")
-        or diag $out;
-    like($out, qr/\[emerg\].*\b\Q$directive\E\b/, "$name: error names $directive")
-        or diag $out;
-}
+config_rejected(@$_) for @bad;
 
 # As for proxy_pass: an upstream{} name with a port in the URL is refused
 # ("upstream ... may not have port").
 {
     my $conf = "upstream named { server 127.0.0.1:1; }\n"
-        . $loc->("        websocket_pass ws://named:8080;");
+        . conf_location("        websocket_pass ws://named:8080;");
     my $t = WsNginx->new(conf => $conf);
     my ($rc, $out) = $t->test_config;
     isnt($rc, 0, 'upstream{} name with a port: nginx -t fails')
@@ -208,7 +192,7 @@ for my $case (@bad) {
 # The URL may contain variables (it is then parsed per request).
 for my $url ('ws://127.0.0.1:$server_port/echo', 'ws://$http_x_backend', '$http_x_url',
              'ws://backend_$arg_n/p$uri') {
-    my $t = WsNginx->new(conf => $loc->("        websocket_pass $url;"));
+    my $t = WsNginx->new(conf => conf_location("        websocket_pass $url;"));
     my ($rc, $out) = $t->test_config;
     is($rc, 0, "websocket_pass $url: accepted") or diag $out;
 }

@@ -23,7 +23,6 @@ use IO::Select;
 use IO::Socket::INET;
 use MIME::Base64 qw(encode_base64);
 use Time::HiRes qw(time sleep);
-use WsNginx;
 use WsClient;
 use WsTest;
 use WsUpstream;
@@ -40,7 +39,7 @@ my $UP = $up->port;
 my $up2 = WsUpstream->new(handler => $handler);    # for the backlog
 my $UP2 = $up2->port;
 
-my $t = WsNginx->new(worker_processes => 1, conf => <<"EOF_CONF");
+my ($t, $port, @workers) = start_nginx(worker_processes => 1, conf => <<"EOF_CONF");
 server {
     listen 127.0.0.1:%%PORT_0%%;
 
@@ -110,9 +109,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 # --- helpers --------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ my $mute = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto
     or die "cannot bind a UDP port: $!";
 my $MUTE = $mute->sockport;
 
-my $t = WsNginx->new(worker_processes => 1, conf => <<"EOF_CONF");
+my ($t, $port, @workers) = start_nginx(worker_processes => 1, conf => <<"EOF_CONF");
 upstream myblock {
     server 127.0.0.1:$UP;
 }
@@ -102,9 +102,6 @@ server {
     }
 }
 EOF_CONF
-$t->start;
-my $port = $t->port(0);
-my @workers = $t->worker_pids;
 
 sub rec_of { $up->wait_record(path => $_[0], timeout => $_[1] // 3) }
 

@@ -89,32 +89,12 @@ unlink $screenshot;
 # Runs in its own process group, so that a hang is ended with the browser.
 sub run_node {
     my ($limit) = @_;
-    my $pid = open(my $fh, '-|') // die "fork: $!";
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        open STDERR, '>&', \*STDOUT;
+    my ($rc, $finished, @lines) = run_captured($limit, sub {
         chdir $root or POSIX::_exit(126);
-        delete @ENV{qw(http_proxy https_proxy all_proxy no_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY)};
         @ENV{qw(DEMO_URL DEMO_SCREENSHOT CHROMIUM)} = ($url, $screenshot, $chromium);
-        exec 'node', '--test', '--test-reporter=tap', 'browser/demo.test.mjs' or POSIX::_exit(127);
-    }
-    my @lines;
-    my $ok = eval {
-        local $SIG{ALRM} = sub { die "timeout\n" };
-        alarm $limit;
-        while (my $l = <$fh>) { chomp $l; push @lines, $l }
-        alarm 0;
-        1;
-    };
-    if (!$ok) {
-        kill 'TERM', -$pid;
-        sleep 2;
-        kill 'KILL', -$pid;
-        push @lines, "# killed after ${limit}s";
-    }
-    close $fh;
-    my $rc = $? & 127 ? 128 + ($? & 127) : $? >> 8;
-    return ($rc, $ok, @lines);
+    }, 'node', '--test', '--test-reporter=tap', 'browser/demo.test.mjs');
+    push @lines, "# killed after ${limit}s" unless $finished;
+    return ($rc, $finished, @lines);
 }
 
 my $t0 = time;

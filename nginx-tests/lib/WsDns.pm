@@ -18,7 +18,6 @@ use strict;
 use warnings;
 
 use Carp qw(croak);
-use Config ();
 use Fcntl qw(:flock);
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
@@ -26,7 +25,7 @@ use POSIX ();
 use Socket qw(inet_aton);
 use Time::HiRes qw(sleep time);
 
-my %LIVE;
+use parent 'WsProc';
 
 my %TYPE_NAME = (1 => 'A', 5 => 'CNAME', 28 => 'AAAA', 33 => 'SRV', 255 => 'ANY');
 
@@ -48,19 +47,14 @@ sub new {
 
     my $pid = fork // croak "WsDns: fork: $!";
     if ($pid == 0) {
-        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
-        # Linux x86_64: prctl(PR_SET_PDEATHSIG, SIGTERM): go away with the test.
-        eval { syscall(157, 1, 15) }
-            if $^O eq 'linux' && $Config::Config{archname} =~ /^x86_64/;
+        WsProc::child_setup();
         eval { _serve($sock, $log, \%a, $ttl, $o{silent}) };
         POSIX::_exit(0);
     }
     my $port = $sock->sockport;
     close $sock;
 
-    my $self = bless { pid => $pid, port => $port, dir => $dir, log => $log }, $class;
-    $LIVE{"$self"} = $self;
-    return $self;
+    return bless({ pid => $pid, port => $port, dir => $dir, log => $log }, $class)->_track;
 }
 
 sub port { $_[0]{port} }
@@ -125,33 +119,6 @@ sub _serve {
             . $question . join('', @answers);
         $sock->send($resp, 0, $peer);
     }
-}
-
-sub stop {
-    my ($self) = @_;
-    my $pid = delete $self->{pid} or return;
-    delete $LIVE{"$self"};
-    kill 'TERM', $pid;
-    my $deadline = time + 3;
-    while (time < $deadline) {
-        my $r = waitpid($pid, POSIX::WNOHANG());
-        return if $r == $pid || $r == -1;
-        sleep 0.02;
-    }
-    kill 'KILL', $pid;
-    waitpid($pid, 0);
-    return;
-}
-
-sub DESTROY {
-    my ($self) = @_;
-    local ($?, $@, $!);
-    $self->stop if $self->{pid};
-}
-
-END {
-    local $?;
-    $_->stop for values %LIVE;
 }
 
 1;

@@ -24,14 +24,13 @@ use strict;
 use warnings;
 
 use Carp qw(croak);
-use Config ();
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use POSIX ();
 use Storable qw(nstore retrieve);
 use Time::HiRes qw(sleep time);
 
-my %LIVE;
+use parent 'WsProc';
 
 # new(handler => CODE, port => 0)
 sub new {
@@ -79,17 +78,14 @@ sub new {
     my $port = $listen->sockport;
     CORE::close $listen;
 
-    my $self = bless { pid => $pid, port => $port, dir => $dir }, $class;
-    $LIVE{"$self"} = $self;
-    return $self;
+    # The server leads its own process group, the connection processes
+    # are in it: stop() ends them all.
+    return bless({ pid => $pid, port => $port, dir => $dir, group => 1 }, $class)->_track;
 }
 
 sub _child_setup {
-    $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP);
+    WsProc::child_setup();
     $SIG{PIPE} = 'IGNORE';
-    # Linux x86_64: prctl(PR_SET_PDEATHSIG, SIGTERM): go away with the test.
-    eval { syscall(157, 1, 15) }
-        if $^O eq 'linux' && $Config::Config{archname} =~ /^x86_64/;
 }
 
 sub port { $_[0]{port} }
@@ -135,39 +131,6 @@ sub wait_record {
     }
 }
 
-sub stop {
-    my ($self) = @_;
-    my $pid = delete $self->{pid} or return;
-    delete $LIVE{"$self"};
-    # The server is the leader of its own process group, the connection
-    # processes are in it.
-    kill 'TERM', -$pid;
-    kill 'TERM', $pid;
-    my $deadline = time + 3;
-    while (time < $deadline) {
-        my $r = waitpid($pid, POSIX::WNOHANG());
-        last if $r == $pid || $r == -1;
-        sleep 0.02;
-    }
-    if (kill 0, $pid) {
-        kill 'KILL', -$pid;
-        kill 'KILL', $pid;
-        waitpid($pid, 0);
-    }
-    return;
-}
-
-sub DESTROY {
-    my ($self) = @_;
-    local ($?, $@, $!);
-    $self->stop if $self->{pid};
-}
-
-END {
-    local $?;
-    $_->stop for values %LIVE;
-}
-
 # ---------------------------------------------------------------------------
 
 package WsUpstream::Conn;
@@ -176,15 +139,13 @@ use strict;
 use warnings;
 
 use Carp qw(croak);
-use Digest::SHA qw(sha1);
 use Errno qw(EAGAIN EINTR EWOULDBLOCK);
 use IO::Select;
-use MIME::Base64 qw(encode_base64);
 use Socket qw(SOL_SOCKET SO_SNDBUF SO_RCVBUF IPPROTO_TCP TCP_NODELAY);
 use Storable qw(nstore);
 use Time::HiRes qw(sleep time);
 
-use constant WS_GUID => '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+use WsClient ();
 
 sub _new {
     my ($class, $fh, $id, $file) = @_;
@@ -289,8 +250,7 @@ sub _read_request {
 
 sub accept_key {
     my ($self, $key) = @_;
-    $key //= $self->header('Sec-WebSocket-Key') // '';
-    return encode_base64(sha1($key . WS_GUID), '');
+    return WsClient::accept_key($key // $self->header('Sec-WebSocket-Key') // '');
 }
 
 # Writes everything (blocking); false when the peer is gone.
@@ -331,31 +291,12 @@ sub handshake {
     return $self->send_raw($resp . ($o{then} // ''));
 }
 
-# frame(fin => 1, opcode => 1, payload => '', mask => 0, rsv => 0, mask_key => 4 bytes)
+# frame(fin => 1, opcode => 1, payload => '', mask => 0, rsv => 0, mask_key => 4 bytes):
+# WsClient::build_frame, unmasked unless asked (a server's frames).
 sub frame {
     shift if ref $_[0] || (@_ % 2 && $_[0] eq __PACKAGE__);
-    my (%o) = @_;
-    my $fin = $o{fin} // 1;
-    my $opcode = $o{opcode} // 1;
-    my $payload = $o{payload} // '';
-    my $len = length $payload;
-    my $b0 = (($fin ? 1 : 0) << 7) | ((($o{rsv} // 0) & 7) << 4) | ($opcode & 0xF);
-    my $m = $o{mask} ? 0x80 : 0;
-    my $f = chr $b0;
-    if ($len < 126) {
-        $f .= chr($m | $len);
-    } elsif ($len < 65536) {
-        $f .= chr($m | 126) . pack('n', $len);
-    } else {
-        $f .= chr($m | 127) . pack('NN', int($len / 4294967296), $len % 4294967296);
-    }
-    if ($o{mask}) {
-        my $key = $o{mask_key} // pack('N', int rand 4294967296);
-        $f .= $key . _xor($payload, $key);
-    } else {
-        $f .= $payload;
-    }
-    return $f;
+    my %o = @_;
+    return WsClient::build_frame(%o, mask => $o{mask} ? 1 : 0);
 }
 
 sub _xor {
