@@ -436,7 +436,7 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
     slot(
         ngx_string!("websocket_ping_interval"),
         ANY_LEVEL | NGX_CONF_TAKE1,
-        ngx_conf_set_msec_slot,
+        cmd_msec_or_off,
         core::mem::offset_of!(LocConf, ping_interval),
     ),
     slot(
@@ -671,6 +671,26 @@ unsafe extern "C" fn cmd_complex(
         }
         Err(_) => NGX_CONF_ERROR,
     }
+}
+
+/// A time that may also be `off` (stored as 0), like `websocket_ping_interval`.
+unsafe extern "C" fn cmd_msec_or_off(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: `cf` is the configuration being parsed.
+    if unsafe { conf_args(cf) }.next() != Some(&b"off"[..]) {
+        // SAFETY: the same arguments nginx gave us, for its own time slot.
+        return unsafe { ngx_conf_set_msec_slot(cf, cmd, conf) };
+    }
+    // SAFETY: the command table gives the offset of an ngx_msec_t field.
+    let slot = unsafe { &mut *conf.cast::<u8>().add((*cmd).offset).cast::<ngx_msec_t>() };
+    if *slot != UNSET_MSEC {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    *slot = 0;
+    NGX_CONF_OK
 }
 
 /// `websocket_protocols NAME ...;`

@@ -6,7 +6,9 @@ use ngx::ngx_log_error;
 
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_io::{request_of_client_event, run_posted_requests, Direction, RequestRef};
+use crate::ngx_io::{
+    request_of_client_event, run_posted_requests, CloseRequest, Direction, RequestRef,
+};
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Quiet, Received, Role, WebSocket, WsError};
@@ -89,10 +91,24 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
     let (c, r) = unsafe { request_of_client_event(ev) };
     // SAFETY: as above.
     let r = unsafe { RequestRef::from_raw(r) };
-    if r.connection().take_close_request() {
-        if let Some(mut session) = r.ctx::<EchoSession>(Module::module()) {
-            // SAFETY: see `on_event`.
-            unsafe { session.as_mut() }.shutting_down = true;
+    match r.connection().take_close_request() {
+        CloseRequest::None => {}
+        CloseRequest::Graceful => {
+            if let Some(mut session) = r.ctx::<EchoSession>(Module::module()) {
+                // SAFETY: see `on_event`.
+                unsafe { session.as_mut() }.shutting_down = true;
+            }
+        }
+        CloseRequest::Now => {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                r.log(),
+                "websocket: worker_shutdown_timeout expired, closing"
+            );
+            r.finalize(false, true);
+            // SAFETY: `c` is the client connection; see run_posted_requests.
+            unsafe { run_posted_requests(c) };
+            return;
         }
     }
     // SAFETY: as above.

@@ -110,6 +110,16 @@ pub enum Io {
     Error,
 }
 
+/// What nginx asks of a connection when the worker exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    None,
+    /// Finish what was received, then close.
+    Graceful,
+    /// `worker_shutdown_timeout` expired: close at once.
+    Now,
+}
+
 /// Which of a connection's two events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -249,18 +259,27 @@ impl ConnectionRef {
         unsafe { ngx_connection_t::set_idle_raw(self.as_ptr(), idle as u32) }
     }
 
-    /// Whether nginx asked the connection to close (the worker is exiting);
-    /// clears the request and the idle mark so it is asked once.
-    pub fn take_close_request(&self) -> bool {
+    /// What nginx asked of the connection (the worker is exiting); clears
+    /// the request and the idle mark so it is asked once. A graceful request
+    /// also makes the next read really read: data may be in the socket that
+    /// the event loop has not reported yet.
+    pub fn take_close_request(&self) -> CloseRequest {
         let c = self.as_ptr();
-        // SAFETY: a live connection of this worker.
+        // SAFETY: a live connection of this worker with its read event.
         unsafe {
-            let asked = ngx_connection_t::close_raw(c) != 0;
-            if asked {
-                ngx_connection_t::set_close_raw(c, 0);
-                ngx_connection_t::set_idle_raw(c, 0);
+            if ngx_connection_t::close_raw(c) == 0 {
+                return CloseRequest::None;
             }
-            asked
+            ngx_connection_t::set_close_raw(c, 0);
+            ngx_connection_t::set_idle_raw(c, 0);
+            // worker_shutdown_timeout expired: nginx sets `error` too.
+            if ngx_connection_t::error_raw(c) != 0 {
+                return CloseRequest::Now;
+            }
+            let rev = (*c).read;
+            (*rev).set_ready(1);
+            (*rev).available = -1;
+            CloseRequest::Graceful
         }
     }
 

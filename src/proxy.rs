@@ -20,7 +20,8 @@ use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::{
-    request_of_client_event, run_posted_requests, ConnectionRef, Direction, RequestRef,
+    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
+    RequestRef,
 };
 use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamConn};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
@@ -374,11 +375,25 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
     let (c, r) = unsafe { request_of_client_event(ev) };
     // SAFETY: as above.
     let r = unsafe { RequestRef::from_raw(r) };
-    if r.connection().take_close_request() {
+    let request = r.connection().take_close_request();
+    if request != CloseRequest::None {
         if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
             // SAFETY: the session lives in the request pool; nothing else
             // references it during this event.
-            if let State::Relaying(relay) = unsafe { &mut session.as_mut().state } {
+            let session = unsafe { session.as_mut() };
+            if request == CloseRequest::Now {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    r.log(),
+                    "websocket: worker_shutdown_timeout expired, closing"
+                );
+                session.state = State::Done;
+                r.finalize(false, true);
+                // SAFETY: `c` is the client connection; see run_posted_requests.
+                unsafe { run_posted_requests(c) };
+                return;
+            }
+            if let State::Relaying(relay) = &mut session.state {
                 relay.shut_down();
             }
         }

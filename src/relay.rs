@@ -69,9 +69,10 @@ pub struct Relay {
     /// Both legs are being closed at once (a dead peer, a timeout, an
     /// upstream violation): only flushing is left.
     closing: bool,
-    /// The client broke the protocol with this close code. The upstream was
-    /// asked to close; what it still sends reaches the client, then the code.
-    client_failed: Option<u16>,
+    /// The client gets this close code once the upstream has closed (the
+    /// client broke the protocol, or the worker is exiting): the upstream
+    /// was asked to close, and what it still sends reaches the client first.
+    close_client_with: Option<u16>,
 }
 
 impl Relay {
@@ -91,7 +92,7 @@ impl Relay {
             pooling: false,
             shutting_down: false,
             closing: false,
-            client_failed: None,
+            close_client_with: None,
         }
     }
 
@@ -134,7 +135,7 @@ impl Relay {
             let (code, why) = match quiet {
                 Quiet::Pinged => continue,
                 Quiet::Idle => (
-                    self.client_failed.unwrap_or(GOING_AWAY),
+                    self.close_client_with.unwrap_or(GOING_AWAY),
                     "idle for too long",
                 ),
                 Quiet::Dead => (INTERNAL, "did not answer a ping in time"),
@@ -151,16 +152,19 @@ impl Relay {
         loop {
             let mut throttled = false;
             if !self.closing && !self.pooling {
-                if self.client_failed.is_none() {
+                if self.close_client_with.is_none() {
                     throttled |= self.pump(Way::ToUpstream, log);
                 }
                 throttled |= self.pump(Way::ToClient, log);
             }
-            // What arrived is relayed; a message under way either way is
-            // waited for (worker_shutdown_timeout bounds it).
+            // What arrived is relayed and a message under way either way is
+            // waited for (worker_shutdown_timeout bounds it); then the
+            // upstream is closed first, so that its answers to what it got
+            // still reach the client before the client's 1001.
             if self.shutting_down
                 && !self.closing
                 && !self.pooling
+                && self.close_client_with.is_none()
                 && !self.client.in_message()
                 && !self.upstream.in_message()
             {
@@ -169,9 +173,10 @@ impl Relay {
                     log,
                     "websocket: worker is exiting, closing with {GOING_AWAY}"
                 );
-                self.close_both(GOING_AWAY);
+                self.close_client_with = Some(GOING_AWAY);
+                let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
             }
-            if let Some(code) = self.client_failed {
+            if let Some(code) = self.close_client_with {
                 if self.upstream.close_received() && !self.client.close_sent() {
                     let _ = self.client.send_close(Some(code), b"");
                 }
@@ -185,7 +190,7 @@ impl Relay {
             }
             let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
             let client_done = self.client.close_sent()
-                && (self.client.close_received() || self.client_failed.is_some());
+                && (self.client.close_received() || self.close_client_with.is_some());
             if flushed && (self.closing || (upstream_done && client_done)) {
                 return self.finish(!self.client.close_received(), false);
             }
@@ -196,7 +201,7 @@ impl Relay {
             }
         }
         let read_client =
-            !self.closing && self.client_failed.is_none() && !self.client.close_received();
+            !self.closing && self.close_client_with.is_none() && !self.client.close_received();
         let read_upstream = !self.closing && !self.upstream.close_received();
         // A leg whose reading waits for the other leg to drain is not idle.
         let read_client = read_client && self.upstream.queued() <= RELAY_HIGH_WATER;
@@ -215,7 +220,7 @@ impl Relay {
     /// queued output rather than for want of input. Failures change the
     /// relay's state (see `source_failed`).
     fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
-        let client_failed = self.client_failed;
+        let close_client_with = self.close_client_with;
         let may_pool = way == Way::ToUpstream && self.keepalive.is_some();
         let (src, dst) = match way {
             Way::ToUpstream => (&mut self.client, &mut self.upstream),
@@ -238,7 +243,7 @@ impl Relay {
                 FrameType::Pong => dst.send_pong(&frame.data),
                 // After a client violation the client hears its own code
                 // (sent by `step`), not the upstream's answer.
-                FrameType::Close if client_failed.is_some() => Ok(()),
+                FrameType::Close if close_client_with.is_some() => Ok(()),
                 // A normal close from the client while the upstream leg is
                 // clean: answer it here and keep the upstream for later.
                 FrameType::Close if may_pool && dst.reusable() => {
@@ -280,7 +285,7 @@ impl Relay {
             // A peer that went away: the client was leaving, or the
             // upstream failed us (unless a client violation is being closed).
             _ => self
-                .client_failed
+                .close_client_with
                 .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
         };
         let (side, level) = if from_client {
@@ -303,7 +308,7 @@ impl Relay {
             }
             WsError::Protocol(_) if from_client => {
                 // Let the upstream finish what it is sending first.
-                self.client_failed = Some(code);
+                self.close_client_with = Some(code);
                 let _ = self.upstream.send_close(Some(code), b"");
             }
             _ => self.close_both(code),

@@ -23,6 +23,9 @@ use crate::protocol::ProtocolError;
 
 use foreign_types::ForeignTypeRef;
 
+/// The payload of heartbeat pings (`websocket_ping_interval`), by which
+/// their pongs are told from the peer's own.
+const HEARTBEAT: &[u8] = b"ngx_http_websocket_module heartbeat";
 /// The close code reported for a close frame without one (RFC 6455 §7.1.5).
 const NO_STATUS: u16 = 1005;
 /// Queued output above which the object stops reading from its peer.
@@ -476,6 +479,10 @@ impl WebSocket {
                         }));
                     }
                 }
+                // The answer to our own heartbeat is ours, not the caller's
+                // (a relay must not pass it on).
+                DecodeEvent::Control(frame)
+                    if frame.opcode == OpCode::Pong && frame.payload() == HEARTBEAT => {}
                 DecodeEvent::Control(frame) => return Ok(Some(Got::Control(frame))),
             }
         }
@@ -620,7 +627,7 @@ impl WebSocket {
             return Quiet::Dead;
         }
         self.ping_sent_at = Some(now_msec());
-        match self.send_ping(b"") {
+        match self.send_ping(HEARTBEAT) {
             Ok(()) => Quiet::Pinged,
             Err(_) => Quiet::Idle,
         }
