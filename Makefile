@@ -8,6 +8,8 @@
 #   make distro   build the module against the system's packaged nginx (Debian's
 #                 nginx-dev, installed as root) into target/distro/
 #   make test-distro  run the integration suite against /usr/sbin/nginx with it
+#   make bench    benchmarks side by side (bench/run.sh), results in bench/results/
+#   make fuzz     fuzz the protocol code (FUZZ_SECONDS per target, default 300)
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -19,7 +21,8 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
                 chromium
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro
+.PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro \
+	bench fuzz
 
 all: build
 
@@ -81,6 +84,16 @@ distro:
 
 test-distro:
 	distro/test.sh
+
+# Side-by-side benchmarks (not in make test): see bench/README.md.
+bench: build
+	bench/deps.sh
+	bench/run.sh
+
+# Coverage-guided fuzzing of the protocol code, FUZZ_SECONDS per target
+# (default 300; not in make test yet).
+fuzz:
+	fuzz/run.sh
 
 clippy:
 	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings

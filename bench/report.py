@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""Turns bench/run.sh's results.jsonl into the markdown report.
+
+Prints the main table on stdout and writes the whole report to --out.
+"""
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+TARGETS = ["echo", "pass", "tunnel", "rust-echo"]
+LABEL = {
+    "echo": "echo",
+    "pass": "pass→echo",
+    "tunnel": "tunnel→echo",
+    "rust-echo": "rust-echo",
+    "passpool": "pass→echo, keepalive 16",
+    "trivial": "trivial echo",
+}
+
+
+def human_size(n):
+    n = int(n)
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} B"
+
+
+def fmt_num(x, digits=0):
+    if x is None:
+        return "–"
+    if digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
+
+
+def fmt_us(x):
+    if x is None:
+        return "–"
+    if x >= 10000:
+        return f"{x / 1000:,.1f} ms"
+    return f"{x:,.0f} µs"
+
+
+def ratio(a, b):
+    if a is None or not b:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def cpu_busy(res, i):
+    busy = (res.get("cpu") or {}).get("busy") or []
+    return busy[i] if i < len(busy) else None
+
+
+def cpu_cell(a):
+    """CPU 0 (server) / CPU 1 (load generator) busy, with flags"""
+    if a.get("busy0") is None:
+        return "–"
+    text = f"{a['busy0'] * 100:.0f}/{a['busy1'] * 100:.0f}%"
+    if a["busy1"] >= 0.95 and a["busy0"] < 0.90:
+        text += " †"
+    if (a.get("other") or 0) >= 0.15:
+        text += " ‡"
+    return text
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    rows.append({"kind": "garbled", "line": line})
+    return rows
+
+
+def aggregate(rows, kind):
+    """(target, size, conns, window) -> medians over repetitions"""
+    groups = defaultdict(list)
+    for r in rows:
+        if r.get("kind") != kind:
+            continue
+        res = r["result"]
+        if res.get("failed"):
+            key = (r["target"], None, None, None)
+        else:
+            key = (r["target"], res["size"], res["connections"], res["window"])
+        groups[key].append(res)
+    out = {}
+    for key, results in groups.items():
+        ok = [x for x in results if not x.get("failed")]
+        out[key] = {
+            "reps": len(results),
+            "failed": len(results) - len(ok),
+            "rate": median([x.get("msgs_per_sec") for x in ok]),
+            "mbps": median([x.get("mb_per_sec") for x in ok]),
+            "p50": median([x.get("p50_us") for x in ok]),
+            "p99": median([x.get("p99_us") for x in ok]),
+            "p999": median([x.get("p999_us") for x in ok]),
+            "errors": sum(x.get("errors", 0) for x in ok),
+            "silent": sum(x.get("silent_connections", 0) for x in ok),
+            "rates": [x.get("msgs_per_sec") for x in ok],
+            "busy0": median([cpu_busy(x, 0) for x in ok]),
+            "busy1": median([cpu_busy(x, 1) for x in ok]),
+            "other": median([(x.get("cpu") or {}).get("other") for x in ok]),
+        }
+    return out
+
+
+def throughput_table(agg, skipped, window_note):
+    cells = sorted({(k[1], k[2], k[3]) for k in agg if k[1] is not None})
+    for s, c in skipped:
+        cells.append((s, c, None))
+    cells.sort(key=lambda x: (x[0], x[1]))
+    lines = [
+        "| target | size | conns | msgs/s | MB/s | p50 | p99 | vs tunnel | vs rust-echo | errors | CPU busy srv/gen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, conns, window in cells:
+        if window is None:
+            lines.append(
+                f"| *all* | {human_size(size)} | {conns} | skipped: {human_size(size * conns)} in flight "
+                f"per direction would not fit the time and memory budget | | | | | | | |"
+            )
+            continue
+        tun = agg.get(("tunnel", size, conns, window), {}).get("rate")
+        rust = agg.get(("rust-echo", size, conns, window), {}).get("rate")
+        for t in TARGETS:
+            a = agg.get((t, size, conns, window))
+            if not a:
+                continue
+            err = str(a["errors"])
+            if a["failed"]:
+                err += f" ({a['failed']} runs failed)"
+            if a["silent"]:
+                err += f" ({a['silent']} silent conns)"
+            lines.append(
+                f"| {LABEL[t]} | {human_size(size)} | {conns} | {fmt_num(a['rate'])} | "
+                f"{fmt_num(a['mbps'], 1)} | {fmt_us(a['p50'])} | {fmt_us(a['p99'])} | "
+                f"{'' if t == 'tunnel' else ratio(a['rate'], tun)} | "
+                f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | {err} | {cpu_cell(a)} |"
+            )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ callgrind
+
+MALLOC = {
+    "malloc", "__libc_malloc", "calloc", "__libc_calloc", "realloc", "__libc_realloc",
+    "posix_memalign", "__posix_memalign", "memalign", "__libc_memalign", "aligned_alloc",
+}
+POOL = {"ngx_palloc", "ngx_pnalloc", "ngx_pcalloc", "ngx_pmemalign"}
+
+
+def callgrind_parse(path):
+    """total Ir, and call counts to heap and nginx pool allocators"""
+    names = {}
+    total = None
+    cfn = None
+    heap = pool = 0
+    comp = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+    with open(path, errors="replace") as f:
+        for line in f:
+            if line.startswith(("fn=", "cfn=")):
+                m = comp.match(line.rstrip("\n"))
+                if m:
+                    ident, name = m.group(1), m.group(2)
+                    if name is not None:
+                        names[ident] = name
+                    name = names.get(ident, "")
+                else:
+                    name = line.split("=", 1)[1].strip()
+                if line.startswith("cfn="):
+                    cfn = name
+            elif line.startswith("calls="):
+                n = int(line[6:].split()[0])
+                if cfn in MALLOC:
+                    heap += n
+                elif cfn in POOL:
+                    pool += n
+            elif line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+    return total, heap, pool
+
+
+def callgrind_functions(path):
+    """self cost by function (callgrind_annotate)"""
+    try:
+        out = subprocess.run(
+            ["callgrind_annotate", "--auto=no", "--threshold=100", path],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except Exception:
+        return {}
+    costs = {}
+    pat = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
+    for line in out.splitlines():
+        m = pat.match(line)
+        if not m or "PROGRAM TOTALS" in line or ":" not in m.group(2):
+            continue
+        func = re.sub(r"\s+\[[^\]]*\]$", "", m.group(2)).split(":", 1)[1].strip()
+        costs[func] = costs.get(func, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def short_fn(name, width=90):
+    name = re.sub(r"::h[0-9a-f]{16}$", "", name)
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def cpu_section(rows):
+    runs = defaultdict(dict)
+    for r in rows:
+        if r.get("kind") == "callgrind":
+            runs[r["target"]][r["m"]] = r
+    if not runs:
+        return None, {}
+    lines = [
+        "Method: valgrind --tool=callgrind on the server process (nginx with `master_process off; daemon off;`), "
+        "64 connections × M ping-pong messages of 1 KiB from the load generator; two runs with different M, "
+        "and the difference of instructions (Ir) divided by the difference of echoed messages, so that start-up, "
+        "handshakes and shutdown cancel out. Callgrind counts user-space instructions only: the kernel's work in "
+        "recv/send/epoll_wait is not in these figures. pass and tunnel run their upstream echo server in the same process, so "
+        "their figure includes the echo backend; \"alone\" subtracts the echo figure.",
+        "",
+        "| server | instructions / message | heap allocations / message | nginx pool allocations / message |",
+        "|---|---:|---:|---:|",
+    ]
+    per_msg = {}
+    profiles = {}
+    for t in ["echo", "pass", "tunnel", "rust-echo"]:
+        if t not in runs or len(runs[t]) < 2:
+            continue
+        small, large = sorted(runs[t])
+        a, b = runs[t][small], runs[t][large]
+        try:
+            ta, ha, pa = callgrind_parse(a["file"])
+            tb, hb, pb = callgrind_parse(b["file"])
+            ma, mb = a["result"]["total"], b["result"]["total"]
+        except (OSError, KeyError, TypeError):
+            lines.append(f"| {LABEL[t]} | run failed | | |")
+            continue
+        if ta is None or tb is None or mb <= ma:
+            lines.append(f"| {LABEL[t]} | run failed | | |")
+            continue
+        d = mb - ma
+        per_msg[t] = (tb - ta) / d
+        lines.append(
+            f"| {LABEL[t]} | {per_msg[t]:,.0f} | {(hb - ha) / d:.2f} | {(pb - pa) / d:.2f} |"
+        )
+        fa, fb = callgrind_functions(a["file"]), callgrind_functions(b["file"])
+        delta = {k: (fb.get(k, 0) - fa.get(k, 0)) / d for k in fb}
+        profiles[t] = sorted(delta.items(), key=lambda kv: -kv[1])[:12]
+    for t in ["pass", "tunnel"]:
+        if t in per_msg and "echo" in per_msg:
+            lines.append(f"| {LABEL[t].split('→')[0]} alone (minus echo) | {per_msg[t] - per_msg['echo']:,.0f} | | |")
+    return "\n".join(lines), profiles
+
+
+# ------------------------------------------------------------------ main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--events", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--meta", action="append", default=[])
+    args = ap.parse_args()
+    meta = dict(m.split("=", 1) for m in args.meta)
+    rows = load(args.results)
+    try:
+        events = [l.rstrip("\n") for l in open(args.events) if l.strip()]
+    except OSError:
+        events = []
+
+    window = meta.get("window", "1")
+    skipped = [(r["size"], r["conns"]) for r in rows if r.get("kind") == "skipped"]
+    matrix = aggregate(rows, "matrix")
+    main_table = throughput_table(matrix, skipped, window)
+
+    rt = int(meta.get("runtime_s", "0"))
+    doc = []
+    doc.append(f"# Benchmark: ngx_http_websocket_module at {meta.get('rev', '?')}"
+               + (" (with uncommitted changes in src/)" if meta.get("dirty", "0") != "0" else ""))
+    doc.append("")
+    doc.append(f"Run {meta.get('started', '?')}, {rt // 60} min {rt % 60} s in all, by `bench/run.sh`.")
+    doc.append("")
+    doc.append("## Machine")
+    doc.append("")
+    doc.append(f"- CPUs (nproc): {meta.get('nproc')}; model: {meta.get('cpu')}")
+    doc.append(f"- kernel: {meta.get('kernel')}")
+    doc.append(f"- nginx: {meta.get('nginx')} (the vendored build from `make`), one worker")
+    doc.append(f"- open files limit: {meta.get('nofile')}; load average at the end: {meta.get('loadavg')}")
+    doc.append(
+        f"- measurements redone because other processes were busy meanwhile: {meta.get('retries', '0')} "
+        "(each redone once, after waiting up to 4 s for a quiet machine; the redo is what counts)"
+    )
+    if meta.get("rt", "0") == "1":
+        doc.append("- nginx's worker, the load generator and rust-echo ran SCHED_FIFO, priority 1 (`BENCH_RT=1`)")
+    elif meta.get("nice", "0") != "0":
+        doc.append(f"- nginx's worker, the load generator and rust-echo ran at niceness {meta['nice']} (`BENCH_NICE`)")
+    doc.append("")
+    doc.append("## Setup")
+    doc.append("")
+    doc.append(
+        "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`, "
+        "`websocket_max_payload_len 2m`. The load generator (`bench/loadgen`, tokio-tungstenite client, "
+        "current-thread runtime, masked frames) is pinned to CPU 1. Targets:\n\n"
+        "- **echo**: `location /echo { websocket_echo; }`\n"
+        "- **pass→echo**: `websocket_pass ws://127.0.0.1:PORT2/echo` to a second `server {}` with "
+        "`websocket_echo` in the same nginx (so the one worker does both the relay and the echo)\n"
+        "- **tunnel→echo**: nginx's byte tunnel, `proxy_pass http://127.0.0.1:PORT2` with "
+        "`proxy_http_version 1.1` and the Upgrade/Connection headers, to the same echo server\n"
+        "- **rust-echo**: `bench/loadgen/src/bin/rust-echo.rs`, tokio-tungstenite on a current-thread runtime, "
+        "`StreamExt::forward` echo loop, pinned to CPU 0 (nginx idle meanwhile)\n"
+    )
+    doc.append(
+        f"Each cell: {meta.get('reps')} repetitions, interleaved (repetition-major), {meta.get('warmup')} s warm-up "
+        f"then {meta.get('duration')} s measured; the table shows medians. Window {window}: each connection has "
+        f"{window} message(s) in flight (1 = ping-pong), so conns × window messages are in flight in all. "
+        "msgs/s counts echoed messages; MB/s is echoed payload per second in one direction (10⁶ B); p50/p99 are "
+        "round-trip latencies (send to echo received) in the load generator. Ratios compare msgs/s with the "
+        "byte tunnel and with rust-echo at the same size and connection count. Every echo is checked for order, "
+        "length and content; `errors` counts failed connects, I/O errors, closes, out-of-order or corrupt echoes "
+        "and messages not echoed within 10 s after the end. *CPU busy srv/gen*: how busy CPU 0 (the server) and "
+        "CPU 1 (the load generator) were during the measurement, softirq included (loopback TCP is processed "
+        "there); **†** marks cells where the load generator's CPU was saturated (≥ 95%) while the server's was "
+        "not (< 90%): there the figure is the load generator's limit, not the server's. **‡** marks cells where "
+        "other processes on the machine used ≥ 0.15 cores meanwhile (noise)."
+    )
+    doc.append("")
+    doc.append(f"## Throughput and latency (window {window})")
+    doc.append("")
+    doc.append(main_table)
+    doc.append("")
+
+    pipe = aggregate(rows, "pipelined")
+    if pipe:
+        doc.append("## Pipelined (window 16: each connection keeps 16 messages in flight)")
+        doc.append("")
+        doc.append(throughput_table(pipe, [], "16"))
+        doc.append("")
+
+    # per-repetition spread, to judge the noise
+    spread = []
+    for key, a in sorted(matrix.items(), key=lambda kv: (kv[0][1] or 0, kv[0][2] or 0, kv[0][0])):
+        if key[1] is None or len(a["rates"]) < 2:
+            continue
+        lo, hi = min(a["rates"]), max(a["rates"])
+        if a["rate"]:
+            spread.append((key, (hi - lo) / a["rate"]))
+    if spread:
+        worst = sorted(spread, key=lambda x: -x[1])[:5]
+        doc.append(
+            "Noise: the spread (max − min) / median of msgs/s over the repetitions is "
+            f"{statistics.median([s for _, s in spread]) * 100:.0f}% at the median cell; largest: "
+            + ", ".join(f"{LABEL[k[0]]} {human_size(k[1])}×{k[2]} {s * 100:.0f}%" for k, s in worst)
+            + "."
+        )
+        doc.append("")
+
+    # sessions
+    sess = defaultdict(list)
+    for r in rows:
+        if r.get("kind") == "sessions" and not r["result"].get("failed"):
+            sess[r["target"]].append(r["result"])
+    if sess:
+        doc.append("## Short sessions through websocket_pass (upstream keepalive pool)")
+        doc.append("")
+        doc.append(
+            "16 concurrent loops of: connect, handshake, one 16 B message, its echo, closing handshake. "
+            "`/pass` connects to the upstream for every session; `/passpool` is the same with "
+            "`websocket_keepalive 16;`."
+        )
+        doc.append("")
+        doc.append("| location | sessions/s | p50 session | p99 session | errors |")
+        doc.append("|---|---:|---:|---:|---:|")
+        med = {}
+        for t in ["pass", "passpool"]:
+            rs = sess.get(t, [])
+            if not rs:
+                continue
+            med[t] = median([x["msgs_per_sec"] for x in rs])
+            doc.append(
+                f"| /{t} | {fmt_num(med[t])} | {fmt_us(median([x['p50_us'] for x in rs]))} | "
+                f"{fmt_us(median([x['p99_us'] for x in rs]))} | {sum(x['errors'] for x in rs)} |"
+            )
+        if "pass" in med and "passpool" in med:
+            doc.append("")
+            doc.append(f"Pool ratio (passpool / pass sessions/s): **{ratio(med['passpool'], med['pass'])}**")
+        doc.append("")
+
+    # ceiling
+    ceil = [r for r in rows if r.get("kind", "").startswith("ceiling")]
+    if ceil:
+        doc.append("## The load generator's own ceiling")
+        doc.append("")
+        doc.append(
+            "64 connections. *trivial echo*: `loadgen --serve-trivial`, a minimal unmask-and-send-back server "
+            "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. *rust-echo, unpinned*: "
+            "both processes free to use both cores. When a row of the main table comes close to the trivial-echo "
+            "figure of the same size and window, the load generator, not the server, is the limit there."
+        )
+        doc.append("")
+        doc.append("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |")
+        doc.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in ceil:
+            x = r["result"]
+            if x.get("failed"):
+                doc.append(f"| {r['target']} | failed | | | | | | |")
+                continue
+            name = "trivial echo (pinned)" if r["target"] == "trivial" else "rust-echo (unpinned)"
+            doc.append(
+                f"| {name} | {human_size(x['size'])} | {x['window']} | {fmt_num(x['msgs_per_sec'])} | "
+                f"{fmt_num(x['mb_per_sec'], 1)} | {fmt_us(x['p50_us'])} | {fmt_us(x['p99_us'])} | "
+                f"{cpu_cell({'busy0': cpu_busy(x, 0), 'busy1': cpu_busy(x, 1), 'other': (x.get('cpu') or {}).get('other')})} |"
+            )
+        doc.append("")
+
+    # memory
+    mem = [r for r in rows if r.get("kind") == "memory"]
+    if mem:
+        doc.append("## Memory: worker RSS per idle connection")
+        doc.append("")
+        doc.append(
+            "A fresh nginx (one worker) per line; N connections opened, one 16 B message echoed on each, then "
+            "held idle; VmRSS of the worker before, with all N open (1 s after the last one was ready) and 1 s "
+            "after they were closed. For pass and tunnel the upstream echo server is a second nginx, so the "
+            "measured worker holds the client leg, the upstream leg and the relay state. Each such session "
+            f"takes two descriptors, so N is capped by the open files limit ({meta.get('nofile')})."
+        )
+        doc.append("")
+        doc.append(
+            "Two rounds in the same worker: round 1 gives the growth per open connection; round 2 opens and "
+            "closes the same number again, so *left after close* compares the RSS after round 2 with the RSS "
+            "after round 1: near zero means the memory of closed sessions is reused, a figure close to the "
+            "per-connection growth means it is lost (a leak), not merely kept by the allocator."
+        )
+        doc.append("")
+        doc.append("| session kind | N | RSS at start | RSS with N open | **per open connection** | RSS after close (round 1) | round 2: open / after close | left after close, per connection and round |")
+        doc.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in mem:
+            n = r["n"]
+            rounds = r.get("rounds", [])
+            if not rounds or not n:
+                continue
+            r1 = rounds[0]
+            per = (r1["rss_open_kib"] - r["rss_before_kib"]) / n
+            rl = r1.get("ready_line") or {}
+            dl = r1.get("done_line") or {}
+            opened = rl.get("open", "?")
+            still = dl.get("still_open", "?")
+            note = f"{n}" if opened == n and still == n else f"{n} (opened {opened}, still open after hold {still})"
+            r2txt = left = "–"
+            if len(rounds) > 1:
+                r2 = rounds[1]
+                r2txt = f"{r2['rss_open_kib']:,} / {r2['rss_after_kib']:,} KiB"
+                left = f"{(r2['rss_after_kib'] - r1['rss_after_kib']) / n:.2f} KiB"
+            doc.append(
+                f"| {r['target']} | {note} | {r['rss_before_kib']:,} KiB | {r1['rss_open_kib']:,} KiB | "
+                f"**{per:.2f} KiB** | {r1['rss_after_kib']:,} KiB | {r2txt} | {left} |"
+            )
+        doc.append("")
+
+    # cpu
+    cpu_text, profiles = cpu_section(rows)
+    perf = [r for r in rows if r.get("kind") == "perf"]
+    if cpu_text or perf:
+        doc.append("## CPU cost: instructions per echoed 1 KiB message")
+        doc.append("")
+        if cpu_text:
+            doc.append(cpu_text)
+            doc.append("")
+            for t, prof in profiles.items():
+                doc.append(f"<details><summary>{LABEL[t]}: top functions, instructions per message (self cost)</summary>")
+                doc.append("")
+                doc.append("| Ir / message | function |")
+                doc.append("|---:|---|")
+                for fn, c in prof:
+                    doc.append(f"| {c:,.0f} | `{short_fn(fn)}` |")
+                doc.append("")
+                doc.append("</details>")
+                doc.append("")
+        for r in perf:
+            x = r["result"]
+            try:
+                ins = int(r["instructions"])
+                doc.append(f"- {LABEL[r['target']]}: {ins / max(1, x['total']):,.0f} instructions / message (perf stat)")
+            except (ValueError, KeyError):
+                doc.append(f"- {LABEL[r['target']]}: perf stat failed")
+        doc.append("")
+    elif meta.get("cpu_method") == "none":
+        doc.append("## CPU cost\n\nNot measured (neither perf counters nor valgrind available).\n")
+
+    doc.append("## Anomalies")
+    doc.append("")
+    if events:
+        doc.append("Reported by the run (load generator errors, error-log lines at [warn] or above, worker restarts):")
+        doc.append("")
+        doc.append("```")
+        doc.extend(events[:60])
+        if len(events) > 60:
+            doc.append(f"... {len(events) - 60} more lines in bench/run/events.txt")
+        doc.append("```")
+    else:
+        doc.append("None: no load generator errors, no error-log lines at [warn] or above, no worker restarts.")
+    doc.append("")
+
+    with open(args.out, "w") as f:
+        f.write("\n".join(doc))
+    print(f"## Throughput and latency (window {window}, medians of {meta.get('reps')})\n")
+    print(main_table)
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,559 @@
+#!/usr/bin/env bash
+# Benchmarks ngx_http_websocket_module against nginx's own byte tunnel and a
+# standalone single-threaded Rust echo server, on this machine, in one run.
+#
+#   bench/deps.sh && bench/run.sh
+#
+# One nginx, worker_processes 1, its worker pinned to CPU 0; the load
+# generator pinned to CPU 1; the Rust echo server pinned to CPU 0 (it is
+# measured while nginx is idle, and the other way round). Every combination
+# is measured REPS times, interleaved (repetition-major order), and the
+# median is reported. Prints one markdown table and writes the full report
+# to bench/results/YYYY-MM-DD-<git rev>.md.
+#
+# Knobs (environment):
+#   BENCH_DURATION=2  BENCH_WARMUP=1  BENCH_REPS=3     seconds, seconds, count
+#   BENCH_SIZES="16 1024 65536 1048576"  BENCH_CONNS="1 64 1000"
+#   BENCH_WINDOW=1            messages in flight per connection in the matrix
+#   BENCH_MAX_INFLIGHT=268435456  skip a cell when size x conns x window is larger
+#   BENCH_IDLE=10000          idle connections for the memory measurement
+#   BENCH_PORT=28080          first of 8 consecutive ports used on 127.0.0.1
+#   BENCH_NICE=-10            run nginx's worker, the load generator and rust-echo
+#                             at this niceness (a shared machine; off by default)
+#   BENCH_RT=1                run them SCHED_FIFO (chrt -f 1) instead: on a machine
+#                             where other work runs, ping-pong latency needs the
+#                             wakeups to preempt it (RT throttling leaves others 5%)
+#   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
+#   BENCH_SKIP="memory cpu ceiling sessions pipelined"  parts to leave out
+#   BENCH_RETRIES=15          measurements redone (after waiting for a quiet
+#                             machine) when other processes used >= 0.15 cores
+set -euo pipefail
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH")
+T_START=$(date +%s)
+
+DURATION=${BENCH_DURATION:-2}
+WARMUP=${BENCH_WARMUP:-1}
+REPS=${BENCH_REPS:-3}
+SIZES=${BENCH_SIZES:-"16 1024 65536 1048576"}
+CONNS=${BENCH_CONNS:-"1 64 1000"}
+WINDOW=${BENCH_WINDOW:-1}
+MAX_INFLIGHT=${BENCH_MAX_INFLIGHT:-268435456}
+IDLE=${BENCH_IDLE:-10000}
+PORT=${BENCH_PORT:-28080}
+SKIP=${BENCH_SKIP:-}
+RETRIES=${BENCH_RETRIES:-15}
+NICE=${BENCH_NICE:-0}
+RT=${BENCH_RT:-0}
+PRIO=(nice -n "$NICE")
+[ "$RT" = 1 ] && PRIO=(chrt -f 1)
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+    DURATION=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
+fi
+TARGETS="echo pass tunnel rust-echo"
+
+P_MAIN=$PORT          # nginx: /echo /pass /passpool /tunnel
+P_BACK=$((PORT + 1))  # nginx: the websocket_echo upstream of /pass and /tunnel
+P_RUST=$((PORT + 2))  # rust-echo
+P_TRIV=$((PORT + 3))  # trivial echo (load generator ceiling)
+P_MEM=$((PORT + 4))   # memory: measured nginx
+P_MEMB=$((PORT + 5))  # memory: backend nginx
+P_CG=$((PORT + 6))    # callgrind nginx
+P_CGB=$((PORT + 7))   # callgrind nginx, backend server
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+skipped() { [[ " $SKIP " == *" $1 "* ]]; }
+
+# ------------------------------------------------------------------ build
+log "building nginx + module (make build) and the load generator"
+# Measure the tree as it is: build it (a no-op when nothing changed).
+make -s -C "$ROOT" --no-print-directory build >"$BENCH/.build.log" 2>&1 ||
+    { cat "$BENCH/.build.log" >&2; echo "make build failed" >&2; exit 1; }
+PATHS=$(make -s -C "$ROOT" --no-print-directory paths)
+NGINX=$(sed -n 's/^nginx=//p' <<<"$PATHS")
+MODULE_SRC=$(sed -n 's/^module=//p' <<<"$PATHS")
+[ -x "$NGINX" ] && [ -f "$MODULE_SRC" ] || { echo "no nginx/module from make -s paths" >&2; exit 1; }
+cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml"
+LOADGEN=$BENCH/loadgen/target/release/loadgen
+RUST_ECHO=$BENCH/loadgen/target/release/rust-echo
+
+RUN=$BENCH/run
+rm -rf "$RUN"
+mkdir -p "$RUN" "$BENCH/results"
+# A private copy: a rebuild during the run must not change what is measured.
+cp "$MODULE_SRC" "$RUN/ngx_http_websocket_module.so"
+MODULE=$RUN/ngx_http_websocket_module.so
+RESULTS=$RUN/results.jsonl
+EVENTS=$RUN/events.txt
+: >"$RESULTS"
+: >"$EVENTS"
+
+# ------------------------------------------------------------------ limits
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+log "open files limit: $NOFILE"
+
+for p in $(seq "$PORT" $((PORT + 7))); do
+    if ss -Hltn "sport = :$p" | grep -q .; then
+        echo "port $p on 127.0.0.1 is in use; set BENCH_PORT to a free range of 8 ports" >&2
+        exit 1
+    fi
+done
+
+# ------------------------------------------------------------------ processes
+PIDS=()
+cleanup() {
+    local p
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$RUN"/*/nginx.pid; do
+        [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+
+# nginx_conf DIR WORKER_CONNECTIONS AFFINITY BODY
+nginx_conf() {
+    local dir=$1 wc=$2 aff=$3 body=$4
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+load_module $MODULE;
+worker_processes 1;
+worker_priority $NICE;
+${aff:+worker_cpu_affinity $aff;}
+pid $dir/nginx.pid;
+error_log $dir/error.log notice;
+events { worker_connections $wc; }
+http {
+    access_log off;
+    client_body_temp_path $dir/client_body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+$body
+}
+EOF
+}
+
+nginx_start() { # DIR
+    "$NGINX" -p "$1/" -e "$1/error.log" -c "$1/nginx.conf"
+    local i
+    for i in $(seq 50); do
+        [ -s "$1/nginx.pid" ] && pgrep -P "$(cat "$1/nginx.pid")" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nginx in $1 did not start" >&2
+    cat "$1/error.log" >&2
+    exit 1
+}
+
+nginx_stop() { # DIR
+    [ -f "$1/nginx.pid" ] || return 0
+    local pid
+    pid=$(cat "$1/nginx.pid")
+    kill -QUIT "$pid" 2>/dev/null || true
+    local i
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$pid" 2>/dev/null && { log "nginx $pid did not quit in 10 s; killing it"; kill -KILL "$pid"; }
+    rm -f "$1/nginx.pid"
+}
+
+worker_of() { pgrep -P "$(cat "$1/nginx.pid")" | head -1; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+wait_listen() { # PORT SECONDS
+    local i
+    for i in $(seq $(($2 * 10))); do
+        ss -Hltn "sport = :$1" | grep -q . && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1 after $2 s" >&2
+    return 1
+}
+
+# Error log lines worth reporting, since the last call (per log file).
+declare -A LOG_OFFSET
+check_log() { # DIR TAG
+    local f=$1/error.log off new
+    off=${LOG_OFFSET[$f]:-0}
+    new=$(tail -c +$((off + 1)) "$f" | grep -E '\[(warn|alert|crit|emerg|error)\]|exited on signal|core dumped' | grep -v 'exceed open file resource limit' || true)
+    LOG_OFFSET[$f]=$(stat -c %s "$f")
+    if [ -n "$new" ]; then
+        printf '%s\n' "$new" | head -5 | sed "s/^/$2: /" >>"$EVENTS"
+        local n
+        n=$(printf '%s\n' "$new" | wc -l)
+        [ "$n" -gt 5 ] && echo "$2: ... $n lines in all" >>"$EVENTS"
+    fi
+    return 0
+}
+
+# ------------------------------------------------------------------ main nginx
+MAIN=$RUN/main
+WS_LIMITS="websocket_max_payload_len 2m;"
+nginx_conf "$MAIN" 4096 01 "
+    server {
+        listen 127.0.0.1:$P_MAIN backlog=4096;
+        location /echo { websocket_echo; $WS_LIMITS }
+        location /pass { websocket_pass ws://127.0.0.1:$P_BACK/echo; $WS_LIMITS }
+        location /passpool { websocket_pass ws://127.0.0.1:$P_BACK/echo; websocket_keepalive 16; $WS_LIMITS }
+        location /tunnel {
+            proxy_pass http://127.0.0.1:$P_BACK;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }
+    }
+    server {
+        listen 127.0.0.1:$P_BACK backlog=4096;
+        location / { websocket_echo; $WS_LIMITS }
+    }"
+nginx_start "$MAIN"
+WORKER=$(worker_of "$MAIN")
+[ "$RT" = 1 ] && chrt -f -p 1 "$WORKER"
+log "nginx $("$NGINX" -v 2>&1 | sed 's/.*\///'), worker $WORKER on CPU $(taskset -cp "$WORKER" | sed 's/.*: //')"
+
+"${PRIO[@]}" taskset -c 0 "$RUST_ECHO" "127.0.0.1:$P_RUST" 2>>"$RUN/rust-echo.log" &
+PIDS+=($!)
+RUST_PID=$!
+TRIV_PID=$RUST_PID
+wait_listen "$P_RUST" 10
+
+url_of() {
+    case $1 in
+    rust-echo) echo "ws://127.0.0.1:$P_RUST/echo" ;;
+    trivial) echo "ws://127.0.0.1:$P_TRIV/echo" ;;
+    *) echo "ws://127.0.0.1:$P_MAIN/$1" ;;
+    esac
+}
+
+# Waits (at most 4 s) until the machine is quiet: under 0.1 core busy
+# over half a second, while our own processes idle between measurements.
+wait_quiet() {
+    local a b i
+    for i in $(seq 8); do
+        a=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)
+        sleep 0.5
+        b=$(awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat)
+        [ $((b - a)) -le 5 ] && return 0
+    done
+    return 1
+}
+
+# A measurement during which other processes used >= 0.15 cores is redone
+# once, after waiting for quiet, as long as the retry budget lasts.
+noisy() { [[ $1 =~ \"other\":([0-9.]+) ]] && python3 -c "import sys; sys.exit(0 if ${BASH_REMATCH[1]} >= 0.15 else 1)"; }
+
+# measure KIND TARGET REP CPUSPEC loadgen-args...   (appends a JSON line)
+measure() {
+    local kind=$1 target=$2 rep=$3 cpus=$4
+    shift 4
+    measure_once "$kind" "$target" "$rep" "$cpus" "$@"
+    if [ "$RETRIES" -gt 0 ] && noisy "$LAST_OUT"; then
+        RETRIES=$((RETRIES - 1))
+        echo "$kind $target rep $rep ($*): other processes were busy, measured again" >>"$RUN/retries.txt"
+        log "  (other processes were busy: waiting for quiet and measuring again; $RETRIES retries left)"
+        wait_quiet || true
+        measure_once "$kind" "$target" "$rep" "$cpus" "$@"
+    fi
+    printf '{"kind":"%s","target":"%s","rep":%s,"result":%s}\n' "$kind" "$target" "$rep" "$LAST_OUT" >>"$RESULTS"
+}
+
+measure_once() {
+    local kind=$1 target=$2 rep=$3 cpus=$4 out
+    shift 4
+    local pin=("${PRIO[@]}" taskset -c "$cpus") spid=$WORKER
+    [ "$cpus" = any ] && pin=("${PRIO[@]}")
+    [ "$target" = rust-echo ] && spid=$RUST_PID
+    [ "$target" = trivial ] && spid=$TRIV_PID
+    if out=$(timeout 300 "${pin[@]}" "$LOADGEN" --url "$(url_of "$target")" --server-pid "$spid" "$@" \
+        2>>"$RUN/loadgen.log" | tail -1) &&
+        [ -n "$out" ]; then
+        :
+    else
+        out='{"failed":true}'
+        echo "$kind $target rep $rep ($*): load generator failed or timed out" >>"$EVENTS"
+    fi
+    LAST_OUT=$out
+    if [[ $out == *'"errors":'* ]] && [[ $out != *'"errors":0,'* ]]; then
+        echo "$kind $target rep $rep ($*): $(sed 's/.*"error_detail"/errors/' <<<"$out")" >>"$EVENTS"
+    fi
+    local w
+    w=$(worker_of "$MAIN" || true)
+    if [ "$w" != "$WORKER" ]; then
+        echo "$kind $target rep $rep ($*): nginx worker $WORKER is gone (now: ${w:-none})" >>"$EVENTS"
+        WORKER=$w
+        [ "$RT" = 1 ] && [ -n "$w" ] && chrt -f -p 1 "$w"
+    fi
+    kill -0 "$RUST_PID" 2>/dev/null || echo "$kind $target rep $rep: rust-echo died" >>"$EVENTS"
+    check_log "$MAIN" "$kind $target rep $rep ($*)"
+    printf '%s\n' "$out" | sed 's/,"silent.*//; s/,"url":"[^"]*"//; s/,"duration".*"count"/,"count"/; s/^{"mode":"[a-z]*",/  /' >&2
+}
+
+# ------------------------------------------------------------------ plan
+cells=()
+for size in $SIZES; do
+    for c in $CONNS; do
+        if [ $((size * c * WINDOW)) -gt "$MAX_INFLIGHT" ]; then
+            echo "{\"kind\":\"skipped\",\"size\":$size,\"conns\":$c}" >>"$RESULTS"
+            continue
+        fi
+        cells+=("$size:$c")
+    done
+done
+PIPE_CELLS=()
+skipped pipelined || PIPE_CELLS=("16:64" "1024:64")
+n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * 4 * REPS))
+est=$(python3 -c "print(round($n_runs * ($DURATION + $WARMUP + 0.4) / 60, 1))")
+log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
+
+# quick sanity pass: every target answers
+for t in $TARGETS passpool; do
+    measure sanity "$t" 0 1 --connections 1 --size 16 --duration 0.2 --warmup 0
+done
+
+# ------------------------------------------------------------------ matrix
+for rep in $(seq "$REPS"); do
+    log "repetition $rep of $REPS"
+    for cell in "${cells[@]}"; do
+        size=${cell%:*} c=${cell#*:}
+        for t in $TARGETS; do
+            log "$t size=$size conns=$c window=$WINDOW"
+            measure matrix "$t" "$rep" 1 --connections "$c" --size "$size" --window "$WINDOW" \
+                --duration "$DURATION" --warmup "$WARMUP"
+        done
+    done
+    for cell in "${PIPE_CELLS[@]}"; do
+        size=${cell%:*} c=${cell#*:}
+        for t in $TARGETS; do
+            log "$t size=$size conns=$c window=16 (pipelined)"
+            measure pipelined "$t" "$rep" 1 --connections "$c" --size "$size" --window 16 \
+                --duration "$DURATION" --warmup "$WARMUP"
+        done
+    done
+done
+
+# ------------------------------------------------------------------ sessions
+if ! skipped sessions; then
+    for rep in $(seq "$REPS"); do
+        for t in pass passpool; do
+            log "short sessions through /$t, rep $rep"
+            measure sessions "$t" "$rep" 1 --mode sessions --connections 16 --size 16 \
+                --duration "$DURATION" --warmup "$WARMUP"
+        done
+    done
+fi
+
+# ------------------------------------------------------------------ ceiling
+if ! skipped ceiling; then
+    "${PRIO[@]}" taskset -c 0 "$LOADGEN" --serve-trivial "127.0.0.1:$P_TRIV" 2>>"$RUN/trivial.log" &
+    PIDS+=($!)
+    TRIV_PID=$!
+    wait_listen "$P_TRIV" 10
+    for spec in "16 1" "1024 1" "65536 1" "16 16" "1024 16"; do
+        read -r size w <<<"$spec"
+        log "ceiling: loadgen on CPU 1 vs trivial echo on CPU 0, size=$size window=$w"
+        measure ceiling trivial 1 1 --connections 64 --size "$size" --window "$w" \
+            --duration "$DURATION" --warmup "$WARMUP"
+        log "ceiling: loadgen vs rust-echo, both unpinned, size=$size window=$w"
+        taskset -pc 0,1 "$RUST_PID" >/dev/null
+        measure ceiling-unpinned rust-echo 1 any --connections 64 --size "$size" --window "$w" \
+            --duration "$DURATION" --warmup "$WARMUP"
+        taskset -pc 0 "$RUST_PID" >/dev/null
+    done
+fi
+
+nginx_stop "$MAIN"
+check_log "$MAIN" "main nginx shutdown"
+
+# ------------------------------------------------------------------ memory
+if ! skipped memory; then
+    MEM=$RUN/mem MEMB=$RUN/memb
+    # Each pass/tunnel session holds two descriptors in the measured worker;
+    # the upstream echo runs in a second nginx so it is not counted.
+    idle_proxy=$(((NOFILE - 200) / 2))
+    [ "$idle_proxy" -gt "$IDLE" ] && idle_proxy=$IDLE
+    idle_echo=$IDLE
+    [ "$idle_echo" -gt $((NOFILE - 200)) ] && idle_echo=$((NOFILE - 200))
+    nginx_conf "$MEMB" $((IDLE * 16 / 15 + 512)) 10 "
+    server {
+        listen 127.0.0.1:$P_MEMB backlog=4096;
+        location / { websocket_echo; }
+    }"
+    nginx_start "$MEMB"
+    for kind in echo pass tunnel; do
+        n=$idle_echo
+        [ "$kind" != echo ] && n=$idle_proxy
+        # nginx starts closing reusable connections when fewer than 1/16 of
+        # worker_connections are free: leave more than that. (It may exceed
+        # the open files limit; nginx only warns.)
+        wc=$((2 * n * 16 / 15 + 512))
+        nginx_conf "$MEM" "$wc" 01 "
+    server {
+        listen 127.0.0.1:$P_MEM backlog=4096;
+        location /echo { websocket_echo; }
+        location /pass { websocket_pass ws://127.0.0.1:$P_MEMB/echo; }
+        location /tunnel {
+            proxy_pass http://127.0.0.1:$P_MEMB;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_read_timeout 1h;
+        }
+    }"
+        nginx_start "$MEM"
+        w=$(worker_of "$MEM")
+        sleep 0.5
+        base=$(rss_kib "$w")
+        # Two rounds in the same worker: the first measures the growth per
+        # connection, the second shows whether closed sessions leave memory
+        # behind (a leak grows the RSS again by the same amount).
+        rounds=""
+        for round in 1 2; do
+            log "memory: $n idle $kind connections, round $round (worker $w, RSS $(rss_kib "$w") KiB)"
+            out=$RUN/idle.$kind.$round.out
+            taskset -c 1 "$LOADGEN" --mode idle --url "ws://127.0.0.1:$P_MEM/$kind" --connections "$n" \
+                --size 16 --duration 2 --connect-concurrency 128 >"$out" 2>>"$RUN/loadgen.log" &
+            lg=$!
+            ready=0
+            for i in $(seq 1200); do
+                grep -q '"state":"ready"' "$out" 2>/dev/null && { ready=1; break; }
+                kill -0 "$lg" 2>/dev/null || break
+                sleep 0.1
+            done
+            sleep 1
+            open=$(rss_kib "$w")
+            fds=$(ls "/proc/$w/fd" | wc -l)
+            wait "$lg" || true
+            sleep 1
+            after=$(rss_kib "$w" || echo 0)
+            ready_line=$(grep '"state":"ready"' "$out" || echo '{}')
+            done_line=$(grep '"state":"done"' "$out" || echo '{}')
+            rounds+="${rounds:+,}{\"round\":$round,\"ready\":$ready,\"rss_open_kib\":$open,\"rss_after_kib\":$after,\"worker_fds\":$fds,\"ready_line\":$ready_line,\"done_line\":$done_line}"
+            log "memory: $kind round $round: RSS $open KiB with $n open ($(((open - base) * 1024 / n)) B each over the start), $after KiB after closing"
+        done
+        printf '{"kind":"memory","target":"%s","n":%s,"rss_before_kib":%s,"rounds":[%s]}\n' \
+            "$kind" "$n" "$base" "$rounds" >>"$RESULTS"
+        nginx_stop "$MEM"
+        check_log "$MEM" "memory $kind"
+        mv "$MEM/error.log" "$RUN/mem-$kind-error.log"
+        LOG_OFFSET[$MEM/error.log]=0
+    done
+    nginx_stop "$MEMB"
+    check_log "$MEMB" "memory backend"
+fi
+
+# ------------------------------------------------------------------ CPU cost
+CPU_METHOD=none
+if ! skipped cpu; then
+    if perf stat -e instructions true 2>&1 | grep -q 'not supported\|not counted\|Permission\|Error'; then
+        command -v valgrind >/dev/null && CPU_METHOD=callgrind
+    else
+        CPU_METHOD=perf
+    fi
+    log "CPU cost method: $CPU_METHOD"
+fi
+CG=$RUN/cg
+CG_SMALL=${BENCH_CG_SMALL:-20}
+CG_LARGE=${BENCH_CG_LARGE:-120}
+cg_conf() {
+    nginx_conf "$CG" 1024 "" "
+    server {
+        listen 127.0.0.1:$P_CG;
+        location /echo { websocket_echo; }
+        location /pass { websocket_pass ws://127.0.0.1:$P_CGB/echo; }
+        location /tunnel {
+            proxy_pass http://127.0.0.1:$P_CGB;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_read_timeout 1h;
+        }
+    }
+    server {
+        listen 127.0.0.1:$P_CGB;
+        location / { websocket_echo; }
+    }"
+}
+# cg_run TARGET MESSAGES_PER_CONNECTION: one callgrind'ed server process,
+# 64 connections x M messages of 1 KiB, ping-pong.
+cg_run() {
+    local target=$1 m=$2 out=$CG/$1.$2.callgrind url vg
+    if [ "$target" = rust-echo ]; then
+        taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
+            "$RUST_ECHO" "127.0.0.1:$P_CG" 2>>"$CG/valgrind.log" &
+        vg=$!
+        url="ws://127.0.0.1:$P_CG/echo"
+    else
+        taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
+            "$NGINX" -p "$CG/" -e "$CG/error.log" -c "$CG/nginx.conf" \
+            -g 'daemon off; master_process off;' 2>>"$CG/valgrind.log" &
+        vg=$!
+        url="ws://127.0.0.1:$P_CG/$target"
+    fi
+    wait_listen "$P_CG" 120
+    [ "$target" = pass ] || [ "$target" = tunnel ] && wait_listen "$P_CGB" 60
+    local res
+    res=$(taskset -c 1 "$LOADGEN" --url "$url" --connections 64 --size 1024 --messages "$m" \
+        --warmup 0 --duration 600 2>>"$RUN/loadgen.log" | tail -1)
+    if [ "$target" = rust-echo ]; then kill -TERM "$vg"; else kill -QUIT "$vg"; fi
+    wait "$vg" 2>/dev/null || true
+    [ -n "$res" ] || res='{}'
+    printf '{"kind":"callgrind","target":"%s","m":%s,"file":"%s","result":%s}\n' \
+        "$target" "$m" "$out" "$res" >>"$RESULTS"
+    check_log "$CG" "callgrind $target $m"
+}
+if [ "$CPU_METHOD" = callgrind ]; then
+    cg_conf
+    for t in echo pass tunnel rust-echo; do
+        for m in "$CG_SMALL" "$CG_LARGE"; do
+            log "callgrind: $t, 64 connections x $m messages of 1 KiB"
+            cg_run "$t" "$m"
+        done
+    done
+elif [ "$CPU_METHOD" = perf ]; then
+    nginx_start "$MAIN"
+    WORKER=$(worker_of "$MAIN")
+    for t in echo pass tunnel rust-echo; do
+        pid=$WORKER
+        [ "$t" = rust-echo ] && pid=$RUST_PID
+        log "perf stat: $t, 64 connections x 1 KiB"
+        perf stat -x, -e instructions -p "$pid" -o "$RUN/perf.$t.csv" &
+        pp=$!
+        res=$(taskset -c 1 "$LOADGEN" --url "$(url_of "$t")" --connections 64 --size 1024 \
+            --warmup 0 --duration "$DURATION" 2>>"$RUN/loadgen.log" | tail -1)
+        kill -INT "$pp"
+        wait "$pp" || true
+        ins=$(awk -F, '/instructions/ {print $1}' "$RUN/perf.$t.csv")
+        [ -n "$res" ] || res='{}'
+        printf '{"kind":"perf","target":"%s","instructions":"%s","result":%s}\n' \
+            "$t" "$ins" "$res" >>"$RESULTS"
+    done
+    nginx_stop "$MAIN"
+fi
+
+# ------------------------------------------------------------------ report
+T_END=$(date +%s)
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo norev)
+DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null | wc -l)
+OUT=$BENCH/results/$(date +%Y-%m-%d)-$REV.md
+python3 "$BENCH/report.py" \
+    --results "$RESULTS" --events "$EVENTS" --out "$OUT" \
+    --meta nproc="$(nproc)" \
+    --meta cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
+    --meta kernel="$(uname -r)" \
+    --meta nginx="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
+    --meta rev="$REV" --meta dirty="$DIRTY" \
+    --meta duration="$DURATION" --meta warmup="$WARMUP" --meta reps="$REPS" --meta window="$WINDOW" \
+    --meta nofile="$NOFILE" --meta cpu_method="$CPU_METHOD" \
+    --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
+    --meta runtime_s=$((T_END - T_START)) \
+    --meta loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta retries="$(cat "$RUN/retries.txt" 2>/dev/null | wc -l)" --meta nice="$NICE" --meta rt="$RT"
+log "total runtime $((T_END - T_START)) s; report: $OUT"
