@@ -78,6 +78,10 @@ cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml"
 LOADGEN=$BENCH/loadgen/target/release/loadgen
 RUST_ECHO=$BENCH/loadgen/target/release/rust-echo
 
+# One run at a time: a second one would share the ports and the run directory.
+exec 9>"${TMPDIR:-/tmp}/ngx-websocket-bench.lock"
+flock -n 9 || { echo "bench/run.sh: another run is in progress (lock ${TMPDIR:-/tmp}/ngx-websocket-bench.lock)" >&2; exit 1; }
+
 RUN=$BENCH/run
 rm -rf "$RUN"
 mkdir -p "$RUN" "$BENCH/results"
