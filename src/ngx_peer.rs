@@ -124,33 +124,21 @@ impl UpstreamPeer {
                     }
                 }
                 PeerSource::Address(addr) => {
-                    let ur: *mut ngx_http_upstream_resolved_t =
-                        ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_resolved_t>()).cast();
-                    if ur.is_null() {
-                        return Err(NgxError("ngx_pcalloc"));
-                    }
-                    (*ur).sockaddr = addr.sockaddr;
-                    (*ur).socklen = addr.socklen;
-                    (*ur).name = addr.name;
-                    (*ur).host = addr.name;
-                    (*ur).naddrs = 1;
-                    if ngx_http_upstream_create_round_robin_peer(r, ur) != NGX_OK as ngx_int_t {
-                        return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
-                    }
+                    let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
+                    ur.sockaddr = addr.sockaddr;
+                    ur.socklen = addr.socklen;
+                    ur.name = addr.name;
+                    ur.host = addr.name;
+                    ur.naddrs = 1;
+                    round_robin(r, ur)?;
                 }
                 PeerSource::Resolved { addrs, port } => {
-                    let ur: *mut ngx_http_upstream_resolved_t =
-                        ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_resolved_t>()).cast();
-                    if ur.is_null() {
-                        return Err(NgxError("ngx_pcalloc"));
-                    }
-                    (*ur).host = addrs.host;
-                    (*ur).addrs = addrs.addrs;
-                    (*ur).naddrs = addrs.naddrs;
-                    (*ur).port = *port;
-                    if ngx_http_upstream_create_round_robin_peer(r, ur) != NGX_OK as ngx_int_t {
-                        return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
-                    }
+                    let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
+                    ur.host = addrs.host;
+                    ur.addrs = addrs.addrs;
+                    ur.naddrs = addrs.naddrs;
+                    ur.port = *port;
+                    round_robin(r, ur)?;
                 }
             }
             Ok(UpstreamPeer { u })
@@ -293,6 +281,31 @@ impl UpstreamPeer {
         pc.connection = ptr::null_mut();
         Some(UpstreamConn { c, name })
     }
+}
+
+/// A one-request round-robin balancer over run-time addresses, as
+/// `proxy_pass` with variables makes one. `ur` is copied into the request
+/// pool, since the balancer keeps pointing into it.
+///
+/// # Safety
+/// `r` must be a live request whose `upstream` object is set.
+unsafe fn round_robin(
+    r: *mut ngx_http_request_t,
+    ur: ngx_http_upstream_resolved_t,
+) -> Result<(), NgxError> {
+    // SAFETY: guaranteed by the caller; the copy lives as long as the request.
+    unsafe {
+        let p: *mut ngx_http_upstream_resolved_t =
+            ngx_pcalloc((*r).pool, mem::size_of::<ngx_http_upstream_resolved_t>()).cast();
+        if p.is_null() {
+            return Err(NgxError("ngx_pcalloc"));
+        }
+        p.write(ur);
+        if ngx_http_upstream_create_round_robin_peer(r, p) != NGX_OK as ngx_int_t {
+            return Err(NgxError("ngx_http_upstream_create_round_robin_peer"));
+        }
+    }
+    Ok(())
 }
 
 /// Closes an upstream connection made by [`UpstreamPeer::connect`].
