@@ -27,3 +27,4 @@ pub mod session;
 pub mod upgrade;
 pub mod url;
 pub mod variables;
+pub mod ws_client;

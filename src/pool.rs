@@ -41,6 +41,24 @@ pub struct Pool {
     waiters: RefCell<VecDeque<WaiterId>>,
 }
 
+/// A session's place in a keepalive pool.
+pub struct Keepalive {
+    pub pool: Rc<Pool>,
+    /// Identifies the upstream handshake: only an identical one may reuse.
+    pub fingerprint: u64,
+    pub settings: PoolSettings,
+    /// The counted place of this session's upstream connection.
+    pub slot: Option<Slot>,
+    /// The client connection, which identifies the session while it waits.
+    pub me: WaiterId,
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.pool.leave_line(self.me);
+    }
+}
+
 /// A pooled connection.
 struct Idle {
     conn: UpstreamConn,

@@ -26,13 +26,14 @@ use crate::ngx_io::{
 use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamConn};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
-use crate::pool::{self, Acquired};
-use crate::relay::{Keepalive, Outcome, Relay};
+use crate::pool::{self, Acquired, Keepalive};
+use crate::relay::{Outcome, Relay};
 use crate::session::{Role, WebSocket};
 use crate::upgrade::ClientHandshake;
 use crate::upgrade::{self, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
 use crate::variables::SessionLog;
+use crate::ws_client::WsClient;
 
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
 const HTTP_SERVICE_UNAVAILABLE: ngx_int_t = 503;
@@ -519,14 +520,17 @@ impl PassSession {
                     None => Next::Fail(HTTP_BAD_GATEWAY),
                 },
             },
-            State::Relaying(mut relay) => {
-                let outcome = relay.step(r.log());
-                self.state = State::Relaying(relay);
-                match outcome {
-                    Outcome::Wait => Next::Wait,
-                    Outcome::Finish { linger, error } => Next::Finish { linger, error },
+            State::Relaying(mut relay) => match relay.step(r.log()) {
+                Outcome::Wait => {
+                    self.state = State::Relaying(relay);
+                    Next::Wait
                 }
-            }
+                Outcome::Finish { linger, error } => {
+                    self.log.update(relay.client_stats());
+                    relay.end(r.log());
+                    Next::Finish { linger, error }
+                }
+            },
             State::Done => Next::Wait,
         }
     }
@@ -653,13 +657,8 @@ impl PassSession {
         metrics::session_started(Kind::Pass);
         metrics::upstream_connected(reused);
         let Plan { keepalive, .. } = *plan;
-        self.state = State::Relaying(Box::new(Relay::new(
-            client,
-            upstream,
-            conn,
-            subprotocol,
-            keepalive,
-        )));
+        let upstream = WsClient::new(upstream, conn, subprotocol, reused, keepalive);
+        self.state = State::Relaying(Box::new(Relay::new(client, upstream)));
         // The client's events come straight here from now on, so that a
         // worker that exits asks the relay to close gracefully.
         r.connection().set_event_handler(relay_client_event);

@@ -3,17 +3,14 @@
 //! rule checked on both legs, with backpressure. A client that closes
 //! normally can leave its upstream connection to a keepalive pool.
 
-use std::rc::Rc;
-
 use ngx::ffi::{ngx_log_t, NGX_LOG_ERR, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
 use crate::ngx_io::Direction;
-use crate::ngx_peer::UpstreamConn;
-use crate::pool::{Pool, PoolSettings, Slot};
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Quiet, WebSocket, WsError};
+use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
@@ -28,24 +25,6 @@ pub enum Outcome {
     },
 }
 
-/// A session's place in a keepalive pool.
-pub struct Keepalive {
-    pub pool: Rc<Pool>,
-    /// Identifies the upstream handshake: only an identical one may reuse.
-    pub fingerprint: u64,
-    pub settings: PoolSettings,
-    /// The counted place of this session's upstream connection.
-    pub slot: Option<Slot>,
-    /// The client connection, which identifies the session while it waits.
-    pub me: core::ptr::NonNull<ngx::ffi::ngx_connection_t>,
-}
-
-impl Drop for Keepalive {
-    fn drop(&mut self) {
-        self.pool.leave_line(self.me);
-    }
-}
-
 /// Which way frames move.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Way {
@@ -56,11 +35,7 @@ enum Way {
 /// An upgraded client and its upstream, relaying frames.
 pub struct Relay {
     client: WebSocket,
-    upstream: WebSocket,
-    /// `None` once handed to a pool.
-    upstream_conn: Option<UpstreamConn>,
-    subprotocol: Option<String>,
-    keepalive: Option<Keepalive>,
+    upstream: WsClient,
     /// The client closed normally and the upstream connection goes to the
     /// pool once the client has our close.
     pooling: bool,
@@ -76,19 +51,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
-        client: WebSocket,
-        upstream: WebSocket,
-        upstream_conn: UpstreamConn,
-        subprotocol: Option<String>,
-        keepalive: Option<Keepalive>,
-    ) -> Relay {
+    pub fn new(client: WebSocket, upstream: WsClient) -> Relay {
         Relay {
             client,
             upstream,
-            upstream_conn: Some(upstream_conn),
-            subprotocol,
-            keepalive,
             pooling: false,
             shutting_down: false,
             closing: false,
@@ -113,7 +79,10 @@ impl Relay {
                 log,
                 "websocket: client timed out while we were sending"
             );
-            return self.finish(false, true);
+            return Outcome::Finish {
+                linger: false,
+                error: true,
+            };
         }
         if self.upstream.take_timedout(Direction::Write) {
             ngx_log_error!(
@@ -121,12 +90,15 @@ impl Relay {
                 log,
                 "websocket: upstream timed out while we were sending"
             );
-            return self.finish(false, true);
+            return Outcome::Finish {
+                linger: false,
+                error: true,
+            };
         }
         for way in [Way::ToUpstream, Way::ToClient] {
             let (leg, side) = match way {
                 Way::ToUpstream => (&mut self.client, "client"),
-                Way::ToClient => (&mut self.upstream, "upstream"),
+                Way::ToClient => (&mut *self.upstream, "upstream"),
             };
             if !leg.take_timedout(Direction::Read) || self.closing {
                 continue;
@@ -183,16 +155,27 @@ impl Relay {
             }
             let flushed = match (self.client.flush(), self.upstream.flush()) {
                 (Ok(c), Ok(u)) => c && u,
-                _ => return self.finish(false, true),
+                _ => {
+                    return Outcome::Finish {
+                        linger: false,
+                        error: true,
+                    }
+                }
             };
             if self.pooling && flushed {
-                return self.finish(false, false);
+                return Outcome::Finish {
+                    linger: false,
+                    error: false,
+                };
             }
             let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
             let client_done = self.client.close_sent()
                 && (self.client.close_received() || self.close_client_with.is_some());
             if flushed && (self.closing || (upstream_done && client_done)) {
-                return self.finish(!self.client.close_received(), false);
+                return Outcome::Finish {
+                    linger: !self.client.close_received(),
+                    error: false,
+                };
             }
             // Reading paused for output that has now drained: go on at once,
             // the sockets will not signal again for data already there.
@@ -211,7 +194,10 @@ impl Relay {
             self.upstream.arm(read_upstream),
         ) {
             (Ok(()), Ok(())) => Outcome::Wait,
-            _ => self.finish(false, true),
+            _ => Outcome::Finish {
+                linger: false,
+                error: true,
+            },
         }
     }
 
@@ -221,10 +207,10 @@ impl Relay {
     /// relay's state (see `source_failed`).
     fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
         let close_client_with = self.close_client_with;
-        let may_pool = way == Way::ToUpstream && self.keepalive.is_some();
+        let may_pool = way == Way::ToUpstream && self.upstream.pool_settings().is_some();
         let (src, dst) = match way {
-            Way::ToUpstream => (&mut self.client, &mut self.upstream),
-            Way::ToClient => (&mut self.upstream, &mut self.client),
+            Way::ToUpstream => (&mut self.client, &mut *self.upstream),
+            Way::ToClient => (&mut *self.upstream, &mut self.client),
         };
         while !src.close_received() {
             if dst.queued() > RELAY_HIGH_WATER {
@@ -299,9 +285,9 @@ impl Relay {
                 // The source is gone: only the other leg can hear the close.
                 self.closing = true;
                 let (gone, other) = if from_client {
-                    (&mut self.client, &mut self.upstream)
+                    (&mut self.client, &mut *self.upstream)
                 } else {
-                    (&mut self.upstream, &mut self.client)
+                    (&mut *self.upstream, &mut self.client)
                 };
                 gone.discard_output();
                 let _ = other.send_close(Some(code), b"");
@@ -321,24 +307,21 @@ impl Relay {
         let _ = self.upstream.send_close(Some(code), b"");
     }
 
-    fn finish(&mut self, linger: bool, error: bool) -> Outcome {
-        if self.pooling && self.upstream.reusable() {
-            if let (Some(keepalive), Some(conn)) =
-                (self.keepalive.as_mut(), self.upstream_conn.take())
-            {
-                if let Some(slot) = keepalive.slot.take() {
-                    let pool = Rc::clone(&keepalive.pool);
-                    pool.release(
-                        conn,
-                        slot,
-                        keepalive.fingerprint,
-                        self.subprotocol.take(),
-                        keepalive.settings,
-                    );
-                }
-            }
+    /// Ends a finished relay: the upstream connection goes to its pool when
+    /// the client closed normally on a clean upstream leg; the rest closes.
+    pub fn end(self: Box<Self>, log: *mut ngx_log_t) {
+        let Relay {
+            upstream, pooling, ..
+        } = *self;
+        let Some(settings) = upstream.pool_settings().filter(|_| pooling) else {
+            return;
+        };
+        if let Err(e) = upstream.set_keepalive(settings.idle_timeout, settings.size) {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                log,
+                "websocket: upstream connection closed: {e}"
+            );
         }
-        // Whatever was not pooled is closed as the relay is dropped.
-        Outcome::Finish { linger, error }
     }
 }

@@ -1,0 +1,133 @@
+//! The seed's client object: a WebSocket that we opened to an upstream,
+//! with the `wb` operations of [`WebSocket`] and `set_keepalive`, which
+//! hands the still open connection to its keepalive pool.
+
+use core::fmt;
+use core::ops::{Deref, DerefMut};
+
+use ngx::ffi::ngx_msec_t;
+
+use crate::ngx_peer::UpstreamConn;
+use crate::pool::{Keepalive, PoolSettings};
+use crate::session::WebSocket;
+
+/// A handshaken client connection to an upstream.
+pub struct WsClient {
+    ws: WebSocket,
+    conn: UpstreamConn,
+    subprotocol: Option<String>,
+    reused: bool,
+    keepalive: Option<Keepalive>,
+}
+
+/// Why `set_keepalive` closed the connection instead of pooling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveError {
+    /// The connection was opened without a pool (`websocket_keepalive` off).
+    NoPool,
+    /// A message is half sent or half received, output is queued, or a
+    /// close frame went either way: the next session would inherit it.
+    Unclean,
+}
+
+impl fmt::Display for KeepaliveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeepaliveError::NoPool => "no keepalive pool for this connection",
+            KeepaliveError::Unclean => "connection is not idle and clean",
+        })
+    }
+}
+
+impl WsClient {
+    /// `reused` is true when the connection came from the pool, which the
+    /// seed reports as "connection reused" instead of a handshake response.
+    pub fn new(
+        ws: WebSocket,
+        conn: UpstreamConn,
+        subprotocol: Option<String>,
+        reused: bool,
+        keepalive: Option<Keepalive>,
+    ) -> WsClient {
+        WsClient {
+            ws,
+            conn,
+            subprotocol,
+            reused,
+            keepalive,
+        }
+    }
+
+    /// The subprotocol the upstream chose in its handshake.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// Whether the connection came from the keepalive pool.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The location's `websocket_keepalive*` settings, when it pools.
+    pub fn pool_settings(&self) -> Option<PoolSettings> {
+        self.keepalive.as_ref().map(|k| k.settings)
+    }
+
+    /// Puts the connection into its pool for at most `max_idle_timeout`
+    /// milliseconds, in a pool of at most `pool_size` idle connections.
+    /// The object is consumed either way, so no operation but a new connect
+    /// can follow; on an error the connection is closed.
+    ///
+    /// ```ignore
+    /// // local ok, err = wb:set_keepalive(10000, 4)
+    /// if let Err(e) = upstream.set_keepalive(10_000, 4) {
+    ///     ngx_log_error!(NGX_LOG_INFO, log, "websocket: upstream closed: {e}");
+    /// }
+    /// ```
+    pub fn set_keepalive(
+        self,
+        max_idle_timeout: ngx_msec_t,
+        pool_size: usize,
+    ) -> Result<(), KeepaliveError> {
+        let WsClient {
+            ws,
+            conn,
+            subprotocol,
+            keepalive,
+            ..
+        } = self;
+        let clean = ws.reusable();
+        drop(ws);
+        let Some((keepalive, slot)) =
+            keepalive.and_then(|mut k| k.slot.take().map(|slot| (k, slot)))
+        else {
+            return Err(KeepaliveError::NoPool);
+        };
+        if !clean {
+            return Err(KeepaliveError::Unclean);
+        }
+        let settings = PoolSettings {
+            size: pool_size,
+            idle_timeout: max_idle_timeout,
+            ..keepalive.settings
+        };
+        keepalive
+            .pool
+            .release(conn, slot, keepalive.fingerprint, subprotocol, settings);
+        Ok(())
+    }
+}
+
+impl Deref for WsClient {
+    type Target = WebSocket;
+
+    fn deref(&self) -> &WebSocket {
+        &self.ws
+    }
+}
+
+impl DerefMut for WsClient {
+    fn deref_mut(&mut self) -> &mut WebSocket {
+        &mut self.ws
+    }
+}
