@@ -40,13 +40,17 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// A close reason that is not UTF-8.
     InvalidCloseReason,
+    /// A compressed message (permessage-deflate) that does not inflate.
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
     /// The status code of the close frame that fails the connection.
     pub fn close_code(&self) -> u16 {
         match self {
-            Self::InvalidUtf8 | Self::InvalidCloseReason => close::INVALID_DATA,
+            Self::InvalidUtf8 | Self::InvalidCloseReason | Self::InvalidCompressedData => {
+                close::INVALID_DATA
+            }
             Self::FrameTooBig { .. } | Self::MessageTooBig { .. } => close::TOO_BIG,
             _ => close::PROTOCOL_ERROR,
         }
@@ -80,6 +84,7 @@ impl fmt::Display for ProtocolError {
             Self::InvalidClosePayload => f.write_str("close payload of 1 byte"),
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
             Self::InvalidCloseReason => f.write_str("invalid utf-8 in close reason"),
+            Self::InvalidCompressedData => f.write_str("compressed message does not inflate"),
         }
     }
 }
@@ -163,6 +168,11 @@ mod tests {
                 ProtocolError::InvalidCloseReason,
                 1007,
                 "invalid utf-8 in close reason",
+            ),
+            (
+                ProtocolError::InvalidCompressedData,
+                1007,
+                "compressed message does not inflate",
             ),
         ];
         for (err, code, text) in table {
