@@ -12,6 +12,7 @@ use ngx::ngx_log_error;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef};
 use crate::ngx_peer::{Connect, EventHandler, PeerSource, UpstreamPeer};
 use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
+use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
 use crate::protocol::handshake::{
     generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
 };
@@ -30,6 +31,8 @@ pub struct ClientOptions {
     pub connect_timeout: ngx_msec_t,
     /// Set for `wss://`.
     pub tls: Option<TlsTarget>,
+    /// permessage-deflate to offer (`websocket_deflate on`).
+    pub deflate: Option<DeflateConfig>,
 }
 
 /// TLS parameters of one connection.
@@ -110,10 +113,18 @@ impl fmt::Display for ClientError {
     }
 }
 
+/// What the upstream's handshake response agreed to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Agreed {
+    pub subprotocol: Option<String>,
+    /// permessage-deflate, when the upstream accepted our offer.
+    pub deflate: Option<NegotiatedDeflate>,
+}
+
 /// A finished handshake.
 pub struct Established {
     pub peer: UpstreamPeer,
-    pub subprotocol: Option<String>,
+    pub agreed: Agreed,
     /// Bytes the upstream sent right behind its 101 response (frames).
     pub leftover: Vec<u8>,
 }
@@ -148,6 +159,7 @@ pub struct Connector {
     data: *mut c_void,
     handler: EventHandler,
     tls: Option<TlsTarget>,
+    deflate: Option<DeflateConfig>,
 }
 
 impl Connector {
@@ -163,10 +175,12 @@ impl Connector {
         let peer = UpstreamPeer::new(r, source).map_err(ClientError::Internal)?;
         let key = generate_key(random16());
         let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
+        let offer = opts.deflate.as_ref().map(deflate::offer);
         let headers: Vec<(&str, &str)> = opts
             .headers
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
+            .chain(offer.as_deref().map(|o| ("Sec-WebSocket-Extensions", o)))
             .collect();
         let request = ClientRequest {
             path: &opts.path,
@@ -188,6 +202,7 @@ impl Connector {
             data,
             handler,
             tls: opts.tls.take(),
+            deflate: opts.deflate,
         };
         match connector.connect_next() {
             Progress::Failed(e) => Err(e),
@@ -333,19 +348,34 @@ impl Connector {
             None => Ok(None),
             Some((response, used)) => {
                 let offered: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
-                response
-                    .validate(&self.key, &offered)
-                    .map(|chosen| Some((chosen, used)))
+                let extensions: &[&str] = match self.deflate {
+                    Some(_) => &[EXTENSION_NAME],
+                    None => &[],
+                };
+                let chosen = response.validate_with_extensions(&self.key, &offered, extensions)?;
+                let agreed = match &self.deflate {
+                    Some(cfg) => {
+                        let values = response.header_values("Sec-WebSocket-Extensions");
+                        deflate::check_response(&values, cfg).map_err(|e| {
+                            HandshakeError::ResponseBadExtension(e.to_string())
+                        })?
+                    }
+                    None => None,
+                };
+                Ok(Some((chosen, agreed, used)))
             }
         });
         match parsed {
             Ok(None) => None,
-            Ok(Some((subprotocol, used))) => {
+            Ok(Some((subprotocol, deflate, used))) => {
                 let leftover = self.response.split_off(used);
                 let peer = self.peer.take().expect("the peer is still held");
                 Some(Progress::Ready(Established {
                     peer,
-                    subprotocol,
+                    agreed: Agreed {
+                        subprotocol,
+                        deflate,
+                    },
                     leftover,
                 }))
             }

@@ -8,7 +8,7 @@ use core::ptr::{self, NonNull};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_command_t, ngx_conf_check_num_bounds, ngx_conf_num_bounds_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
     ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
     NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
@@ -19,7 +19,9 @@ use ngx::ngx_string;
 
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
+use crate::compression::DeflateSettings;
 use crate::pool::PoolSettings;
+use crate::protocol::deflate::DeflateConfig;
 use crate::url::{UrlError, WsUrl};
 
 const UNSET_SIZE: usize = usize::MAX;
@@ -73,6 +75,11 @@ pub struct LocConf {
     /// 0 = off.
     pub ping_interval: ngx_msec_t,
     pub ping_timeout: ngx_msec_t,
+    pub deflate: ngx_flag_t,
+    pub deflate_level: ngx_int_t,
+    pub deflate_window_bits: ngx_int_t,
+    pub deflate_context_takeover: ngx_flag_t,
+    pub deflate_min_length: usize,
 }
 
 /// Where `websocket_pass` connects.
@@ -128,6 +135,11 @@ impl Default for LocConf {
             keepalive_pool: None,
             ping_interval: UNSET_MSEC,
             ping_timeout: UNSET_MSEC,
+            deflate: UNSET_FLAG,
+            deflate_level: UNSET_INT,
+            deflate_window_bits: UNSET_INT,
+            deflate_context_takeover: UNSET_FLAG,
+            deflate_min_length: UNSET_SIZE,
         }
     }
 }
@@ -225,6 +237,26 @@ impl Merge for LocConf {
             UNSET_MSEC,
             DEFAULT_PING_TIMEOUT_MS,
         );
+        merge_value(&mut self.deflate, prev.deflate, UNSET_FLAG, 0);
+        merge_value(&mut self.deflate_level, prev.deflate_level, UNSET_INT, 1);
+        merge_value(
+            &mut self.deflate_window_bits,
+            prev.deflate_window_bits,
+            UNSET_INT,
+            15,
+        );
+        merge_value(
+            &mut self.deflate_context_takeover,
+            prev.deflate_context_takeover,
+            UNSET_FLAG,
+            1,
+        );
+        merge_value(
+            &mut self.deflate_min_length,
+            prev.deflate_min_length,
+            UNSET_SIZE,
+            64,
+        );
         Ok(())
     }
 }
@@ -242,6 +274,22 @@ pub struct Limits {
 }
 
 impl LocConf {
+    /// `websocket_deflate*`, when compression is on.
+    pub fn deflate(&self) -> Option<(DeflateConfig, DeflateSettings)> {
+        (self.deflate == 1).then(|| {
+            (
+                DeflateConfig {
+                    window_bits: self.deflate_window_bits as u8,
+                    context_takeover: self.deflate_context_takeover == 1,
+                },
+                DeflateSettings {
+                    level: self.deflate_level as u32,
+                    min_length: self.deflate_min_length,
+                },
+            )
+        })
+    }
+
     /// Whether a content directive (echo, pass, status) claimed the location.
     fn has_content(&self) -> bool {
         self.echo || self.status || self.pass.is_some()
@@ -294,7 +342,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 27] = [
+pub static mut COMMANDS: [ngx_command_t; 32] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -451,8 +499,62 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
         cmd_status,
         0,
     ),
+    slot(
+        ngx_string!("websocket_deflate"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        core::mem::offset_of!(LocConf, deflate),
+    ),
+    bounded(
+        slot(
+            ngx_string!("websocket_deflate_level"),
+            ANY_LEVEL | NGX_CONF_TAKE1,
+            ngx_conf_set_num_slot,
+            core::mem::offset_of!(LocConf, deflate_level),
+        ),
+        ptr::addr_of_mut!(LEVEL_BOUNDS),
+    ),
+    bounded(
+        slot(
+            ngx_string!("websocket_deflate_window_bits"),
+            ANY_LEVEL | NGX_CONF_TAKE1,
+            ngx_conf_set_num_slot,
+            core::mem::offset_of!(LocConf, deflate_window_bits),
+        ),
+        ptr::addr_of_mut!(WINDOW_BITS_BOUNDS),
+    ),
+    slot(
+        ngx_string!("websocket_deflate_context_takeover"),
+        ANY_LEVEL | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        core::mem::offset_of!(LocConf, deflate_context_takeover),
+    ),
+    slot(
+        ngx_string!("websocket_deflate_min_length"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        core::mem::offset_of!(LocConf, deflate_min_length),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// nginx checks a number against these after setting it ("must be between").
+static mut LEVEL_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
+    post_handler: Some(ngx_conf_check_num_bounds),
+    low: 1,
+    high: 9,
+};
+static mut WINDOW_BITS_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
+    post_handler: Some(ngx_conf_check_num_bounds),
+    low: 8,
+    high: 15,
+};
+
+/// A numeric command whose value nginx checks against `bounds`.
+const fn bounded(mut cmd: ngx_command_t, bounds: *mut ngx_conf_num_bounds_t) -> ngx_command_t {
+    cmd.post = bounds.cast();
+    cmd
+}
 
 /// The module's `merge_loc_conf`: inheritance, then the TLS context of a
 /// `wss://` pass, which needs the merged settings and the configuration.

@@ -53,11 +53,15 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         .protocols
         .as_deref()
         .and_then(|ours| select_subprotocol(&offered, ours));
-    let pipelined = match upgrade::respond(r, &handshake.accept, chosen) {
+    let extensions = handshake.deflate.as_ref().map(|(_, header)| header.as_str());
+    let pipelined = match upgrade::respond(r, &handshake.accept, chosen, extensions) {
         Ok(p) => p,
         Err(rc) => return rc,
     };
-    let ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
+    let mut ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
+    if let (Some((agreed, _)), Some((_, settings))) = (&handshake.deflate, conf.deflate()) {
+        ws.enable_compression(agreed, settings);
+    }
     let log = SessionLog::new(Some(Kind::Echo), chosen.map(str::to_owned));
     metrics::session_started(Kind::Echo);
     let Some(session) = r.pool_alloc(EchoSession {

@@ -11,6 +11,7 @@
 
 pub mod buffers;
 pub mod client;
+pub mod compression;
 pub mod config;
 pub mod echo;
 pub mod metrics;

@@ -16,6 +16,7 @@ use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_msec_t, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
 use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
+use crate::client::Agreed;
 use crate::ngx_peer::UpstreamConn;
 use crate::protocol::frame::{build_frame, parse_header, OpCode, ParseConfig};
 
@@ -64,7 +65,7 @@ struct Idle {
     conn: UpstreamConn,
     slot: Slot,
     fingerprint: u64,
-    subprotocol: Option<String>,
+    agreed: Agreed,
     /// Bytes of a ping that has not fully arrived yet.
     partial: RefCell<Vec<u8>>,
 }
@@ -104,11 +105,11 @@ pub fn pool(name: &str) -> Rc<Pool> {
 
 /// What a session gets from [`Pool::acquire`].
 pub enum Acquired {
-    /// A pooled connection, already handshaken, with its subprotocol.
+    /// A pooled connection, already handshaken, with what it agreed to.
     Reused {
         conn: UpstreamConn,
         slot: Slot,
-        subprotocol: Option<String>,
+        agreed: Agreed,
     },
     /// Connect a new one, counted with this slot.
     Connect(Slot),
@@ -152,16 +153,12 @@ impl Pool {
                 let Idle {
                     conn,
                     slot,
-                    subprotocol,
+                    agreed,
                     ..
                 } = *idle;
                 conn.set_idle(false);
                 conn.connection().del_timer(Direction::Read);
-                return Acquired::Reused {
-                    conn,
-                    slot,
-                    subprotocol,
-                };
+                return Acquired::Reused { conn, slot, agreed };
             }
             let full = settings.backlog.is_some() && self.open.get() >= settings.size;
             if full {
@@ -209,14 +206,14 @@ impl Pool {
         conn: UpstreamConn,
         slot: Slot,
         fingerprint: u64,
-        subprotocol: Option<String>,
+        agreed: Agreed,
         settings: PoolSettings,
     ) {
         let mut idle = Box::new(Idle {
             conn,
             slot,
             fingerprint,
-            subprotocol,
+            agreed,
             partial: RefCell::new(Vec::new()),
         });
         let data = core::ptr::addr_of_mut!(*idle).cast();

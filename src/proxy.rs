@@ -15,7 +15,8 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
-use crate::client::{ClientError, ClientOptions, Connector, Progress, TlsTarget};
+use crate::client::{Agreed, ClientError, ClientOptions, Connector, Progress, TlsTarget};
+use crate::compression::DeflateSettings;
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
@@ -27,6 +28,7 @@ use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, Upstrea
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
 use crate::pool::{self, Acquired, Keepalive};
+use crate::protocol::deflate::{DeflateConfig, NegotiatedDeflate};
 use crate::relay::{Outcome, Relay};
 use crate::session::{Role, WebSocket};
 use crate::upgrade::ClientHandshake;
@@ -70,6 +72,9 @@ struct Plan {
     upstream_limits: Limits,
     connect_timeout: ngx::ffi::ngx_msec_t,
     keepalive: Option<Keepalive>,
+    /// permessage-deflate with the client, and the response header value.
+    deflate: Option<(NegotiatedDeflate, String)>,
+    deflate_settings: Option<DeflateSettings>,
 }
 
 /// How this request reaches its upstream's peers.
@@ -210,11 +215,14 @@ fn plan(
         },
         connect_timeout: conf.connect_timeout,
         keepalive,
+        deflate: handshake.deflate,
+        deflate_settings: conf.deflate().map(|(_, settings)| settings),
     }))
 }
 
 /// Identifies an upstream handshake: a pooled connection is only reused for
-/// an identical one (same path, host, subprotocols, origin and headers).
+/// an identical one (same path, host, subprotocols, origin, headers and
+/// compression offer).
 fn fingerprint(opts: &ClientOptions) -> u64 {
     let mut h = DefaultHasher::new();
     (
@@ -223,6 +231,7 @@ fn fingerprint(opts: &ClientOptions) -> u64 {
         &opts.protocols,
         &opts.origin,
         &opts.headers,
+        &opts.deflate,
     )
         .hash(&mut h);
     h.finish()
@@ -305,6 +314,12 @@ fn client_options(
             .ssl
             .filter(|_| url.tls)
             .map(|ctx| tls_target(conf, url, ctx)),
+        // A pooled connection serves sessions one after another: no
+        // compression state may outlive a message.
+        deflate: conf.deflate().map(|(cfg, _)| DeflateConfig {
+            context_takeover: cfg.context_takeover && conf.pool_settings().is_none(),
+            ..cfg
+        }),
     })
 }
 
@@ -513,7 +528,7 @@ impl PassSession {
                         r,
                         handshaking.plan,
                         conn,
-                        established.subprotocol,
+                        established.agreed,
                         &established.leftover,
                         false,
                     ),
@@ -545,13 +560,9 @@ impl PassSession {
                 .pool
                 .acquire(keepalive.fingerprint, keepalive.settings, keepalive.me)
             {
-                Acquired::Reused {
-                    conn,
-                    slot,
-                    subprotocol,
-                } => {
+                Acquired::Reused { conn, slot, agreed } => {
                     keepalive.slot = Some(slot);
-                    return self.upgrade(r, plan, conn, subprotocol, &[], true);
+                    return self.upgrade(r, plan, conn, agreed, &[], true);
                 }
                 Acquired::Connect(slot) => keepalive.slot = Some(slot),
                 Acquired::Wait => {
@@ -627,22 +638,33 @@ impl PassSession {
         r: &mut RequestRef,
         plan: Box<Plan>,
         conn: UpstreamConn,
-        subprotocol: Option<String>,
+        agreed: Agreed,
         leftover: &[u8],
         reused: bool,
     ) -> Next {
-        let pipelined = match upgrade::respond(r, &plan.accept, subprotocol.as_deref()) {
+        let extensions = plan.deflate.as_ref().map(|(_, header)| header.as_str());
+        let subprotocol = agreed.subprotocol.as_deref();
+        let pipelined = match upgrade::respond(r, &plan.accept, subprotocol, extensions) {
             Ok(pipelined) => pipelined,
             Err(rc) => return Next::Fail(rc),
         };
         conn.attach(ForeignTypeRef::as_ptr(&*r).cast(), upstream_event, r.log());
-        let client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
-        let upstream = WebSocket::new(
+        let mut client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
+        let mut upstream = WebSocket::new(
             conn.connection(),
             Role::Client,
             plan.upstream_limits,
             leftover,
         );
+        // Each leg compresses as it agreed; the relay sees plain messages.
+        if let Some(settings) = plan.deflate_settings {
+            if let Some((with_client, _)) = &plan.deflate {
+                client.enable_compression(with_client, settings);
+            }
+            if let Some(with_upstream) = &agreed.deflate {
+                upstream.enable_compression(with_upstream, settings);
+            }
+        }
         if r.connection().tcp_nodelay().is_err() || conn.connection().tcp_nodelay().is_err() {
             return Next::Finish {
                 linger: false,
@@ -650,14 +672,14 @@ impl PassSession {
             };
         }
         r.connection().set_log_action(c"proxying WebSocket");
-        self.log.subprotocol.clone_from(&subprotocol);
+        self.log.subprotocol.clone_from(&agreed.subprotocol);
         self.log.upstream_addr = Some(conn.name().to_owned());
         self.log.upstream_reused = reused;
         self.log.kind = Some(Kind::Pass);
         metrics::session_started(Kind::Pass);
         metrics::upstream_connected(reused);
         let Plan { keepalive, .. } = *plan;
-        let upstream = WsClient::new(upstream, conn, subprotocol, reused, keepalive);
+        let upstream = WsClient::new(upstream, conn, agreed, reused, keepalive);
         self.state = State::Relaying(Box::new(Relay::new(client, upstream)));
         // The client's events come straight here from now on, so that a
         // worker that exits asks the relay to close gracefully.

@@ -13,10 +13,12 @@ use core::ptr::NonNull;
 use ngx::ffi::{ngx_connection_t, ngx_msec_t};
 
 use crate::buffers::{self, READ_BUFFER_SIZE};
+use crate::compression::{Compression, DeflateSettings};
 use crate::config::Limits;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
 use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
+use crate::protocol::deflate::{NegotiatedDeflate, RSV1};
 use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
 use crate::protocol::mask::apply_mask;
 use crate::protocol::ProtocolError;
@@ -151,6 +153,8 @@ pub enum WsError {
     TooBig { len: usize, limit: u64 },
     /// A send after our close frame was queued.
     Closed,
+    /// zlib failed to compress a message; nothing of it was queued.
+    Compression,
 }
 
 impl fmt::Display for WsError {
@@ -166,6 +170,7 @@ impl fmt::Display for WsError {
                 )
             }
             WsError::Closed => f.write_str("connection is closing"),
+            WsError::Compression => f.write_str("compressing a message failed"),
         }
     }
 }
@@ -179,6 +184,7 @@ impl From<ProtocolError> for WsError {
 /// One WebSocket endpoint over an nginx connection.
 pub struct WebSocket {
     conn: NonNull<ngx_connection_t>,
+    role: Role,
     decoder: Decoder,
     rbuf: Vec<u8>,
     rpos: usize,
@@ -194,6 +200,8 @@ pub struct WebSocket {
     throttled: bool,
     /// A fragmented message is being sent (its last frame not yet queued).
     sending_message: bool,
+    /// permessage-deflate, when negotiated.
+    compression: Option<Box<Compression>>,
     /// When bytes last arrived, and when an unanswered heartbeat ping went
     /// out (`websocket_ping_interval`).
     last_received: ngx_msec_t,
@@ -229,14 +237,7 @@ impl WebSocket {
     /// Wraps an upgraded connection. `pipelined` are bytes the peer sent
     /// right after its handshake.
     pub fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
-        let parse = match role {
-            Role::Server => ParseConfig::server(limits.max_recv_len),
-            Role::Client => ParseConfig::client(limits.max_recv_len),
-        };
-        let decoder = Decoder::new(DecoderConfig {
-            parse,
-            max_message_len: limits.max_recv_len,
-        });
+        let decoder = Decoder::new(decoder_config(role, &limits));
         let mut rbuf = if pipelined.is_empty() {
             Vec::new()
         } else if pipelined.len() <= READ_BUFFER_SIZE {
@@ -247,6 +248,7 @@ impl WebSocket {
         rbuf[..pipelined.len()].copy_from_slice(pipelined);
         WebSocket {
             conn: NonNull::new(conn.as_ptr()).expect("a connection reference is never null"),
+            role,
             decoder,
             rbuf,
             rpos: 0,
@@ -259,6 +261,7 @@ impl WebSocket {
             close_received: false,
             throttled: false,
             sending_message: false,
+            compression: None,
             last_received: now_msec(),
             ping_sent_at: None,
             stats: Stats::default(),
@@ -269,6 +272,18 @@ impl WebSocket {
         // SAFETY: the object lives in its request's pool, which is freed
         // before the connection is.
         unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
+    }
+
+    /// Turns permessage-deflate on as the handshake agreed; before anything
+    /// was received or sent.
+    pub fn enable_compression(&mut self, agreed: &NegotiatedDeflate, settings: DeflateSettings) {
+        let role = self.role;
+        self.decoder = Decoder::new(DecoderConfig {
+            compression: true,
+            ..decoder_config(role, &self.limits)
+        });
+        let server = role == Role::Server;
+        self.compression = Some(Box::new(Compression::new(agreed, server, settings)));
     }
 
     /// Whether the connection's read or write deadline passed (and clears it).
@@ -457,17 +472,29 @@ impl WebSocket {
                     frame_header,
                     message_start,
                     chunk,
+                    compressed,
                     frame_end,
                     message_end,
                 } => {
                     if message_start {
                         self.message.clear();
                     }
-                    self.stats.bytes_in += chunk.len() as u64;
+                    let before = self.message.len();
+                    match self.compression.as_mut().filter(|_| compressed) {
+                        Some(compression) => compression.inflate(
+                            chunk,
+                            opcode == OpCode::Text,
+                            message_start,
+                            message_end,
+                            &mut self.message,
+                            self.limits.max_recv_len,
+                        )?,
+                        None => self.message.extend_from_slice(chunk),
+                    }
+                    self.stats.bytes_in += (self.message.len() - before) as u64;
                     if message_end {
                         self.stats.messages_in += 1;
                     }
-                    self.message.extend_from_slice(chunk);
                     let done = match unit {
                         Unit::Message => message_end,
                         Unit::Frame => frame_end,
@@ -540,12 +567,34 @@ impl WebSocket {
             });
         }
         let mask = self.limits.send_masked.then(random_mask);
-        let header = encode_header(fin, 0, opcode, payload.len() as u64, mask);
-        self.wbuf.extend_from_slice(header.as_slice());
-        let start = self.wbuf.len();
-        self.wbuf.extend_from_slice(payload);
-        if let Some(mask) = mask {
-            apply_mask(&mut self.wbuf[start..], mask, 0);
+        let compression = self.compression.as_mut().filter(|_| !opcode.is_control());
+        match compression {
+            Some(compression) => {
+                let rsv = match opcode {
+                    OpCode::Continuation => 0,
+                    _ if compression.start_message(fin, payload.len()) => RSV1,
+                    _ => 0,
+                };
+                if compression.sending_compressed() {
+                    // Compressed in place behind the queue, then the header
+                    // (whose length depends on it) is rotated in front.
+                    let start = self.wbuf.len();
+                    if !compression.compress(payload, fin, &mut self.wbuf) {
+                        self.wbuf.truncate(start);
+                        return Err(WsError::Compression);
+                    }
+                    let len = (self.wbuf.len() - start) as u64;
+                    let header = encode_header(fin, rsv, opcode, len, mask);
+                    self.wbuf.extend_from_slice(header.as_slice());
+                    self.wbuf[start..].rotate_right(header.as_slice().len());
+                    if let Some(mask) = mask {
+                        apply_mask(&mut self.wbuf[start + header.as_slice().len()..], mask, 0);
+                    }
+                } else {
+                    self.queue_frame(fin, opcode, payload, mask);
+                }
+            }
+            None => self.queue_frame(fin, opcode, payload, mask),
         }
         if opcode == OpCode::Close {
             self.close_sent = true;
@@ -562,6 +611,17 @@ impl WebSocket {
             }
         }
         Ok(())
+    }
+
+    /// Queues a frame as it is, masked if `mask`.
+    fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+        let header = encode_header(fin, 0, opcode, payload.len() as u64, mask);
+        self.wbuf.extend_from_slice(header.as_slice());
+        let start = self.wbuf.len();
+        self.wbuf.extend_from_slice(payload);
+        if let Some(mask) = mask {
+            apply_mask(&mut self.wbuf[start..], mask, 0);
+        }
     }
 
     /// What crossed the connection so far.
@@ -674,6 +734,19 @@ impl WebSocket {
 impl Drop for WebSocket {
     fn drop(&mut self) {
         buffers::give(core::mem::take(&mut self.rbuf));
+    }
+}
+
+/// The decoder rules for frames that `role` receives.
+fn decoder_config(role: Role, limits: &Limits) -> DecoderConfig {
+    let parse = match role {
+        Role::Server => ParseConfig::server(limits.max_recv_len),
+        Role::Client => ParseConfig::client(limits.max_recv_len),
+    };
+    DecoderConfig {
+        parse,
+        max_message_len: limits.max_recv_len,
+        compression: false,
     }
 }
 

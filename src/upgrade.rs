@@ -7,6 +7,7 @@ use ngx::ngx_log_error;
 use crate::config::LocConf;
 use crate::metrics;
 use crate::ngx_io::RequestRef;
+use crate::protocol::deflate::{accept_offer, NegotiatedDeflate};
 use crate::protocol::handshake::{validate_request, HandshakeRequest};
 
 /// A client handshake that passed every check, with what the response and
@@ -16,6 +17,9 @@ pub struct ClientHandshake {
     /// Subprotocols the client offered, in its order of preference.
     pub protocols: Vec<String>,
     pub origin: Option<Vec<u8>>,
+    /// permessage-deflate as agreed (`websocket_deflate on` and an
+    /// acceptable offer), with the response header's value.
+    pub deflate: Option<(NegotiatedDeflate, String)>,
 }
 
 const HTTP_FORBIDDEN: ngx_int_t = 403;
@@ -49,11 +53,28 @@ fn check(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_
             headers: r.headers_in(),
         };
         match validate_request(&req) {
-            Ok(valid) => ClientHandshake {
-                accept: valid.accept,
-                protocols: valid.protocols.iter().map(|p| (*p).to_owned()).collect(),
-                origin: valid.origin.map(<[u8]>::to_vec),
-            },
+            Ok(valid) => {
+                let deflate = match conf.deflate() {
+                    Some((cfg, _)) => match accept_offer(&valid.extensions, &cfg) {
+                        Ok(agreed) => agreed,
+                        Err(e) => {
+                            ngx_log_error!(
+                                NGX_LOG_INFO,
+                                r.log(),
+                                "websocket: handshake rejected: {e}"
+                            );
+                            return Err(HTTP_BAD_REQUEST);
+                        }
+                    },
+                    None => None,
+                };
+                ClientHandshake {
+                    accept: valid.accept,
+                    protocols: valid.protocols.iter().map(|p| (*p).to_owned()).collect(),
+                    origin: valid.origin.map(<[u8]>::to_vec),
+                    deflate,
+                }
+            }
             Err(e) => {
                 ngx_log_error!(NGX_LOG_INFO, r.log(), "websocket: handshake rejected: {e}");
                 let status = e.status();
@@ -87,12 +108,14 @@ fn check(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_
     Ok(handshake)
 }
 
-/// Answers 101 and flushes it. Returns the bytes the client sent right behind
-/// its handshake (already frames); on failure, the code to finalize with.
+/// Answers 101 (with the chosen subprotocol and extensions) and flushes it.
+/// Returns the bytes the client sent right behind its handshake (already
+/// frames); on failure, the code to finalize with.
 pub fn respond(
     r: &mut RequestRef,
     accept: &str,
     subprotocol: Option<&str>,
+    extensions: Option<&str>,
 ) -> Result<Vec<u8>, ngx_int_t> {
     r.set_status(
         NGX_HTTP_SWITCHING_PROTOCOLS,
@@ -103,6 +126,10 @@ pub fn respond(
         .and_then(|()| r.add_header_out("Sec-WebSocket-Accept", accept.as_bytes()))
         .and_then(|()| match subprotocol {
             Some(p) => r.add_header_out("Sec-WebSocket-Protocol", p.as_bytes()),
+            None => Ok(()),
+        })
+        .and_then(|()| match extensions {
+            Some(e) => r.add_header_out("Sec-WebSocket-Extensions", e.as_bytes()),
             None => Ok(()),
         });
     if added.is_err() {

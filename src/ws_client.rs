@@ -7,6 +7,7 @@ use core::ops::{Deref, DerefMut};
 
 use ngx::ffi::ngx_msec_t;
 
+use crate::client::Agreed;
 use crate::ngx_peer::UpstreamConn;
 use crate::pool::{Keepalive, PoolSettings};
 use crate::session::WebSocket;
@@ -15,7 +16,7 @@ use crate::session::WebSocket;
 pub struct WsClient {
     ws: WebSocket,
     conn: UpstreamConn,
-    subprotocol: Option<String>,
+    agreed: Agreed,
     reused: bool,
     keepalive: Option<Keepalive>,
 }
@@ -25,8 +26,9 @@ pub struct WsClient {
 pub enum KeepaliveError {
     /// The connection was opened without a pool (`websocket_keepalive` off).
     NoPool,
-    /// A message is half sent or half received, output is queued, or a
-    /// close frame went either way: the next session would inherit it.
+    /// A message is half sent or half received, output is queued, a close
+    /// frame went either way, or compression keeps state between messages:
+    /// the next session would inherit it.
     Unclean,
 }
 
@@ -45,14 +47,14 @@ impl WsClient {
     pub fn new(
         ws: WebSocket,
         conn: UpstreamConn,
-        subprotocol: Option<String>,
+        agreed: Agreed,
         reused: bool,
         keepalive: Option<Keepalive>,
     ) -> WsClient {
         WsClient {
             ws,
             conn,
-            subprotocol,
+            agreed,
             reused,
             keepalive,
         }
@@ -60,7 +62,7 @@ impl WsClient {
 
     /// The subprotocol the upstream chose in its handshake.
     pub fn subprotocol(&self) -> Option<&str> {
-        self.subprotocol.as_deref()
+        self.agreed.subprotocol.as_deref()
     }
 
     /// Whether the connection came from the keepalive pool.
@@ -92,7 +94,7 @@ impl WsClient {
         let WsClient {
             ws,
             conn,
-            subprotocol,
+            agreed,
             keepalive,
             ..
         } = self;
@@ -103,7 +105,11 @@ impl WsClient {
         else {
             return Err(KeepaliveError::NoPool);
         };
-        if !clean {
+        // Compression state kept between messages would be lost.
+        let stateless = agreed.deflate.is_none_or(|d| {
+            d.server_no_context_takeover && d.client_no_context_takeover
+        });
+        if !clean || !stateless {
             return Err(KeepaliveError::Unclean);
         }
         let settings = PoolSettings {
@@ -113,7 +119,7 @@ impl WsClient {
         };
         keepalive
             .pool
-            .release(conn, slot, keepalive.fingerprint, subprotocol, settings);
+            .release(conn, slot, keepalive.fingerprint, agreed, settings);
         Ok(())
     }
 }

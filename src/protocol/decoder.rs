@@ -8,6 +8,7 @@
 use std::fmt;
 
 use super::close::parse_close_payload;
+use super::deflate::{compressed_limit, RSV1};
 use super::error::ProtocolError;
 use super::frame::{parse_header, FrameHeader, OpCode, ParseConfig};
 use super::mask::apply_mask;
@@ -21,6 +22,11 @@ pub struct DecoderConfig {
     pub parse: ParseConfig,
     /// Limit on the sum of a message's fragments; 0 = unlimited. Over it: 1009.
     pub max_message_len: u64,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message,
+    /// whose payload is handed out as it is (not UTF-8 checked) and may
+    /// exceed the limits by deflate's overhead; its inflated size is the
+    /// caller's to check.
+    pub compression: bool,
 }
 
 /// What one call to [`Decoder::decode`] found.
@@ -36,8 +42,10 @@ pub enum DecodeEvent<'a> {
         frame_header: FrameHeader,
         /// The first chunk of a message.
         message_start: bool,
-        /// Unmasked in place; for text, valid UTF-8 so far.
+        /// Unmasked in place; for text, valid UTF-8 so far (unless compressed).
         chunk: &'a [u8],
+        /// The message is compressed (RSV1 on its first frame).
+        compressed: bool,
         frame_end: bool,
         message_end: bool,
     },
@@ -96,6 +104,9 @@ impl fmt::Debug for ControlFrame {
 #[derive(Debug)]
 pub struct Decoder {
     cfg: DecoderConfig,
+    /// The frame rules on the wire: with compression, RSV1 is allowed and
+    /// the payload limit has room for compressed messages.
+    wire: ParseConfig,
     state: State,
     /// The data message being received, possibly over several frames.
     message: Option<Message>,
@@ -124,12 +135,19 @@ struct Message {
     len: u64,
     /// A chunk of it has been handed out.
     started: bool,
+    compressed: bool,
 }
 
 impl Decoder {
     pub fn new(cfg: DecoderConfig) -> Self {
+        let mut wire = cfg.parse;
+        if cfg.compression {
+            wire.allowed_rsv |= RSV1;
+            wire.max_payload_len = compressed_limit(wire.max_payload_len);
+        }
         Self {
             cfg,
+            wire,
             state: State::Header,
             message: None,
             utf8: Utf8Validator::new(),
@@ -167,7 +185,7 @@ impl Decoder {
     fn step<'a>(&mut self, buf: &'a mut [u8]) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
         let mut header_len = 0;
         if let State::Header = self.state {
-            let Some((header, len)) = parse_header(buf, &self.cfg.parse)? else {
+            let Some((header, len)) = parse_header(buf, &self.wire)? else {
                 return Ok((0, DecodeEvent::NeedMore));
             };
             self.start_frame(header)?;
@@ -198,12 +216,27 @@ impl Decoder {
                 opcode,
                 len: 0,
                 started: false,
+                compressed: header.rsv & RSV1 != 0,
             }),
         };
+        let (frame_max, message_max) = if message.compressed {
+            let max = compressed_limit(self.cfg.max_message_len);
+            (self.wire.max_payload_len, max)
+        } else {
+            (self.cfg.parse.max_payload_len, self.cfg.max_message_len)
+        };
+        if frame_max != 0 && header.payload_len > frame_max {
+            return Err(ProtocolError::FrameTooBig {
+                len: header.payload_len,
+                max: frame_max,
+            });
+        }
         let len = message.len.saturating_add(header.payload_len);
-        let max = self.cfg.max_message_len;
-        if max != 0 && len > max {
-            return Err(ProtocolError::MessageTooBig { len, max });
+        if message_max != 0 && len > message_max {
+            return Err(ProtocolError::MessageTooBig {
+                len,
+                max: message_max,
+            });
         }
         message.len = len;
         self.state = State::Data {
@@ -234,13 +267,14 @@ impl Decoder {
             .expect("a data frame belongs to a message");
         let frame_end = take as u64 == remaining;
         let message_end = frame_end && header.fin;
-        if message.opcode == OpCode::Text {
+        if message.opcode == OpCode::Text && !message.compressed {
             self.utf8.feed(chunk)?;
             if message_end {
                 self.utf8.finish()?;
             }
         }
         let opcode = message.opcode;
+        let compressed = message.compressed;
         let message_start = !message.started;
         message.started = true;
         if message_end {
@@ -259,6 +293,7 @@ impl Decoder {
             frame_header: header,
             message_start,
             chunk,
+            compressed,
             frame_end,
             message_end,
         };
@@ -305,6 +340,7 @@ mod tests {
         DecoderConfig {
             parse: ParseConfig::server(max_payload_len),
             max_message_len,
+            compression: false,
         }
     }
 
@@ -354,6 +390,7 @@ mod tests {
                         chunk,
                         frame_end,
                         message_end,
+                        ..
                     } => {
                         assert!(
                             !chunk.is_empty() || frame_header.payload_len == 0,
@@ -494,6 +531,7 @@ mod tests {
             frame_header: header,
             message_start: true,
             chunk: b"ab",
+            compressed: false,
             frame_end: false,
             message_end: false,
         };
@@ -507,6 +545,7 @@ mod tests {
             frame_header: header,
             message_start: false,
             chunk: b"cdef",
+            compressed: false,
             frame_end: true,
             message_end: true,
         };
@@ -514,6 +553,54 @@ mod tests {
         // Unmasked in the caller's buffer.
         assert_eq!(rest, b"cdef");
         assert!(!decoder.in_message());
+    }
+
+    #[test]
+    fn compressed_messages_with_permessage_deflate() {
+        let deflate = DecoderConfig {
+            compression: true,
+            ..server(100, 100)
+        };
+        let mut rsv1_text = build_frame(false, OpCode::Text, &[0xff, 0xfe], Some(KEY));
+        rsv1_text[0] |= 0x40;
+        let more = build_frame(true, OpCode::Continuation, &[0xc0], Some(KEY));
+        let stream = [rsv1_text.clone(), more.clone()].concat();
+        // Without the extension RSV1 is a violation.
+        let (_, err) = run(server(100, 100), &[&stream]);
+        assert_eq!(err, Some(ProtocolError::ReservedBits(0b100)));
+        // With it, compressed bytes pass unchecked (they are not UTF-8 yet).
+        let mut decoder = Decoder::new(deflate);
+        let mut buf = stream.clone();
+        let (used, event) = decoder.decode(&mut buf).unwrap();
+        assert!(matches!(
+            event,
+            DecodeEvent::Data { compressed: true, message_start: true, chunk: [0xff, 0xfe], .. }
+        ));
+        let (_, event) = decoder.decode(&mut buf[used..]).unwrap();
+        assert!(matches!(
+            event,
+            DecodeEvent::Data { compressed: true, message_end: true, chunk: [0xc0], .. }
+        ));
+        // RSV1 on a continuation frame stays a violation.
+        let mut bad = more.clone();
+        bad[0] |= 0x40;
+        let (_, err) = run(deflate, &[&build_frame(false, OpCode::Text, b"a", Some(KEY)), &bad]);
+        assert_eq!(err, Some(ProtocolError::ReservedBits(0b100)));
+        // An uncompressed message keeps its UTF-8 check and exact limits.
+        let (_, err) = run(deflate, &[&build_frame(true, OpCode::Text, &[0xff], Some(KEY))]);
+        assert_eq!(err, Some(ProtocolError::InvalidUtf8));
+        let (_, err) = run(deflate, &[&build_frame(true, OpCode::Binary, &[0; 101], Some(KEY))]);
+        assert_eq!(err, Some(ProtocolError::FrameTooBig { len: 101, max: 100 }));
+        // A compressed one may exceed them by deflate's overhead.
+        let mut big = build_frame(true, OpCode::Binary, &[0; 1124], Some(KEY));
+        big[0] |= 0x40;
+        assert_eq!(run(deflate, &[&big]).1, None);
+        let mut bigger = build_frame(true, OpCode::Binary, &[0; 1131], Some(KEY));
+        bigger[0] |= 0x40;
+        assert_eq!(
+            run(deflate, &[&bigger]).1,
+            Some(ProtocolError::FrameTooBig { len: 1131, max: 1130 })
+        );
     }
 
     #[test]
@@ -821,6 +908,7 @@ mod tests {
         let cfg = DecoderConfig {
             parse: ParseConfig::client(100),
             max_message_len: 0,
+            compression: false,
         };
         let stream = build_frame(true, OpCode::Text, b"hi", None);
         let (events, err) = run(cfg, &[&stream]);
@@ -900,7 +988,7 @@ mod tests {
                 }
             }
             let parse = ParseConfig { require_masked: false, ..ParseConfig::server(100) };
-            let cfg = DecoderConfig { parse, max_message_len: 0 };
+            let cfg = DecoderConfig { parse, max_message_len: 0, compression: false };
             let mut points: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
             points.push(0);
             points.push(stream.len());

@@ -6,7 +6,8 @@ mod negotiate;
 
 pub use codec::{MessageDeflater, MessageInflater};
 pub use negotiate::{
-    accept_offer, check_response, offer, DeflateConfig, ExtensionError, NegotiatedDeflate,
+    accept_offer, check_response, offer, DeflateConfig, Direction, ExtensionError,
+    NegotiatedDeflate,
 };
 
 /// The extension's name in `Sec-WebSocket-Extensions`.

@@ -7,7 +7,7 @@ use core::fmt;
 use super::{EXTENSION_NAME, MAX_WINDOW_BITS, MIN_DEFLATE_WINDOW_BITS};
 
 /// What an endpoint is configured to allow (`websocket_deflate_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DeflateConfig {
     /// The largest LZ77 window we compress with, 8–15.
     pub window_bits: u8,

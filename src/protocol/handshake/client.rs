@@ -72,6 +72,15 @@ pub struct HandshakeResponse {
 }
 
 impl HandshakeResponse {
+    /// The values of every header named `name` (case-insensitive).
+    pub fn header_values(&self, name: &str) -> Vec<&[u8]> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+            .collect()
+    }
+
     /// Checks a response to a request that offered `offered_protocols` and no
     /// extensions; returns the subprotocol the server chose.
     pub fn validate(

@@ -26,6 +26,8 @@ pub enum HandshakeError {
     ResponseInvalidAccept,
     ResponseUnofferedProtocol(String),
     ResponseUnofferedExtension(String),
+    /// The extension parameters the server chose cannot be used.
+    ResponseBadExtension(String),
 }
 
 impl HandshakeError {
@@ -86,6 +88,7 @@ impl fmt::Display for HandshakeError {
                 f,
                 "handshake response chose extension \"{name}\" that was not offered"
             ),
+            Self::ResponseBadExtension(why) => write!(f, "handshake response: {why}"),
         }
     }
 }
@@ -186,6 +189,11 @@ mod tests {
                 HandshakeError::ResponseUnofferedExtension("x-foo".into()),
                 502,
                 "handshake response chose extension \"x-foo\" that was not offered",
+            ),
+            (
+                HandshakeError::ResponseBadExtension("why".into()),
+                502,
+                "handshake response: why",
             ),
         ];
         for (err, status, reason) in table {
