@@ -276,18 +276,16 @@ pub struct Limits {
 impl LocConf {
     /// `websocket_deflate*`, when compression is on.
     pub fn deflate(&self) -> Option<(DeflateConfig, DeflateSettings)> {
-        (self.deflate == 1).then(|| {
-            (
-                DeflateConfig {
-                    window_bits: self.deflate_window_bits as u8,
-                    context_takeover: self.deflate_context_takeover == 1,
-                },
-                DeflateSettings {
-                    level: self.deflate_level as u32,
-                    min_length: self.deflate_min_length,
-                },
-            )
-        })
+        (self.deflate == 1).then_some((
+            DeflateConfig {
+                window_bits: self.deflate_window_bits as u8,
+                context_takeover: self.deflate_context_takeover == 1,
+            },
+            DeflateSettings {
+                level: self.deflate_level as u32,
+                min_length: self.deflate_min_length,
+            },
+        ))
     }
 
     /// Whether a content directive (echo, pass, status) claimed the location.
