@@ -5,9 +5,12 @@ Python `websockets` library and prints one line per check:
     ok <check> <detail>
     not ok <check> <detail>
 
-Usage: ws_client.py URL   (e.g. ws://127.0.0.1:8080/interop)
+Usage: ws_client.py URL [deflate]   (e.g. ws://127.0.0.1:8080/interop)
 The location must echo, allow 1 MiB messages and offer the subprotocol
-"chat". Exit status 0 when every check passed, 1 otherwise.
+"chat". With "deflate" the location has `websocket_deflate on`: the client
+checks that permessage-deflate was negotiated and that frames carried RSV1
+both ways; without, that the offer (websockets always makes one) was
+declined. Exit status 0 when every check passed, 1 otherwise.
 """
 
 import asyncio
@@ -21,8 +24,28 @@ for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY
     os.environ.pop(var, None)
 
 import websockets  # noqa: E402
+from websockets.extensions import permessage_deflate  # noqa: E402
 
 FAILED = []
+# Frames that carried RSV1 (a compressed message), as the library saw them.
+RSV1 = {"received": 0, "sent": 0}
+
+
+def count_compressed_frames():
+    """Wraps the library's permessage-deflate codec to count RSV1 frames."""
+    cls = permessage_deflate.PerMessageDeflate
+    decode, encode = cls.decode, cls.encode
+
+    def counting_decode(self, frame, *, max_size=None):
+        RSV1["received"] += frame.rsv1
+        return decode(self, frame, max_size=max_size)
+
+    def counting_encode(self, frame):
+        encoded = encode(self, frame)
+        RSV1["sent"] += encoded.rsv1
+        return encoded
+
+    cls.decode, cls.encode = counting_decode, counting_encode
 
 
 def report(check, passed, detail=""):
@@ -49,15 +72,20 @@ async def expect_echo(ws, check, message, timeout=10):
     report(check, same, f"{type(reply).__name__} of {size} bytes")
 
 
-async def main(url):
+async def main(url, deflate):
     kwargs = dict(subprotocols=["nope", "chat"], max_size=2 * 1024 * 1024, ping_interval=None,
                   open_timeout=5, close_timeout=5)
     ws = await websockets.connect(url, **kwargs)
     report("handshake", True, f"websockets {websockets.version.version}")
     report("subprotocol", ws.subprotocol == "chat", f"chose {ws.subprotocol!r}")
     extensions = attr(ws, "extensions") or []
-    report("no-extension", len(extensions) == 0,
-           "permessage-deflate offered and declined" if not extensions else repr(extensions))
+    if deflate:
+        header = ws.response.headers.get("Sec-WebSocket-Extensions")
+        report("extension", [type(e).__name__ for e in extensions] == ["PerMessageDeflate"],
+               f"server answered {header!r}")
+    else:
+        report("no-extension", len(extensions) == 0,
+               "permessage-deflate offered and declined" if not extensions else repr(extensions))
 
     await expect_echo(ws, "text", "h\u00e9llo w\u00f6rld \u2713 \U0001F600")
     await expect_echo(ws, "binary", bytes(range(256)))
@@ -98,13 +126,17 @@ async def main(url):
     rcvd_code = rcvd.code if rcvd is not None else code
     report("close", code == 1000 and rcvd_code == 1000 and elapsed < 2,
            f"server answered {rcvd_code}, closed in {elapsed:.2f} s")
+    if deflate:
+        report("compressed-frames", RSV1["received"] > 0 and RSV1["sent"] > 0,
+               f"{RSV1['received']} received and {RSV1['sent']} sent with RSV1")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3) or sys.argv[2:] not in ([], ["deflate"]):
         sys.exit(__doc__)
+    count_compressed_frames()
     try:
-        asyncio.run(asyncio.wait_for(main(sys.argv[1]), 30))
+        asyncio.run(asyncio.wait_for(main(sys.argv[1], sys.argv[2:] == ["deflate"]), 30))
     except Exception as e:  # a check that could not even run
         report("run", False, f"{type(e).__name__}: {e}")
     sys.exit(1 if FAILED else 0)
