@@ -151,21 +151,29 @@ test('switching to /proxy closes the echo session with 1000 and connects through
   assert.ok(lines.some(([d, t]) => d === 'sys' && t === 'closed: code 1000'),
     `the echo session closed with 1000: ${JSON.stringify(lines)}`);
   assert.equal(await page.evaluate(() => window.demo.socket.url), `ws://${url.host}/proxy`);
-  assert.equal(await page.evaluate(() => window.demo.socket.extensions), '');
-  assert.equal(await page.getAttribute('#extensions', 'data-value'), '');
+  // /proxy has websocket_deflate on: Chromium's offer is accepted.
+  const agreed = 'permessage-deflate; client_max_window_bits=15';
+  assert.equal(await page.evaluate(() => window.demo.socket.extensions), agreed);
+  assert.equal(await page.getAttribute('#extensions', 'data-value'), agreed);
   const hs = extensionHeaders('/proxy');
   assert.equal(hs.length, 1, `one handshake to /proxy: ${JSON.stringify(hs)}`);
   assert.equal(hs[0].status, 101);
   assert.match(hs[0].offered ?? '', /permessage-deflate/);
-  assert.equal(hs[0].accepted, undefined, 'no Sec-WebSocket-Extensions in the 101');
+  assert.equal(hs[0].accepted, agreed, 'the 101 accepts permessage-deflate');
 });
 
-test('/proxy: two messages are echoed', async () => {
+// The third message is over websocket_deflate_min_length (64 bytes), so
+// the answer comes back compressed too (30-browser.t counts it in the log).
+const LONG = 'compressed both ways: ' + 'la '.repeat(60) + 'über ✓';
+
+test('/proxy: three messages are echoed, one long enough to be compressed', async () => {
   await sendAndWaitEcho('through the proxy');
   await sendAndWaitEcho('proxy, again: über ∑ → ok');
+  await sendAndWaitEcho(LONG);
   assert.deepEqual(await sessionLines(), [
     ['out', 'through the proxy'], ['in', 'through the proxy'],
     ['out', 'proxy, again: über ∑ → ok'], ['in', 'proxy, again: über ∑ → ok'],
+    ['out', LONG], ['in', LONG],
   ]);
 });
 

@@ -3,7 +3,9 @@
 # (the page from conf/html, /echo, and /proxy -> a second server's echo, on
 # free ports), and browser/demo.test.mjs drives the page in headless Chromium
 # through playwright-core: two messages on /echo, two on /proxy, Disconnect
-# shows close 1000, permessage-deflate offered by Chromium and declined.
+# shows close 1000, permessage-deflate offered by Chromium: declined on /echo,
+# accepted on /proxy (websocket_deflate on), where the access log's
+# $websocket_compressed_* counts show compressed messages both ways.
 # Each of its tests is a test here; the access log confirms from the server
 # side what the browser did.
 #
@@ -75,7 +77,8 @@ note "http {} fragment from conf/nginx.conf:\n$conf";
 my $t = WsNginx->new(conf => <<"EOF_CONF" . $conf);
 log_format browser '\$server_port \$request_uri \$status close=\$websocket_close_code '
                    'in=\$websocket_messages_in out=\$websocket_messages_out '
-                   'up=\$websocket_upstream_addr';
+                   'up=\$websocket_upstream_addr '
+                   'z=\$websocket_compressed_in/\$websocket_compressed_out';
 access_log %%TESTDIR%%/browser.log browser;
 EOF_CONF
 $t->start;
@@ -123,7 +126,7 @@ for my $want (qr{^the page loads and connects to /echo$},
               qr{permessage-deflate},
               qr{^/echo: two messages are echoed$},
               qr{^switching to /proxy },
-              qr{^/proxy: two messages are echoed$},
+              qr{^/proxy: three messages are echoed},
               qr{^Disconnect: the page shows close code 1000$},
               qr{close\(\) without a code}) {
     ok(scalar(grep { $_ =~ $want } @order), "browser: a test matching $want ran");
@@ -150,12 +153,13 @@ for (my $deadline = time + 5; time < $deadline; sleep 0.05) {
 note join "\n", 'access log:', @log;
 my $count = sub { my ($re) = @_; scalar grep { $_ =~ $re } @log };
 is($count->(qr{^$port / 200 }), 1, 'nginx: the page was served once');
-is($count->(qr{^$port /echo 101 close=1000 in=2 out=2 up=-$}), 1,
-    'nginx: /echo session with 2 messages each way, closed 1000');
-is($count->(qr{^$port /proxy 101 close=1000 in=2 out=2 up=127\.0\.0\.1:$backend$}), 1,
-    'nginx: /proxy session with 2 messages each way, to the backend, closed 1000');
-is($count->(qr{^$backend /echo 101 close=1000 in=2 out=2 up=-$}), 1,
-    'nginx: the backend echoed those 2 messages, closed 1000');
+is($count->(qr{^$port /echo 101 close=1000 in=2 out=2 up=- z=0/0$}), 1,
+    'nginx: /echo session with 2 messages each way, uncompressed, closed 1000');
+# Chromium compresses every message; we compress those of 64 bytes and more.
+is($count->(qr{^$port /proxy 101 close=1000 in=3 out=3 up=127\.0\.0\.1:$backend z=3/1$}), 1,
+    'nginx: /proxy session with 3 messages each way, all 3 in compressed, the long one out, closed 1000');
+is($count->(qr{^$backend /echo 101 close=1000 in=3 out=3 up=- z=1/1$}), 1,
+    'nginx: the backend echoed those 3 messages, the long one compressed both ways on the pass leg');
 # close() without a code: Chromium sends a close frame without a status code.
 is($count->(qr{^$port /echo 101 close=1005 in=0 out=0 }), 1, 'nginx: close() without a code logged as 1005 on /echo');
 is($count->(qr{^$port /proxy 101 close=1005 in=0 out=0 }), 1, 'nginx: ... on /proxy');

@@ -217,6 +217,9 @@ pub struct Stats {
     pub messages_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Of those messages, the ones that went compressed (permessage-deflate).
+    pub compressed_in: u64,
+    pub compressed_out: u64,
     /// Code of the first close frame, received or sent (1005 for one
     /// without a code).
     pub close_code: Option<u16>,
@@ -494,6 +497,7 @@ impl WebSocket {
                     self.stats.bytes_in += (self.message.len() - before) as u64;
                     if message_end {
                         self.stats.messages_in += 1;
+                        self.stats.compressed_in += u64::from(compressed);
                     }
                     let done = match unit {
                         Unit::Message => message_end,
@@ -572,7 +576,10 @@ impl WebSocket {
             Some(compression) => {
                 let rsv = match opcode {
                     OpCode::Continuation => 0,
-                    _ if compression.start_message(fin, payload.len()) => RSV1,
+                    _ if compression.start_message(fin, payload.len()) => {
+                        self.stats.compressed_out += 1;
+                        RSV1
+                    }
                     _ => 0,
                 };
                 if compression.sending_compressed() {

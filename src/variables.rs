@@ -58,7 +58,7 @@ impl Drop for SessionLog {
 
 type Getter = fn(&SessionLog) -> Option<String>;
 
-const VARIABLES: [(&str, Getter); 8] = [
+const VARIABLES: [(&str, Getter); 10] = [
     ("websocket_messages_in", |l| {
         Some(l.stats.messages_in.to_string())
     }),
@@ -68,6 +68,12 @@ const VARIABLES: [(&str, Getter); 8] = [
     ("websocket_bytes_in", |l| Some(l.stats.bytes_in.to_string())),
     ("websocket_bytes_out", |l| {
         Some(l.stats.bytes_out.to_string())
+    }),
+    ("websocket_compressed_in", |l| {
+        Some(l.stats.compressed_in.to_string())
+    }),
+    ("websocket_compressed_out", |l| {
+        Some(l.stats.compressed_out.to_string())
     }),
     ("websocket_close_code", |l| {
         Some(l.stats.close_code.map_or("-".into(), |c| c.to_string()))
