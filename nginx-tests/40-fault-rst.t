@@ -16,7 +16,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame http_request);
-use WsTest;
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
 use WsUpstream;
 
 sub frame { WsUpstream::Conn::frame(@_) }

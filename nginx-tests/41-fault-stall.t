@@ -19,7 +19,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame);
-use WsTest;
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
 use WsUpstream;
 
 sub frame { WsUpstream::Conn::frame(@_) }

@@ -21,7 +21,7 @@ use Errno qw(EAGAIN EWOULDBLOCK EINTR);
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame);
-use WsTest;
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
 use WsUpstream;
 
 my $BIG_FRAMES = 512;

@@ -16,7 +16,7 @@ use Errno qw(EAGAIN EINTR);
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsClient;
-use WsTest;
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
 use WsUpstream;
 
 my $HT = 2;    # client_header_timeout

@@ -263,7 +263,9 @@ sub run_captured {
 
 # --- faults: what the workers hold (appended for the 4x-fault-*.t files) -------
 
-push @EXPORT, qw(worker_sockets sockets_back_to rss_kib);
+# On request (use WsTest qw(:DEFAULT worker_sockets ...)): older files have
+# subs of these names of their own.
+our @EXPORT_OK = qw(worker_sockets sockets_back_to rss_kib);
 
 # worker_sockets($t): the sockets the workers of $t hold (listening sockets
 # and the master's channel included); -1 when /proc does not let us look.
