@@ -673,7 +673,17 @@ impl WebSocket {
         while self.wpos < self.wbuf.len() {
             match self.conn().send(&self.wbuf[self.wpos..]) {
                 Io::Done(n) => self.wpos += n,
-                Io::Again => return Ok(false),
+                Io::Again => {
+                    // Drop what was written once it is at least half of the
+                    // buffer: a queue that never drains completely (a busy
+                    // session, a slow reader) must not keep everything that
+                    // ever passed through it.
+                    if self.wpos >= self.queued() {
+                        self.wbuf.drain(..self.wpos);
+                        self.wpos = 0;
+                    }
+                    return Ok(false);
+                }
                 Io::Eof | Io::Error => return Err(WsError::Io),
             }
         }

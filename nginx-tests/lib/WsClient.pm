@@ -556,4 +556,13 @@ sub wait_eof {
     return 0;
 }
 
+# reset_close: closes the socket with SO_LINGER 0, so that the kernel sends
+# a TCP RST instead of a FIN (appended for the 4x-fault-*.t files).
+sub reset_close {
+    my ($self) = @_;
+    return unless $self->{fh};
+    setsockopt($self->{fh}, SOL_SOCKET, Socket::SO_LINGER(), pack('ii', 1, 0));
+    $self->close;
+}
+
 1;

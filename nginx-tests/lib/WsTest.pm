@@ -261,4 +261,48 @@ sub run_captured {
     return (($? & 127 ? 128 + ($? & 127) : $? >> 8), $ok, @lines);
 }
 
+# --- faults: what the workers hold (appended for the 4x-fault-*.t files) -------
+
+# On request (use WsTest qw(:DEFAULT worker_sockets ...)): older files have
+# subs of these names of their own.
+our @EXPORT_OK = qw(worker_sockets sockets_back_to rss_kib);
+
+# worker_sockets($t): the sockets the workers of $t hold (listening sockets
+# and the master's channel included); -1 when /proc does not let us look.
+sub worker_sockets {
+    my ($t) = @_;
+    my $n = 0;
+    for my $w ($t->worker_pids) {
+        opendir my $dh, "/proc/$w/fd" or return -1;
+        for (readdir $dh) {
+            my $l = readlink "/proc/$w/fd/$_" // next;
+            $n++ if $l =~ /^socket:/;
+        }
+        closedir $dh;
+    }
+    return $n;
+}
+
+# sockets_back_to($t, $base, $limit) -> the seconds it took the workers to
+# hold no more than $base sockets, or undef when they still held more after
+# $limit seconds.
+sub sockets_back_to {
+    my ($t, $base, $limit) = @_;
+    my $t0 = Time::HiRes::time();
+    while (1) {
+        my $n = worker_sockets($t);
+        return Time::HiRes::time() - $t0 if $n >= 0 && $n <= $base;
+        return undef if Time::HiRes::time() - $t0 > $limit;
+        Time::HiRes::sleep(0.02);
+    }
+}
+
+# rss_kib($pid): VmRSS of a process in kB, undef when unreadable.
+sub rss_kib {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) { return $1 if /^VmRSS:\s+(\d+)\s+kB/ }
+    return undef;
+}
+
 1;

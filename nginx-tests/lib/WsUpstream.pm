@@ -537,4 +537,14 @@ sub close {
     $self->{fh} = undef;
 }
 
+# reset_close: closes the connection with SO_LINGER 0 (a TCP RST instead of
+# a FIN); notes `reset_at` (appended for the 4x-fault-*.t files).
+sub reset_close {
+    my ($self) = @_;
+    return unless $self->{fh};
+    $self->note(reset_at => time);
+    setsockopt($self->{fh}, SOL_SOCKET, Socket::SO_LINGER(), pack('ii', 1, 0));
+    $self->close;
+}
+
 1;
