@@ -4,7 +4,8 @@
 #   make run      build, then serve conf/nginx.conf on 127.0.0.1:8080
 #   make test     install what is missing (as root), then run every test
 #   make -s paths print the nginx binary and module paths
-#   make autobahn run the Autobahn|Testsuite (cases 1-10) against the module
+#   make autobahn run the Autobahn|Testsuite (cases 1-10, a subset of 12/13) against the module
+#   make autobahn-full  all of cases 1-10, 12 and 13 (about half an hour)
 #   make distro   build the module against the system's packaged nginx (Debian's
 #                 nginx-dev, installed as root) into target/distro/
 #   make test-distro  run the integration suite against /usr/sbin/nginx with it
@@ -21,7 +22,7 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
                 chromium
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro \
+.PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro test-distro \
 	bench fuzz
 
 all: build
@@ -68,12 +69,22 @@ unit:
 integration: build
 	prove -r nginx-tests/
 
-# The Autobahn|Testsuite fuzzing client, cases 1-10, against websocket_echo.
+# The Autobahn|Testsuite fuzzing client against websocket_echo and
+# websocket_pass -> websocket_echo (websocket_deflate on): cases 1-10 and, of
+# the compression cases 12/13, the smallest message and the fragmented one of
+# each data set and parameter set (48 cases). autobahn-full: all of 12 and 13.
 AUTOBAHN_DIR   := $(CURDIR)/target/autobahn
-AUTOBAHN_CASES := 1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*
+AUTOBAHN_BASE  := 1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*
+AUTOBAHN_DEFLATE_SUBSET := $(foreach j,1 2 3 4 5,12.$(j).1,12.$(j).11,)$(foreach j,1 2 3 4 5 6 7,13.$(j).1,13.$(j).11,)
+AUTOBAHN_CASES := $(AUTOBAHN_BASE),$(AUTOBAHN_DEFLATE_SUBSET)
 autobahn: build
 	autobahn/install.sh $(AUTOBAHN_DIR)
 	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report '$(AUTOBAHN_CASES)'
+
+autobahn-full: build
+	autobahn/install.sh $(AUTOBAHN_DIR)
+	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report-full \
+		'$(AUTOBAHN_BASE),12.*,13.*'
 
 test: deps build unit integration autobahn
 
