@@ -34,6 +34,15 @@ server {
         websocket_protocols chat superchat;
         websocket_origins http://example.com https://example.org;
     }
+
+    location /deflate {
+        websocket_echo;
+        websocket_deflate on;
+        websocket_deflate_level 9;
+        websocket_deflate_window_bits 8;
+        websocket_deflate_context_takeover off;
+        websocket_deflate_min_length 1k;
+    }
 }
 EOF_CONF
 
@@ -72,6 +81,24 @@ my @bad = (
     [ 'websocket_protocols without arguments',
       conf_server("    location /ws {\n        websocket_echo;\n        websocket_protocols;\n    }"),
       'websocket_protocols', 'websocket_protocols;' ],
+    [ 'websocket_deflate_level 0',
+      conf_server("    location /ws {\n        websocket_echo;\n        websocket_deflate_level 0;\n    }"),
+      'websocket_deflate_level', 'websocket_deflate_level 0' ],
+    [ 'websocket_deflate_level 10',
+      "websocket_deflate_level 10;\n" . conf_server(''),
+      'websocket_deflate_level', 'websocket_deflate_level 10' ],
+    [ 'websocket_deflate_window_bits 7',
+      conf_server("    websocket_deflate_window_bits 7;\n    location /ws { websocket_echo; }"),
+      'websocket_deflate_window_bits', 'websocket_deflate_window_bits 7' ],
+    [ 'websocket_deflate_window_bits 16',
+      conf_server("    websocket_deflate_window_bits 16;\n    location /ws { websocket_echo; }"),
+      'websocket_deflate_window_bits', 'websocket_deflate_window_bits 16' ],
+    [ 'websocket_deflate with a bad flag',
+      conf_server("    location /ws {\n        websocket_echo;\n        websocket_deflate yes;\n    }"),
+      'websocket_deflate', 'websocket_deflate yes' ],
+    [ 'websocket_deflate_min_length with a bad size',
+      conf_server("    location /ws {\n        websocket_echo;\n        websocket_deflate_min_length big;\n    }"),
+      'websocket_deflate_min_length', 'websocket_deflate_min_length big' ],
     [ 'websocket_origins without arguments',
       conf_server("    location /ws {\n        websocket_echo;\n        websocket_origins;\n    }"),
       'websocket_origins', 'websocket_origins;' ],

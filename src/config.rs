@@ -8,7 +8,7 @@ use core::ptr::{self, NonNull};
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_check_num_bounds, ngx_conf_num_bounds_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
     ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
     NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
@@ -503,23 +503,17 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
         ngx_conf_set_flag_slot,
         core::mem::offset_of!(LocConf, deflate),
     ),
-    bounded(
-        slot(
-            ngx_string!("websocket_deflate_level"),
-            ANY_LEVEL | NGX_CONF_TAKE1,
-            ngx_conf_set_num_slot,
-            core::mem::offset_of!(LocConf, deflate_level),
-        ),
-        ptr::addr_of_mut!(LEVEL_BOUNDS),
+    slot(
+        ngx_string!("websocket_deflate_level"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_deflate_level,
+        core::mem::offset_of!(LocConf, deflate_level),
     ),
-    bounded(
-        slot(
-            ngx_string!("websocket_deflate_window_bits"),
-            ANY_LEVEL | NGX_CONF_TAKE1,
-            ngx_conf_set_num_slot,
-            core::mem::offset_of!(LocConf, deflate_window_bits),
-        ),
-        ptr::addr_of_mut!(WINDOW_BITS_BOUNDS),
+    slot(
+        ngx_string!("websocket_deflate_window_bits"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_deflate_window_bits,
+        core::mem::offset_of!(LocConf, deflate_window_bits),
     ),
     slot(
         ngx_string!("websocket_deflate_context_takeover"),
@@ -536,22 +530,51 @@ pub static mut COMMANDS: [ngx_command_t; 32] = [
     ngx_command_t::empty(),
 ];
 
-/// nginx checks a number against these after setting it ("must be between").
-static mut LEVEL_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
-    post_handler: Some(ngx_conf_check_num_bounds),
-    low: 1,
-    high: 9,
-};
-static mut WINDOW_BITS_BOUNDS: ngx_conf_num_bounds_t = ngx_conf_num_bounds_t {
-    post_handler: Some(ngx_conf_check_num_bounds),
-    low: 8,
-    high: 15,
-};
+/// `websocket_deflate_level 1..9`.
+unsafe extern "C" fn cmd_deflate_level(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as nginx passes them to a directive handler.
+    unsafe { set_num_within(cf, cmd, conf, 1..=9, c"must be between 1 and 9") }
+}
 
-/// A numeric command whose value nginx checks against `bounds`.
-const fn bounded(mut cmd: ngx_command_t, bounds: *mut ngx_conf_num_bounds_t) -> ngx_command_t {
-    cmd.post = bounds.cast();
-    cmd
+/// `websocket_deflate_window_bits 8..15`.
+unsafe extern "C" fn cmd_deflate_window_bits(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: as nginx passes them to a directive handler.
+    unsafe { set_num_within(cf, cmd, conf, 8..=15, c"must be between 8 and 15") }
+}
+
+/// nginx's number slot, then a range check whose message nginx prints after
+/// the directive's name (its own bounds post handler does not name it).
+///
+/// # Safety
+/// As nginx passes them to the handler of a command whose offset is an
+/// `ngx_int_t` field of [`LocConf`].
+unsafe fn set_num_within(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    range: core::ops::RangeInclusive<ngx_int_t>,
+    out_of_range: &'static core::ffi::CStr,
+) -> *mut c_char {
+    // SAFETY: guaranteed by the caller.
+    let rv = unsafe { ngx_conf_set_num_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: the slot setter just wrote this ngx_int_t field.
+    let value = unsafe { *conf.cast::<u8>().add((*cmd).offset).cast::<ngx_int_t>() };
+    if range.contains(&value) {
+        NGX_CONF_OK
+    } else {
+        out_of_range.as_ptr().cast_mut()
+    }
 }
 
 /// The module's `merge_loc_conf`: inheritance, then the TLS context of a

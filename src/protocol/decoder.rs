@@ -574,22 +574,41 @@ mod tests {
         let (used, event) = decoder.decode(&mut buf).unwrap();
         assert!(matches!(
             event,
-            DecodeEvent::Data { compressed: true, message_start: true, chunk: [0xff, 0xfe], .. }
+            DecodeEvent::Data {
+                compressed: true,
+                message_start: true,
+                chunk: [0xff, 0xfe],
+                ..
+            }
         ));
         let (_, event) = decoder.decode(&mut buf[used..]).unwrap();
         assert!(matches!(
             event,
-            DecodeEvent::Data { compressed: true, message_end: true, chunk: [0xc0], .. }
+            DecodeEvent::Data {
+                compressed: true,
+                message_end: true,
+                chunk: [0xc0],
+                ..
+            }
         ));
         // RSV1 on a continuation frame stays a violation.
         let mut bad = more.clone();
         bad[0] |= 0x40;
-        let (_, err) = run(deflate, &[&build_frame(false, OpCode::Text, b"a", Some(KEY)), &bad]);
+        let (_, err) = run(
+            deflate,
+            &[&build_frame(false, OpCode::Text, b"a", Some(KEY)), &bad],
+        );
         assert_eq!(err, Some(ProtocolError::ReservedBits(0b100)));
         // An uncompressed message keeps its UTF-8 check and exact limits.
-        let (_, err) = run(deflate, &[&build_frame(true, OpCode::Text, &[0xff], Some(KEY))]);
+        let (_, err) = run(
+            deflate,
+            &[&build_frame(true, OpCode::Text, &[0xff], Some(KEY))],
+        );
         assert_eq!(err, Some(ProtocolError::InvalidUtf8));
-        let (_, err) = run(deflate, &[&build_frame(true, OpCode::Binary, &[0; 101], Some(KEY))]);
+        let (_, err) = run(
+            deflate,
+            &[&build_frame(true, OpCode::Binary, &[0; 101], Some(KEY))],
+        );
         assert_eq!(err, Some(ProtocolError::FrameTooBig { len: 101, max: 100 }));
         // A compressed one may exceed them by deflate's overhead.
         let mut big = build_frame(true, OpCode::Binary, &[0; 1124], Some(KEY));
@@ -599,7 +618,10 @@ mod tests {
         bigger[0] |= 0x40;
         assert_eq!(
             run(deflate, &[&bigger]).1,
-            Some(ProtocolError::FrameTooBig { len: 1131, max: 1130 })
+            Some(ProtocolError::FrameTooBig {
+                len: 1131,
+                max: 1130
+            })
         );
     }
 

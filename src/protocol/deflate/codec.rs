@@ -183,18 +183,35 @@ mod tests {
         // referring back to the first.
         let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
         let mut i = MessageInflater::new(15, false);
-        assert_eq!(inflate_message(&mut i, &[hello.to_vec()], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_message(&mut i, &[hello.to_vec()], 100).unwrap(),
+            b"Hello"
+        );
         let again = [0xf2, 0x00, 0x11, 0x00, 0x00];
-        assert_eq!(inflate_message(&mut i, &[again.to_vec()], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_message(&mut i, &[again.to_vec()], 100).unwrap(),
+            b"Hello"
+        );
         // §7.2.3.3: a stored (uncompressed) block, and §7.2.3.4's two
         // blocks with BFINAL set on the second.
-        let stored = [0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00];
+        let stored = [
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ];
         let mut i = MessageInflater::new(15, false);
-        assert_eq!(inflate_message(&mut i, &[stored.to_vec()], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_message(&mut i, &[stored.to_vec()], 100).unwrap(),
+            b"Hello"
+        );
         let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
-        assert_eq!(inflate_message(&mut i, &[bfinal.to_vec()], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_message(&mut i, &[bfinal.to_vec()], 100).unwrap(),
+            b"Hello"
+        );
         // After a final block the next message starts a fresh stream.
-        assert_eq!(inflate_message(&mut i, &[hello.to_vec()], 100).unwrap(), b"Hello");
+        assert_eq!(
+            inflate_message(&mut i, &[hello.to_vec()], 100).unwrap(),
+            b"Hello"
+        );
         // Our own "Hello" is the RFC's bytes.
         let mut d = MessageDeflater::new(6, 15, false);
         assert_eq!(compress_message(&mut d, &[b"Hello"]), vec![hello.to_vec()]);
@@ -231,12 +248,22 @@ mod tests {
         let mut i = MessageInflater::new(15, true);
         let mut out = Vec::new();
         let err = i.inflate(&parts[0], true, &mut out, 65_536).unwrap_err();
-        assert!(matches!(err, ProtocolError::MessageTooBig { max: 65_536, .. }));
-        assert!(out.capacity() <= 65_536 + INFLATE_STEP, "{}", out.capacity());
+        assert!(matches!(
+            err,
+            ProtocolError::MessageTooBig { max: 65_536, .. }
+        ));
+        assert!(
+            out.capacity() <= 65_536 + INFLATE_STEP,
+            "{}",
+            out.capacity()
+        );
         // Exactly at the limit is fine.
         let mut i = MessageInflater::new(15, true);
         let parts = compress_message(&mut MessageDeflater::new(9, 15, true), &[&zeros[..65_536]]);
-        assert_eq!(inflate_message(&mut i, &parts, 65_536).unwrap().len(), 65_536);
+        assert_eq!(
+            inflate_message(&mut i, &parts, 65_536).unwrap().len(),
+            65_536
+        );
     }
 
     #[test]

@@ -174,9 +174,7 @@ fn accept_one(
         client_no_context_takeover: offer.client_no_context_takeover || !cfg.context_takeover,
         server_max_window_bits: server_bits,
         client_max_window_bits: match offer.client_max_window_bits {
-            Some(offered) => cfg
-                .window_bits
-                .min(offered.unwrap_or(MAX_WINDOW_BITS)),
+            Some(offered) => cfg.window_bits.min(offered.unwrap_or(MAX_WINDOW_BITS)),
             None => MAX_WINDOW_BITS,
         },
     };
@@ -532,9 +530,12 @@ mod tests {
              client_no_context_takeover"
         );
         assert!(check("permessage-deflate", &no_takeover).is_err());
-        let agreed = check("permessage-deflate; server_no_context_takeover", &no_takeover)
-            .unwrap()
-            .unwrap();
+        let agreed = check(
+            "permessage-deflate; server_no_context_takeover",
+            &no_takeover,
+        )
+        .unwrap()
+        .unwrap();
         assert!(agreed.sending(false).no_context_takeover);
         assert!(agreed.receiving(false).no_context_takeover);
     }
