@@ -15,6 +15,7 @@ use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame);
 use WsTest;
+use WsTest qw(worker_sockets sockets_back_to);
 
 my $TIMEOUT = 2;    # websocket_timeout below
 
@@ -35,33 +36,7 @@ EOF_CONF
 
 sub f { build_frame(@_) }
 
-# Sockets held by the worker (listening sockets included); -1 when /proc
-# does not let us look.
-sub worker_sockets {
-    my $n = 0;
-    for my $w ($t->worker_pids) {
-        opendir my $dh, "/proc/$w/fd" or return -1;
-        for (readdir $dh) {
-            my $l = readlink "/proc/$w/fd/$_" // next;
-            $n++ if $l =~ /^socket:/;
-        }
-    }
-    return $n;
-}
-
-# Waits until the worker holds no more sockets than $base; returns the
-# seconds it took, or undef.
-sub sockets_back_to {
-    my ($base, $limit) = @_;
-    my $t0 = time;
-    while (time - $t0 < $limit) {
-        return time - $t0 if worker_sockets() <= $base;
-        sleep 0.05;
-    }
-    return undef;
-}
-
-my $base = worker_sockets();
+my $base = worker_sockets($t);
 my $have_proc = $base >= 0;
 note "worker holds $base sockets when idle";
 
@@ -247,9 +222,9 @@ my $handshake = sub {
     }
   SKIP: {
         skip 'cannot read /proc/<worker>/fd', 1 unless $have_proc;
-        my $took = sockets_back_to($base, $TIMEOUT + 2);
+        my $took = sockets_back_to($t, $base, $TIMEOUT + 2);
         ok(defined $took, 'vanished clients: the worker released every connection within timeout + 2 s')
-            or diag 'worker still holds ' . worker_sockets() . " sockets, $base when idle";
+            or diag 'worker still holds ' . worker_sockets($t) . " sockets, $base when idle";
     }
 }
 
@@ -268,9 +243,9 @@ my $handshake = sub {
     }
   SKIP: {
         skip 'cannot read /proc/<worker>/fd', 1 unless $have_proc;
-        my $took = sockets_back_to($base, 1 + 2);
+        my $took = sockets_back_to($t, $base, 1 + 2);
         ok(defined $took, 'silent clients with open sockets: released within lingering_timeout + 2 s')
-            or diag 'worker still holds ' . worker_sockets() . " sockets, $base when idle";
+            or diag 'worker still holds ' . worker_sockets($t) . " sockets, $base when idle";
     }
     $_->close for @silent;
 }
@@ -348,7 +323,7 @@ my $handshake = sub {
     $_->close for @c;
   SKIP: {
         skip 'cannot read /proc/<worker>/fd', 1 unless $have_proc;
-        ok(defined sockets_back_to($base, 3), "$N violations at once: the worker released every connection");
+        ok(defined sockets_back_to($t, $base, 3), "$N violations at once: the worker released every connection");
     }
 }
 

@@ -16,7 +16,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame http_request);
-use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib tagged_session);
 use WsUpstream;
 
 sub frame { WsUpstream::Conn::frame(@_) }
@@ -114,13 +114,7 @@ sub released {
     }
 }
 
-my $id = 0;
-sub session {
-    my ($m, %o) = @_;
-    my $tag = 'id=' . ++$id;
-    my $ws = WsClient->connect(port => $port, path => "/p/$m?$tag", %o);
-    return ($ws, qr/[?&]\Q$tag\E\z/);
-}
+sub session { my ($m, %o) = @_; tagged_session($port, "/p/$m", %o) }
 sub rec_of { my ($tag, %o) = @_; $up->wait_record(path => $tag, %o) // {} }
 
 my $big = build_frame(opcode => 2, payload => 'v' x 30000);
@@ -205,7 +199,7 @@ for my $case (@mid) {
 }
 {
     # the request is complete; the upstream has not answered yet
-    my $tag = 'id=' . ++$id;
+    my $tag = 'raw=' . time;
     my $req = $handshake =~ s{^GET /ws }{GET /p/hold?$tag }r;
     my $ws = WsClient->connect(port => $port, raw => $req, timeout => 0.5);
     is($ws->status, undef, 'pass, reset while the upstream handshake is under way: no response yet');

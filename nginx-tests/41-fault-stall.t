@@ -19,7 +19,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsClient qw(build_frame);
-use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib);
+use WsTest qw(:DEFAULT worker_sockets sockets_back_to rss_kib tagged_session);
 use WsUpstream;
 
 sub frame { WsUpstream::Conn::frame(@_) }
@@ -97,13 +97,7 @@ EOF_CONF
 my $base = worker_sockets($t);
 my $have_proc = $base > 0;
 
-my $id = 0;
-sub session {
-    my ($m, %o) = @_;
-    my $tag = 'id=' . ++$id;
-    my $ws = WsClient->connect(port => $port, path => "/p/$m?$tag", %o);
-    return ($ws, qr/[?&]\Q$tag\E\z/);
-}
+sub session { my ($m, %o) = @_; tagged_session($port, "/p/$m", %o) }
 sub rec_of { my ($tag, %o) = @_; $up->wait_record(path => $tag, %o) // {} }
 
 # watch(@sessions): reads every session's frames at once until each has a

@@ -265,7 +265,7 @@ sub run_captured {
 
 # On request (use WsTest qw(:DEFAULT worker_sockets ...)): older files have
 # subs of these names of their own.
-our @EXPORT_OK = qw(worker_sockets sockets_back_to rss_kib);
+our @EXPORT_OK = qw(worker_sockets sockets_back_to rss_kib tagged_session);
 
 # worker_sockets($t): the sockets the workers of $t hold (listening sockets
 # and the master's channel included); -1 when /proc does not let us look.
@@ -295,6 +295,17 @@ sub sockets_back_to {
         return undef if Time::HiRes::time() - $t0 > $limit;
         Time::HiRes::sleep(0.02);
     }
+}
+
+# tagged_session($port, $path, %connect_options) -> ($ws, $path_re): a
+# session to "$path?id=N" with a fresh N, and a regex matching that path's
+# end, for finding the session's upstream handshake in WsUpstream's records.
+my $tag_id = 0;
+sub tagged_session {
+    my ($port, $path, %o) = @_;
+    my $tag = 'id=' . ++$tag_id;
+    my $ws = WsClient->connect(port => $port, path => "$path?$tag", %o);
+    return ($ws, qr/[?&]\Q$tag\E\z/);
 }
 
 # rss_kib($pid): VmRSS of a process in kB, undef when unreadable.
