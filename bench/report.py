@@ -332,7 +332,306 @@ def targets_summary(rows, matrix, pipe, window):
     return out
 
 
+# ------------------------------------------------------------------ compressed
+
+DEFLATE = ["deflate-off", "deflate-on", "deflate-nct"]
+DLABEL = {
+    "deflate-off": "deflate off",
+    "deflate-on": "deflate on",
+    "deflate-nct": "deflate on, no context takeover",
+}
+
+
+def callgrind_objects(path):
+    """self cost by object file (callgrind_annotate), e.g. libz.so"""
+    try:
+        out = subprocess.run(
+            ["callgrind_annotate", "--auto=no", "--threshold=100", path],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except Exception:
+        return {}
+    costs = {}
+    pat = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)(?:\s+\[([^\]]*)\])?$")
+    for line in out.splitlines():
+        m = pat.match(line)
+        if not m or "PROGRAM TOTALS" in line or ":" not in m.group(2):
+            continue
+        fn = m.group(2).split(":", 1)[1].strip()
+        obj = (m.group(3) or "?").rsplit("/", 1)[-1]
+        if fn.startswith("__mem") or fn.startswith("__memset") or "memset" in fn or "memmove" in fn or "memcpy" in fn:
+            obj += " (memset/memcpy)"
+        costs[obj] = costs.get(obj, 0) + int(m.group(1).replace(",", ""))
+    return costs
+
+
+def deflate_wire(res, way):
+    """bytes of data frames on the wire per message, one way ("sent" or "recv")"""
+    d = ((res.get("wire") or {}).get(way)) or {}
+    return d["bytes"] / d["msgs"] if d.get("msgs") else None
+
+
+def deflate_section(rows, meta):
+    """The compressed (permessage-deflate) section: (markdown lines, summary lines)."""
+    tput = [r for r in rows if r.get("kind") in ("deflate", "deflate-pipelined")]
+    mem = [r for r in rows if r.get("kind") == "deflate-memory"]
+    cg = defaultdict(dict)
+    for r in rows:
+        if r.get("kind") == "deflate-callgrind":
+            cg[r["target"]][r["m"]] = r
+    perf = [r for r in rows if r.get("kind") == "deflate-perf"]
+    if not (tput or mem or cg or perf):
+        return [], []
+    out = ["## Compressed: permessage-deflate, 1 KiB JSON-like text × 64 connections", ""]
+    out.append(
+        "`websocket_echo` in three locations of the same nginx: `websocket_deflate off;` (the offer is "
+        "declined), `websocket_deflate on;` (context takeover, the default), and `websocket_deflate on; "
+        "websocket_deflate_context_takeover off;` (the server then answers with `server_no_context_takeover; "
+        "client_no_context_takeover`). Level 1, window 15 and `websocket_deflate_min_length 64`: the defaults. "
+        "The client is the load generator's second client, **yawc 0.5** (a Rust WebSocket library with RFC 7692 "
+        "support; tokio-tungstenite has none), on the same current-thread tokio runtime, offering "
+        "`permessage-deflate; client_max_window_bits=15` everywhere and compressing at level 1 itself (zlib-rs; "
+        "its level 1 is a faster, weaker compressor than zlib's, so the client's messages are larger than the "
+        "server's). Messages: 1 KiB of JSON-like text, an order event with ids, names, time stamps and line "
+        "items, keys repeating and values varying per message (1,024 distinct bodies per connection in turn, "
+        "so nothing repeats within a deflate window); zlib level 1 makes about 2× of one alone and about 3.7× "
+        "with the context of the previous ones. Every echo is checked for order, length and content after "
+        "inflating, and a tap on each TCP stream reads the frame headers both ways: it counts the bytes of data "
+        "frames (headers included) and checks the RSV1 bit of every message the server sent (all compressed "
+        "where deflate is on, none where it is off; a wrong one counts as an error)."
+    )
+    out.append("")
+    summary = []
+
+    # throughput
+    agg = {}
+    for kind, w in (("deflate", 1), ("deflate-pipelined", 16)):
+        for t in DEFLATE:
+            rs = [r["result"] for r in tput if r["kind"] == kind and r["target"] == t]
+            ok = [x for x in rs if not x.get("failed")]
+            if not rs:
+                continue
+            srv = [((x.get("cpu") or {}).get("server"), x.get("msgs_per_sec")) for x in ok]
+            agg[(t, w)] = {
+                "reps": len(rs),
+                "failed": len(rs) - len(ok),
+                "rate": median([x.get("msgs_per_sec") for x in ok]),
+                "rates": [x.get("msgs_per_sec") for x in ok],
+                "p50": median([x.get("p50_us") for x in ok]),
+                "p99": median([x.get("p99_us") for x in ok]),
+                "errors": sum(x.get("errors", 0) for x in ok),
+                "cpu_us": median([c / m * 1e6 for c, m in srv if c is not None and m]),
+                "srv": median([(x.get("cpu") or {}).get("server") for x in ok]),
+                "gen": median([(x.get("cpu") or {}).get("loadgen") for x in ok]),
+                "sent": median([deflate_wire(x, "sent") for x in ok]),
+                "recv": median([deflate_wire(x, "recv") for x in ok]),
+                "busy0": median([cpu_busy(x, 0) for x in ok]),
+                "busy1": median([cpu_busy(x, 1) for x in ok]),
+                "other": median([(x.get("cpu") or {}).get("other") for x in ok]),
+                "size": (ok[0].get("size") if ok else 1024),
+            }
+    if agg:
+        out.append("### Throughput")
+        out.append("")
+        out.append(
+            f"Ping-pong (window 1) and pipelined (window 16), {meta.get('reps')} repetitions interleaved, "
+            f"{meta.get('warmup')} s warm-up then {meta.get('duration')} s measured, medians; server on CPU 0, "
+            "load generator on CPU 1, as above. *server CPU / msg*: the worker's CPU time (user + system, from "
+            "/proc) over the measurement divided by the messages echoed, so it holds whichever side was the "
+            "limit. *wire B / msg*: bytes of data frames per message, frame header included (client frames "
+            "also carry a 4-byte mask), client → server and server → client; *ratio* is 1,024 B over the "
+            "server's bytes per message. *process CPU srv/gen*: cores used by the nginx worker and by the load "
+            "generator (at most 0.95 each under `BENCH_RT=1`); whichever is near that was the limit. † and ‡ as in "
+            "the tables above."
+        )
+        out.append("")
+        out.append("| location | window | msgs/s | vs off | p50 | p99 | server CPU / msg | wire B / msg c→s | wire B / msg s→c | ratio s→c | errors | process CPU srv/gen | CPU busy srv/gen |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for w in (1, 16):
+            off = agg.get(("deflate-off", w), {}).get("rate")
+            for t in DEFLATE:
+                a = agg.get((t, w))
+                if not a:
+                    continue
+                err = str(a["errors"]) + (f" ({a['failed']} runs failed)" if a["failed"] else "")
+                rr = f"{a['size'] / a['recv']:.2f}×" if a["recv"] else "–"
+                out.append(
+                    f"| {DLABEL[t]} | {w} | {fmt_num(a['rate'])} | {'' if t == 'deflate-off' else ratio(a['rate'], off)} | "
+                    f"{fmt_us(a['p50'])} | {fmt_us(a['p99'])} | {fmt_num(a['cpu_us'], 1)} µs | "
+                    f"{fmt_num(a['sent'])} | {fmt_num(a['recv'])} | {rr} | {err} | "
+                    f"{fmt_num(a['srv'], 2)}/{fmt_num(a['gen'], 2)} | {cpu_cell(a)} |"
+                )
+        spread = []
+        for (t, w), a in agg.items():
+            if len(a["rates"]) > 1 and a["rate"]:
+                spread.append((f"{DLABEL[t]} w{w}", (max(a["rates"]) - min(a["rates"])) / a["rate"]))
+        if spread:
+            out.append("")
+            out.append(
+                "Spread (max − min) / median of msgs/s over the repetitions: "
+                + ", ".join(f"{k} {v * 100:.0f}%" for k, v in spread) + "."
+            )
+        out.append("")
+        for w, name in ((1, "ping-pong"), (16, "pipelined")):
+            off, on, nct = (agg.get((t, w)) or {} for t in DEFLATE)
+            if off.get("rate") and on.get("rate"):
+                def limit(a):
+                    s, g = a.get("srv") or 0, a.get("gen") or 0
+                    return "server-bound" if s >= 0.9 and s >= g else "client-bound" if g >= 0.9 else "neither saturated"
+                summary.append(
+                    f"- msgs/s, 1 KiB JSON × 64, {name}: off **{fmt_num(off['rate'])}** ({limit(off)}), "
+                    f"on **{fmt_num(on['rate'])}** ({ratio(on['rate'], off['rate'])} of off; {limit(on)}), "
+                    f"no takeover **{fmt_num(nct.get('rate'))}** ({ratio(nct.get('rate'), off['rate'])}; {limit(nct)}); "
+                    f"server CPU per message {fmt_num(off.get('cpu_us'), 1)} / {fmt_num(on.get('cpu_us'), 1)} / "
+                    f"{fmt_num(nct.get('cpu_us'), 1)} µs"
+                )
+        on, nct = agg.get(("deflate-on", 1)) or {}, agg.get(("deflate-nct", 1)) or {}
+        if on.get("recv") and nct.get("recv"):
+            summary.append(
+                f"- bytes on the wire per 1 KiB message, server → client: {fmt_num(on['recv'])} B with context "
+                f"takeover (**{on['size'] / on['recv']:.2f}×**), {fmt_num(nct['recv'])} B without "
+                f"(**{nct['size'] / nct['recv']:.2f}×**); client → server (yawc): {fmt_num(on['sent'])} B / "
+                f"{fmt_num(nct['sent'])} B"
+            )
+
+    # CPU cost
+    per_msg = {}
+    split = {}
+    if cg or perf:
+        out.append("### CPU cost: instructions per echoed message")
+        out.append("")
+    if cg:
+        out.append(
+            "callgrind on the server, as in the CPU cost section: 64 connections × M ping-pong messages, two runs "
+            "(M = 20 and 120), the difference of instructions over the difference of messages, so that start-up, "
+            "handshakes and the lazy allocation of compression state on the first message cancel out. User space "
+            "only. Note that valgrind counts every iteration of a `rep stos` as one instruction, so a memset of "
+            "64 KiB counts 65,536 instructions although it takes the CPU about as long as a few thousand."
+        )
+        out.append("")
+        out.append("| location | instructions / message | vs off | of which zlib | of which memset/memcpy | heap allocations / message | nginx pool allocations / message |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for t in DEFLATE:
+            if len(cg.get(t, {})) < 2:
+                continue
+            small, large = sorted(cg[t])
+            a, b = cg[t][small], cg[t][large]
+            try:
+                ta, ha, pa = callgrind_parse(a["file"])
+                tb, hb, pb = callgrind_parse(b["file"])
+                d = b["result"]["total"] - a["result"]["total"]
+            except (OSError, KeyError, TypeError):
+                out.append(f"| {DLABEL[t]} | run failed | | | | | |")
+                continue
+            if ta is None or tb is None or d <= 0:
+                out.append(f"| {DLABEL[t]} | run failed | | | | | |")
+                continue
+            per_msg[t] = (tb - ta) / d
+            oa, ob = callgrind_objects(a["file"]), callgrind_objects(b["file"])
+            dz = sum(ob.get(k, 0) - oa.get(k, 0) for k in ob if k.startswith("libz") and "mem" not in k) / d
+            dm = sum(ob.get(k, 0) - oa.get(k, 0) for k in ob if "memset" in k) / d
+            split[t] = (dz, dm)
+            out.append(
+                f"| {DLABEL[t]} | {per_msg[t]:,.0f} | "
+                f"{'' if t == 'deflate-off' else ratio(per_msg[t], per_msg.get('deflate-off'))} | "
+                f"{dz:,.0f} | {dm:,.0f} | {max(0.0, (hb - ha) / d):.2f} | {max(0.0, (pb - pa) / d):.2f} |"
+            )
+        out.append("")
+        if "deflate-off" in per_msg and "deflate-on" in per_msg:
+            def parts(t):
+                z, m = split.get(t, (0, 0))
+                return f"zlib {z:,.0f}, memset/memcpy {m:,.0f}"
+            summary.append(
+                "- instructions per message (callgrind): off **{:,.0f}**, on **{:,.0f}** ({}; {}), no takeover "
+                "**{}** ({}; {})".format(
+                    per_msg["deflate-off"], per_msg["deflate-on"],
+                    ratio(per_msg["deflate-on"], per_msg["deflate-off"]), parts("deflate-on"),
+                    f"{per_msg['deflate-nct']:,.0f}" if "deflate-nct" in per_msg else "–",
+                    ratio(per_msg.get("deflate-nct"), per_msg["deflate-off"]), parts("deflate-nct"),
+                )
+            )
+    for r in perf:
+        x = r["result"]
+        try:
+            ins = int(r["instructions"])
+            out.append(f"- {DLABEL[r['target']]}: {ins / max(1, x['total']):,.0f} instructions / message (perf stat)")
+        except (ValueError, KeyError):
+            out.append(f"- {DLABEL[r['target']]}: perf stat failed")
+    if perf:
+        out.append("")
+
+    # memory
+    if mem:
+        out.append("### Memory: worker RSS per idle connection")
+        out.append("")
+        out.append(
+            "The memory section's method with a fresh nginx per location and N idle connections, each of "
+            "which first had one 1 KiB JSON message echoed (compressed both ways where deflate is on: the "
+            "module makes a connection's compression state on its first compressed message). Three rounds "
+            "in the same worker: round 1 gives the growth per open connection; with deflate on, glibc's heap "
+            "may not hand the freed zlib states back in the same shape, so round 2 can grow once without a "
+            "leak; a leak keeps growing in round 3 (*growth from round 2 to 3*)."
+        )
+        out.append("")
+        out.append("| location | N | RSS at start | RSS with N open | **per open connection** | vs off | RSS with N open, rounds 2 / 3 | growth from round 2 to 3, per connection | RSS after close, rounds 1 / 2 / 3 |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        per = {}
+        for r in mem:
+            n = r["n"]
+            rounds = r.get("rounds", [])
+            if not rounds or not n:
+                continue
+            r1 = rounds[0]
+            per[r["target"]] = (r1["rss_open_kib"] - r["rss_before_kib"]) / n
+        for r in mem:
+            n, t = r["n"], r["target"]
+            rounds = r.get("rounds", [])
+            if t not in per:
+                continue
+            r1 = rounds[0]
+            rl, dl = r1.get("ready_line") or {}, r1.get("done_line") or {}
+            opened, still = rl.get("open", "?"), dl.get("still_open", "?")
+            note = f"{n}" if opened == n and still == n else f"{n} (opened {opened}, still open after hold {still})"
+            wire = (rl.get("wire") or {}).get("recv") or {}
+            if wire.get("msgs") is not None and wire.get("compressed") != (wire["msgs"] if t != "deflate-off" else 0):
+                note += f" (RSV1 on {wire.get('compressed')} of {wire.get('msgs')} echoes)"
+            opens = " / ".join(f"{x['rss_open_kib']:,}" for x in rounds[1:]) + " KiB" if len(rounds) > 1 else "–"
+            growth = f"{(rounds[-1]['rss_open_kib'] - rounds[-2]['rss_open_kib']) / n:.2f} KiB" if len(rounds) > 2 else "–"
+            afters = " / ".join(f"{x['rss_after_kib']:,}" for x in rounds) + " KiB"
+            vs = "" if t == "deflate-off" or "deflate-off" not in per else f"+{per[t] - per['deflate-off']:.1f} KiB"
+            out.append(
+                f"| {DLABEL[t]} | {note} | {r['rss_before_kib']:,} KiB | {r1['rss_open_kib']:,} KiB | "
+                f"**{per[t]:.2f} KiB** | {vs} | {opens} | {growth} | {afters} |"
+            )
+        out.append("")
+        if per:
+            summary.append(
+                "- worker RSS per idle connection (after one compressed echo each, N = {}): off **{}**, on **{}**, "
+                "no takeover **{}**".format(
+                    mem[0]["n"],
+                    *(f"{per[t]:.1f} KiB" if t in per else "–" for t in DEFLATE),
+                )
+            )
+    return out, summary
+
+
 # ------------------------------------------------------------------ main
+
+
+def anomalies(events):
+    doc = ["## Anomalies", ""]
+    if events:
+        doc.append("Reported by the run (load generator errors, error-log lines at [warn] or above, worker restarts):")
+        doc.append("")
+        doc.append("```")
+        doc.extend(events[:60])
+        if len(events) > 60:
+            doc.append(f"... {len(events) - 60} more lines in bench/run/events.txt")
+        doc.append("```")
+    else:
+        doc.append("None: no load generator errors, no error-log lines at [warn] or above, no worker restarts.")
+    doc.append("")
+    return doc
 
 
 def main():
@@ -341,6 +640,7 @@ def main():
     ap.add_argument("--events", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--meta", action="append", default=[])
+    ap.add_argument("--only", choices=["deflate"], help="the report of a BENCH_ONLY run")
     args = ap.parse_args()
     meta = dict(m.split("=", 1) for m in args.meta)
     rows = load(args.results)
@@ -357,9 +657,11 @@ def main():
     rt = int(meta.get("runtime_s", "0"))
     doc = []
     doc.append(f"# Benchmark: ngx_http_websocket_module at {meta.get('rev', '?')}"
-               + (" (with uncommitted changes in src/)" if meta.get("dirty", "0") != "0" else ""))
+               + (" (with uncommitted changes in src/)" if meta.get("dirty", "0") != "0" else "")
+               + (", compressed section only" if args.only else ""))
     doc.append("")
-    doc.append(f"Run {meta.get('started', '?')}, {rt // 60} min {rt % 60} s in all, by `bench/run.sh`.")
+    doc.append(f"Run {meta.get('started', '?')}, {rt // 60} min {rt % 60} s in all, by "
+               + (f"`BENCH_ONLY={args.only} bench/run.sh`." if args.only else "`bench/run.sh`."))
     doc.append("")
     doc.append("## Machine")
     doc.append("")
@@ -381,6 +683,25 @@ def main():
     elif meta.get("nice", "0") != "0":
         doc.append(f"- nginx's worker, the load generator and rust-echo ran at niceness {meta['nice']} (`BENCH_NICE`)")
     doc.append("")
+    deflate_text, deflate_summary = deflate_section(rows, meta)
+    if args.only:
+        doc.append(
+            "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`; "
+            "the load generator (`bench/loadgen`) pinned to CPU 1. Every other section of `bench/run.sh` was "
+            "skipped."
+        )
+        doc.append("")
+        if deflate_summary:
+            doc.append("## Summary")
+            doc.append("")
+            doc.extend(deflate_summary)
+            doc.append("")
+        doc.extend(deflate_text)
+        doc.extend(anomalies(events))
+        with open(args.out, "w") as f:
+            f.write("\n".join(doc))
+        print("\n".join(deflate_summary))
+        return 0
     doc.append("## Setup")
     doc.append("")
     doc.append(
@@ -574,19 +895,13 @@ def main():
     elif meta.get("cpu_method") == "none":
         doc.append("## CPU cost\n\nNot measured (neither perf counters nor valgrind available).\n")
 
-    doc.append("## Anomalies")
-    doc.append("")
-    if events:
-        doc.append("Reported by the run (load generator errors, error-log lines at [warn] or above, worker restarts):")
+    if deflate_text:
+        doc.extend(deflate_text[:2])
+        doc.extend(deflate_summary)
         doc.append("")
-        doc.append("```")
-        doc.extend(events[:60])
-        if len(events) > 60:
-            doc.append(f"... {len(events) - 60} more lines in bench/run/events.txt")
-        doc.append("```")
-    else:
-        doc.append("None: no load generator errors, no error-log lines at [warn] or above, no worker restarts.")
-    doc.append("")
+        doc.extend(deflate_text[2:])
+
+    doc.extend(anomalies(events))
 
     with open(args.out, "w") as f:
         f.write("\n".join(doc))

@@ -24,7 +24,10 @@
 #                             where other work runs, ping-pong latency needs the
 #                             wakeups to preempt it (RT throttling leaves others 5%)
 #   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
-#   BENCH_SKIP="memory cpu ceiling sessions pipelined"  parts to leave out
+#   BENCH_SKIP="memory cpu ceiling sessions pipelined deflate"  parts to leave out
+#   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
+#                             4 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
+#   BENCH_DEFLATE_IDLE=2000   idle connections for its memory measurement
 #   BENCH_RETRIES=15          measurements redone (after waiting for a quiet
 #                             machine) when other processes used >= 0.15 cores
 set -euo pipefail
@@ -43,6 +46,13 @@ MAX_INFLIGHT=${BENCH_MAX_INFLIGHT:-268435456}
 IDLE=${BENCH_IDLE:-10000}
 PORT=${BENCH_PORT:-28080}
 SKIP=${BENCH_SKIP:-}
+ONLY=${BENCH_ONLY:-}
+case $ONLY in
+"") ;;
+deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu" ;;
+*) echo "BENCH_ONLY: only 'deflate' is supported" >&2; exit 1 ;;
+esac
+DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-2000}
 RETRIES=${BENCH_RETRIES:-15}
 NICE=${BENCH_NICE:-0}
 RT=${BENCH_RT:-0}
@@ -50,6 +60,7 @@ PRIO=(nice -n "$NICE")
 [ "$RT" = 1 ] && PRIO=(chrt -f 1)
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     DURATION=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
+    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}
 fi
 TARGETS="echo pass tunnel rust-echo"
 
@@ -199,12 +210,27 @@ check_log() { # DIR TAG
 # ------------------------------------------------------------------ main nginx
 MAIN=$RUN/main
 WS_LIMITS="websocket_max_payload_len 2m;"
+# The compressed section: websocket_echo with permessage-deflate refused,
+# accepted (context takeover, the default), and accepted without takeover.
+DEFLATE_TARGETS="deflate-off deflate-on deflate-nct"
+DEFLATE_LOCATIONS="
+        location /deflate-off { websocket_echo; websocket_deflate off; }
+        location /deflate-on { websocket_echo; websocket_deflate on; }
+        location /deflate-nct { websocket_echo; websocket_deflate on; websocket_deflate_context_takeover off; }"
+# loadgen arguments for them: the yawc client offering permessage-deflate,
+# 1 KiB JSON-like text, and the RSV1 of every echo checked.
+deflate_args() { # TARGET
+    local e=yes
+    [ "$1" = deflate-off ] && e=no
+    echo "--deflate on --payload json --expect-compressed $e"
+}
 nginx_conf "$MAIN" 4096 01 "
     server {
         listen 127.0.0.1:$P_MAIN backlog=4096;
         location /echo { websocket_echo; $WS_LIMITS }
         location /pass { websocket_pass ws://127.0.0.1:$P_BACK/echo; $WS_LIMITS }
         location /passpool { websocket_pass ws://127.0.0.1:$P_BACK/echo; websocket_keepalive 16; $WS_LIMITS }
+$DEFLATE_LOCATIONS
         location /tunnel {
             proxy_pass http://127.0.0.1:$P_BACK;
             proxy_http_version 1.1;
@@ -313,17 +339,21 @@ for size in $SIZES; do
 done
 PIPE_CELLS=()
 skipped pipelined || PIPE_CELLS=("16:64" "1024:64")
+skipped matrix && cells=() && PIPE_CELLS=()
 n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * 4 * REPS))
 est=$(python3 -c "print(round($n_runs * ($DURATION + $WARMUP + 0.4) / 60, 1))")
-log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
+skipped matrix || log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
 
 # quick sanity pass: every target answers
-for t in $TARGETS passpool; do
-    measure sanity "$t" 0 1 --connections 1 --size 16 --duration 0.2 --warmup 0
-done
+if ! skipped sanity; then
+    for t in $TARGETS passpool; do
+        measure sanity "$t" 0 1 --connections 1 --size 16 --duration 0.2 --warmup 0
+    done
+fi
 
 # ------------------------------------------------------------------ matrix
 for rep in $(seq "$REPS"); do
+    skipped matrix && break
     log "repetition $rep of $REPS"
     for cell in "${cells[@]}"; do
         size=${cell%:*} c=${cell#*:}
@@ -373,12 +403,75 @@ if ! skipped ceiling; then
     done
 fi
 
+# ------------------------------------------------------------------ compressed
+# permessage-deflate: 1 KiB JSON-like text x 64 connections, ping-pong and
+# pipelined, deflate refused / on / on without context takeover, interleaved.
+if ! skipped deflate; then
+    for rep in $(seq "$REPS"); do
+        for w in 1 16; do
+            kind=deflate
+            [ "$w" = 16 ] && kind=deflate-pipelined
+            for t in $DEFLATE_TARGETS; do
+                log "compressed: $t 1 KiB JSON x 64 window=$w, rep $rep"
+                # shellcheck disable=SC2046
+                measure "$kind" "$t" "$rep" 1 $(deflate_args "$t") --connections 64 --size 1024 \
+                    --window "$w" --duration "$DURATION" --warmup "$WARMUP"
+            done
+        done
+    done
+fi
+
 nginx_stop "$MAIN"
 check_log "$MAIN" "main nginx shutdown"
 
 # ------------------------------------------------------------------ memory
+MEM=$RUN/mem MEMB=$RUN/memb
+# idle_rss RESULT_KIND LOCATION N [loadgen args...]: a fresh nginx from
+# $MEM/nginx.conf, N idle connections to /LOCATION, the worker's RSS;
+# IDLE_ROUNDS (2) rounds in the same worker.
+idle_rss() {
+    local rkind=$1 kind=$2 n=$3
+    shift 3
+    local w base rounds round out lg ready i open fds after ready_line done_line
+    nginx_start "$MEM"
+    w=$(worker_of "$MEM")
+    sleep 0.5
+    base=$(rss_kib "$w")
+    # Two rounds in the same worker: the first measures the growth per
+    # connection, the second shows whether closed sessions leave memory
+    # behind (a leak grows the RSS again by the same amount).
+    rounds=""
+    for round in $(seq "${IDLE_ROUNDS:-2}"); do
+        log "memory: $n idle $kind connections, round $round (worker $w, RSS $(rss_kib "$w") KiB)"
+        out=$RUN/idle.$kind.$round.out
+        taskset -c 1 "$LOADGEN" --mode idle --url "ws://127.0.0.1:$P_MEM/$kind" --connections "$n" \
+            --size 16 --duration 2 --connect-concurrency 128 "$@" >"$out" 2>>"$RUN/loadgen.log" &
+        lg=$!
+        ready=0
+        for i in $(seq 1200); do
+            grep -q '"state":"ready"' "$out" 2>/dev/null && { ready=1; break; }
+            kill -0 "$lg" 2>/dev/null || break
+            sleep 0.1
+        done
+        sleep 1
+        open=$(rss_kib "$w")
+        fds=$(ls "/proc/$w/fd" | wc -l)
+        wait "$lg" || true
+        sleep 1
+        after=$(rss_kib "$w" || echo 0)
+        ready_line=$(grep '"state":"ready"' "$out" || echo '{}')
+        done_line=$(grep '"state":"done"' "$out" || echo '{}')
+        rounds+="${rounds:+,}{\"round\":$round,\"ready\":$ready,\"rss_open_kib\":$open,\"rss_after_kib\":$after,\"worker_fds\":$fds,\"ready_line\":$ready_line,\"done_line\":$done_line}"
+        log "memory: $kind round $round: RSS $open KiB with $n open ($(((open - base) * 1024 / n)) B each over the start), $after KiB after closing"
+    done
+    printf '{"kind":"%s","target":"%s","n":%s,"rss_before_kib":%s,"rounds":[%s]}\n' \
+        "$rkind" "$kind" "$n" "$base" "$rounds" >>"$RESULTS"
+    nginx_stop "$MEM"
+    check_log "$MEM" "memory $kind"
+    mv "$MEM/error.log" "$RUN/mem-$kind-error.log"
+    LOG_OFFSET[$MEM/error.log]=0
+}
 if ! skipped memory; then
-    MEM=$RUN/mem MEMB=$RUN/memb
     # Each pass/tunnel session holds two descriptors in the measured worker;
     # the upstream echo runs in a second nginx so it is not counted.
     idle_proxy=$(((NOFILE - 200) / 2))
@@ -411,51 +504,35 @@ if ! skipped memory; then
             proxy_read_timeout 1h;
         }
     }"
-        nginx_start "$MEM"
-        w=$(worker_of "$MEM")
-        sleep 0.5
-        base=$(rss_kib "$w")
-        # Two rounds in the same worker: the first measures the growth per
-        # connection, the second shows whether closed sessions leave memory
-        # behind (a leak grows the RSS again by the same amount).
-        rounds=""
-        for round in 1 2; do
-            log "memory: $n idle $kind connections, round $round (worker $w, RSS $(rss_kib "$w") KiB)"
-            out=$RUN/idle.$kind.$round.out
-            taskset -c 1 "$LOADGEN" --mode idle --url "ws://127.0.0.1:$P_MEM/$kind" --connections "$n" \
-                --size 16 --duration 2 --connect-concurrency 128 >"$out" 2>>"$RUN/loadgen.log" &
-            lg=$!
-            ready=0
-            for i in $(seq 1200); do
-                grep -q '"state":"ready"' "$out" 2>/dev/null && { ready=1; break; }
-                kill -0 "$lg" 2>/dev/null || break
-                sleep 0.1
-            done
-            sleep 1
-            open=$(rss_kib "$w")
-            fds=$(ls "/proc/$w/fd" | wc -l)
-            wait "$lg" || true
-            sleep 1
-            after=$(rss_kib "$w" || echo 0)
-            ready_line=$(grep '"state":"ready"' "$out" || echo '{}')
-            done_line=$(grep '"state":"done"' "$out" || echo '{}')
-            rounds+="${rounds:+,}{\"round\":$round,\"ready\":$ready,\"rss_open_kib\":$open,\"rss_after_kib\":$after,\"worker_fds\":$fds,\"ready_line\":$ready_line,\"done_line\":$done_line}"
-            log "memory: $kind round $round: RSS $open KiB with $n open ($(((open - base) * 1024 / n)) B each over the start), $after KiB after closing"
-        done
-        printf '{"kind":"memory","target":"%s","n":%s,"rss_before_kib":%s,"rounds":[%s]}\n' \
-            "$kind" "$n" "$base" "$rounds" >>"$RESULTS"
-        nginx_stop "$MEM"
-        check_log "$MEM" "memory $kind"
-        mv "$MEM/error.log" "$RUN/mem-$kind-error.log"
-        LOG_OFFSET[$MEM/error.log]=0
+        idle_rss memory "$kind" "$n"
     done
     nginx_stop "$MEMB"
     check_log "$MEMB" "memory backend"
 fi
+# Compressed: every idle connection has had one 1 KiB JSON message echoed,
+# compressed both ways where deflate is on (the module makes its compression
+# state on the first compressed message).
+if ! skipped deflate; then
+    n=$DEFLATE_IDLE
+    [ "$n" -gt $((NOFILE - 200)) ] && n=$((NOFILE - 200))
+    nginx_conf "$MEM" $((n * 16 / 15 + 512)) 01 "
+    server {
+        listen 127.0.0.1:$P_MEM backlog=4096;
+$DEFLATE_LOCATIONS
+    }"
+    # Three rounds: with context takeover the worker keeps ~130 KiB of zlib
+    # state per connection, and glibc's heap does not give all of it back
+    # in the same shape, so round 2 can grow once without a leak; a leak
+    # keeps growing in round 3.
+    for t in $DEFLATE_TARGETS; do
+        # shellcheck disable=SC2046
+        IDLE_ROUNDS=3 idle_rss deflate-memory "$t" "$n" $(deflate_args "$t") --size 1024
+    done
+fi
 
 # ------------------------------------------------------------------ CPU cost
 CPU_METHOD=none
-if ! skipped cpu; then
+if ! skipped cpu || ! skipped deflate; then
     if perf stat -e instructions true 2>&1 | grep -q 'not supported\|not counted\|Permission\|Error'; then
         command -v valgrind >/dev/null && CPU_METHOD=callgrind
     else
@@ -479,16 +556,18 @@ cg_conf() {
             proxy_set_header Connection \"upgrade\";
             proxy_read_timeout 1h;
         }
+$DEFLATE_LOCATIONS
     }
     server {
         listen 127.0.0.1:$P_CGB;
         location / { websocket_echo; }
     }"
 }
-# cg_run TARGET MESSAGES_PER_CONNECTION: one callgrind'ed server process,
-# 64 connections x M messages of 1 KiB, ping-pong.
+# cg_run KIND TARGET MESSAGES_PER_CONNECTION [loadgen args...]: one
+# callgrind'ed server process, 64 connections x M messages of 1 KiB, ping-pong.
 cg_run() {
-    local target=$1 m=$2 out=$CG/$1.$2.callgrind url vg
+    local kind=$1 target=$2 m=$3 out=$CG/$2.$3.callgrind url vg
+    shift 3
     if [ "$target" = rust-echo ]; then
         taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
             "$RUST_ECHO" "127.0.0.1:$P_CG" 2>>"$CG/valgrind.log" &
@@ -505,39 +584,48 @@ cg_run() {
     [ "$target" = pass ] || [ "$target" = tunnel ] && wait_listen "$P_CGB" 60
     local res
     res=$(taskset -c 1 "$LOADGEN" --url "$url" --connections 64 --size 1024 --messages "$m" \
-        --warmup 0 --duration 600 2>>"$RUN/loadgen.log" | tail -1)
+        --warmup 0 --duration 600 "$@" 2>>"$RUN/loadgen.log" | tail -1)
     if [ "$target" = rust-echo ]; then kill -TERM "$vg"; else kill -QUIT "$vg"; fi
     wait "$vg" 2>/dev/null || true
     [ -n "$res" ] || res='{}'
-    printf '{"kind":"callgrind","target":"%s","m":%s,"file":"%s","result":%s}\n' \
-        "$target" "$m" "$out" "$res" >>"$RESULTS"
+    printf '{"kind":"%s","target":"%s","m":%s,"file":"%s","result":%s}\n' \
+        "$kind" "$target" "$m" "$out" "$res" >>"$RESULTS"
     check_log "$CG" "callgrind $target $m"
 }
+CPU_TARGETS=""
+skipped cpu || CPU_TARGETS="echo pass tunnel rust-echo"
+skipped deflate || CPU_TARGETS="$CPU_TARGETS $DEFLATE_TARGETS"
+# cpu_kind METHOD TARGET: the result kind; cpu_args TARGET: loadgen arguments
+cpu_kind() { case $2 in deflate-*) echo "deflate-$1" ;; *) echo "$1" ;; esac; }
+cpu_args() { case $1 in deflate-*) deflate_args "$1" ;; esac; }
 if [ "$CPU_METHOD" = callgrind ]; then
     cg_conf
-    for t in echo pass tunnel rust-echo; do
+    for t in $CPU_TARGETS; do
         for m in "$CG_SMALL" "$CG_LARGE"; do
             log "callgrind: $t, 64 connections x $m messages of 1 KiB"
-            cg_run "$t" "$m"
+            # shellcheck disable=SC2046
+            cg_run "$(cpu_kind callgrind "$t")" "$t" "$m" $(cpu_args "$t")
         done
     done
 elif [ "$CPU_METHOD" = perf ]; then
     nginx_start "$MAIN"
     WORKER=$(worker_of "$MAIN")
-    for t in echo pass tunnel rust-echo; do
+    for t in $CPU_TARGETS; do
         pid=$WORKER
         [ "$t" = rust-echo ] && pid=$RUST_PID
         log "perf stat: $t, 64 connections x 1 KiB"
         perf stat -x, -e instructions -p "$pid" -o "$RUN/perf.$t.csv" &
         pp=$!
+        # shellcheck disable=SC2046
         res=$(taskset -c 1 "$LOADGEN" --url "$(url_of "$t")" --connections 64 --size 1024 \
-            --warmup 0 --duration "$DURATION" 2>>"$RUN/loadgen.log" | tail -1)
+            --warmup 0 --duration "$DURATION" $(cpu_args "$t") \
+            2>>"$RUN/loadgen.log" | tail -1)
         kill -INT "$pp"
         wait "$pp" || true
         ins=$(awk -F, '/instructions/ {print $1}' "$RUN/perf.$t.csv")
         [ -n "$res" ] || res='{}'
-        printf '{"kind":"perf","target":"%s","instructions":"%s","result":%s}\n' \
-            "$t" "$ins" "$res" >>"$RESULTS"
+        printf '{"kind":"%s","target":"%s","instructions":"%s","result":%s}\n' \
+            "$(cpu_kind perf "$t")" "$t" "$ins" "$res" >>"$RESULTS"
     done
     nginx_stop "$MAIN"
 fi
@@ -546,9 +634,9 @@ fi
 T_END=$(date +%s)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo norev)
 DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null | wc -l)
-OUT=$BENCH/results/$(date +%Y-%m-%d)-$REV.md
+OUT=$BENCH/results/$(date +%Y-%m-%d)-$REV${ONLY:+-$ONLY}.md
 python3 "$BENCH/report.py" \
-    --results "$RESULTS" --events "$EVENTS" --out "$OUT" \
+    --results "$RESULTS" --events "$EVENTS" --out "$OUT" ${ONLY:+--only "$ONLY"} \
     --meta nproc="$(nproc)" \
     --meta cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" \
     --meta kernel="$(uname -r)" \
@@ -559,5 +647,7 @@ python3 "$BENCH/report.py" \
     --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
     --meta runtime_s=$((T_END - T_START)) \
     --meta loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --meta retries="$(cat "$RUN/retries.txt" 2>/dev/null | wc -l)" --meta nice="$NICE" --meta rt="$RT"
+    --meta retries="$(cat "$RUN/retries.txt" 2>/dev/null | wc -l)" --meta nice="$NICE" --meta rt="$RT" \
+    --meta sched_rt_runtime_us="$(cat /proc/sys/kernel/sched_rt_runtime_us 2>/dev/null || echo '?')" \
+    --meta deflate_idle="$DEFLATE_IDLE"
 log "total runtime $((T_END - T_START)) s; report: $OUT"

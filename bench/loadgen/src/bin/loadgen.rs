@@ -19,6 +19,12 @@
 //!   --serve-trivial ADDR  not a load generator: a trivial WebSocket echo
 //!                         server (no validation, unmask and send back) used
 //!                         to measure the load generator's own ceiling.
+//!
+//! `--deflate on` runs the throughput and idle modes with a second client,
+//! yawc, offering permessage-deflate (compressed.rs); `--payload json` sends
+//! JSON-like text messages instead of binary filler (json.rs), and
+//! `--expect-compressed yes|no` checks the RSV1 bit of every message the
+//! server sends.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -39,12 +45,20 @@ use tokio_tungstenite::WebSocketStream;
 #[path = "../trivial.rs"]
 mod trivial;
 
+#[path = "../json.rs"]
+mod json;
+
+#[path = "../compressed.rs"]
+mod compressed;
+
 type Ws = WebSocketStream<TcpStream>;
 
 const USAGE: &str = "usage: loadgen [--mode throughput|sessions|idle] --url ws://HOST:PORT/PATH
                [--connections N] [--size BYTES] [--window W] [--duration SECS]
                [--warmup SECS] [--connect-concurrency K] [--drain-timeout SECS]
                [--read-buffer BYTES] [--messages M] [--server-pid PID]
+               [--deflate on|off] [--deflate-level 1-9] [--payload binary|json]
+               [--expect-compressed yes|no]
        loadgen --serve-trivial HOST:PORT";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -70,6 +84,14 @@ struct Opts {
     messages: u64,
     /// the server process, whose CPU use over the measurement is reported
     server_pid: Option<u32>,
+    /// the yawc client, offering permessage-deflate (throughput and idle modes)
+    deflate: bool,
+    /// JSON-like text messages (with --deflate on)
+    json: bool,
+    /// the zlib level the client compresses with (with --deflate on)
+    deflate_level: u32,
+    /// every message from the server must (not) be compressed (with --deflate on)
+    expect_compressed: Option<bool>,
 }
 
 fn parse_args() -> Result<Option<Opts>, String> {
@@ -86,6 +108,10 @@ fn parse_args() -> Result<Option<Opts>, String> {
         read_buffer: 0,
         messages: 0,
         server_pid: None,
+        deflate: false,
+        json: false,
+        deflate_level: 1,
+        expect_compressed: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -126,6 +152,16 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--read-buffer" => o.read_buffer = parse_size(&val)?,
             "--messages" => o.messages = num(&val)? as u64,
             "--server-pid" => o.server_pid = Some(num(&val)? as u32),
+            "--deflate" => o.deflate = on_off(key, &val)?,
+            "--payload" => {
+                o.json = match val.as_str() {
+                    "json" => true,
+                    "binary" => false,
+                    _ => return Err(format!("--payload: binary or json, not {val}")),
+                }
+            }
+            "--expect-compressed" => o.expect_compressed = Some(on_off(key, &val)?),
+            "--deflate-level" => o.deflate_level = (num(&val)? as u32).clamp(1, 9),
             _ => return Err(format!("unknown option {key}\n{USAGE}")),
         }
         i += 2;
@@ -136,10 +172,24 @@ fn parse_args() -> Result<Option<Opts>, String> {
     if o.size < 16 {
         return Err("--size must be at least 16 (sequence number + timestamp)".into());
     }
+    if (o.json || o.expect_compressed.is_some()) && !o.deflate {
+        return Err("--payload json and --expect-compressed need --deflate on".into());
+    }
+    if o.deflate && o.mode == Mode::Sessions {
+        return Err("--deflate on: throughput and idle modes only".into());
+    }
     o.connections = o.connections.max(1);
     o.window = o.window.max(1);
     o.connect_concurrency = o.connect_concurrency.max(1);
     Ok(Some(o))
+}
+
+fn on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" => Ok(true),
+        "off" | "no" => Ok(false),
+        _ => Err(format!("{key}: on/yes or off/no, not {v}")),
+    }
 }
 
 fn parse_size(v: &str) -> Result<usize, String> {
@@ -182,6 +232,8 @@ struct Errors {
     payload: Cell<u64>,
     timeout: Cell<u64>,
     close_handshake: Cell<u64>,
+    /// --expect-compressed: messages from the server with the wrong RSV1
+    rsv1: Cell<u64>,
 }
 
 impl Errors {
@@ -196,17 +248,19 @@ impl Errors {
             + self.payload.get()
             + self.timeout.get()
             + self.close_handshake.get()
+            + self.rsv1.get()
     }
     fn json(&self) -> String {
         format!(
-            "{{\"connect\":{},\"io\":{},\"closed_by_peer\":{},\"order\":{},\"payload\":{},\"timeout\":{},\"close_handshake\":{}}}",
+            "{{\"connect\":{},\"io\":{},\"closed_by_peer\":{},\"order\":{},\"payload\":{},\"timeout\":{},\"close_handshake\":{},\"rsv1\":{}}}",
             self.connect.get(),
             self.io.get(),
             self.closed.get(),
             self.order.get(),
             self.payload.get(),
             self.timeout.get(),
-            self.close_handshake.get()
+            self.close_handshake.get(),
+            self.rsv1.get()
         )
     }
 }
@@ -294,11 +348,29 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let local = tokio::task::LocalSet::new();
+    let ctx = if opts.deflate {
+        let json = match opts.json.then(|| json::JsonPool::new(opts.size)).transpose() {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("loadgen: {e}");
+                std::process::exit(2);
+            }
+        };
+        Some(Rc::new(compressed::Ctx {
+            json,
+            wire: Default::default(),
+            expect_compressed: opts.expect_compressed,
+        }))
+    } else {
+        None
+    };
     let line = local.block_on(&rt, async move {
-        match opts.mode {
-            Mode::Throughput => throughput(sh).await,
-            Mode::Sessions => sessions(sh).await,
-            Mode::Idle => idle(sh).await,
+        match (opts.mode, ctx) {
+            (Mode::Throughput, Some(ctx)) => compressed::throughput(sh, ctx).await,
+            (Mode::Idle, Some(ctx)) => compressed::idle(sh, ctx).await,
+            (Mode::Throughput, None) => throughput(sh).await,
+            (Mode::Sessions, _) => sessions(sh).await,
+            (Mode::Idle, None) => idle(sh).await,
         }
     });
     println!("{line}");
@@ -352,6 +424,11 @@ async fn connect_all(sh: &Rc<Shared>, n: usize) -> Vec<Ws> {
 }
 
 fn make_message(sh: &Shared, seq: u64) -> Message {
+    Message::Binary(make_payload(sh, seq))
+}
+
+/// `size` bytes: sequence number, send time, filler, sequence number.
+fn make_payload(sh: &Shared, seq: u64) -> Bytes {
     let size = sh.opts.size;
     let mut b = BytesMut::with_capacity(size);
     b.put_u64_le(seq);
@@ -362,7 +439,7 @@ fn make_message(sh: &Shared, seq: u64) -> Message {
     } else {
         b.extend_from_slice(&sh.filler[16..size]);
     }
-    Message::Binary(b.freeze())
+    b.freeze()
 }
 
 /// Checks an echoed message; returns its send timestamp.
