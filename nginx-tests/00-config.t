@@ -39,6 +39,7 @@ server {
         websocket_echo;
         websocket_deflate on;
         websocket_deflate_level 9;
+        websocket_deflate_mem_level 9;
         websocket_deflate_window_bits 8;
         websocket_deflate_context_takeover off;
         websocket_deflate_min_length 1k;
@@ -87,6 +88,9 @@ my @bad = (
     [ 'websocket_deflate_level 10',
       "websocket_deflate_level 10;\n" . conf_server(''),
       'websocket_deflate_level', 'websocket_deflate_level 10' ],
+    [ 'websocket_deflate_mem_level 0',
+      conf_server("    websocket_deflate_mem_level 0;\n    location /ws { websocket_echo; }"),
+      'websocket_deflate_mem_level', 'websocket_deflate_mem_level 0' ],
     [ 'websocket_deflate_window_bits 7',
       conf_server("    websocket_deflate_window_bits 7;\n    location /ws { websocket_echo; }"),
       'websocket_deflate_window_bits', 'websocket_deflate_window_bits 7' ],

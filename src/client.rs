@@ -356,9 +356,8 @@ impl Connector {
                 let agreed = match &self.deflate {
                     Some(cfg) => {
                         let values = response.header_values("Sec-WebSocket-Extensions");
-                        deflate::check_response(&values, cfg).map_err(|e| {
-                            HandshakeError::ResponseBadExtension(e.to_string())
-                        })?
+                        deflate::check_response(&values, cfg)
+                            .map_err(|e| HandshakeError::ResponseBadExtension(e.to_string()))?
                     }
                     None => None,
                 };

@@ -12,16 +12,19 @@ use crate::protocol::{ProtocolError, Utf8Validator};
 /// Free states kept per worker and kind; more are freed.
 const KEEP_FREE: usize = 32;
 
-/// `websocket_deflate_level` and `websocket_deflate_min_length`.
+/// `websocket_deflate_level`, `_mem_level` and `_min_length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeflateSettings {
     pub level: u32,
+    pub mem_level: u8,
     pub min_length: usize,
 }
 
 thread_local! {
-    /// Reset deflaters by (level, window bits); nginx runs a worker on one thread.
-    static DEFLATERS: FreeList<(u32, u8), MessageDeflater> = const { RefCell::new(Vec::new()) };
+    /// Reset deflaters by (level, memory level, window bits); nginx runs a
+    /// worker on one thread.
+    static DEFLATERS: FreeList<(u32, u8, u8), MessageDeflater> =
+        const { RefCell::new(Vec::new()) };
     /// Reset inflaters by window bits.
     static INFLATERS: FreeList<u8, MessageInflater> = const { RefCell::new(Vec::new()) };
 }
@@ -74,9 +77,14 @@ impl Compression {
         }
         let recv = self.recv;
         let inflater = self.inflater.get_or_insert_with(|| {
-            let reused = recv.no_context_takeover.then(|| take(&INFLATERS, recv.window_bits));
+            let reused = recv
+                .no_context_takeover
+                .then(|| take(&INFLATERS, recv.window_bits));
             reused.flatten().unwrap_or_else(|| {
-                Box::new(MessageInflater::new(recv.window_bits, recv.no_context_takeover))
+                Box::new(MessageInflater::new(
+                    recv.window_bits,
+                    recv.no_context_takeover,
+                ))
             })
         });
         let base = out.len();
@@ -124,16 +132,25 @@ impl Compression {
     }
 
     /// Compresses one frame's payload of the message being sent onto `out`.
-    /// False if zlib failed.
+    /// False if zlib failed or had no memory.
     pub fn compress(&mut self, payload: &[u8], fin: bool, out: &mut Vec<u8>) -> bool {
-        let (send, level) = (self.send, self.settings.level);
-        let key = (level, send.window_bits);
-        let deflater = self.deflater.get_or_insert_with(|| {
+        let (send, settings) = (self.send, self.settings);
+        let key = (settings.level, settings.mem_level, send.window_bits);
+        if self.deflater.is_none() {
             let reused = send.no_context_takeover.then(|| take(&DEFLATERS, key));
-            reused.flatten().unwrap_or_else(|| {
-                Box::new(MessageDeflater::new(level, send.window_bits, send.no_context_takeover))
-            })
-        });
+            self.deflater = reused.flatten().or_else(|| {
+                MessageDeflater::new(
+                    settings.level,
+                    send.window_bits,
+                    settings.mem_level,
+                    send.no_context_takeover,
+                )
+                .map(Box::new)
+            });
+        }
+        let Some(deflater) = self.deflater.as_mut() else {
+            return false;
+        };
         let ok = deflater.compress(payload, fin, out);
         if ok && fin && send.no_context_takeover {
             if let Some(deflater) = self.deflater.take() {

@@ -53,7 +53,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         .protocols
         .as_deref()
         .and_then(|ours| select_subprotocol(&offered, ours));
-    let extensions = handshake.deflate.as_ref().map(|(_, header)| header.as_str());
+    let extensions = handshake
+        .deflate
+        .as_ref()
+        .map(|(_, header)| header.as_str());
     let pipelined = match upgrade::respond(r, &handshake.accept, chosen, extensions) {
         Ok(p) => p,
         Err(rc) => return rc,

@@ -15,8 +15,8 @@ use std::rc::Rc;
 use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_msec_t, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
-use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
 use crate::client::Agreed;
+use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
 use crate::ngx_peer::UpstreamConn;
 use crate::protocol::frame::{build_frame, parse_header, OpCode, ParseConfig};
 
@@ -151,10 +151,7 @@ impl Pool {
             if let Some(idle) = reusable {
                 self.leave_line(me);
                 let Idle {
-                    conn,
-                    slot,
-                    agreed,
-                    ..
+                    conn, slot, agreed, ..
                 } = *idle;
                 conn.set_idle(false);
                 conn.connection().del_timer(Direction::Read);

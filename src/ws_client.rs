@@ -106,9 +106,9 @@ impl WsClient {
             return Err(KeepaliveError::NoPool);
         };
         // Compression state kept between messages would be lost.
-        let stateless = agreed.deflate.is_none_or(|d| {
-            d.server_no_context_takeover && d.client_no_context_takeover
-        });
+        let stateless = agreed
+            .deflate
+            .is_none_or(|d| d.server_no_context_takeover && d.client_no_context_takeover);
         if !clean || !stateless {
             return Err(KeepaliveError::Unclean);
         }

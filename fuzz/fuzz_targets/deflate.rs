@@ -52,8 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let mut deflater = MessageDeflater::new(
         1 + u32::from(flags >> 4) % 9,
         cfg.window_bits,
+        1 + (lo ^ hi) % 9,
         !cfg.context_takeover,
-    );
+    )
+    .expect("zlib initialises");
     let mut inflater = MessageInflater::new(cfg.window_bits, !cfg.context_takeover);
     for _ in 0..2 {
         let mut first = Vec::new();

@@ -2,8 +2,9 @@
 //! raw deflate, every frame flushed, the `00 00 ff ff` tail of a message
 //! stripped when sending and restored when receiving.
 
-use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+use flate2::{Decompress, FlushDecompress, Status};
 
+use super::zlib::RawDeflate;
 use super::MIN_DEFLATE_WINDOW_BITS;
 use crate::protocol::ProtocolError;
 
@@ -16,41 +17,35 @@ const INFLATE_STEP: usize = 16 * 1024;
 
 /// The compressing side of one direction.
 pub struct MessageDeflater {
-    z: Compress,
+    z: RawDeflate,
     no_context_takeover: bool,
 }
 
 impl MessageDeflater {
-    /// `level` 1–9; `window_bits` 9–15 (smaller is raised to 9, zlib's least).
-    pub fn new(level: u32, window_bits: u8, no_context_takeover: bool) -> Self {
+    /// `level` 1–9; `window_bits` 9–15 (smaller is raised to 9, zlib's
+    /// least); `mem_level` 1–9 sizes zlib's hash table and block buffer
+    /// (2^(mem_level + 9) bytes together). `None` without memory.
+    pub fn new(
+        level: u32,
+        window_bits: u8,
+        mem_level: u8,
+        no_context_takeover: bool,
+    ) -> Option<Self> {
         let bits = window_bits.clamp(MIN_DEFLATE_WINDOW_BITS, 15);
-        MessageDeflater {
-            z: Compress::new_with_window_bits(Compression::new(level.clamp(1, 9)), false, bits),
+        let z = RawDeflate::new(level.clamp(1, 9), bits, mem_level.clamp(1, 9))?;
+        Some(MessageDeflater {
+            z,
             no_context_takeover,
-        }
+        })
     }
 
     /// Compresses one frame's part of a message and appends it to `out`.
     /// Every part is flushed, so a frame can go out before the next is
     /// known; `fin` marks the message's last part. False if zlib failed.
     pub fn compress(&mut self, input: &[u8], fin: bool, out: &mut Vec<u8>) -> bool {
-        let start_in = self.z.total_in();
         let start_out = out.len();
-        loop {
-            out.reserve(input.len() / 4 + 64);
-            let consumed = (self.z.total_in() - start_in) as usize;
-            if self
-                .z
-                .compress_vec(&input[consumed..], out, FlushCompress::Sync)
-                .is_err()
-            {
-                return false;
-            }
-            let consumed = (self.z.total_in() - start_in) as usize;
-            // Room left over means the flush is complete.
-            if consumed == input.len() && out.len() < out.capacity() {
-                break;
-            }
+        if !self.z.compress_sync(input, out) {
+            return false;
         }
         if fin {
             if out.len() == start_out {
@@ -213,13 +208,13 @@ mod tests {
             b"Hello"
         );
         // Our own "Hello" is the RFC's bytes.
-        let mut d = MessageDeflater::new(6, 15, false);
+        let mut d = MessageDeflater::new(6, 15, 8, false).unwrap();
         assert_eq!(compress_message(&mut d, &[b"Hello"]), vec![hello.to_vec()]);
     }
 
     #[test]
     fn empty_message_is_one_byte() {
-        let mut d = MessageDeflater::new(1, 15, true);
+        let mut d = MessageDeflater::new(1, 15, 5, true).unwrap();
         let parts = compress_message(&mut d, &[b""]);
         assert_eq!(parts, vec![vec![0x00]]);
         let mut i = MessageInflater::new(15, true);
@@ -229,8 +224,8 @@ mod tests {
     #[test]
     fn context_takeover_shrinks_repeats() {
         let msg = b"{\"user\":\"alice\",\"action\":\"update\",\"payload\":[1,2,3,4,5]}";
-        let mut keep = MessageDeflater::new(1, 15, false);
-        let mut reset = MessageDeflater::new(1, 15, true);
+        let mut keep = MessageDeflater::new(1, 15, 5, false).unwrap();
+        let mut reset = MessageDeflater::new(1, 15, 5, true).unwrap();
         let first = compress_message(&mut keep, &[msg]);
         let second = compress_message(&mut keep, &[msg]);
         assert!(second[0].len() < first[0].len() / 2, "{second:?}");
@@ -242,7 +237,7 @@ mod tests {
     #[test]
     fn bomb_stops_at_the_limit() {
         let zeros = vec![0u8; 10 << 20];
-        let mut d = MessageDeflater::new(9, 15, true);
+        let mut d = MessageDeflater::new(9, 15, 5, true).unwrap();
         let parts = compress_message(&mut d, &[&zeros]);
         assert!(parts[0].len() < 20_000, "{}", parts[0].len());
         let mut i = MessageInflater::new(15, true);
@@ -259,7 +254,10 @@ mod tests {
         );
         // Exactly at the limit is fine.
         let mut i = MessageInflater::new(15, true);
-        let parts = compress_message(&mut MessageDeflater::new(9, 15, true), &[&zeros[..65_536]]);
+        let parts = compress_message(
+            &mut MessageDeflater::new(9, 15, 5, true).unwrap(),
+            &[&zeros[..65_536]],
+        );
         assert_eq!(
             inflate_message(&mut i, &parts, 65_536).unwrap().len(),
             65_536
@@ -292,7 +290,7 @@ mod tests {
             window in 8u8..=15,
             takeover in any::<bool>(),
         ) {
-            let mut d = MessageDeflater::new(6, window, !takeover);
+            let mut d = MessageDeflater::new(6, window, 1 + window % 9, !takeover).unwrap();
             let mut i = MessageInflater::new(window, !takeover);
             for (data, splits, repeat) in &messages {
                 // Repetitive input exercises back-references.

@@ -3,6 +3,7 @@
 
 mod codec;
 mod negotiate;
+mod zlib;
 
 pub use codec::{MessageDeflater, MessageInflater};
 pub use negotiate::{
