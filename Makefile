@@ -12,6 +12,8 @@
 #   make bench    benchmarks side by side (bench/run.sh), results in bench/results/
 #   make fuzz     fuzz the protocol code (FUZZ_SECONDS per target, default 300)
 #   make fuzz-smoke  the same for FUZZ_SMOKE_SECONDS (30) per target; in make test
+#   make test-valgrind  nginx-tests/ with nginx under valgrind memcheck (a build of its
+#                 own in target/memcheck/, NGX_DEBUG_PALLOC); fails on any error
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -24,7 +26,7 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
 PY_PACKAGES  := websockets
 
 .PHONY: all build run test unit integration autobahn deps paths clippy clean distro test-distro \
-	bench fuzz fuzz-smoke
+	bench fuzz fuzz-smoke memcheck-build test-valgrind
 
 all: build
 
@@ -103,6 +105,34 @@ fuzz:
 FUZZ_SMOKE_SECONDS ?= 30
 fuzz-smoke:
 	fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+# nginx-tests/ with every nginx (master, workers, nginx -t) under valgrind's
+# memcheck: see nginx-tests/lib/WsValgrind.pm. Against a build of its own in
+# target/memcheck/: nginx compiled with NGX_DEBUG_PALLOC (each pool allocation
+# is a malloc of its own, so memcheck sees overruns and use after free inside
+# pools) and the module with debug info. Waits of the harness are 5 times
+# longer (TEST_NGINX_SLOWDOWN). Fails on any memcheck error not suppressed by
+# valgrind/nginx.supp (nginx's own exit-time leaks, each with its reason);
+# per-process logs in target/memcheck/logs/, summary (valgrind/report.py) in
+# target/memcheck/summary.txt. About 3 minutes here.
+MEMCHECK_DIR := $(CURDIR)/target/memcheck
+memcheck-build:
+	NGX_CFLAGS='-DNGX_DEBUG_PALLOC=1' CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_TARGET_DIR=$(MEMCHECK_DIR) \
+		$(CARGO) build --release --locked
+	cp -f $(MEMCHECK_DIR)/release/libngx_http_websocket_module.so $(MEMCHECK_DIR)/ngx_http_websocket_module.so.tmp
+	mv -f $(MEMCHECK_DIR)/ngx_http_websocket_module.so.tmp $(MEMCHECK_DIR)/ngx_http_websocket_module.so
+
+test-valgrind: deps memcheck-build
+	@command -v valgrind >/dev/null || { \
+		if [ "$$(id -u)" != 0 ]; then echo "valgrind is missing (run as root)"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	rm -rf $(MEMCHECK_DIR)/logs
+	@rc=0; TEST_NGINX_BINARY=$$(cat $(MEMCHECK_DIR)/release/nginx-path) \
+		TEST_NGINX_MODULE=$(MEMCHECK_DIR)/ngx_http_websocket_module.so \
+		TEST_NGINX_VALGRIND=1 TEST_NGINX_VALGRIND_DIR=$(MEMCHECK_DIR)/logs \
+		prove -r nginx-tests/ || rc=1; \
+	valgrind/report.py $(MEMCHECK_DIR)/logs >$(MEMCHECK_DIR)/summary.txt || rc=1; \
+	cat $(MEMCHECK_DIR)/summary.txt; exit $$rc
 
 clippy:
 	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings
