@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Summarises the memcheck logs of a `make test-valgrind` run.
+"""Summarises the memcheck logs of a `make test-valgrind` run, or the ASan
+reports of a `make test-asan` run.
 
-    valgrind/report.py DIR      (the TEST_NGINX_VALGRIND_DIR of the run)
+    valgrind/report.py DIR            (the TEST_NGINX_VALGRIND_DIR of the run)
+    valgrind/report.py --asan DIR
+
+With ASan, only processes that found something leave a <test>-<pid>.asan:
+each AddressSanitizer error and each leak LeakSanitizer reports (after
+valgrind/lsan.supp) is an error.
 
 Every nginx process the tests started (master, workers, nginx -t) left a
 <test>-<pid>.log there (valgrind -v, --gen-suppressions=all). Prints the
@@ -63,11 +69,42 @@ def parse(path):
     return pid, lines, text
 
 
+ASAN_HEAD = re.compile(r"ERROR: AddressSanitizer: (.*)|^((?:Direct|Indirect) leak of .*) allocated from:"
+                       r"|ERROR: (?!LeakSanitizer: detected memory leaks)(\w+Sanitizer: .*)")
+ASAN_FRAME = re.compile(r"^\s+#\d+ 0x[0-9a-f]+ in (\S+)\s*(.*)")
+
+
+def asan_reports(path):
+    """-> [(what, [(fn, where)])] of an ASan log"""
+    out = []
+    lines = open(path, errors="replace").read().split("\n")
+    for i, line in enumerate(lines):
+        m = ASAN_HEAD.search(line)
+        if not m:
+            continue
+        what = next(g for g in m.groups() if g)
+        what = re.sub(r" on address 0x[0-9a-f]+.*", "", what)
+        frames = []
+        for nxt in lines[i + 1:]:
+            if not nxt.strip():
+                break
+            fm = ASAN_FRAME.match(nxt)
+            if fm:
+                frames.append((fm.group(1), fm.group(2)))
+        out.append((what, frames))
+    return out
+
+
 def main():
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    asan = bool(args) and args[0] == "--asan"
+    if asan:
+        args = args[1:]
+    if len(args) != 1:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    files = sorted(glob.glob(os.path.join(sys.argv[1], "*.log")))
+    files = [] if asan else sorted(glob.glob(os.path.join(args[0], "*.log")))
+    asan_files = sorted(glob.glob(os.path.join(args[0], "*.asan"))) if asan else []
     errors = collections.OrderedDict()
     incomplete, unexplained = [], []
     supp = collections.Counter()
@@ -131,14 +168,40 @@ def main():
         if summary and int(summary.group(1)) > 0 and not found:
             unexplained.append(name)
 
+    for path in asan_files:
+        name = os.path.basename(path)
+        test = re.sub(r"-\d+\.asan$", "", name)
+        reports = asan_reports(path)
+        if reports:
+            failing_processes += 1
+        for what, frames in reports:
+            fns = [f for f, _ in frames]
+            top = tuple(f for f in fns if not ALLOC.match(f) and not f.startswith("__interceptor"))[:4]
+            m = re.match(r"(Direct|Indirect) leak of ([\d,]+) byte", what)
+            if m and m.group(1) == "Direct":
+                definite[0] += num(m.group(2))
+                definite[1] += 1
+            key = (re.sub(r"[\d,]+ byte\(s\) in [\d,]+ object\(s\)", "N bytes", what), top)
+            rec = errors.setdefault(key, {
+                "what": key[0], "frames": frames, "count": 0, "tests": collections.Counter(),
+                "module": any("ngx_http_websocket_module" in f + w for f, w in frames),
+                "supp": "",
+            })
+            rec["count"] += 1
+            rec["tests"][test] += 1
+
     n_err = sum(r["count"] for r in errors.values())
-    print(f"valgrind memcheck: {len(files)} nginx processes (masters, workers, nginx -t) "
-          f"from {len(tests)} test files")
+    if asan:
+        print(f"AddressSanitizer/LeakSanitizer: {len(asan_files)} nginx processes left a report")
+    else:
+        print(f"valgrind memcheck: {len(files)} nginx processes (masters, workers, nginx -t) "
+              f"from {len(tests)} test files")
     print(f"  processes with errors: {failing_processes}")
     print(f"  errors: {n_err} ({len(errors)} distinct, "
           f"{sum(1 for r in errors.values() if r['module'])} with a frame in the module)")
-    print(f"  definitely lost: {definite[0]} bytes in {definite[1]} blocks")
-    print(f"  possibly lost (not counted as errors): {possible[0]} bytes in {possible[1]} blocks")
+    print(f"  {'direct leaks' if asan else 'definitely lost'}: {definite[0]} bytes in {definite[1]} blocks")
+    if not asan:
+        print(f"  possibly lost (not counted as errors): {possible[0]} bytes in {possible[1]} blocks")
     if incomplete:
         print(f"  incomplete reports (no ERROR SUMMARY): {len(incomplete)}: {', '.join(incomplete[:20])}")
     if unexplained:

@@ -198,16 +198,16 @@ sub conf_line {
 }
 
 sub _cmd {
-    my ($self) = @_;
+    my ($self, %o) = @_;
     my $d = $self->{dir};
-    return (WsValgrind::prefix($d),
+    return (WsValgrind::prefix($d, test => $o{test}),
         $self->{nginx}, '-p', "$d/", '-e', "$d/error.log", '-c', "$d/nginx.conf");
 }
 
 # Runs nginx -t; returns (exit_status, combined stdout+stderr output).
 sub test_config {
     my ($self) = @_;
-    my @cmd = ($self->_cmd, '-t');
+    my @cmd = ($self->_cmd(test => 1), '-t');
     my $pid = open(my $fh, '-|') // croak "fork: $!";
     if ($pid == 0) {
         open STDERR, '>&', \*STDOUT;
@@ -386,8 +386,8 @@ sub stop {
     return $status;
 }
 
-# Under valgrind (TEST_NGINX_VALGRIND): the memcheck errors of every nginx
-# run in this directory so far (see WsValgrind::errors).
+# Under valgrind or with ASan (TEST_NGINX_VALGRIND, TEST_NGINX_ASAN): the
+# errors of every nginx run in this directory so far (WsValgrind::errors).
 sub valgrind_errors { WsValgrind::errors($_[0]{dir}) }
 
 # 'TERM' or 'KILL' when the last stop() had to force the shutdown.

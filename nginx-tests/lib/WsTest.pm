@@ -222,8 +222,8 @@ sub still_echoes {
 
 # finish($t, $port, \@workers_at_start): the worker survived everything the
 # file did, a fresh session echoes, nginx stops gracefully and error.log has
-# no alert/crit/emerg or crashed-worker lines. 5 tests; under valgrind a 6th:
-# no memcheck error in any nginx run in $t's directory.
+# no alert/crit/emerg or crashed-worker lines. 5 tests; under valgrind or
+# with ASan a 6th: no error in any nginx run in $t's directory.
 sub finish {
     my ($t, $port, $workers, $path) = @_;
     still_echoes($port, 'at the end', $path);
@@ -231,8 +231,9 @@ sub finish {
     $t->stop;
     is($t->forced_stop, undef, 'nginx stopped gracefully');
     is_deeply([$t->check_error_log], [], 'no alerts in error.log');
-    is_deeply([$t->valgrind_errors], [], 'valgrind: no memcheck errors')
-        if WsValgrind::enabled();
+    is_deeply([$t->valgrind_errors], [],
+        WsValgrind::asan() ? 'ASan: no errors, no leaks' : 'valgrind: no memcheck errors')
+        if WsValgrind::checking();
 }
 
 # --- client programs -----------------------------------------------------------
