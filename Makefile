@@ -2,7 +2,8 @@
 #
 #   make          build nginx (vendored source) and the module
 #   make run      build, then serve conf/nginx.conf on 127.0.0.1:8080
-#   make test     install what is missing (as root), then run every test
+#   make test     install what is missing (as root), then run every test:
+#                 unit, fuzz-smoke, integration, autobahn
 #   make -s paths print the nginx binary and module paths
 #   make autobahn run the Autobahn|Testsuite (cases 1-10, a subset of 12/13) against the module
 #   make autobahn-full  all of cases 1-10, 12 and 13 (about half an hour)
@@ -10,7 +11,13 @@
 #                 nginx-dev, installed as root) into target/distro/
 #   make test-distro  run the integration suite against /usr/sbin/nginx with it
 #   make bench    benchmarks side by side (bench/run.sh), results in bench/results/
+#   make soak     SOAK_MINUTES (10) of 10,000 sessions: RSS, descriptors, no message lost
 #   make fuzz     fuzz the protocol code (FUZZ_SECONDS per target, default 300)
+#   make fuzz-smoke  the same for FUZZ_SMOKE_SECONDS (30) per target; in make test
+#   make test-valgrind  nginx-tests/ with nginx under valgrind memcheck (a build of its
+#                 own in target/memcheck/, NGX_DEBUG_PALLOC); fails on any error
+#   make test-asan  nginx-tests/ against nginx + module built with AddressSanitizer
+#                 (target/asan/); fails on any ASan error or LeakSanitizer leak
 
 CARGO    ?= cargo
 PROFILE  ?= release
@@ -22,8 +29,8 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
                 chromium
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro test-distro \
-	bench fuzz
+.PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro \
+	test-distro bench fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
 
 all: build
 
@@ -86,7 +93,7 @@ autobahn-full: build
 	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report-full \
 		'$(AUTOBAHN_BASE),12.*,13.*'
 
-test: deps build unit integration autobahn
+test: deps build unit fuzz-smoke integration autobahn
 
 # Debian's nginx-dev: configure its source with Debian's flags, build without the
 # vendored nginx (target/distro/, never touches target/$(PROFILE)).
@@ -101,10 +108,78 @@ bench: build
 	bench/deps.sh
 	bench/run.sh
 
+# SOAK_MINUTES (10) of 10,000 concurrent sessions, half echo, half pass -> echo,
+# plus a churn of short ones; fails on RSS growth over 5 % after the first
+# minute, descriptors not back to the baseline, a message lost or reordered,
+# or an [alert] (bench/soak.sh; not in make test). Curve: target/soak/curve.tsv.
+soak: build
+	bench/soak.sh
+
 # Coverage-guided fuzzing of the protocol code, FUZZ_SECONDS per target
-# (default 300; not in make test yet).
+# (default 300).
 fuzz:
 	fuzz/run.sh
+
+# The same, FUZZ_SMOKE_SECONDS (30) per target, in make test: about 2.5 min with
+# the targets built, under 5 min from a clean state (installing cargo-fuzz ~70 s,
+# building the targets ~50 s).
+FUZZ_SMOKE_SECONDS ?= 30
+fuzz-smoke:
+	fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
+# nginx-tests/ with every nginx (master, workers, nginx -t) under valgrind's
+# memcheck: see nginx-tests/lib/WsValgrind.pm. Against a build of its own in
+# target/memcheck/: nginx compiled with NGX_DEBUG_PALLOC (each pool allocation
+# is a malloc of its own, so memcheck sees overruns and use after free inside
+# pools) and the module with debug info. Waits of the harness are 5 times
+# longer (TEST_NGINX_SLOWDOWN). Fails on any memcheck error not suppressed by
+# valgrind/nginx.supp (nginx's own exit-time leaks, each with its reason);
+# per-process logs in target/memcheck/logs/, summary (valgrind/report.py) in
+# target/memcheck/summary.txt. About 3 minutes here.
+MEMCHECK_DIR := $(CURDIR)/target/memcheck
+memcheck-build:
+	NGX_CFLAGS='-DNGX_DEBUG_PALLOC=1' CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_TARGET_DIR=$(MEMCHECK_DIR) \
+		$(CARGO) build --release --locked
+	cp -f $(MEMCHECK_DIR)/release/libngx_http_websocket_module.so $(MEMCHECK_DIR)/ngx_http_websocket_module.so.tmp
+	mv -f $(MEMCHECK_DIR)/ngx_http_websocket_module.so.tmp $(MEMCHECK_DIR)/ngx_http_websocket_module.so
+
+test-valgrind: deps memcheck-build
+	@command -v valgrind >/dev/null || { \
+		if [ "$$(id -u)" != 0 ]; then echo "valgrind is missing (run as root)"; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	rm -rf $(MEMCHECK_DIR)/logs
+	@rc=0; TEST_NGINX_BINARY=$$(cat $(MEMCHECK_DIR)/release/nginx-path) \
+		TEST_NGINX_MODULE=$(MEMCHECK_DIR)/ngx_http_websocket_module.so \
+		TEST_NGINX_VALGRIND=1 TEST_NGINX_VALGRIND_DIR=$(MEMCHECK_DIR)/logs \
+		prove -r nginx-tests/ || rc=1; \
+	valgrind/report.py $(MEMCHECK_DIR)/logs >$(MEMCHECK_DIR)/summary.txt || rc=1; \
+	cat $(MEMCHECK_DIR)/summary.txt; exit $$rc
+
+# The same suite against nginx and the module built with AddressSanitizer
+# (gcc -fsanitize=address for nginx, rustc -Zsanitizer=address for the module
+# through RUSTC_BOOTSTRAP, NGX_DEBUG_PALLOC) in target/asan/; LeakSanitizer
+# checks every nginx at exit (valgrind/lsan.supp: nginx's exit-time leaks).
+# Waits are twice as long. Reports in target/asan/logs/, summary in
+# target/asan/summary.txt. About 2.5 minutes, plus a 5-minute first build.
+ASAN_DIR    := $(CURDIR)/target/asan
+ASAN_TRIPLE := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+asan-build:
+	NGX_CFLAGS='-fsanitize=address -fno-omit-frame-pointer -DNGX_DEBUG_PALLOC=1' \
+	NGX_LDFLAGS='-fsanitize=address' RUSTC_BOOTSTRAP=1 \
+	RUSTFLAGS='-Zsanitizer=address -Cforce-frame-pointers=yes' \
+	CARGO_PROFILE_RELEASE_DEBUG=1 CARGO_TARGET_DIR=$(ASAN_DIR) \
+		$(CARGO) build --release --locked --target $(ASAN_TRIPLE)
+	cp -f $(ASAN_DIR)/$(ASAN_TRIPLE)/release/libngx_http_websocket_module.so $(ASAN_DIR)/ngx_http_websocket_module.so.tmp
+	mv -f $(ASAN_DIR)/ngx_http_websocket_module.so.tmp $(ASAN_DIR)/ngx_http_websocket_module.so
+
+test-asan: deps asan-build
+	rm -rf $(ASAN_DIR)/logs
+	@rc=0; TEST_NGINX_BINARY=$$(cat $(ASAN_DIR)/$(ASAN_TRIPLE)/release/nginx-path) \
+		TEST_NGINX_MODULE=$(ASAN_DIR)/ngx_http_websocket_module.so \
+		TEST_NGINX_ASAN=1 TEST_NGINX_VALGRIND_DIR=$(ASAN_DIR)/logs \
+		prove -r nginx-tests/ || rc=1; \
+	valgrind/report.py --asan $(ASAN_DIR)/logs >$(ASAN_DIR)/summary.txt || rc=1; \
+	cat $(ASAN_DIR)/summary.txt; exit $$rc
 
 clippy:
 	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings

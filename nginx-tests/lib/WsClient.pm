@@ -16,6 +16,7 @@ use MIME::Base64 qw(encode_base64 decode_base64);
 use Socket qw(PF_INET SOCK_STREAM SOL_SOCKET SO_RCVBUF SO_SNDBUF IPPROTO_TCP
     TCP_NODELAY inet_aton pack_sockaddr_in);
 use Time::HiRes qw(sleep time);
+use WsValgrind qw(scaled);
 
 use Exporter 'import';
 our @EXPORT_OK = qw(http_request build_frame accept_key
@@ -101,7 +102,7 @@ sub _write_all {
 sub http_request {
     shift if @_ && !ref $_[0] && $_[0] eq __PACKAGE__;
     my ($port, $raw, %o) = @_;
-    my $timeout = $o{timeout} // 5;
+    my $timeout = scaled($o{timeout} // 5);
     my $fh = _tcp_connect(port => $port, host => $o{host}, timeout => $timeout);
     _write_all($fh, $raw, $timeout) or croak "http_request: write failed: $!";
 
@@ -188,7 +189,7 @@ sub _parse_head {
 # Returns the client after reading the response head, whatever the status.
 sub connect {
     my ($class, %o) = @_;
-    my $timeout = $o{timeout} // 5;
+    my $timeout = scaled($o{timeout} // 5);
     my $port = $o{port} or croak 'port => N is required';
     my $path = $o{path} // '/';
     my $host = $o{host} // '127.0.0.1';
@@ -266,7 +267,7 @@ sub connect {
         # Best effort: collect the error body for diagnostics.
         my $cl = $self->header('Content-Length');
         if (defined $cl) {
-            my $dl = time + 1;
+            my $dl = time + scaled(1);
             while (length $self->{buf} < $cl) { last unless $self->_read_some($dl) }
         }
         $self->{body} = $self->{buf};
@@ -350,7 +351,7 @@ sub pump {
 # buffer() returns them, for tests that look at the raw bytes of a frame.
 sub fill {
     my ($self, $n, $timeout) = @_;
-    my $deadline = time + ($timeout // $self->{timeout});
+    my $deadline = $self->_deadline($timeout);
     while (length $self->{buf} < $n) {
         return 0 unless $self->_read_some($deadline);
     }
@@ -416,7 +417,8 @@ sub _xor_mask {
 sub send_raw {
     my ($self, $bytes, %o) = @_;
     return 0 unless $self->{fh};
-    my $ok = _write_all($self->{fh}, $bytes, $o{timeout} // $self->{timeout} * 4,
+    my $ok = _write_all($self->{fh}, $bytes,
+        defined $o{timeout} ? scaled($o{timeout}) : $self->{timeout} * 4,
         \$self->{buf}, $self);
     $self->{error} = "write: $!" unless $ok;
     return $ok;
@@ -475,11 +477,20 @@ sub try_recv_frame {
     };
 }
 
+# The deadline of a wait of $timeout seconds (scaled by the slowdown
+# factor; the connection's own timeout, already scaled, when undef), or
+# $deadline as it is.
+sub _deadline {
+    my ($self, $timeout, $deadline) = @_;
+    return $deadline if defined $deadline;
+    return time + (defined $timeout ? scaled($timeout) : $self->{timeout});
+}
+
 # recv_frame(timeout => 5) -> {fin, rsv, opcode, masked, length, payload}
 # or undef on timeout/EOF (see ->error).
 sub recv_frame {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // $self->{timeout});
+    my $deadline = $self->_deadline($o{timeout}, delete $o{deadline});
     local $self->{chunk} = $o{bytes_per_read} // $self->{chunk};
     local $self->{delay} = $o{delay} // $self->{delay};
     while (1) {
@@ -495,11 +506,10 @@ sub recv_frame {
 # Control frames met inside a fragmented message are kept; see interleaved().
 sub recv_message {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // $self->{timeout});
+    my $deadline = $self->_deadline(delete $o{timeout}, delete $o{deadline});
     my ($opcode, $payload, $frames);
     while (1) {
-        my $left = $deadline - time;
-        my $f = $self->recv_frame(%o, timeout => $left > 0 ? $left : 0) or return undef;
+        my $f = $self->recv_frame(%o, deadline => $deadline) or return undef;
         if ($f->{opcode} >= 8) {
             return $f unless defined $opcode;
             push @{ $self->{interleaved} }, $f;
@@ -523,11 +533,10 @@ sub recv_message {
 # timeout/EOF. Frames skipped on the way are in ->{skipped}.
 sub recv_close {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // $self->{timeout});
+    my $deadline = $self->_deadline(delete $o{timeout}, delete $o{deadline});
     $self->{skipped} = [];
     while (1) {
-        my $left = $deadline - time;
-        my $f = $self->recv_frame(%o, timeout => $left > 0 ? $left : 0) or return;
+        my $f = $self->recv_frame(%o, deadline => $deadline) or return;
         if ($f->{opcode} == OP_CLOSE) {
             $self->{close_frame} = $f;
             my $p = $f->{payload};
@@ -545,7 +554,7 @@ sub skipped { @{ $_[0]{skipped} // [] } }
 # or RST) within $timeout seconds. Bytes read meanwhile stay in the buffer.
 sub wait_eof {
     my ($self, $timeout) = @_;
-    my $deadline = time + ($timeout // $self->{timeout});
+    my $deadline = $self->_deadline($timeout);
     return 1 if $self->{eof};
     local $self->{chunk} = 0;
     local $self->{delay} = 0;

@@ -17,6 +17,7 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use POSIX qw(:sys_wait_h);
 use Time::HiRes qw(sleep time);
+use WsValgrind qw(scaled);
 
 our $VERSION = '0.1';
 
@@ -25,6 +26,8 @@ our $VERSION = '0.1';
 my %LIVE;
 
 my %PATHS;    # cached result of locate()
+
+my @DIRS;     # every test directory, for the valgrind logs (WsValgrind)
 
 sub repo_root {
     my $here = dirname(abs_path(__FILE__));    # .../nginx-tests/lib
@@ -97,8 +100,9 @@ sub new {
         error_log_level  => $o{error_log_level} // 'info',
         ports            => {},
         pid              => undef,
-        stop_timeout     => $o{stop_timeout} // 10,
+        stop_timeout     => $o{stop_timeout} // scaled(10),
     }, $class;
+    push @DIRS, $dir;
 
     $self->_write_conf;
     return $self;
@@ -194,15 +198,16 @@ sub conf_line {
 }
 
 sub _cmd {
-    my ($self) = @_;
+    my ($self, %o) = @_;
     my $d = $self->{dir};
-    return ($self->{nginx}, '-p', "$d/", '-e', "$d/error.log", '-c', "$d/nginx.conf");
+    return (WsValgrind::prefix($d, test => $o{test}),
+        $self->{nginx}, '-p', "$d/", '-e', "$d/error.log", '-c', "$d/nginx.conf");
 }
 
 # Runs nginx -t; returns (exit_status, combined stdout+stderr output).
 sub test_config {
     my ($self) = @_;
-    my @cmd = ($self->_cmd, '-t');
+    my @cmd = ($self->_cmd(test => 1), '-t');
     my $pid = open(my $fh, '-|') // croak "fork: $!";
     if ($pid == 0) {
         open STDERR, '>&', \*STDOUT;
@@ -219,7 +224,7 @@ sub test_config {
 sub start {
     my ($self, %o) = @_;
     croak "nginx already started" if $self->{pid};
-    my $timeout = $o{timeout} // 10;
+    my $timeout = $o{timeout} // scaled(10);
     my $d = $self->{dir};
 
     unlink "$d/nginx.pid";
@@ -323,7 +328,7 @@ sub reload {
     kill 'HUP', $pid;
     return 1 if defined $o{wait} && !$o{wait};
     my %old = map { $_ => 1 } @old;
-    my $deadline = time + ($o{timeout} // 10);
+    my $deadline = time + ($o{timeout} // scaled(10));
     while (time < $deadline) {
         my @now = $self->worker_pids;
         my $new = grep { !$old{$_} } @now;
@@ -365,7 +370,7 @@ sub stop {
     unless ($reap->($timeout)) {
         $self->{forced_stop} = 'TERM';
         kill 'TERM', $pid;
-        unless ($reap->(5)) {
+        unless ($reap->(scaled(5))) {
             $self->{forced_stop} = 'KILL';
             kill 'KILL', $pid;
             $reap->(5);
@@ -377,8 +382,13 @@ sub stop {
     }
     $self->{pid} = undef;
     delete $LIVE{"$self"};
+    WsValgrind::collect($self->{dir});
     return $status;
 }
+
+# Under valgrind or with ASan (TEST_NGINX_VALGRIND, TEST_NGINX_ASAN): the
+# errors of every nginx run in this directory so far (WsValgrind::errors).
+sub valgrind_errors { WsValgrind::errors($_[0]{dir}) }
 
 # 'TERM' or 'KILL' when the last stop() had to force the shutdown.
 sub forced_stop { $_[0]{forced_stop} }
@@ -429,6 +439,7 @@ sub _stop_all {
 END {
     local $?;
     _stop_all();
+    WsValgrind::collect($_) for grep { -d } @DIRS;
 }
 
 for my $sig (qw(INT TERM HUP PIPE)) {

@@ -15,6 +15,7 @@ use POSIX ();
 use Test::More;
 use WsClient qw(build_frame);
 use WsNginx;
+use WsValgrind qw(scaled);
 
 our @EXPORT = qw(ws_open echo_ok bye violation expect_close still_echoes finish
     close_desc start_nginx echo_server conf_server conf_location frags close_frame
@@ -122,11 +123,17 @@ sub close_desc {
     return 'no close frame (' . ($ws->error // 'nothing') . ')';
 }
 
-# echo_ok($ws, $opcode, $payload, $name): 5 tests.
+# echo_ok($ws, $opcode, $payload, $name, timeout => 5, answer_pings => 0):
+# 5 tests. With answer_pings, pings from the server (heartbeats) that come
+# before the reply are answered with pongs and skipped.
 sub echo_ok {
     my ($ws, $opcode, $payload, $name, %o) = @_;
     $ws->send_frame(opcode => $opcode, payload => $payload);
     my $m = $ws->recv_message(timeout => $o{timeout} // 5);
+    while ($o{answer_pings} && $m && $m->{opcode} == 9) {
+        $ws->send_pong($m->{payload});
+        $m = $ws->recv_message(timeout => $o{timeout} // 5);
+    }
     ok($m, "$name: reply received") or do {
         diag 'got ' . ($ws->error // 'nothing');
         fail("$name: $_") for 'same opcode', 'same payload', 'not masked', 'no RSV';
@@ -215,7 +222,8 @@ sub still_echoes {
 
 # finish($t, $port, \@workers_at_start): the worker survived everything the
 # file did, a fresh session echoes, nginx stops gracefully and error.log has
-# no alert/crit/emerg or crashed-worker lines. 5 tests.
+# no alert/crit/emerg or crashed-worker lines. 5 tests; under valgrind or
+# with ASan a 6th: no error in any nginx run in $t's directory.
 sub finish {
     my ($t, $port, $workers, $path) = @_;
     still_echoes($port, 'at the end', $path);
@@ -223,6 +231,9 @@ sub finish {
     $t->stop;
     is($t->forced_stop, undef, 'nginx stopped gracefully');
     is_deeply([$t->check_error_log], [], 'no alerts in error.log');
+    is_deeply([$t->valgrind_errors], [],
+        WsValgrind::asan() ? 'ASan: no errors, no leaks' : 'valgrind: no memcheck errors')
+        if WsValgrind::checking();
 }
 
 # --- client programs -----------------------------------------------------------
@@ -231,10 +242,12 @@ sub finish {
 # runs @cmd in a process group of its own, stdout and stderr merged, the
 # proxy variables removed from its environment and $setup (a CODE ref or
 # undef) called in the child before the exec (chdir, %ENV). After $limit
-# seconds the group gets TERM, then KILL, and $finished is false. The exit
-# status is 128 + the signal number for a program killed by a signal.
+# seconds (scaled by the slowdown factor) the group gets TERM, then KILL,
+# and $finished is false. The exit status is 128 + the signal number for a
+# program killed by a signal.
 sub run_captured {
     my ($limit, $setup, @cmd) = @_;
+    $limit = scaled($limit);
     my $pid = open(my $fh, '-|') // die "fork: $!";
     if ($pid == 0) {
         setpgrp(0, 0);

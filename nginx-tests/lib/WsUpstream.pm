@@ -29,6 +29,7 @@ use IO::Socket::INET;
 use POSIX ();
 use Storable qw(nstore retrieve);
 use Time::HiRes qw(sleep time);
+use WsValgrind qw(scaled);
 
 use parent 'WsProc';
 
@@ -114,7 +115,7 @@ sub wait_record {
     my ($self, %o) = @_;
     my $match = $o{path};
     my $until = $o{until};
-    my $deadline = time + ($o{timeout} // 5);
+    my $deadline = time + scaled($o{timeout} // 5);
     while (1) {
         my @r = $self->records;
         if (defined $match) {
@@ -146,6 +147,7 @@ use Storable qw(nstore);
 use Time::HiRes qw(sleep time);
 
 use WsClient ();
+use WsValgrind qw(scaled);
 
 sub _new {
     my ($class, $fh, $id, $file) = @_;
@@ -218,7 +220,7 @@ sub _read_some {
 
 sub _read_request {
     my ($self) = @_;
-    my $deadline = time + 5;
+    my $deadline = time + scaled(5);
     while ($self->{buf} !~ /\r\n\r\n/) {
         last unless $self->_read_some($deadline);
     }
@@ -316,10 +318,11 @@ sub send_close {
 }
 
 # recv_frame(timeout => 5) -> {fin, rsv, opcode, masked, mask_key, length,
-# payload (unmasked)}, or undef on timeout / EOF.
+# payload (unmasked)}, or undef on timeout / EOF. The timeout is scaled by
+# the slowdown factor (WsValgrind); deadline => T (absolute) is not.
 sub recv_frame {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // 5);
+    my $deadline = $o{deadline} // time + scaled($o{timeout} // 5);
     while (1) {
         my $f = $self->_parse;
         return $f if $f;
@@ -378,10 +381,9 @@ sub close_code {
 # frames on the way as `frames`. Returns the close frame or undef.
 sub wait_close {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // 5);
+    my $deadline = time + scaled($o{timeout} // 5);
     while (1) {
-        my $left = $deadline - time;
-        my $f = $self->recv_frame(timeout => $left > 0 ? $left : 0);
+        my $f = $self->recv_frame(deadline => $deadline);
         unless ($f) {
             $self->note(close_code => undef, eof_before_close => $self->{eof} ? 1 : 0);
             return undef;
@@ -397,7 +399,7 @@ sub wait_close {
 # wait_eof(timeout => 5): true when the peer closed TCP; notes `eof`.
 sub wait_eof {
     my ($self, %o) = @_;
-    my $deadline = time + ($o{timeout} // 5);
+    my $deadline = time + scaled($o{timeout} // 5);
     while (!$self->{eof} && time < $deadline) {
         $self->_read_some($deadline);
         $self->{buf} = '' if length $self->{buf} > 1 << 20;
@@ -469,7 +471,8 @@ sub serve {
     my $idle = $o{idle} // 30;
     my $pending;
     while (1) {
-        my $f = $self->recv_frame(timeout => $pending ? $pending->[0] : $idle);
+        # Scenario timing: not scaled.
+        my $f = $self->recv_frame(deadline => time + ($pending ? $pending->[0] : $idle));
         unless ($f) {
             if ($self->{eof}) {
                 $self->note(end => 'eof', end_at => time);
