@@ -114,8 +114,13 @@ impl MessageInflater {
             if self.ended {
                 return Ok(());
             }
+            // Grow by what is there (at least 1 KiB), at most a step and
+            // one byte past the limit: small messages keep small buffers.
             let room = limit.saturating_sub(out.len()).saturating_add(1);
-            out.reserve_exact(room.min(INFLATE_STEP));
+            let grow = out.len().clamp(1024, INFLATE_STEP);
+            if out.capacity() == out.len() {
+                out.reserve_exact(room.min(grow));
+            }
             let (before_in, before_out) = (self.z.total_in(), out.len());
             let consumed = (before_in - start_in) as usize;
             let status = self
