@@ -6,7 +6,7 @@
 #                 unit, fuzz-smoke, integration, autobahn
 #   make -s paths print the nginx binary and module paths
 #   make autobahn run the Autobahn|Testsuite (cases 1-10, a subset of 12/13) against the module
-#   make autobahn-full  all of cases 1-10, 12 and 13 (about half an hour)
+#   make autobahn-full  all of cases 1-10, 12 and 13 (30-45 minutes on 2 cores)
 #   make distro   build the module against the system's packaged nginx (Debian's
 #                 nginx-dev, installed as root) into target/distro/
 #   make test-distro  run the integration suite against /usr/sbin/nginx with it
