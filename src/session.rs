@@ -32,8 +32,10 @@ const HEARTBEAT: &[u8] = b"ngx_http_websocket_module heartbeat";
 const NO_STATUS: u16 = 1005;
 /// Queued output above which the object stops reading from its peer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Buffers that grew past this for a large message are released afterwards.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// Buffers that grew past this for a large message are released afterwards:
+/// messages that fit the read buffer reuse theirs, larger ones are not kept
+/// by a connection that may then idle for hours.
+const KEEP_CAPACITY: usize = READ_BUFFER_SIZE;
 
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
