@@ -216,7 +216,9 @@ impl Decoder {
                 opcode,
                 len: 0,
                 started: false,
-                compressed: header.rsv & RSV1 != 0,
+                // RSV1 means compressed only under permessage-deflate;
+                // another extension may have been allowed the bit.
+                compressed: self.cfg.compression && header.rsv & RSV1 != 0,
             }),
         };
         let (frame_max, message_max) = if message.compressed {
@@ -591,6 +593,18 @@ mod tests {
                 ..
             }
         ));
+        // RSV1 allowed without permessage-deflate (another extension): the
+        // message is not compressed and its UTF-8 is checked as usual.
+        let other = DecoderConfig {
+            parse: ParseConfig {
+                allowed_rsv: 0b100,
+                ..ParseConfig::server(100)
+            },
+            ..server(100, 100)
+        };
+        let mut invalid = build_frame(true, OpCode::Text, &[0xff], Some(KEY));
+        invalid[0] |= 0x40;
+        assert_eq!(run(other, &[&invalid]).1, Some(ProtocolError::InvalidUtf8));
         // RSV1 on a continuation frame stays a violation.
         let mut bad = more.clone();
         bad[0] |= 0x40;
