@@ -35,7 +35,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -50,6 +49,11 @@ mod json;
 
 #[path = "../compressed.rs"]
 mod compressed;
+
+#[path = "../modes.rs"]
+mod modes;
+
+use modes::Received;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -376,6 +380,11 @@ fn main() {
     println!("{line}");
 }
 
+/// Opens --connections connections.
+async fn connect_all(sh: &Shared) -> Vec<Ws> {
+    modes::connect_all(sh, sh.opts.connections, || connect_one(sh)).await
+}
+
 async fn connect_one(sh: &Shared) -> Result<Ws, String> {
     let stream = TcpStream::connect(sh.addr)
         .await
@@ -391,36 +400,6 @@ async fn connect_one(sh: &Shared) -> Result<Ws, String> {
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
-}
-
-/// Opens `n` connections, at most `connect_concurrency` handshakes at a time.
-async fn connect_all(sh: &Rc<Shared>, n: usize) -> Vec<Ws> {
-    let results: Vec<Result<Ws, String>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let sh = sh.clone();
-            async move { connect_one(&sh).await }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .collect()
-        .await;
-    let mut out = Vec::with_capacity(n);
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(ws) => out.push(ws),
-            Err(e) => {
-                Errors::inc(&sh.errors.connect);
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        eprintln!(
-            "loadgen: {} of {n} connections failed, first: {e}",
-            n - out.len()
-        );
-    }
-    out
 }
 
 fn make_message(sh: &Shared, seq: u64) -> Message {
@@ -604,167 +583,31 @@ fn spawn_cpu_sampler(sh: &Rc<Shared>) -> tokio::task::JoinHandle<()> {
 // ---------------------------------------------------------------- throughput
 
 async fn throughput(sh: Rc<Shared>) -> String {
-    let conns = connect_all(&sh, sh.opts.connections).await;
+    let conns = connect_all(&sh).await;
     let connected = conns.len();
-    let start = Instant::now() + Duration::from_millis(10);
-    let mstart = start + Duration::from_secs_f64(sh.opts.warmup);
-    sh.measure_start.set(mstart);
-    sh.measure_end.set(mstart + Duration::from_secs_f64(sh.opts.duration));
-    let sampler = spawn_cpu_sampler(&sh);
-    let mut tasks = Vec::with_capacity(connected);
-    for ws in conns {
+    modes::run_all(&sh, conns, |_, ws| {
         let sh = sh.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            sleep_until(start.into()).await;
-            let hard_end = sh.measure_end.get()
-                + Duration::from_secs_f64(sh.opts.drain_timeout)
-                + Duration::from_secs(5);
-            if tokio::time::timeout_at(hard_end.into(), run_connection(&sh, ws))
-                .await
-                .is_err()
-            {
-                Errors::inc(&sh.errors.timeout);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    if sh.opts.messages == 0 {
-        let _ = sampler.await;
-    }
+        async move { run_connection(&sh, ws).await }
+    })
+    .await;
     report(&sh, connected, "")
 }
 
-async fn run_connection(sh: &Rc<Shared>, ws: Ws) {
-    let window = sh.opts.window;
-    let limit = sh.opts.messages;
-    let (mut tx, mut rx) = ws.split();
-    let credits = Semaphore::new(window);
-    let sent = Cell::new(0u64);
-    let writer_busy = Cell::new(false);
-    let failed = Cell::new(false);
-
-    let writer = async {
-        let mut seq = 0u64;
-        'outer: loop {
-            match credits.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => break,
-            }
-            writer_busy.set(true);
-            let mut batch = 0;
-            loop {
-                if tx.feed(make_message(sh, seq)).await.is_err() {
-                    failed.set(true);
-                    writer_busy.set(false);
-                    break 'outer;
-                }
-                seq += 1;
-                sent.set(seq);
-                batch += 1;
-                if (limit > 0 && seq >= limit) || batch >= 1024 {
-                    break;
-                }
-                match credits.try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
-                }
-            }
-            if tx.flush().await.is_err() {
-                failed.set(true);
-                writer_busy.set(false);
-                break;
-            }
-            writer_busy.set(false);
-            if limit > 0 && seq >= limit {
-                break;
-            }
+async fn run_connection(sh: &Shared, ws: Ws) {
+    let receive = |m, expect| match m {
+        Ok(Message::Binary(data)) => Received::Echo(check_message(sh, &data, expect)),
+        Ok(Message::Text(_)) => {
+            Errors::inc(&sh.errors.payload);
+            Received::Other
         }
-        tx
+        Ok(Message::Close(_)) => Received::Closed,
+        Ok(_) => Received::Other,
+        Err(_) => Received::Failed,
     };
-
-    let reader = async {
-        let mut expect = 0u64;
-        let mut in_window = 0u64;
-        let mut gate_closed = false;
-        let end = sh.measure_end.get();
-        let drain_end = end + Duration::from_secs_f64(sh.opts.drain_timeout);
-        let timer = sleep_until(end.into());
-        tokio::pin!(timer);
-        let mut clean = true;
-        loop {
-            let now = Instant::now();
-            if !gate_closed && (now >= end || (limit > 0 && expect >= limit)) {
-                gate_closed = true;
-                credits.close();
-                timer.as_mut().reset(drain_end.into());
-            }
-            if gate_closed && expect == sent.get() && !writer_busy.get() {
-                break;
-            }
-            if failed.get() {
-                Errors::inc(&sh.errors.io);
-                clean = false;
-                break;
-            }
-            tokio::select! {
-                biased;
-                m = rx.next() => match m {
-                    Some(Ok(Message::Binary(data))) => {
-                        match check_message(sh, &data, expect) {
-                            Ok(ts) => {
-                                let before = sh.in_window.get();
-                                record(sh, ts);
-                                in_window += sh.in_window.get() - before;
-                            }
-                            Err(true) => Errors::inc(&sh.errors.order),
-                            Err(false) => Errors::inc(&sh.errors.payload),
-                        }
-                        expect += 1;
-                        if !gate_closed {
-                            credits.add_permits(1);
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => Errors::inc(&sh.errors.payload),
-                    Some(Ok(Message::Close(_))) | None => {
-                        Errors::inc(&sh.errors.closed);
-                        clean = false;
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => {
-                        Errors::inc(&sh.errors.io);
-                        clean = false;
-                        break;
-                    }
-                },
-                _ = &mut timer => {
-                    if gate_closed {
-                        sh.errors.timeout.set(sh.errors.timeout.get() + sent.get() - expect);
-                        clean = false;
-                        break;
-                    }
-                }
-            }
-        }
-        if in_window == 0 && limit == 0 {
-            sh.silent_connections.set(sh.silent_connections.get() + 1);
-        }
-        credits.close();
-        (rx, clean)
-    };
-
-    let (tx, (rx, clean)) = tokio::join!(writer, reader);
-    if !clean {
-        return;
+    if let Some(mut ws) = modes::exchange(sh, ws, |seq| make_message(sh, seq), receive).await {
+        // Closing handshake: we send close, the server answers and closes TCP.
+        close_gracefully(sh, &mut ws).await;
     }
-    // Closing handshake: we send close, the server answers and closes TCP.
-    let mut ws = match tx.reunite(rx) {
-        Ok(ws) => ws,
-        Err(_) => return,
-    };
-    close_gracefully(sh, &mut ws).await;
 }
 
 async fn close_gracefully(sh: &Shared, ws: &mut Ws) {
@@ -866,7 +709,7 @@ async fn one_session(sh: &Shared, seq: u64) -> Result<(), ()> {
 // ---------------------------------------------------------------- idle
 
 async fn idle(sh: Rc<Shared>) -> String {
-    let mut conns = connect_all(&sh, sh.opts.connections).await;
+    let mut conns = connect_all(&sh).await;
     // One round trip on every connection, so that each session (and, for a
     // proxy, its upstream leg) is fully established and has used its buffers.
     let ok = futures_util::stream::iter(conns.iter_mut().enumerate())
@@ -900,23 +743,7 @@ async fn idle(sh: Rc<Shared>) -> String {
         sh.opts.connections,
         sh.errors.total()
     );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    tokio::time::sleep(Duration::from_secs_f64(sh.opts.duration)).await;
-    // Still open after holding them? A server that dropped idle sessions
-    // would show up here as reads that end at once.
-    let mut still_open = 0u64;
-    for ws in conns.iter_mut() {
-        if tokio::time::timeout(Duration::from_millis(0), ws.next()).await.is_err() {
-            still_open += 1;
-        }
-    }
-    futures_util::stream::iter(conns.iter_mut())
-        .for_each_concurrent(sh.opts.connect_concurrency, |ws| {
-            let sh = sh.clone();
-            async move { close_gracefully(&sh, ws).await }
-        })
-        .await;
+    let still_open = modes::hold_and_close(&sh, &mut conns, |ws| close_gracefully(&sh, ws)).await;
     format!(
         "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{ok},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}}}",
         sh.opts.connections,
