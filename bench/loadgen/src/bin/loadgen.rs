@@ -34,12 +34,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
 use tokio::time::sleep_until;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use ws_bench::{connect, number, options, resolve, Ws};
 
 #[path = "../trivial.rs"]
 mod trivial;
@@ -54,8 +52,6 @@ mod compressed;
 mod modes;
 
 use modes::Received;
-
-type Ws = WebSocketStream<TcpStream>;
 
 const USAGE: &str = "usage: loadgen [--mode throughput|sessions|idle] --url ws://HOST:PORT/PATH
                [--connections N] [--size BYTES] [--window W] [--duration SECS]
@@ -117,21 +113,10 @@ fn parse_args() -> Result<Option<Opts>, String> {
         deflate_level: 1,
         expect_compressed: None,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let key = args[i].as_str();
-        if key == "-h" || key == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let val = args
-            .get(i + 1)
-            .ok_or_else(|| format!("{key} needs a value"))?
-            .clone();
-        let num = |v: &str| -> Result<f64, String> {
-            v.parse::<f64>().map_err(|_| format!("{key}: not a number: {v}"))
-        };
+    for pair in options(USAGE) {
+        let (key, val) = pair?;
+        let key = key.as_str();
+        let num = |v: &str| number(key, v);
         match key {
             "--serve-trivial" => {
                 trivial::serve(&val);
@@ -168,7 +153,6 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--deflate-level" => o.deflate_level = (num(&val)? as u32).clamp(1, 9),
             _ => return Err(format!("unknown option {key}\n{USAGE}")),
         }
-        i += 2;
     }
     if o.url.is_empty() {
         return Err(format!("--url is required\n{USAGE}"));
@@ -206,25 +190,6 @@ fn parse_size(v: &str) -> Result<usize, String> {
     n.parse::<usize>()
         .map(|n| n * mul)
         .map_err(|_| format!("bad size {v}"))
-}
-
-/// ws://host:port/path -> (socket address, the request URL)
-fn resolve(url: &str) -> Result<SocketAddr, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("only ws:// URLs are supported: {url}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let hostport = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    use std::net::ToSocketAddrs;
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("{hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport}: no address"))
 }
 
 #[derive(Default)]
@@ -386,20 +351,7 @@ async fn connect_all(sh: &Shared) -> Vec<Ws> {
 }
 
 async fn connect_one(sh: &Shared) -> Result<Ws, String> {
-    let stream = TcpStream::connect(sh.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = sh
-        .opts
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(sh.config))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    Ok(ws)
+    connect(sh.addr, &sh.opts.url, sh.config).await
 }
 
 fn make_message(sh: &Shared, seq: u64) -> Message {
