@@ -194,9 +194,9 @@ fn message(id: u64, seq: u64) -> Message {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        v.push(if seq % 2 == 0 { b'a' + (x % 26) as u8 } else { x as u8 });
+        v.push(if seq.is_multiple_of(2) { b'a' + (x % 26) as u8 } else { x as u8 });
     }
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         Message::Text(String::from_utf8(v).unwrap().into())
     } else {
         Message::Binary(Bytes::from(v))
