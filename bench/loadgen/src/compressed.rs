@@ -362,55 +362,38 @@ pub async fn idle(sh: Rc<Shared>, ctx: Rc<Ctx>) -> String {
     let mut conns = connect_all(&sh, &ctx).await;
     // One message echoed on every connection: with permessage-deflate, the
     // server makes its compression state on the first compressed message.
-    let ok = futures_util::stream::iter(conns.iter_mut().enumerate())
-        .map(|(i, ws)| {
-            let (sh, ctx) = (sh.clone(), ctx.clone());
-            async move {
-                let salt = i as u64 * 97;
-                if ws.send(ctx.make(&sh, 0, salt)).await.is_err() {
-                    Errors::inc(&sh.errors.io);
-                    return false;
-                }
-                loop {
-                    match ws.next().await {
-                        Some(f) if matches!(f.opcode(), OpCode::Text | OpCode::Binary) => {
-                            return match ctx.check(&sh, &f, 0, salt) {
-                                Ok(_) => true,
-                                Err(_) => {
-                                    Errors::inc(&sh.errors.payload);
-                                    false
-                                }
-                            };
-                        }
-                        Some(f) if f.opcode() == OpCode::Close => {
-                            Errors::inc(&sh.errors.closed);
-                            return false;
-                        }
-                        Some(_) => {}
-                        None => {
-                            Errors::inc(&sh.errors.io);
-                            return false;
-                        }
+    let ok = modes::greet_all(&sh, &mut conns, |(i, ws)| {
+        let (sh, ctx) = (sh.clone(), ctx.clone());
+        async move {
+            let salt = i as u64 * 97;
+            if ws.send(ctx.make(&sh, 0, salt)).await.is_err() {
+                Errors::inc(&sh.errors.io);
+                return false;
+            }
+            loop {
+                match ws.next().await {
+                    Some(f) if matches!(f.opcode(), OpCode::Text | OpCode::Binary) => {
+                        return match ctx.check(&sh, &f, 0, salt) {
+                            Ok(_) => true,
+                            Err(_) => {
+                                Errors::inc(&sh.errors.payload);
+                                false
+                            }
+                        };
+                    }
+                    Some(f) if f.opcode() == OpCode::Close => {
+                        Errors::inc(&sh.errors.closed);
+                        return false;
+                    }
+                    Some(_) => {}
+                    None => {
+                        Errors::inc(&sh.errors.io);
+                        return false;
                     }
                 }
             }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .filter(|ok| futures_util::future::ready(*ok))
-        .count()
-        .await;
-    let wire = ctx.wire_json(&sh);
-    println!(
-        "{{\"mode\":\"idle\",\"state\":\"ready\",\"connections\":{},\"open\":{ok},\"errors\":{}{wire}}}",
-        sh.opts.connections,
-        sh.errors.total()
-    );
-    let still_open = modes::hold_and_close(&sh, &mut conns, |ws| close_gracefully(&sh, ws)).await;
-    let wire = ctx.wire_json(&sh);
-    format!(
-        "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{ok},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}{wire}}}",
-        sh.opts.connections,
-        sh.errors.total(),
-        sh.errors.json()
-    )
+        }
+    })
+    .await;
+    modes::hold_and_close(&sh, &mut conns, ok, || ctx.wire_json(&sh), |ws| close_gracefully(&sh, ws)).await
 }

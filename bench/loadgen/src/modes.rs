@@ -237,17 +237,46 @@ where
     tx.reunite(rx).ok()
 }
 
-/// The idle mode once every connection is open and has echoed a message:
-/// holds them --duration seconds, counts those still open (a server that
-/// dropped idle sessions shows up as reads that end at once), then closes
-/// them with `close`, at most `connect_concurrency` at a time. Returns the
-/// number still open.
-pub async fn hold_and_close<'a, W, F, Fut>(sh: &Shared, conns: &'a mut [W], close: F) -> u64
+/// The idle mode's first step: `greet(i, connection)` (one message echoed)
+/// on every connection, at most `connect_concurrency` at a time. Returns how
+/// many succeeded.
+pub async fn greet_all<'a, W, F, Fut>(sh: &Shared, conns: &'a mut [W], greet: F) -> usize
+where
+    F: FnMut((usize, &'a mut W)) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    futures_util::stream::iter(conns.iter_mut().enumerate())
+        .map(greet)
+        .buffer_unordered(sh.opts.connect_concurrency)
+        .filter(|ok| futures_util::future::ready(*ok))
+        .count()
+        .await
+}
+
+/// The rest of the idle mode, once `open` connections have echoed a message:
+/// prints the "ready" line, holds them --duration seconds, counts those still
+/// open (a server that dropped idle sessions shows up as reads that end at
+/// once), closes them with `close`, at most `connect_concurrency` at a time,
+/// and returns the "done" line. `extra()` is appended to both lines.
+pub async fn hold_and_close<'a, W, F, Fut>(
+    sh: &Shared,
+    conns: &'a mut [W],
+    open: usize,
+    extra: impl Fn() -> String,
+    close: F,
+) -> String
 where
     W: Stream + Unpin,
     F: FnMut(&'a mut W) -> Fut,
     Fut: Future<Output = ()>,
 {
+    // extra() first: it may count errors (compressed.rs: RSV1)
+    let ready_extra = extra();
+    println!(
+        "{{\"mode\":\"idle\",\"state\":\"ready\",\"connections\":{},\"open\":{open},\"errors\":{}{ready_extra}}}",
+        sh.opts.connections,
+        sh.errors.total()
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tokio::time::sleep(Duration::from_secs_f64(sh.opts.duration)).await;
@@ -263,5 +292,11 @@ where
     futures_util::stream::iter(conns.iter_mut())
         .for_each_concurrent(sh.opts.connect_concurrency, close)
         .await;
-    still_open
+    let done_extra = extra();
+    format!(
+        "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{open},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}{done_extra}}}",
+        sh.opts.connections,
+        sh.errors.total(),
+        sh.errors.json()
+    )
 }

@@ -664,42 +664,27 @@ async fn idle(sh: Rc<Shared>) -> String {
     let mut conns = connect_all(&sh).await;
     // One round trip on every connection, so that each session (and, for a
     // proxy, its upstream leg) is fully established and has used its buffers.
-    let ok = futures_util::stream::iter(conns.iter_mut().enumerate())
-        .map(|(i, ws)| {
-            let sh = sh.clone();
-            async move {
-                if ws.send(make_message(&sh, i as u64)).await.is_err() {
-                    Errors::inc(&sh.errors.io);
-                    return false;
-                }
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(d))) => {
-                            return check_message(&sh, &d, i as u64).is_ok();
-                        }
-                        Some(Ok(_)) => {}
-                        _ => {
-                            Errors::inc(&sh.errors.io);
-                            return false;
-                        }
+    let ok = modes::greet_all(&sh, &mut conns, |(i, ws)| {
+        let sh = sh.clone();
+        async move {
+            if ws.send(make_message(&sh, i as u64)).await.is_err() {
+                Errors::inc(&sh.errors.io);
+                return false;
+            }
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(d))) => {
+                        return check_message(&sh, &d, i as u64).is_ok();
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        Errors::inc(&sh.errors.io);
+                        return false;
                     }
                 }
             }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .filter(|ok| futures_util::future::ready(*ok))
-        .count()
-        .await;
-    println!(
-        "{{\"mode\":\"idle\",\"state\":\"ready\",\"connections\":{},\"open\":{ok},\"errors\":{}}}",
-        sh.opts.connections,
-        sh.errors.total()
-    );
-    let still_open = modes::hold_and_close(&sh, &mut conns, |ws| close_gracefully(&sh, ws)).await;
-    format!(
-        "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{ok},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}}}",
-        sh.opts.connections,
-        sh.errors.total(),
-        sh.errors.json()
-    )
+        }
+    })
+    .await;
+    modes::hold_and_close(&sh, &mut conns, ok, String::new, |ws| close_gracefully(&sh, ws)).await
 }
