@@ -75,6 +75,19 @@ def cpu_cell(a):
     return text
 
 
+def table_head(header):
+    """A markdown table's header line and its separator: the first column left-aligned, the others right-aligned"""
+    return [header, "|---|" + "---:|" * (header.count("|") - 2)]
+
+
+def section(title, *paragraphs):
+    """A heading and its paragraphs, each followed by an empty line"""
+    lines = [title, ""]
+    for p in paragraphs:
+        lines += [p, ""]
+    return lines
+
+
 def load(path):
     rows = []
     with open(path) as f:
@@ -86,6 +99,23 @@ def load(path):
                 except json.JSONDecodeError:
                     rows.append({"kind": "garbled", "line": line})
     return rows
+
+
+def rep_stats(results):
+    """What every throughput table shows of a cell's repetitions: medians over those that did not fail"""
+    ok = [x for x in results if not x.get("failed")]
+    return ok, {
+        "reps": len(results),
+        "failed": len(results) - len(ok),
+        "rate": median([x.get("msgs_per_sec") for x in ok]),
+        "rates": [x.get("msgs_per_sec") for x in ok],
+        "p50": median([x.get("p50_us") for x in ok]),
+        "p99": median([x.get("p99_us") for x in ok]),
+        "errors": sum(x.get("errors", 0) for x in ok),
+        "busy0": median([cpu_busy(x, 0) for x in ok]),
+        "busy1": median([cpu_busy(x, 1) for x in ok]),
+        "other": median([(x.get("cpu") or {}).get("other") for x in ok]),
+    }
 
 
 def aggregate(rows, kind):
@@ -102,22 +132,12 @@ def aggregate(rows, kind):
         groups[key].append(res)
     out = {}
     for key, results in groups.items():
-        ok = [x for x in results if not x.get("failed")]
-        out[key] = {
-            "reps": len(results),
-            "failed": len(results) - len(ok),
-            "rate": median([x.get("msgs_per_sec") for x in ok]),
+        ok, out[key] = rep_stats(results)
+        out[key].update({
             "mbps": median([x.get("mb_per_sec") for x in ok]),
-            "p50": median([x.get("p50_us") for x in ok]),
-            "p99": median([x.get("p99_us") for x in ok]),
             "p999": median([x.get("p999_us") for x in ok]),
-            "errors": sum(x.get("errors", 0) for x in ok),
             "silent": sum(x.get("silent_connections", 0) for x in ok),
-            "rates": [x.get("msgs_per_sec") for x in ok],
-            "busy0": median([cpu_busy(x, 0) for x in ok]),
-            "busy1": median([cpu_busy(x, 1) for x in ok]),
-            "other": median([(x.get("cpu") or {}).get("other") for x in ok]),
-        }
+        })
     return out
 
 
@@ -126,10 +146,9 @@ def throughput_table(agg, skipped, window_note):
     for s, c in skipped:
         cells.append((s, c, None))
     cells.sort(key=lambda x: (x[0], x[1]))
-    lines = [
-        "| target | size | conns | msgs/s | MB/s | p50 | p99 | vs tunnel | vs rust-echo | errors | CPU busy srv/gen |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = table_head(
+        "| target | size | conns | msgs/s | MB/s | p50 | p99 | vs tunnel | vs rust-echo | errors | CPU busy srv/gen |"
+    )
     for size, conns, window in cells:
         if window is None:
             lines.append(
@@ -197,8 +216,8 @@ def callgrind_parse(path):
     return total, heap, pool
 
 
-def callgrind_functions(path):
-    """self cost by function (callgrind_annotate)"""
+def callgrind_self_costs(path, key):
+    """self cost (callgrind_annotate) summed by key(function, object file name)"""
     try:
         out = subprocess.run(
             ["callgrind_annotate", "--auto=no", "--threshold=100", path],
@@ -207,14 +226,52 @@ def callgrind_functions(path):
     except Exception:
         return {}
     costs = {}
-    pat = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*)$")
+    pat = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)(?:\s+\[([^\]]*)\])?$")
     for line in out.splitlines():
         m = pat.match(line)
         if not m or "PROGRAM TOTALS" in line or ":" not in m.group(2):
             continue
-        func = re.sub(r"\s+\[[^\]]*\]$", "", m.group(2)).split(":", 1)[1].strip()
-        costs[func] = costs.get(func, 0) + int(m.group(1).replace(",", ""))
+        k = key(m.group(2).split(":", 1)[1].strip(), (m.group(3) or "?").rsplit("/", 1)[-1])
+        costs[k] = costs.get(k, 0) + int(m.group(1).replace(",", ""))
     return costs
+
+
+def callgrind_functions(path):
+    """self cost by function"""
+    return callgrind_self_costs(path, lambda fn, obj: fn)
+
+
+def callgrind_delta(runs):
+    """Two callgrind runs ({messages: row}) with different message counts: (smaller run, larger run,
+    messages between them, (instructions, heap allocations, pool allocations) per message), or None
+    when a run failed"""
+    small, large = sorted(runs)
+    a, b = runs[small], runs[large]
+    try:
+        ta, ha, pa = callgrind_parse(a["file"])
+        tb, hb, pb = callgrind_parse(b["file"])
+        d = b["result"]["total"] - a["result"]["total"]
+    except (OSError, KeyError, TypeError):
+        return None
+    if ta is None or tb is None or d <= 0:
+        return None
+    return a, b, d, ((tb - ta) / d, max(0.0, (hb - ha) / d), max(0.0, (pb - pa) / d))
+
+
+def perf_line(r, label):
+    """A perf stat row as a list item: instructions per message"""
+    try:
+        ins = int(r["instructions"])
+        return f"- {label}: {ins / max(1, r['result']['total']):,.0f} instructions / message (perf stat)"
+    except (ValueError, KeyError):
+        return f"- {label}: perf stat failed"
+
+
+def idle_count(n, round1):
+    """N, and how many opened and stayed open when not all N did"""
+    opened = (round1.get("ready_line") or {}).get("open", "?")
+    still = (round1.get("done_line") or {}).get("still_open", "?")
+    return f"{n}" if opened == n and still == n else f"{n} (opened {opened}, still open after hold {still})"
 
 
 def short_fn(name, width=90):
@@ -237,33 +294,21 @@ def cpu_section(rows):
         "recv/send/epoll_wait is not in these figures. pass and tunnel run their upstream echo server in the same process, so "
         "their figure includes the echo backend; \"alone\" subtracts the echo figure.",
         "",
-        "| server | instructions / message | heap allocations / message | nginx pool allocations / message |",
-        "|---|---:|---:|---:|",
+        *table_head("| server | instructions / message | heap allocations / message | nginx pool allocations / message |"),
     ]
     per_msg = {}
     profiles = {}
     for t in ["echo", "pass", "tunnel", "rust-echo"]:
         if t not in runs or len(runs[t]) < 2:
             continue
-        small, large = sorted(runs[t])
-        a, b = runs[t][small], runs[t][large]
-        try:
-            ta, ha, pa = callgrind_parse(a["file"])
-            tb, hb, pb = callgrind_parse(b["file"])
-            ma, mb = a["result"]["total"], b["result"]["total"]
-        except (OSError, KeyError, TypeError):
+        delta = callgrind_delta(runs[t])
+        if delta is None:
             lines.append(f"| {LABEL[t]} | run failed | | |")
             continue
-        if ta is None or tb is None or mb <= ma:
-            lines.append(f"| {LABEL[t]} | run failed | | |")
-            continue
-        d = mb - ma
-        per_msg[t] = (tb - ta) / d
+        a, b, d, (per_msg[t], heap, pool) = delta
         cpu_section.heap_per_msg = getattr(cpu_section, "heap_per_msg", {})
-        cpu_section.heap_per_msg[t] = max(0.0, (hb - ha) / d)
-        lines.append(
-            f"| {LABEL[t]} | {per_msg[t]:,.0f} | {max(0.0, (hb - ha) / d):.2f} | {max(0.0, (pb - pa) / d):.2f} |"
-        )
+        cpu_section.heap_per_msg[t] = heap
+        lines.append(f"| {LABEL[t]} | {per_msg[t]:,.0f} | {heap:.2f} | {pool:.2f} |")
         fa, fb = callgrind_functions(a["file"]), callgrind_functions(b["file"])
         delta = {k: (fb.get(k, 0) - fa.get(k, 0)) / d for k in fb}
         profiles[t] = sorted(delta.items(), key=lambda kv: -kv[1])[:12]
@@ -343,26 +388,12 @@ DLABEL = {
 
 
 def callgrind_objects(path):
-    """self cost by object file (callgrind_annotate), e.g. libz.so"""
-    try:
-        out = subprocess.run(
-            ["callgrind_annotate", "--auto=no", "--threshold=100", path],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    except Exception:
-        return {}
-    costs = {}
-    pat = re.compile(r"^\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?(\S.*?)(?:\s+\[([^\]]*)\])?$")
-    for line in out.splitlines():
-        m = pat.match(line)
-        if not m or "PROGRAM TOTALS" in line or ":" not in m.group(2):
-            continue
-        fn = m.group(2).split(":", 1)[1].strip()
-        obj = (m.group(3) or "?").rsplit("/", 1)[-1]
+    """self cost by object file, e.g. libz.so, memset/memcpy apart"""
+    def key(fn, obj):
         if fn.startswith("__mem") or fn.startswith("__memset") or "memset" in fn or "memmove" in fn or "memcpy" in fn:
-            obj += " (memset/memcpy)"
-        costs[obj] = costs.get(obj, 0) + int(m.group(1).replace(",", ""))
-    return costs
+            return obj + " (memset/memcpy)"
+        return obj
+    return callgrind_self_costs(path, key)
 
 
 def deflate_wire(res, way):
@@ -408,32 +439,21 @@ def deflate_section(rows, meta):
     for kind, w in (("deflate", 1), ("deflate-pipelined", 16)):
         for t in DEFLATE:
             rs = [r["result"] for r in tput if r["kind"] == kind and r["target"] == t]
-            ok = [x for x in rs if not x.get("failed")]
             if not rs:
                 continue
+            ok, agg[(t, w)] = rep_stats(rs)
             srv = [((x.get("cpu") or {}).get("server"), x.get("msgs_per_sec")) for x in ok]
-            agg[(t, w)] = {
-                "reps": len(rs),
-                "failed": len(rs) - len(ok),
-                "rate": median([x.get("msgs_per_sec") for x in ok]),
-                "rates": [x.get("msgs_per_sec") for x in ok],
-                "p50": median([x.get("p50_us") for x in ok]),
-                "p99": median([x.get("p99_us") for x in ok]),
-                "errors": sum(x.get("errors", 0) for x in ok),
+            agg[(t, w)].update({
                 "cpu_us": median([c / m * 1e6 for c, m in srv if c is not None and m]),
                 "srv": median([(x.get("cpu") or {}).get("server") for x in ok]),
                 "gen": median([(x.get("cpu") or {}).get("loadgen") for x in ok]),
                 "sent": median([deflate_wire(x, "sent") for x in ok]),
                 "recv": median([deflate_wire(x, "recv") for x in ok]),
-                "busy0": median([cpu_busy(x, 0) for x in ok]),
-                "busy1": median([cpu_busy(x, 1) for x in ok]),
-                "other": median([(x.get("cpu") or {}).get("other") for x in ok]),
                 "size": (ok[0].get("size") if ok else 1024),
-            }
+            })
     if agg:
-        out.append("### Throughput")
-        out.append("")
-        out.append(
+        out.extend(section(
+            "### Throughput",
             f"Ping-pong (window 1) and pipelined (window 16), {meta.get('reps')} repetitions interleaved, "
             f"{meta.get('warmup')} s warm-up then {meta.get('duration')} s measured, medians; server on CPU 0, "
             "load generator on CPU 1, as above. *server CPU / msg*: the worker's CPU time (user + system, from "
@@ -442,11 +462,9 @@ def deflate_section(rows, meta):
             "also carry a 4-byte mask), client → server and server → client; *ratio* is 1,024 B over the "
             "server's bytes per message. *process CPU srv/gen*: cores used by the nginx worker and by the load "
             "generator (at most 0.95 each under `BENCH_RT=1`); whichever is near that was the limit. † and ‡ as in "
-            "the tables above."
-        )
-        out.append("")
-        out.append("| location | window | msgs/s | vs off | p50 | p99 | server CPU / msg | wire B / msg c→s | wire B / msg s→c | ratio s→c | errors | process CPU srv/gen | CPU busy srv/gen |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "the tables above.",
+        ))
+        out.extend(table_head("| location | window | msgs/s | vs off | p50 | p99 | server CPU / msg | wire B / msg c→s | wire B / msg s→c | ratio s→c | errors | process CPU srv/gen | CPU busy srv/gen |"))
         for w in (1, 16):
             off = agg.get(("deflate-off", w), {}).get("rate")
             for t in DEFLATE:
@@ -509,24 +527,15 @@ def deflate_section(rows, meta):
             "64 KiB counts 65,536 instructions although it takes the CPU about as long as a few thousand."
         )
         out.append("")
-        out.append("| location | instructions / message | vs off | of which zlib | of which memset/memcpy | heap allocations / message | nginx pool allocations / message |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        out.extend(table_head("| location | instructions / message | vs off | of which zlib | of which memset/memcpy | heap allocations / message | nginx pool allocations / message |"))
         for t in DEFLATE:
             if len(cg.get(t, {})) < 2:
                 continue
-            small, large = sorted(cg[t])
-            a, b = cg[t][small], cg[t][large]
-            try:
-                ta, ha, pa = callgrind_parse(a["file"])
-                tb, hb, pb = callgrind_parse(b["file"])
-                d = b["result"]["total"] - a["result"]["total"]
-            except (OSError, KeyError, TypeError):
+            delta = callgrind_delta(cg[t])
+            if delta is None:
                 out.append(f"| {DLABEL[t]} | run failed | | | | | |")
                 continue
-            if ta is None or tb is None or d <= 0:
-                out.append(f"| {DLABEL[t]} | run failed | | | | | |")
-                continue
-            per_msg[t] = (tb - ta) / d
+            a, b, d, (per_msg[t], heap, pool) = delta
             oa, ob = callgrind_objects(a["file"]), callgrind_objects(b["file"])
             dz = sum(ob.get(k, 0) - oa.get(k, 0) for k in ob if k.startswith("libz") and "mem" not in k) / d
             dm = sum(ob.get(k, 0) - oa.get(k, 0) for k in ob if "memset" in k) / d
@@ -534,7 +543,7 @@ def deflate_section(rows, meta):
             out.append(
                 f"| {DLABEL[t]} | {per_msg[t]:,.0f} | "
                 f"{'' if t == 'deflate-off' else ratio(per_msg[t], per_msg.get('deflate-off'))} | "
-                f"{dz:,.0f} | {dm:,.0f} | {max(0.0, (hb - ha) / d):.2f} | {max(0.0, (pb - pa) / d):.2f} |"
+                f"{dz:,.0f} | {dm:,.0f} | {heap:.2f} | {pool:.2f} |"
             )
         out.append("")
         if "deflate-off" in per_msg and "deflate-on" in per_msg:
@@ -551,30 +560,22 @@ def deflate_section(rows, meta):
                 )
             )
     for r in perf:
-        x = r["result"]
-        try:
-            ins = int(r["instructions"])
-            out.append(f"- {DLABEL[r['target']]}: {ins / max(1, x['total']):,.0f} instructions / message (perf stat)")
-        except (ValueError, KeyError):
-            out.append(f"- {DLABEL[r['target']]}: perf stat failed")
+        out.append(perf_line(r, DLABEL[r["target"]]))
     if perf:
         out.append("")
 
     # memory
     if mem:
-        out.append("### Memory: worker RSS per idle connection")
-        out.append("")
-        out.append(
+        out.extend(section(
+            "### Memory: worker RSS per idle connection",
             "The memory section's method with a fresh nginx per location and N idle connections, each of "
             "which first had one 1 KiB JSON message echoed (compressed both ways where deflate is on: the "
             "module makes a connection's compression state on its first compressed message). Three rounds "
             "in the same worker: round 1 gives the growth per open connection; with deflate on, glibc's heap "
             "may not hand the freed zlib states back in the same shape, so round 2 can grow once without a "
-            "leak; a leak keeps growing in round 3 (*growth from round 2 to 3*)."
-        )
-        out.append("")
-        out.append("| location | N | RSS at start | RSS with N open | **per open connection** | vs off | RSS with N open, rounds 2 / 3 | growth from round 2 to 3, per connection | RSS after close, rounds 1 / 2 / 3 |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            "leak; a leak keeps growing in round 3 (*growth from round 2 to 3*).",
+        ))
+        out.extend(table_head("| location | N | RSS at start | RSS with N open | **per open connection** | vs off | RSS with N open, rounds 2 / 3 | growth from round 2 to 3, per connection | RSS after close, rounds 1 / 2 / 3 |"))
         per = {}
         for r in mem:
             n = r["n"]
@@ -589,10 +590,8 @@ def deflate_section(rows, meta):
             if t not in per:
                 continue
             r1 = rounds[0]
-            rl, dl = r1.get("ready_line") or {}, r1.get("done_line") or {}
-            opened, still = rl.get("open", "?"), dl.get("still_open", "?")
-            note = f"{n}" if opened == n and still == n else f"{n} (opened {opened}, still open after hold {still})"
-            wire = (rl.get("wire") or {}).get("recv") or {}
+            note = idle_count(n, r1)
+            wire = ((r1.get("ready_line") or {}).get("wire") or {}).get("recv") or {}
             if wire.get("msgs") is not None and wire.get("compressed") != (wire["msgs"] if t != "deflate-off" else 0):
                 note += f" (RSV1 on {wire.get('compressed')} of {wire.get('msgs')} echoes)"
             opens = " / ".join(f"{x['rss_open_kib']:,}" for x in rounds[1:]) + " KiB" if len(rounds) > 1 else "–"
@@ -769,16 +768,13 @@ def main():
         if r.get("kind") == "sessions" and not r["result"].get("failed"):
             sess[r["target"]].append(r["result"])
     if sess:
-        doc.append("## Short sessions through websocket_pass (upstream keepalive pool)")
-        doc.append("")
-        doc.append(
+        doc.extend(section(
+            "## Short sessions through websocket_pass (upstream keepalive pool)",
             "16 concurrent loops of: connect, handshake, one 16 B message, its echo, closing handshake. "
             "`/pass` connects to the upstream for every session; `/passpool` is the same with "
-            "`websocket_keepalive 16;`."
-        )
-        doc.append("")
-        doc.append("| location | sessions/s | p50 session | p99 session | errors |")
-        doc.append("|---|---:|---:|---:|---:|")
+            "`websocket_keepalive 16;`.",
+        ))
+        doc.extend(table_head("| location | sessions/s | p50 session | p99 session | errors |"))
         med = {}
         for t in ["pass", "passpool"]:
             rs = sess.get(t, [])
@@ -797,17 +793,14 @@ def main():
     # ceiling
     ceil = [r for r in rows if r.get("kind", "").startswith("ceiling")]
     if ceil:
-        doc.append("## The load generator's own ceiling")
-        doc.append("")
-        doc.append(
+        doc.extend(section(
+            "## The load generator's own ceiling",
             "64 connections. *trivial echo*: `loadgen --serve-trivial`, a minimal unmask-and-send-back server "
             "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. *rust-echo, unpinned*: "
             "both processes free to use both cores. When a row of the main table comes close to the trivial-echo "
-            "figure of the same size and window, the load generator, not the server, is the limit there."
-        )
-        doc.append("")
-        doc.append("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |")
-        doc.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+            "figure of the same size and window, the load generator, not the server, is the limit there.",
+        ))
+        doc.extend(table_head("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |"))
         for r in ceil:
             x = r["result"]
             if x.get("failed"):
@@ -824,25 +817,19 @@ def main():
     # memory
     mem = [r for r in rows if r.get("kind") == "memory"]
     if mem:
-        doc.append("## Memory: worker RSS per idle connection")
-        doc.append("")
-        doc.append(
+        doc.extend(section(
+            "## Memory: worker RSS per idle connection",
             "A fresh nginx (one worker) per line; N connections opened, one 16 B message echoed on each, then "
             "held idle; VmRSS of the worker before, with all N open (1 s after the last one was ready) and 1 s "
             "after they were closed. For pass and tunnel the upstream echo server is a second nginx, so the "
             "measured worker holds the client leg, the upstream leg and the relay state. Each such session "
-            f"takes two descriptors, so N is capped by the open files limit ({meta.get('nofile')})."
-        )
-        doc.append("")
-        doc.append(
+            f"takes two descriptors, so N is capped by the open files limit ({meta.get('nofile')}).",
             "Two rounds in the same worker: round 1 gives the growth per open connection; round 2 opens and "
             "closes the same number again, so *left after close* compares the RSS after round 2 with the RSS "
             "after round 1: near zero means the memory of closed sessions is reused, a figure close to the "
-            "per-connection growth means it is lost (a leak), not merely kept by the allocator."
-        )
-        doc.append("")
-        doc.append("| session kind | N | RSS at start | RSS with N open | **per open connection** | RSS after close (round 1) | round 2: open / after close | left after close, per connection and round |")
-        doc.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+            "per-connection growth means it is lost (a leak), not merely kept by the allocator.",
+        ))
+        doc.extend(table_head("| session kind | N | RSS at start | RSS with N open | **per open connection** | RSS after close (round 1) | round 2: open / after close | left after close, per connection and round |"))
         for r in mem:
             n = r["n"]
             rounds = r.get("rounds", [])
@@ -850,11 +837,7 @@ def main():
                 continue
             r1 = rounds[0]
             per = (r1["rss_open_kib"] - r["rss_before_kib"]) / n
-            rl = r1.get("ready_line") or {}
-            dl = r1.get("done_line") or {}
-            opened = rl.get("open", "?")
-            still = dl.get("still_open", "?")
-            note = f"{n}" if opened == n and still == n else f"{n} (opened {opened}, still open after hold {still})"
+            note = idle_count(n, r1)
             r2txt = left = "–"
             if len(rounds) > 1:
                 r2 = rounds[1]
@@ -885,12 +868,7 @@ def main():
                 doc.append("</details>")
                 doc.append("")
         for r in perf:
-            x = r["result"]
-            try:
-                ins = int(r["instructions"])
-                doc.append(f"- {LABEL[r['target']]}: {ins / max(1, x['total']):,.0f} instructions / message (perf stat)")
-            except (ValueError, KeyError):
-                doc.append(f"- {LABEL[r['target']]}: perf stat failed")
+            doc.append(perf_line(r, LABEL[r["target"]]))
         doc.append("")
     elif meta.get("cpu_method") == "none":
         doc.append("## CPU cost\n\nNot measured (neither perf counters nor valgrind available).\n")

@@ -224,6 +224,21 @@ deflate_args() { # TARGET
     [ "$1" = deflate-off ] && e=no
     echo "--deflate on --payload json --expect-compressed $e"
 }
+# proxied_locations PORT: /echo, and /pass and /tunnel (websocket_pass and
+# nginx's byte tunnel) to the websocket_echo server on PORT
+proxied_locations() {
+    cat <<EOF
+        location /echo { websocket_echo; }
+        location /pass { websocket_pass ws://127.0.0.1:$1/echo; }
+        location /tunnel {
+            proxy_pass http://127.0.0.1:$1;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade \$http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+        }
+EOF
+}
 nginx_conf "$MAIN" 4096 01 "
     server {
         listen 127.0.0.1:$P_MAIN backlog=4096;
@@ -494,15 +509,7 @@ if ! skipped memory; then
         nginx_conf "$MEM" "$wc" 01 "
     server {
         listen 127.0.0.1:$P_MEM backlog=4096;
-        location /echo { websocket_echo; }
-        location /pass { websocket_pass ws://127.0.0.1:$P_MEMB/echo; }
-        location /tunnel {
-            proxy_pass http://127.0.0.1:$P_MEMB;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \"upgrade\";
-            proxy_read_timeout 1h;
-        }
+$(proxied_locations "$P_MEMB")
     }"
         idle_rss memory "$kind" "$n"
     done
@@ -547,15 +554,7 @@ cg_conf() {
     nginx_conf "$CG" 1024 "" "
     server {
         listen 127.0.0.1:$P_CG;
-        location /echo { websocket_echo; }
-        location /pass { websocket_pass ws://127.0.0.1:$P_CGB/echo; }
-        location /tunnel {
-            proxy_pass http://127.0.0.1:$P_CGB;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection \"upgrade\";
-            proxy_read_timeout 1h;
-        }
+$(proxied_locations "$P_CGB")
 $DEFLATE_LOCATIONS
     }
     server {

@@ -10,10 +10,10 @@
 //! server sent (`uncompressed` / `compressed` errors) and the report into
 //! bytes on the wire per message.
 //!
-//! The throughput and idle modes mirror the tokio-tungstenite ones in
-//! loadgen.rs (same window, warm-up, measurement, drain and close logic).
+//! The throughput and idle modes share their window, warm-up, measurement,
+//! drain and hold logic with the tokio-tungstenite ones in loadgen.rs
+//! (modes.rs); only connecting, messages and closing are yawc's.
 
-use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
-use tokio::time::sleep_until;
 use yawc::close::CloseCode;
 use yawc::{CompressionLevel, DeflateOptions, Frame, OpCode, Options, WebSocket};
 
 use crate::json::JsonPool;
-use crate::{record, report, spawn_cpu_sampler, Errors, Shared};
+use crate::modes::{self, Received};
+use crate::{report, Errors, Shared};
 
 type Ws = WebSocket<Tap>;
 
@@ -302,197 +301,36 @@ async fn connect_one(sh: &Shared, ctx: &Ctx) -> Result<Ws, String> {
         .map_err(|e| format!("handshake: {e}"))
 }
 
-async fn connect_all(sh: &Rc<Shared>, ctx: &Rc<Ctx>, n: usize) -> Vec<Ws> {
-    let results: Vec<Result<Ws, String>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let (sh, ctx) = (sh.clone(), ctx.clone());
-            async move { connect_one(&sh, &ctx).await }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .collect()
-        .await;
-    let mut out = Vec::with_capacity(n);
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(ws) => out.push(ws),
-            Err(e) => {
-                Errors::inc(&sh.errors.connect);
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        eprintln!("loadgen: {} of {n} connections failed, first: {e}", n - out.len());
-    }
-    out
+/// Opens --connections connections.
+async fn connect_all(sh: &Shared, ctx: &Ctx) -> Vec<Ws> {
+    modes::connect_all(sh, sh.opts.connections, || connect_one(sh, ctx)).await
 }
 
 // ---------------------------------------------------------------- throughput
 
 pub async fn throughput(sh: Rc<Shared>, ctx: Rc<Ctx>) -> String {
-    let conns = connect_all(&sh, &ctx, sh.opts.connections).await;
+    let conns = connect_all(&sh, &ctx).await;
     let connected = conns.len();
-    let start = Instant::now() + Duration::from_millis(10);
-    let mstart = start + Duration::from_secs_f64(sh.opts.warmup);
-    sh.measure_start.set(mstart);
-    sh.measure_end.set(mstart + Duration::from_secs_f64(sh.opts.duration));
-    let sampler = spawn_cpu_sampler(&sh);
-    let mut tasks = Vec::with_capacity(connected);
-    for (i, ws) in conns.into_iter().enumerate() {
+    modes::run_all(&sh, conns, |i, ws| {
         let (sh, ctx) = (sh.clone(), ctx.clone());
-        tasks.push(tokio::task::spawn_local(async move {
-            sleep_until(start.into()).await;
-            let hard_end = sh.measure_end.get()
-                + Duration::from_secs_f64(sh.opts.drain_timeout)
-                + Duration::from_secs(5);
-            let salt = i as u64 * 97;
-            if tokio::time::timeout_at(hard_end.into(), run_connection(&sh, &ctx, ws, salt))
-                .await
-                .is_err()
-            {
-                Errors::inc(&sh.errors.timeout);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    if sh.opts.messages == 0 {
-        let _ = sampler.await;
-    }
+        async move { run_connection(&sh, &ctx, ws, i as u64 * 97).await }
+    })
+    .await;
     let wire = ctx.wire_json(&sh);
     report(&sh, connected, &wire)
 }
 
-async fn run_connection(sh: &Rc<Shared>, ctx: &Ctx, ws: Ws, salt: u64) {
-    let window = sh.opts.window;
-    let limit = sh.opts.messages;
-    let (mut tx, mut rx) = ws.split();
-    let credits = Semaphore::new(window);
-    let sent = Cell::new(0u64);
-    let writer_busy = Cell::new(false);
-    let failed = Cell::new(false);
-
-    let writer = async {
-        let mut seq = 0u64;
-        'outer: loop {
-            match credits.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => break,
-            }
-            writer_busy.set(true);
-            let mut batch = 0;
-            loop {
-                if tx.feed(ctx.make(sh, seq, salt)).await.is_err() {
-                    failed.set(true);
-                    writer_busy.set(false);
-                    break 'outer;
-                }
-                seq += 1;
-                sent.set(seq);
-                batch += 1;
-                if (limit > 0 && seq >= limit) || batch >= 1024 {
-                    break;
-                }
-                match credits.try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
-                }
-            }
-            if tx.flush().await.is_err() {
-                failed.set(true);
-                writer_busy.set(false);
-                break;
-            }
-            writer_busy.set(false);
-            if limit > 0 && seq >= limit {
-                break;
-            }
-        }
-        tx
+async fn run_connection(sh: &Shared, ctx: &Ctx, ws: Ws, salt: u64) {
+    // yawc ends the stream on EOF and on any error alike: both count as
+    // closed by the peer, never as `Received::Failed`.
+    let receive = |f: Frame, expect| match f.opcode() {
+        OpCode::Text | OpCode::Binary => Received::Echo(ctx.check(sh, &f, expect, salt)),
+        OpCode::Close => Received::Closed,
+        _ => Received::Other,
     };
-
-    let reader = async {
-        let mut expect = 0u64;
-        let mut in_window = 0u64;
-        let mut gate_closed = false;
-        let end = sh.measure_end.get();
-        let drain_end = end + Duration::from_secs_f64(sh.opts.drain_timeout);
-        let timer = sleep_until(end.into());
-        tokio::pin!(timer);
-        let mut clean = true;
-        loop {
-            let now = Instant::now();
-            if !gate_closed && (now >= end || (limit > 0 && expect >= limit)) {
-                gate_closed = true;
-                credits.close();
-                timer.as_mut().reset(drain_end.into());
-            }
-            if gate_closed && expect == sent.get() && !writer_busy.get() {
-                break;
-            }
-            if failed.get() {
-                Errors::inc(&sh.errors.io);
-                clean = false;
-                break;
-            }
-            tokio::select! {
-                biased;
-                m = rx.next() => match m {
-                    Some(f) if matches!(f.opcode(), OpCode::Text | OpCode::Binary) => {
-                        match ctx.check(sh, &f, expect, salt) {
-                            Ok(ts) => {
-                                let before = sh.in_window.get();
-                                record(sh, ts);
-                                in_window += sh.in_window.get() - before;
-                            }
-                            Err(true) => Errors::inc(&sh.errors.order),
-                            Err(false) => Errors::inc(&sh.errors.payload),
-                        }
-                        expect += 1;
-                        if !gate_closed {
-                            credits.add_permits(1);
-                        }
-                    }
-                    Some(f) if f.opcode() == OpCode::Close => {
-                        Errors::inc(&sh.errors.closed);
-                        clean = false;
-                        break;
-                    }
-                    Some(_) => {}
-                    // yawc ends the stream on EOF and on any error alike
-                    None => {
-                        Errors::inc(&sh.errors.closed);
-                        clean = false;
-                        break;
-                    }
-                },
-                _ = &mut timer => {
-                    if gate_closed {
-                        sh.errors.timeout.set(sh.errors.timeout.get() + sent.get() - expect);
-                        clean = false;
-                        break;
-                    }
-                }
-            }
-        }
-        if in_window == 0 && limit == 0 {
-            sh.silent_connections.set(sh.silent_connections.get() + 1);
-        }
-        credits.close();
-        (rx, clean)
-    };
-
-    let (tx, (rx, clean)) = tokio::join!(writer, reader);
-    if !clean {
-        return;
+    if let Some(mut ws) = modes::exchange(sh, ws, |seq| ctx.make(sh, seq, salt), receive).await {
+        close_gracefully(sh, &mut ws).await;
     }
-    let mut ws = match tx.reunite(rx) {
-        Ok(ws) => ws,
-        Err(_) => return,
-    };
-    close_gracefully(sh, &mut ws).await;
 }
 
 /// We send close, the server answers and closes TCP (yawc's stream ends).
@@ -521,75 +359,41 @@ async fn close_gracefully(sh: &Shared, ws: &mut Ws) {
 // ---------------------------------------------------------------- idle
 
 pub async fn idle(sh: Rc<Shared>, ctx: Rc<Ctx>) -> String {
-    let mut conns = connect_all(&sh, &ctx, sh.opts.connections).await;
+    let mut conns = connect_all(&sh, &ctx).await;
     // One message echoed on every connection: with permessage-deflate, the
     // server makes its compression state on the first compressed message.
-    let ok = futures_util::stream::iter(conns.iter_mut().enumerate())
-        .map(|(i, ws)| {
-            let (sh, ctx) = (sh.clone(), ctx.clone());
-            async move {
-                let salt = i as u64 * 97;
-                if ws.send(ctx.make(&sh, 0, salt)).await.is_err() {
-                    Errors::inc(&sh.errors.io);
-                    return false;
-                }
-                loop {
-                    match ws.next().await {
-                        Some(f) if matches!(f.opcode(), OpCode::Text | OpCode::Binary) => {
-                            return match ctx.check(&sh, &f, 0, salt) {
-                                Ok(_) => true,
-                                Err(_) => {
-                                    Errors::inc(&sh.errors.payload);
-                                    false
-                                }
-                            };
-                        }
-                        Some(f) if f.opcode() == OpCode::Close => {
-                            Errors::inc(&sh.errors.closed);
-                            return false;
-                        }
-                        Some(_) => {}
-                        None => {
-                            Errors::inc(&sh.errors.io);
-                            return false;
-                        }
+    let ok = modes::greet_all(&sh, &mut conns, |(i, ws)| {
+        let (sh, ctx) = (sh.clone(), ctx.clone());
+        async move {
+            let salt = i as u64 * 97;
+            if ws.send(ctx.make(&sh, 0, salt)).await.is_err() {
+                Errors::inc(&sh.errors.io);
+                return false;
+            }
+            loop {
+                match ws.next().await {
+                    Some(f) if matches!(f.opcode(), OpCode::Text | OpCode::Binary) => {
+                        return match ctx.check(&sh, &f, 0, salt) {
+                            Ok(_) => true,
+                            Err(_) => {
+                                Errors::inc(&sh.errors.payload);
+                                false
+                            }
+                        };
+                    }
+                    Some(f) if f.opcode() == OpCode::Close => {
+                        Errors::inc(&sh.errors.closed);
+                        return false;
+                    }
+                    Some(_) => {}
+                    None => {
+                        Errors::inc(&sh.errors.io);
+                        return false;
                     }
                 }
             }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .filter(|ok| futures_util::future::ready(*ok))
-        .count()
-        .await;
-    let wire = ctx.wire_json(&sh);
-    println!(
-        "{{\"mode\":\"idle\",\"state\":\"ready\",\"connections\":{},\"open\":{ok},\"errors\":{}{wire}}}",
-        sh.opts.connections,
-        sh.errors.total()
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    tokio::time::sleep(Duration::from_secs_f64(sh.opts.duration)).await;
-    let mut still_open = 0u64;
-    for ws in conns.iter_mut() {
-        if tokio::time::timeout(Duration::from_millis(0), ws.next())
-            .await
-            .is_err()
-        {
-            still_open += 1;
         }
-    }
-    futures_util::stream::iter(conns.iter_mut())
-        .for_each_concurrent(sh.opts.connect_concurrency, |ws| {
-            let sh = sh.clone();
-            async move { close_gracefully(&sh, ws).await }
-        })
-        .await;
-    let wire = ctx.wire_json(&sh);
-    format!(
-        "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{ok},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}{wire}}}",
-        sh.opts.connections,
-        sh.errors.total(),
-        sh.errors.json()
-    )
+    })
+    .await;
+    modes::hold_and_close(&sh, &mut conns, ok, || ctx.wire_json(&sh), |ws| close_gracefully(&sh, ws)).await
 }

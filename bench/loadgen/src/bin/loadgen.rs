@@ -34,13 +34,10 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use ws_bench::{connect, number, options, resolve, Ws};
 
 #[path = "../trivial.rs"]
 mod trivial;
@@ -51,7 +48,10 @@ mod json;
 #[path = "../compressed.rs"]
 mod compressed;
 
-type Ws = WebSocketStream<TcpStream>;
+#[path = "../modes.rs"]
+mod modes;
+
+use modes::Received;
 
 const USAGE: &str = "usage: loadgen [--mode throughput|sessions|idle] --url ws://HOST:PORT/PATH
                [--connections N] [--size BYTES] [--window W] [--duration SECS]
@@ -113,21 +113,10 @@ fn parse_args() -> Result<Option<Opts>, String> {
         deflate_level: 1,
         expect_compressed: None,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let key = args[i].as_str();
-        if key == "-h" || key == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let val = args
-            .get(i + 1)
-            .ok_or_else(|| format!("{key} needs a value"))?
-            .clone();
-        let num = |v: &str| -> Result<f64, String> {
-            v.parse::<f64>().map_err(|_| format!("{key}: not a number: {v}"))
-        };
+    for pair in options(USAGE) {
+        let (key, val) = pair?;
+        let key = key.as_str();
+        let num = |v: &str| number(key, v);
         match key {
             "--serve-trivial" => {
                 trivial::serve(&val);
@@ -164,7 +153,6 @@ fn parse_args() -> Result<Option<Opts>, String> {
             "--deflate-level" => o.deflate_level = (num(&val)? as u32).clamp(1, 9),
             _ => return Err(format!("unknown option {key}\n{USAGE}")),
         }
-        i += 2;
     }
     if o.url.is_empty() {
         return Err(format!("--url is required\n{USAGE}"));
@@ -202,25 +190,6 @@ fn parse_size(v: &str) -> Result<usize, String> {
     n.parse::<usize>()
         .map(|n| n * mul)
         .map_err(|_| format!("bad size {v}"))
-}
-
-/// ws://host:port/path -> (socket address, the request URL)
-fn resolve(url: &str) -> Result<SocketAddr, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("only ws:// URLs are supported: {url}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let hostport = if authority.contains(':') {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    use std::net::ToSocketAddrs;
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("{hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{hostport}: no address"))
 }
 
 #[derive(Default)]
@@ -376,51 +345,13 @@ fn main() {
     println!("{line}");
 }
 
-async fn connect_one(sh: &Shared) -> Result<Ws, String> {
-    let stream = TcpStream::connect(sh.addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = sh
-        .opts
-        .url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| e.to_string())?;
-    let (ws, _resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(sh.config))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    Ok(ws)
+/// Opens --connections connections.
+async fn connect_all(sh: &Shared) -> Vec<Ws> {
+    modes::connect_all(sh, sh.opts.connections, || connect_one(sh)).await
 }
 
-/// Opens `n` connections, at most `connect_concurrency` handshakes at a time.
-async fn connect_all(sh: &Rc<Shared>, n: usize) -> Vec<Ws> {
-    let results: Vec<Result<Ws, String>> = futures_util::stream::iter(0..n)
-        .map(|_| {
-            let sh = sh.clone();
-            async move { connect_one(&sh).await }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .collect()
-        .await;
-    let mut out = Vec::with_capacity(n);
-    let mut first_err = None;
-    for r in results {
-        match r {
-            Ok(ws) => out.push(ws),
-            Err(e) => {
-                Errors::inc(&sh.errors.connect);
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        eprintln!(
-            "loadgen: {} of {n} connections failed, first: {e}",
-            n - out.len()
-        );
-    }
-    out
+async fn connect_one(sh: &Shared) -> Result<Ws, String> {
+    connect(sh.addr, &sh.opts.url, sh.config).await
 }
 
 fn make_message(sh: &Shared, seq: u64) -> Message {
@@ -604,167 +535,31 @@ fn spawn_cpu_sampler(sh: &Rc<Shared>) -> tokio::task::JoinHandle<()> {
 // ---------------------------------------------------------------- throughput
 
 async fn throughput(sh: Rc<Shared>) -> String {
-    let conns = connect_all(&sh, sh.opts.connections).await;
+    let conns = connect_all(&sh).await;
     let connected = conns.len();
-    let start = Instant::now() + Duration::from_millis(10);
-    let mstart = start + Duration::from_secs_f64(sh.opts.warmup);
-    sh.measure_start.set(mstart);
-    sh.measure_end.set(mstart + Duration::from_secs_f64(sh.opts.duration));
-    let sampler = spawn_cpu_sampler(&sh);
-    let mut tasks = Vec::with_capacity(connected);
-    for ws in conns {
+    modes::run_all(&sh, conns, |_, ws| {
         let sh = sh.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            sleep_until(start.into()).await;
-            let hard_end = sh.measure_end.get()
-                + Duration::from_secs_f64(sh.opts.drain_timeout)
-                + Duration::from_secs(5);
-            if tokio::time::timeout_at(hard_end.into(), run_connection(&sh, ws))
-                .await
-                .is_err()
-            {
-                Errors::inc(&sh.errors.timeout);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    if sh.opts.messages == 0 {
-        let _ = sampler.await;
-    }
+        async move { run_connection(&sh, ws).await }
+    })
+    .await;
     report(&sh, connected, "")
 }
 
-async fn run_connection(sh: &Rc<Shared>, ws: Ws) {
-    let window = sh.opts.window;
-    let limit = sh.opts.messages;
-    let (mut tx, mut rx) = ws.split();
-    let credits = Semaphore::new(window);
-    let sent = Cell::new(0u64);
-    let writer_busy = Cell::new(false);
-    let failed = Cell::new(false);
-
-    let writer = async {
-        let mut seq = 0u64;
-        'outer: loop {
-            match credits.acquire().await {
-                Ok(p) => p.forget(),
-                Err(_) => break,
-            }
-            writer_busy.set(true);
-            let mut batch = 0;
-            loop {
-                if tx.feed(make_message(sh, seq)).await.is_err() {
-                    failed.set(true);
-                    writer_busy.set(false);
-                    break 'outer;
-                }
-                seq += 1;
-                sent.set(seq);
-                batch += 1;
-                if (limit > 0 && seq >= limit) || batch >= 1024 {
-                    break;
-                }
-                match credits.try_acquire() {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
-                }
-            }
-            if tx.flush().await.is_err() {
-                failed.set(true);
-                writer_busy.set(false);
-                break;
-            }
-            writer_busy.set(false);
-            if limit > 0 && seq >= limit {
-                break;
-            }
+async fn run_connection(sh: &Shared, ws: Ws) {
+    let receive = |m, expect| match m {
+        Ok(Message::Binary(data)) => Received::Echo(check_message(sh, &data, expect)),
+        Ok(Message::Text(_)) => {
+            Errors::inc(&sh.errors.payload);
+            Received::Other
         }
-        tx
+        Ok(Message::Close(_)) => Received::Closed,
+        Ok(_) => Received::Other,
+        Err(_) => Received::Failed,
     };
-
-    let reader = async {
-        let mut expect = 0u64;
-        let mut in_window = 0u64;
-        let mut gate_closed = false;
-        let end = sh.measure_end.get();
-        let drain_end = end + Duration::from_secs_f64(sh.opts.drain_timeout);
-        let timer = sleep_until(end.into());
-        tokio::pin!(timer);
-        let mut clean = true;
-        loop {
-            let now = Instant::now();
-            if !gate_closed && (now >= end || (limit > 0 && expect >= limit)) {
-                gate_closed = true;
-                credits.close();
-                timer.as_mut().reset(drain_end.into());
-            }
-            if gate_closed && expect == sent.get() && !writer_busy.get() {
-                break;
-            }
-            if failed.get() {
-                Errors::inc(&sh.errors.io);
-                clean = false;
-                break;
-            }
-            tokio::select! {
-                biased;
-                m = rx.next() => match m {
-                    Some(Ok(Message::Binary(data))) => {
-                        match check_message(sh, &data, expect) {
-                            Ok(ts) => {
-                                let before = sh.in_window.get();
-                                record(sh, ts);
-                                in_window += sh.in_window.get() - before;
-                            }
-                            Err(true) => Errors::inc(&sh.errors.order),
-                            Err(false) => Errors::inc(&sh.errors.payload),
-                        }
-                        expect += 1;
-                        if !gate_closed {
-                            credits.add_permits(1);
-                        }
-                    }
-                    Some(Ok(Message::Text(_))) => Errors::inc(&sh.errors.payload),
-                    Some(Ok(Message::Close(_))) | None => {
-                        Errors::inc(&sh.errors.closed);
-                        clean = false;
-                        break;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => {
-                        Errors::inc(&sh.errors.io);
-                        clean = false;
-                        break;
-                    }
-                },
-                _ = &mut timer => {
-                    if gate_closed {
-                        sh.errors.timeout.set(sh.errors.timeout.get() + sent.get() - expect);
-                        clean = false;
-                        break;
-                    }
-                }
-            }
-        }
-        if in_window == 0 && limit == 0 {
-            sh.silent_connections.set(sh.silent_connections.get() + 1);
-        }
-        credits.close();
-        (rx, clean)
-    };
-
-    let (tx, (rx, clean)) = tokio::join!(writer, reader);
-    if !clean {
-        return;
+    if let Some(mut ws) = modes::exchange(sh, ws, |seq| make_message(sh, seq), receive).await {
+        // Closing handshake: we send close, the server answers and closes TCP.
+        close_gracefully(sh, &mut ws).await;
     }
-    // Closing handshake: we send close, the server answers and closes TCP.
-    let mut ws = match tx.reunite(rx) {
-        Ok(ws) => ws,
-        Err(_) => return,
-    };
-    close_gracefully(sh, &mut ws).await;
 }
 
 async fn close_gracefully(sh: &Shared, ws: &mut Ws) {
@@ -866,61 +661,30 @@ async fn one_session(sh: &Shared, seq: u64) -> Result<(), ()> {
 // ---------------------------------------------------------------- idle
 
 async fn idle(sh: Rc<Shared>) -> String {
-    let mut conns = connect_all(&sh, sh.opts.connections).await;
+    let mut conns = connect_all(&sh).await;
     // One round trip on every connection, so that each session (and, for a
     // proxy, its upstream leg) is fully established and has used its buffers.
-    let ok = futures_util::stream::iter(conns.iter_mut().enumerate())
-        .map(|(i, ws)| {
-            let sh = sh.clone();
-            async move {
-                if ws.send(make_message(&sh, i as u64)).await.is_err() {
-                    Errors::inc(&sh.errors.io);
-                    return false;
-                }
-                loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Binary(d))) => {
-                            return check_message(&sh, &d, i as u64).is_ok();
-                        }
-                        Some(Ok(_)) => {}
-                        _ => {
-                            Errors::inc(&sh.errors.io);
-                            return false;
-                        }
+    let ok = modes::greet_all(&sh, &mut conns, |(i, ws)| {
+        let sh = sh.clone();
+        async move {
+            if ws.send(make_message(&sh, i as u64)).await.is_err() {
+                Errors::inc(&sh.errors.io);
+                return false;
+            }
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(d))) => {
+                        return check_message(&sh, &d, i as u64).is_ok();
+                    }
+                    Some(Ok(_)) => {}
+                    _ => {
+                        Errors::inc(&sh.errors.io);
+                        return false;
                     }
                 }
             }
-        })
-        .buffer_unordered(sh.opts.connect_concurrency)
-        .filter(|ok| futures_util::future::ready(*ok))
-        .count()
-        .await;
-    println!(
-        "{{\"mode\":\"idle\",\"state\":\"ready\",\"connections\":{},\"open\":{ok},\"errors\":{}}}",
-        sh.opts.connections,
-        sh.errors.total()
-    );
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    tokio::time::sleep(Duration::from_secs_f64(sh.opts.duration)).await;
-    // Still open after holding them? A server that dropped idle sessions
-    // would show up here as reads that end at once.
-    let mut still_open = 0u64;
-    for ws in conns.iter_mut() {
-        if tokio::time::timeout(Duration::from_millis(0), ws.next()).await.is_err() {
-            still_open += 1;
         }
-    }
-    futures_util::stream::iter(conns.iter_mut())
-        .for_each_concurrent(sh.opts.connect_concurrency, |ws| {
-            let sh = sh.clone();
-            async move { close_gracefully(&sh, ws).await }
-        })
-        .await;
-    format!(
-        "{{\"mode\":\"idle\",\"state\":\"done\",\"connections\":{},\"open\":{ok},\"still_open\":{still_open},\"errors\":{},\"error_detail\":{}}}",
-        sh.opts.connections,
-        sh.errors.total(),
-        sh.errors.json()
-    )
+    })
+    .await;
+    modes::hold_and_close(&sh, &mut conns, ok, String::new, |ws| close_gracefully(&sh, ws)).await
 }

@@ -27,16 +27,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
-type Ws = WebSocketStream<TcpStream>;
+use ws_bench::{connect, number, options, resolve, Ws};
 
 const USAGE: &str = "usage: soak --echo-url ws://HOST:PORT/PATH --pass-url ws://HOST:PORT/PATH
             [--connections N] [--interval SECS] [--duration SECS] [--churn PER_SEC]
@@ -72,16 +68,10 @@ fn parse_args() -> Result<Opts, String> {
         drain: 30.0,
         status: 10.0,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let key = args[i].as_str();
-        if key == "-h" || key == "--help" {
-            println!("{USAGE}");
-            std::process::exit(0);
-        }
-        let val = args.get(i + 1).ok_or_else(|| format!("{key} needs a value"))?.clone();
-        let num = |v: &str| v.parse::<f64>().map_err(|_| format!("{key}: not a number: {v}"));
+    for pair in options(USAGE) {
+        let (key, val) = pair?;
+        let key = key.as_str();
+        let num = |v: &str| number(key, v);
         match key {
             "--echo-url" => o.echo = val,
             "--pass-url" => o.pass = val,
@@ -94,7 +84,6 @@ fn parse_args() -> Result<Opts, String> {
             "--status" => o.status = num(&val)?,
             _ => return Err(format!("unknown option {key}\n{USAGE}")),
         }
-        i += 2;
     }
     if o.echo.is_empty() || o.pass.is_empty() {
         return Err(format!("--echo-url and --pass-url are required\n{USAGE}"));
@@ -103,17 +92,6 @@ fn parse_args() -> Result<Opts, String> {
         return Err("--interval and --status must be positive".into());
     }
     Ok(o)
-}
-
-fn resolve(url: &str) -> Result<SocketAddr, String> {
-    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("only ws:// URLs: {url}"))?;
-    let authority = rest.split('/').next().unwrap_or(rest);
-    use std::net::ToSocketAddrs;
-    authority
-        .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{authority}: no address"))
 }
 
 /// Counters; one thread, so Cells.
@@ -216,9 +194,9 @@ fn message(id: u64, seq: u64) -> Message {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        v.push(if seq % 2 == 0 { b'a' + (x % 26) as u8 } else { x as u8 });
+        v.push(if seq.is_multiple_of(2) { b'a' + (x % 26) as u8 } else { x as u8 });
     }
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         Message::Text(String::from_utf8(v).unwrap().into())
     } else {
         Message::Binary(Bytes::from(v))
@@ -261,15 +239,9 @@ fn check(st: &Stats, id: u64, expect: u64, got: &Message) -> Result<(), String> 
     }
 }
 
-async fn connect(sh: &Shared, pass: bool) -> Result<Ws, String> {
+async fn connect_to(sh: &Shared, pass: bool) -> Result<Ws, String> {
     let (addr, url) = if pass { (sh.pass, &sh.opts.pass) } else { (sh.echo, &sh.opts.echo) };
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect {url}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let req = url.as_str().into_client_request().map_err(|e| e.to_string())?;
-    let (ws, _) = tokio_tungstenite::client_async_with_config(req, stream, Some(sh.config))
-        .await
-        .map_err(|e| format!("handshake {url}: {e}"))?;
-    Ok(ws)
+    connect(addr, url, sh.config).await
 }
 
 /// Close handshake: close 1000, wait for the server's close and its TCP
@@ -325,7 +297,7 @@ async fn run(sh: Rc<Shared>) -> bool {
         .map(|id| {
             let sh = sh.clone();
             async move {
-                match connect(&sh, id % 2 == 1).await {
+                match connect_to(&sh, id % 2 == 1).await {
                     Ok(ws) => {
                         inc(&sh.stats.long_open);
                         (id, Some(ws))
@@ -547,7 +519,7 @@ async fn churn(sh: Rc<Shared>, end: Instant) {
 }
 
 async fn short_session(sh: &Shared, id: u64) -> Result<(), String> {
-    let mut ws = connect(sh, id % 2 == 1).await?;
+    let mut ws = connect_to(sh, id % 2 == 1).await?;
     let messages = 1 + id % 3;
     let ending = (id / 2) % 4;
     for seq in 0..messages {
