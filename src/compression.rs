@@ -88,12 +88,13 @@ impl Compression {
             })
         });
         let base = out.len();
-        let room = if limit == 0 {
-            usize::MAX - base
-        } else {
-            usize::try_from(limit.saturating_sub(self.inflated)).unwrap_or(usize::MAX - base)
+        // `out` may grow by what the message has left of the limit.
+        let remaining = match limit {
+            0 => u64::MAX,
+            _ => limit.saturating_sub(self.inflated),
         };
-        let inflated = inflater.inflate(chunk, message_end, out, base.saturating_add(room));
+        let out_limit = base.saturating_add(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let inflated = inflater.inflate(chunk, message_end, out, out_limit);
         let grown = (out.len() - base) as u64;
         self.inflated += grown;
         if let Err(e) = inflated {

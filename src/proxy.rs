@@ -679,7 +679,7 @@ impl PassSession {
         metrics::session_started(Kind::Pass);
         metrics::upstream_connected(reused);
         let Plan { keepalive, .. } = *plan;
-        let upstream = WsClient::new(upstream, conn, agreed, reused, keepalive);
+        let upstream = WsClient::new(upstream, conn, agreed, keepalive);
         self.state = State::Relaying(Box::new(Relay::new(client, upstream)));
         // The client's events come straight here from now on, so that a
         // worker that exits asks the relay to close gracefully.

@@ -15,6 +15,12 @@ use crate::ws_client::WsClient;
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
 
+/// A leg failed (a socket error or a timeout while sending): close both.
+const FAILED: Outcome = Outcome::Finish {
+    linger: false,
+    error: true,
+};
+
 /// How a relay step left the session.
 pub enum Outcome {
     Wait,
@@ -79,10 +85,7 @@ impl Relay {
                 log,
                 "websocket: client timed out while we were sending"
             );
-            return Outcome::Finish {
-                linger: false,
-                error: true,
-            };
+            return FAILED;
         }
         if self.upstream.take_timedout(Direction::Write) {
             ngx_log_error!(
@@ -90,10 +93,7 @@ impl Relay {
                 log,
                 "websocket: upstream timed out while we were sending"
             );
-            return Outcome::Finish {
-                linger: false,
-                error: true,
-            };
+            return FAILED;
         }
         for way in [Way::ToUpstream, Way::ToClient] {
             let (leg, side) = match way {
@@ -155,12 +155,7 @@ impl Relay {
             }
             let flushed = match (self.client.flush(), self.upstream.flush()) {
                 (Ok(c), Ok(u)) => c && u,
-                _ => {
-                    return Outcome::Finish {
-                        linger: false,
-                        error: true,
-                    }
-                }
+                _ => return FAILED,
             };
             if self.pooling && flushed {
                 return Outcome::Finish {
@@ -194,10 +189,7 @@ impl Relay {
             self.upstream.arm(read_upstream),
         ) {
             (Ok(()), Ok(())) => Outcome::Wait,
-            _ => Outcome::Finish {
-                linger: false,
-                error: true,
-            },
+            _ => FAILED,
         }
     }
 

@@ -573,37 +573,23 @@ impl WebSocket {
             });
         }
         let mask = self.limits.send_masked.then(random_mask);
-        let compression = self.compression.as_mut().filter(|_| !opcode.is_control());
-        match compression {
-            Some(compression) => {
-                let rsv = match opcode {
-                    OpCode::Continuation => 0,
-                    _ if compression.start_message(fin, payload.len()) => {
-                        self.stats.compressed_out += 1;
-                        RSV1
-                    }
-                    _ => 0,
-                };
-                if compression.sending_compressed() {
-                    // Compressed in place behind the queue, then the header
-                    // (whose length depends on it) is rotated in front.
-                    let start = self.wbuf.len();
-                    if !compression.compress(payload, fin, &mut self.wbuf) {
-                        self.wbuf.truncate(start);
-                        return Err(WsError::Compression);
-                    }
-                    let len = (self.wbuf.len() - start) as u64;
-                    let header = encode_header(fin, rsv, opcode, len, mask);
-                    self.wbuf.extend_from_slice(header.as_slice());
-                    self.wbuf[start..].rotate_right(header.as_slice().len());
-                    if let Some(mask) = mask {
-                        apply_mask(&mut self.wbuf[start + header.as_slice().len()..], mask, 0);
-                    }
-                } else {
-                    self.queue_frame(fin, opcode, payload, mask);
-                }
-            }
-            None => self.queue_frame(fin, opcode, payload, mask),
+        // A message is compressed or not as a whole, decided on its first frame.
+        let compressed = match self.compression.as_mut() {
+            Some(_) if opcode.is_control() => false,
+            Some(c) if opcode == OpCode::Continuation => c.sending_compressed(),
+            Some(c) => c.start_message(fin, payload.len()),
+            None => false,
+        };
+        if compressed {
+            let rsv = if opcode == OpCode::Continuation {
+                0
+            } else {
+                RSV1
+            };
+            self.queue_compressed_frame(fin, rsv, opcode, payload, mask)?;
+            self.stats.compressed_out += u64::from(rsv != 0);
+        } else {
+            self.queue_frame(fin, opcode, payload, mask);
         }
         if opcode == OpCode::Close {
             self.close_sent = true;
@@ -631,6 +617,34 @@ impl WebSocket {
         if let Some(mask) = mask {
             apply_mask(&mut self.wbuf[start..], mask, 0);
         }
+    }
+
+    /// Queues a frame with its payload compressed: compressed in place
+    /// behind the queue, then the header (whose length depends on it) is
+    /// rotated in front. On failure nothing is queued.
+    fn queue_compressed_frame(
+        &mut self,
+        fin: bool,
+        rsv: u8,
+        opcode: OpCode,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> Result<(), WsError> {
+        let start = self.wbuf.len();
+        let compression = self.compression.as_mut().ok_or(WsError::Compression)?;
+        if !compression.compress(payload, fin, &mut self.wbuf) {
+            self.wbuf.truncate(start);
+            return Err(WsError::Compression);
+        }
+        let len = (self.wbuf.len() - start) as u64;
+        let header = encode_header(fin, rsv, opcode, len, mask);
+        let header = header.as_slice();
+        self.wbuf.extend_from_slice(header);
+        self.wbuf[start..].rotate_right(header.len());
+        if let Some(mask) = mask {
+            apply_mask(&mut self.wbuf[start + header.len()..], mask, 0);
+        }
+        Ok(())
     }
 
     /// What crossed the connection so far.

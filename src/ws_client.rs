@@ -17,7 +17,6 @@ pub struct WsClient {
     ws: WebSocket,
     conn: UpstreamConn,
     agreed: Agreed,
-    reused: bool,
     keepalive: Option<Keepalive>,
 }
 
@@ -42,32 +41,20 @@ impl fmt::Display for KeepaliveError {
 }
 
 impl WsClient {
-    /// `reused` is true when the connection came from the pool, which the
-    /// seed reports as "connection reused" instead of a handshake response.
+    /// `agreed` is what the upstream's handshake (or the pooled
+    /// connection's) settled.
     pub fn new(
         ws: WebSocket,
         conn: UpstreamConn,
         agreed: Agreed,
-        reused: bool,
         keepalive: Option<Keepalive>,
     ) -> WsClient {
         WsClient {
             ws,
             conn,
             agreed,
-            reused,
             keepalive,
         }
-    }
-
-    /// The subprotocol the upstream chose in its handshake.
-    pub fn subprotocol(&self) -> Option<&str> {
-        self.agreed.subprotocol.as_deref()
-    }
-
-    /// Whether the connection came from the keepalive pool.
-    pub fn reused(&self) -> bool {
-        self.reused
     }
 
     /// The location's `websocket_keepalive*` settings, when it pools.
