@@ -73,8 +73,13 @@ deps:
 unit:
 	$(CARGO) test --profile $(PROFILE) --locked
 
+# Twice: then again with the access log off, where sessions run without
+# their HTTP request once upgraded (config, interop and browser tests
+# have nothing to add there).
+DETACHED_TESTS := $(filter-out nginx-tests/00-% nginx-tests/13-% nginx-tests/30-%,$(wildcard nginx-tests/*.t))
 integration: build
 	prove -r nginx-tests/
+	TEST_NGINX_ACCESS_LOG=off prove $(DETACHED_TESTS)
 
 # The Autobahn|Testsuite fuzzing client against websocket_echo and
 # websocket_pass -> websocket_echo (websocket_deflate on): cases 1-10 and, of

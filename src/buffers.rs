@@ -1,17 +1,22 @@
-//! Read buffers shared by a worker's connections: a connection holds one
-//! only while it has bytes to decode, so an idle connection costs none, and
-//! a busy one takes a buffer from this list instead of allocating.
+//! Buffers shared by a worker's connections: a connection holds one only
+//! while it has bytes to decode, a message to hand over or frames to write,
+//! so an idle connection costs none, and a busy one takes a buffer from
+//! these lists instead of allocating.
 
 use core::cell::RefCell;
 
 /// Size of a read buffer; frames larger than this stream through it.
 pub const READ_BUFFER_SIZE: usize = 16 * 1024;
-/// Free buffers kept per worker; more are freed.
+/// Free buffers kept per worker, of each kind; more are freed.
 const KEEP_FREE: usize = 256;
+/// Message and write buffers up to this capacity are reused; larger ones
+/// (a rare large message) are freed.
+const KEEP_CAPACITY: usize = READ_BUFFER_SIZE;
 
 thread_local! {
     /// nginx runs each worker on one thread.
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A zeroed-or-reused buffer of `READ_BUFFER_SIZE` bytes.
@@ -26,6 +31,28 @@ pub fn give(buf: Vec<u8>) {
         return;
     }
     FREE.with(|free| {
+        let mut free = free.borrow_mut();
+        if free.len() < KEEP_FREE {
+            free.push(buf);
+        }
+    });
+}
+
+/// An empty buffer for a message or for output, with the capacity a
+/// previous user left it.
+pub fn take_scratch() -> Vec<u8> {
+    SCRATCH
+        .with(|free| free.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+/// Gives a message or output buffer back; its contents are dropped.
+pub fn give_scratch(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > KEEP_CAPACITY {
+        return;
+    }
+    buf.clear();
+    SCRATCH.with(|free| {
         let mut free = free.borrow_mut();
         if free.len() < KEEP_FREE {
             free.push(buf);
@@ -48,5 +75,18 @@ mod tests {
         give(vec![0; 10]);
         let c = take();
         assert_eq!(c.len(), READ_BUFFER_SIZE);
+    }
+
+    #[test]
+    fn scratch_buffers_come_back_empty_and_large_ones_are_freed() {
+        let mut a = take_scratch();
+        a.extend_from_slice(b"frame bytes");
+        let ptr = a.as_ptr();
+        give_scratch(a);
+        let b = take_scratch();
+        assert_eq!(b.as_ptr(), ptr, "the buffer comes back");
+        assert!(b.is_empty() && b.capacity() >= 11);
+        give_scratch(Vec::with_capacity(KEEP_CAPACITY + 1));
+        assert_eq!(take_scratch().capacity(), 0, "a large buffer is not kept");
     }
 }

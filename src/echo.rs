@@ -6,8 +6,10 @@ use ngx::ngx_log_error;
 
 use crate::metrics::{self, Kind};
 use crate::module::Module;
+use crate::ngx_detach::{close_detached, detach_request, Lingering};
 use crate::ngx_io::{
-    request_of_client_event, run_posted_requests, CloseRequest, Direction, RequestRef,
+    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
+    RequestRef,
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
@@ -16,7 +18,9 @@ use crate::upgrade;
 use crate::variables::SessionLog;
 use foreign_types::ForeignTypeRef;
 
-/// Per-request state, allocated in the request pool.
+/// Per-session state. The request owns it (as its module context) while
+/// the access log still needs it; with `access_log off` the request is
+/// freed once the 101 is out, and the connection owns it (`c->data`).
 #[repr(C)]
 struct EchoSession {
     /// First, as `variables::SessionLog` requires.
@@ -24,6 +28,10 @@ struct EchoSession {
     ws: WebSocket,
     /// The worker is exiting: finish the message under way, then close 1001.
     shutting_down: bool,
+    /// `access_log off`: nothing needs the request after its 101.
+    detach: bool,
+    /// Set once the request is detached: how to linger at the close.
+    detached: Option<Lingering>,
 }
 
 /// How a step of the session ended.
@@ -67,14 +75,16 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let log = SessionLog::new(Some(Kind::Echo), chosen.map(str::to_owned));
     metrics::session_started(Kind::Echo);
-    let Some(session) = r.pool_alloc(EchoSession {
+    let session = Box::new(EchoSession {
         log,
         ws,
         shutting_down: false,
-    }) else {
+        detach: r.access_log_off(),
+        detached: None,
+    });
+    if r.set_owned_ctx(Module::module(), session).is_err() {
         return NGX_ERROR as ngx_int_t;
-    };
-    r.set_ctx(Module::module(), session.as_ptr().cast());
+    }
     r.set_event_handlers(on_event, on_event);
     r.hold();
     let c = r.connection();
@@ -87,12 +97,13 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_ERROR as ngx_int_t;
     }
     // Run the first step from the event loop, not from inside the content
-    // phase, so every end of the session goes through one path.
+    // phase, so every end of the session goes through one path (and the
+    // request may be detached there, once nginx is done with it).
     c.post(Direction::Read);
     NGX_DONE as ngx_int_t
 }
 
-/// Event handler of an upgraded echo connection.
+/// Event handler of an upgraded echo connection that still has its request.
 unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
     // SAFETY: the connection's data is its request while it is upgraded.
     let (c, r) = unsafe { request_of_client_event(ev) };
@@ -118,6 +129,24 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
             return;
         }
     }
+    let detach = r
+        .ctx::<EchoSession>(Module::module())
+        // SAFETY: see `on_event`.
+        .is_some_and(|s| unsafe { s.as_ref() }.detach)
+        && !r.output_pending();
+    if detach {
+        let Some(mut session) = r.take_owned_ctx::<EchoSession>(Module::module()) else {
+            return;
+        };
+        let raw: *mut EchoSession = &mut *session;
+        // SAFETY: the 101 is out, the pipelined bytes were taken, and this
+        // runs from the event loop: nothing else uses the request.
+        session.detached = Some(unsafe { detach_request(r, raw.cast(), on_detached_event) });
+        let session = Box::leak(session);
+        // SAFETY: `c` lives on, now owning the session.
+        run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
+        return;
+    }
     // SAFETY: as above.
     unsafe { on_event(r.as_ptr()) };
     // SAFETY: `c` is the client connection; see run_posted_requests.
@@ -132,20 +161,69 @@ unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
         r.finalize(false, true);
         return;
     };
-    // SAFETY: the session lives in the request pool until finalize; nothing
-    // else holds a reference to it during this event.
+    // SAFETY: the request owns the session until it is freed; nothing else
+    // holds a reference to it during this event.
     let session = unsafe { session.as_mut() };
-    let next = session.step(r);
+    // SAFETY: the request's connection outlives this event.
+    let c = unsafe { ConnectionRef::from_ptr(r.connection_ptr()) };
+    let next = session.step(c, Some(r));
     session.log.update(session.ws.stats());
     if let Next::Finish { linger, error } = next {
         r.finalize(linger, error);
     }
 }
 
+/// Event handler of an echo connection whose request was detached.
+unsafe extern "C" fn on_detached_event(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is its connection, whose data is the session
+    // `on_connection_event` leaked into it.
+    let (c, session) = unsafe {
+        let c: *mut ngx::ffi::ngx_connection_t = (*ev).data.cast();
+        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<EchoSession>())
+    };
+    match c.take_close_request() {
+        CloseRequest::None => {}
+        CloseRequest::Graceful => session.shutting_down = true,
+        CloseRequest::Now => {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                c.log(),
+                "websocket: worker_shutdown_timeout expired, closing"
+            );
+            // SAFETY: as above; the session is not used again.
+            unsafe { end_detached(c, session, false) };
+            return;
+        }
+    }
+    run_detached(c, session);
+}
+
+fn run_detached(c: &ConnectionRef, session: &mut EchoSession) {
+    let next = session.step(c, None);
+    session.log.update(session.ws.stats());
+    if let Next::Finish { linger, .. } = next {
+        // SAFETY: the connection owns the session, which is not used again.
+        unsafe { end_detached(c, session, linger) };
+    }
+}
+
+/// Drops a detached session and closes its connection.
+///
+/// # Safety
+/// `session` must be the one leaked into `c->data`; neither is used again.
+unsafe fn end_detached(c: &ConnectionRef, session: &mut EchoSession, linger: bool) {
+    let lingering = session.detached.filter(|_| linger);
+    // SAFETY: guaranteed by the caller: the box leaked by on_connection_event.
+    drop(unsafe { Box::from_raw(session as *mut EchoSession) });
+    // SAFETY: the session is gone; the connection is closed here.
+    unsafe { close_detached(c.as_ptr(), lingering) };
+}
+
 impl EchoSession {
-    fn step(&mut self, r: &mut RequestRef) -> Next {
-        let log = r.log();
-        let c = r.connection();
+    /// One round of work; `request` while the request is attached (its
+    /// 101 may still be on its way out).
+    fn step(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>) -> Next {
+        let log = c.log();
         if c.take_timedout(Direction::Write) {
             ngx_log_error!(
                 NGX_LOG_INFO,
@@ -192,7 +270,7 @@ impl EchoSession {
                     let _ = self.ws.send_close(Some(GOING_AWAY), b"");
                 }
             }
-            if r.output_pending() {
+            if let Some(r) = request.as_deref_mut().filter(|r| r.output_pending()) {
                 if r.flush_output().is_err() {
                     return Next::Finish {
                         linger: false,

@@ -16,6 +16,7 @@ pub mod config;
 pub mod echo;
 pub mod metrics;
 pub mod module;
+pub mod ngx_detach;
 pub mod ngx_io;
 pub mod ngx_peer;
 pub mod ngx_resolve;

@@ -611,6 +611,14 @@ impl HttpModuleConfExt for RequestRef {
         // SAFETY: `loc_conf` has one slot per HTTP module, indexed by ctx_index.
         NonNull::new(unsafe { *self.raw().loc_conf.add(module.ctx_index) }.cast())
     }
+
+    unsafe fn http_server_conf_unchecked<T>(
+        &self,
+        module: &ngx::ffi::ngx_module_t,
+    ) -> Option<NonNull<T>> {
+        // SAFETY: `srv_conf` has one slot per HTTP module, indexed by ctx_index.
+        NonNull::new(unsafe { *self.raw().srv_conf.add(module.ctx_index) }.cast())
+    }
 }
 
 /// The request of a client connection's event, and the connection.

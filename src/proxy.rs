@@ -20,6 +20,7 @@ use crate::compression::DeflateSettings;
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
+use crate::ngx_detach::{close_detached, detach_request, Lingering};
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
     RequestRef,
@@ -43,12 +44,18 @@ const HTTP_GATEWAY_TIMEOUT: ngx_int_t = 504;
 /// nginx's code for a client that went away before the response.
 const HTTP_CLIENT_CLOSED_REQUEST: ngx_int_t = 499;
 
-/// Per-request state, allocated in the request pool.
+/// Per-session state. The request owns it (as its module context) while
+/// the access log still needs it; with `access_log off` the request is
+/// freed once the relay runs, and the client connection owns it.
 #[repr(C)]
 struct PassSession {
     /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     state: State,
+    /// `access_log off`: nothing needs the request once the 101 is out.
+    detach: bool,
+    /// Set once the request is detached: how to linger at the close.
+    detached: Option<Lingering>,
 }
 
 enum State {
@@ -141,16 +148,21 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     r.connection().set_log_action(c"connecting to upstream");
-    let Some(mut session) = r.pool_alloc(PassSession {
+    let session = Box::new(PassSession {
         log: SessionLog::new(None, None),
         state: State::Done,
-    }) else {
+        detach: r.access_log_off(),
+        detached: None,
+    });
+    if r.set_owned_ctx(Module::module(), session).is_err() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
         return NGX_ERROR as ngx_int_t;
     };
-    r.set_ctx(Module::module(), session.as_ptr().cast());
     r.set_event_handlers(client_event, client_event);
-    // SAFETY: just allocated in the request pool; this handler is the only
-    // user until it returns (the resolver's handler only posts an event).
+    // SAFETY: the request owns the session; this handler is the only user
+    // until it returns (the resolver's handler only posts an event).
     let session = unsafe { session.as_mut() };
     match session.proceed(r, plan) {
         Next::Fail(rc) => {
@@ -414,9 +426,104 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
             }
         }
     }
+    let detach = r
+        .ctx::<PassSession>(Module::module())
+        // SAFETY: see above.
+        .is_some_and(|s| unsafe { s.as_ref() }.detach)
+        && !r.output_pending();
+    if detach {
+        if let Some(mut session) = r.take_owned_ctx::<PassSession>(Module::module()) {
+            let raw: *mut PassSession = &mut *session;
+            if let State::Relaying(relay) = &session.state {
+                relay.upstream().redirect_events(c.cast(), detached_upstream_event);
+            }
+            // SAFETY: the 101 is out, the pipelined bytes were taken, and
+            // this runs from the event loop: nothing else uses the request.
+            session.detached =
+                Some(unsafe { detach_request(r, raw.cast(), detached_client_event) });
+            // SAFETY: `c` lives on, now owning the session.
+            run_detached(unsafe { ConnectionRef::from_ptr(c) }, Box::leak(session));
+        }
+        return;
+    }
     run(r, Origin::Client);
     // SAFETY: `c` is the client connection; see run_posted_requests.
     unsafe { run_posted_requests(c) };
+}
+
+/// The client connection's event handler once its request was detached.
+unsafe extern "C" fn detached_client_event(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is the client connection, whose data is the
+    // session `relay_client_event` leaked into it.
+    let (c, session) = unsafe {
+        let c: *mut ngx_connection_t = (*ev).data.cast();
+        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<PassSession>())
+    };
+    match c.take_close_request() {
+        CloseRequest::None => {}
+        CloseRequest::Graceful => {
+            if let State::Relaying(relay) = &mut session.state {
+                relay.shut_down();
+            }
+        }
+        CloseRequest::Now => {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                c.log(),
+                "websocket: worker_shutdown_timeout expired, closing"
+            );
+            // SAFETY: as above; the session is not used again.
+            unsafe { end_detached(c, session, false) };
+            return;
+        }
+    }
+    run_detached(c, session);
+}
+
+/// The upstream connection's event handler once the client's request was
+/// detached: its data is the client connection.
+unsafe extern "C" fn detached_upstream_event(ev: *mut ngx_event_t) {
+    // SAFETY: `relay_client_event` redirected the upstream's events with
+    // the client connection as data; its data is the session.
+    let (c, session) = unsafe {
+        let upstream: *mut ngx_connection_t = (*ev).data.cast();
+        let c: *mut ngx_connection_t = (*upstream).data.cast();
+        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<PassSession>())
+    };
+    run_detached(c, session);
+}
+
+fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
+    let next = match core::mem::replace(&mut session.state, State::Done) {
+        State::Relaying(relay) => session.relay(relay, c.log()),
+        _ => Next::Finish {
+            linger: false,
+            error: true,
+        },
+    };
+    if let State::Relaying(relay) = &session.state {
+        session.log.update(relay.client_stats());
+    }
+    let linger = match next {
+        Next::Wait => return,
+        Next::Finish { linger, .. } => linger,
+        Next::Fail(_) => false,
+    };
+    // SAFETY: the connection owns the session, which is not used again.
+    unsafe { end_detached(c, session, linger) };
+}
+
+/// Drops a detached session (and with it the upstream leg, unless it went
+/// to its pool) and closes the client connection.
+///
+/// # Safety
+/// `session` must be the one leaked into `c->data`; neither is used again.
+unsafe fn end_detached(c: &ConnectionRef, session: &mut PassSession, linger: bool) {
+    let lingering = session.detached.filter(|_| linger);
+    // SAFETY: guaranteed by the caller: the box leaked by relay_client_event.
+    drop(unsafe { Box::from_raw(session as *mut PassSession) });
+    // SAFETY: the session is gone; the connection is closed here.
+    unsafe { close_detached(c.as_ptr(), lingering) };
 }
 
 /// Read/write handler of the upstream connection.
@@ -535,18 +642,24 @@ impl PassSession {
                     None => Next::Fail(HTTP_BAD_GATEWAY),
                 },
             },
-            State::Relaying(mut relay) => match relay.step(r.log()) {
-                Outcome::Wait => {
-                    self.state = State::Relaying(relay);
-                    Next::Wait
-                }
-                Outcome::Finish { linger, error } => {
-                    self.log.update(relay.client_stats());
-                    relay.end(r.log());
-                    Next::Finish { linger, error }
-                }
-            },
+            State::Relaying(relay) => self.relay(relay, r.log()),
             State::Done => Next::Wait,
+        }
+    }
+
+    /// One round of relaying; at its end the upstream goes to its pool when
+    /// it can.
+    fn relay(&mut self, mut relay: Box<Relay>, log: *mut ngx::ffi::ngx_log_t) -> Next {
+        match relay.step(log) {
+            Outcome::Wait => {
+                self.state = State::Relaying(relay);
+                Next::Wait
+            }
+            Outcome::Finish { linger, error } => {
+                self.log.update(relay.client_stats());
+                relay.end(log);
+                Next::Finish { linger, error }
+            }
         }
     }
 

@@ -73,6 +73,11 @@ impl Relay {
         self.client.stats()
     }
 
+    /// The upstream leg, to redirect its events.
+    pub fn upstream(&self) -> &WsClient {
+        &self.upstream
+    }
+
     /// The worker is exiting (see `step`).
     pub fn shut_down(&mut self) {
         self.shutting_down = true;

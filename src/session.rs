@@ -32,11 +32,6 @@ const HEARTBEAT: &[u8] = b"ngx_http_websocket_module heartbeat";
 const NO_STATUS: u16 = 1005;
 /// Queued output above which the object stops reading from its peer.
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Buffers that grew past this for a large message are released afterwards:
-/// messages that fit the read buffer reuse theirs, larger ones are not kept
-/// by a connection that may then idle for hours.
-const KEEP_CAPACITY: usize = READ_BUFFER_SIZE;
-
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -274,8 +269,8 @@ impl WebSocket {
     }
 
     fn conn(&self) -> &ConnectionRef {
-        // SAFETY: the object lives in its request's pool, which is freed
-        // before the connection is.
+        // SAFETY: the session owning the object is dropped before its
+        // connection is closed.
         unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
     }
 
@@ -484,6 +479,9 @@ impl WebSocket {
                     if message_start {
                         self.message.clear();
                     }
+                    if self.message.capacity() == 0 {
+                        self.message = buffers::take_scratch();
+                    }
                     let before = self.message.len();
                     match self.compression.as_mut().filter(|_| compressed) {
                         Some(compression) => compression.inflate(
@@ -522,12 +520,10 @@ impl WebSocket {
         Ok(None)
     }
 
-    /// Gives a message buffer back for reuse; very large ones are released.
-    pub fn recycle(&mut self, mut data: Vec<u8>) {
-        if data.capacity() <= KEEP_CAPACITY && self.message.capacity() < data.capacity() {
-            data.clear();
-            self.message = data;
-        }
+    /// Gives a message buffer back for reuse (by any connection of the
+    /// worker: an idle connection holds none); very large ones are freed.
+    pub fn recycle(&mut self, data: Vec<u8>) {
+        buffers::give_scratch(data);
     }
 
     pub fn send_text(&mut self, data: &[u8]) -> Result<(), WsError> {
@@ -611,6 +607,7 @@ impl WebSocket {
     /// Queues a frame as it is, masked if `mask`.
     fn queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
         let header = encode_header(fin, 0, opcode, payload.len() as u64, mask);
+        self.take_output_buffer();
         self.wbuf.extend_from_slice(header.as_slice());
         let start = self.wbuf.len();
         self.wbuf.extend_from_slice(payload);
@@ -630,6 +627,7 @@ impl WebSocket {
         payload: &[u8],
         mask: Option<[u8; 4]>,
     ) -> Result<(), WsError> {
+        self.take_output_buffer();
         let start = self.wbuf.len();
         let compression = self.compression.as_mut().ok_or(WsError::Compression)?;
         if !compression.compress(payload, fin, &mut self.wbuf) {
@@ -645,6 +643,13 @@ impl WebSocket {
             apply_mask(&mut self.wbuf[start + header.len()..], mask, 0);
         }
         Ok(())
+    }
+
+    /// An output queue that drained gave its buffer back: take one again.
+    fn take_output_buffer(&mut self) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf = buffers::take_scratch();
+        }
     }
 
     /// What crossed the connection so far.
@@ -703,11 +708,8 @@ impl WebSocket {
                 Io::Eof | Io::Error => return Err(WsError::Io),
             }
         }
-        self.wbuf.clear();
         self.wpos = 0;
-        if self.wbuf.capacity() > KEEP_CAPACITY {
-            self.wbuf = Vec::new();
-        }
+        buffers::give_scratch(core::mem::take(&mut self.wbuf));
         Ok(true)
     }
 
@@ -767,6 +769,8 @@ impl WebSocket {
 impl Drop for WebSocket {
     fn drop(&mut self) {
         buffers::give(core::mem::take(&mut self.rbuf));
+        buffers::give_scratch(core::mem::take(&mut self.message));
+        buffers::give_scratch(core::mem::take(&mut self.wbuf));
     }
 }
 

@@ -8,7 +8,7 @@ use core::ops::{Deref, DerefMut};
 use ngx::ffi::ngx_msec_t;
 
 use crate::client::Agreed;
-use crate::ngx_peer::UpstreamConn;
+use crate::ngx_peer::{EventHandler, UpstreamConn};
 use crate::pool::{Keepalive, PoolSettings};
 use crate::session::WebSocket;
 
@@ -108,6 +108,14 @@ impl WsClient {
             .pool
             .release(conn, slot, keepalive.fingerprint, agreed, settings);
         Ok(())
+    }
+}
+
+impl WsClient {
+    /// Sends the upstream connection's events to `handler` with `data` as
+    /// the connection's data (the session moved to another owner).
+    pub fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
+        self.conn.attach(data, handler, self.conn.connection().log());
     }
 }
 

@@ -79,7 +79,8 @@ sub free_port {
 }
 
 # new(conf => $http_fragment, main_conf => ..., events_conf => ...,
-#     worker_processes => 1, error_log_level => 'info', daemon => 0)
+#     worker_processes => 1, worker_connections => 1024,
+#     error_log_level => 'info', daemon => 0)
 sub new {
     my ($class, %o) = @_;
     croak "WsNginx->new: conf => TEXT is required" unless defined $o{conf};
@@ -96,6 +97,7 @@ sub new {
         conf             => $o{conf},
         main_conf        => $o{main_conf} // '',
         events_conf      => $o{events_conf} // '',
+        worker_connections => $o{worker_connections} // 1024,
         worker_processes => $o{worker_processes} // 1,
         error_log_level  => $o{error_log_level} // 'info',
         ports            => {},
@@ -149,6 +151,12 @@ sub _write_conf {
     my $load = join '', map { "load_module $_;\n" } split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
     $load .= "load_module $self->{module};\n" if $self->{module} ne '';
 
+    # TEST_NGINX_ACCESS_LOG=off: the http-level access log is off, so
+    # sessions run without their request once upgraded (see ngx_detach.rs);
+    # not for a test that configures access logs of its own.
+    my $access_log = ($ENV{TEST_NGINX_ACCESS_LOG} // '') eq 'off' && $http !~ /\baccess_log\b/
+        ? 'off' : "$d/access.log";
+
     my $conf = <<"EOF";
 ${load}daemon off;
 master_process on;
@@ -157,12 +165,12 @@ pid $d/nginx.pid;
 error_log $d/error.log $self->{error_log_level};
 $main
 events {
-    worker_connections 1024;
+    worker_connections $self->{worker_connections};
 $events
 }
 
 http {
-    access_log $d/access.log;
+    access_log $access_log;
     client_body_temp_path $d/client_body_temp;
     proxy_temp_path $d/proxy_temp;
     fastcgi_temp_path $d/fastcgi_temp;

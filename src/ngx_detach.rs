@@ -1,0 +1,384 @@
+//! A client connection that outlives its HTTP request.
+//!
+//! An upgraded session needs its request only for the access-log line at
+//! its end. With `access_log off` nothing reads the request again, so it is
+//! freed right after the 101, together with the header buffers, as nginx
+//! does for an idle keepalive connection: the request pool alone is 8 KiB,
+//! most of what an idle session would otherwise cost. The connection then
+//! carries the session in `c->data`, and this module closes it (with
+//! nginx's lingering close where asked) since no request will.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use ngx::ffi::{
+    ngx_chain_t, ngx_connection_t, ngx_event_t, ngx_http_close_connection,
+    ngx_http_core_loc_conf_t, ngx_http_free_request, ngx_http_log_ctx_t, ngx_http_request_t,
+    ngx_log_t, ngx_module_t, ngx_msec_t, ngx_pcalloc, ngx_pfree, ngx_pool_cleanup_add, ngx_str_t,
+    NGX_OK,
+};
+use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
+
+use crate::ngx_io::{ConnectionRef, Direction, Io, RequestRef};
+use foreign_types::ForeignTypeRef;
+
+extern "C" {
+    /// nginx's access-log module; every nginx has it, and exports it to
+    /// dynamic modules like every module object.
+    static ngx_http_log_module: ngx_module_t;
+}
+
+/// The head of `ngx_http_log_loc_conf_t`, private to ngx_http_log_module.c
+/// and unchanged since nginx 0.7: `off` is set by `access_log off`.
+#[repr(C)]
+struct LogLocConfHead {
+    logs: *mut c_void,
+    open_file_cache: *mut c_void,
+    open_file_cache_valid: ngx::ffi::time_t,
+    open_file_cache_min_uses: usize,
+    off: usize,
+}
+
+impl RequestRef {
+    /// Whether the location has `access_log off`, so that nothing reads the
+    /// request after its response header.
+    pub fn access_log_off(&self) -> bool {
+        // SAFETY: the log module's loc conf exists in every location of a
+        // live request and starts with the fields of `LogLocConfHead`.
+        unsafe {
+            let index = ngx_http_log_module.ctx_index;
+            let conf: *const LogLocConfHead = (*(*self.as_ptr()).loc_conf.add(index)).cast();
+            !conf.is_null() && (*conf).off != 0
+        }
+    }
+
+    /// Gives the request ownership of `value` as its module context: it is
+    /// dropped when the request pool is destroyed (after the access log was
+    /// written), unless [`RequestRef::take_owned_ctx`] took it back first.
+    pub fn set_owned_ctx<T>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
+        let r = self.as_ptr();
+        // SAFETY: the request pool lives until the request is freed; the
+        // cleanup's data is the request, still valid when the pool's
+        // cleanups run (the request lives in its own pool, freed last).
+        unsafe {
+            let cln = ngx_pool_cleanup_add((*r).pool, core::mem::size_of::<OwnedCtx>());
+            if cln.is_null() {
+                return Err(value);
+            }
+            let data: *mut OwnedCtx = (*cln).data.cast();
+            data.write(OwnedCtx {
+                r,
+                ctx_index: module.ctx_index,
+            });
+            (*cln).handler = Some(drop_owned_ctx::<T>);
+            *(*r).ctx.add(module.ctx_index) = Box::into_raw(value).cast();
+        }
+        Ok(())
+    }
+
+    /// Takes back the context given by [`RequestRef::set_owned_ctx`].
+    pub fn take_owned_ctx<T>(&mut self, module: &ngx_module_t) -> Option<Box<T>> {
+        // SAFETY: the slot holds null or a pointer from `Box::into_raw` of a
+        // `T`, put there by `set_owned_ctx::<T>`.
+        unsafe {
+            let slot = (*self.as_ptr()).ctx.add(module.ctx_index);
+            let value: *mut T = core::mem::replace(&mut *slot, ptr::null_mut()).cast();
+            NonNull::new(value).map(|p| Box::from_raw(p.as_ptr()))
+        }
+    }
+}
+
+#[repr(C)]
+struct OwnedCtx {
+    r: *mut ngx_http_request_t,
+    ctx_index: usize,
+}
+
+unsafe extern "C" fn drop_owned_ctx<T>(data: *mut c_void) {
+    // SAFETY: `data` is the `OwnedCtx` written by `set_owned_ctx::<T>`; its
+    // request is being destroyed, its memory still readable.
+    unsafe {
+        let owned: &OwnedCtx = &*data.cast();
+        let slot = (*owned.r).ctx.add(owned.ctx_index);
+        let value: *mut T = core::mem::replace(&mut *slot, ptr::null_mut()).cast();
+        if !value.is_null() {
+            drop(Box::from_raw(value));
+        }
+    }
+}
+
+/// nginx's lingering close, as the request's location configured it.
+#[derive(Debug, Clone, Copy)]
+pub struct Lingering {
+    /// `lingering_time`: the longest the whole drain may take.
+    time_ms: ngx_msec_t,
+    /// `lingering_timeout`: the longest wait for more bytes.
+    timeout_ms: ngx_msec_t,
+}
+
+/// Frees the request of an upgraded client connection and keeps the
+/// connection: afterwards `c->data` is `data` and both events call
+/// `handler`. Returns the location's lingering-close settings, for
+/// [`close_detached`].
+///
+/// # Safety
+/// `r` must be a live main request whose response header went out in full,
+/// whose bytes after the header were taken, and whose handler returned
+/// (nothing up the stack still uses it). Nothing may touch `r` afterwards.
+pub unsafe fn detach_request(
+    r: &mut RequestRef,
+    data: *mut c_void,
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+) -> Lingering {
+    let lingering = NgxHttpCoreModule::location_conf(r).map_or(
+        Lingering {
+            time_ms: 30_000,
+            timeout_ms: 5_000,
+        },
+        |clcf: &ngx_http_core_loc_conf_t| Lingering {
+            time_ms: clcf.lingering_time,
+            timeout_ms: clcf.lingering_timeout,
+        },
+    );
+    let server = NgxHttpCoreModule::server_conf(r).map(|cscf| cscf.server_name);
+    let r = r.as_ptr();
+    // SAFETY: guaranteed by the caller; the steps are those of nginx's own
+    // ngx_http_set_keepalive for a connection without a pipelined request.
+    unsafe {
+        let c = (*r).connection;
+        let hc = (*r).http_connection;
+        let log_ctx = DetachedLogCtx::new(r, server.unwrap_or_default());
+        ngx_http_free_request(r, 0);
+        if let Some(ctx) = log_ctx {
+            (*(*c).log).data = ctx.as_ptr().cast();
+            (*(*c).log).handler = Some(detached_log_error);
+        }
+        // free_request marks the connection destroyed for its callers; this
+        // one lives on.
+        (*c).set_destroyed(0);
+        (*c).data = data;
+        (*(*c).read).handler = Some(handler);
+        (*(*c).write).handler = Some(handler);
+        // The header buffers: c->buffer, and large ones for long headers.
+        let b = (*c).buffer;
+        if !b.is_null() {
+            if ngx_pfree((*c).pool, (*b).start.cast()) == NGX_OK as isize {
+                (*c).buffer = ptr::null_mut();
+            } else {
+                (*b).pos = (*b).start;
+                (*b).last = (*b).start;
+            }
+        }
+        for list in [
+            ptr::addr_of_mut!((*hc).free),
+            ptr::addr_of_mut!((*hc).busy),
+        ] {
+            let mut cl: *mut ngx_chain_t = *list;
+            while !cl.is_null() {
+                ngx_pfree((*c).pool, (*(*cl).buf).start.cast());
+                cl = (*cl).next;
+            }
+            *list = ptr::null_mut();
+        }
+        (*hc).nbusy = 0;
+    }
+    lingering
+}
+
+/// What error.log lines of a detached session say of it: what nginx's
+/// own handler says of a request (client, server, request line, host), from
+/// copies in the connection pool. Starts like nginx's HTTP log context,
+/// which other code may read through `log->data`.
+#[repr(C)]
+struct DetachedLogCtx {
+    http: ngx_http_log_ctx_t,
+    server: ngx_str_t,
+    request_line: ngx_str_t,
+    host: ngx_str_t,
+}
+
+impl DetachedLogCtx {
+    /// # Safety
+    /// `r` must be a live request; the result lives in its connection's pool.
+    unsafe fn new(r: *mut ngx_http_request_t, server: ngx_str_t) -> Option<NonNull<Self>> {
+        // SAFETY: guaranteed by the caller; the strings are copied out of
+        // the request before it is freed.
+        unsafe {
+            let c = (*r).connection;
+            let pool = (*c).pool;
+            let host = match (*r).headers_in.host.as_ref() {
+                Some(h) => ngx_str_t::from_bytes(pool, h.value.as_bytes())?,
+                None => ngx_str_t::empty(),
+            };
+            let request_line = ngx_str_t::from_bytes(pool, (*r).request_line.as_bytes())?;
+            let ctx: *mut Self = ngx_pcalloc(pool, core::mem::size_of::<Self>()).cast();
+            let ctx = NonNull::new(ctx)?;
+            ctx.as_ptr().write(DetachedLogCtx {
+                http: ngx_http_log_ctx_t {
+                    connection: c,
+                    request: ptr::null_mut(),
+                    current_request: ptr::null_mut(),
+                },
+                server,
+                request_line,
+                host,
+            });
+            Some(ctx)
+        }
+    }
+}
+
+/// Appends `parts` to the log line at `buf` (at most `len` bytes) and
+/// returns its new end, as nginx's log handlers do.
+fn append(buf: *mut u8, len: usize, parts: &[&[u8]]) -> *mut u8 {
+    // SAFETY: nginx hands the handler `len` writable bytes at `buf`.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf, len) };
+    let mut n = 0;
+    for part in parts {
+        let take = part.len().min(out.len() - n);
+        out[n..n + take].copy_from_slice(&part[..take]);
+        n += take;
+    }
+    // SAFETY: n <= len.
+    unsafe { buf.add(n) }
+}
+
+unsafe extern "C" fn detached_log_error(log: *mut ngx_log_t, buf: *mut u8, len: usize) -> *mut u8 {
+    // SAFETY: nginx calls the handler with the connection's log, whose data
+    // is the context `detach_request` made; `action` is a C string.
+    unsafe {
+        let ctx: &DetachedLogCtx = &*(*log).data.cast();
+        let action: &[u8] = match (*log).action.is_null() {
+            true => b"",
+            false => core::ffi::CStr::from_ptr((*log).action).to_bytes(),
+        };
+        let addr = (*ctx.http.connection).addr_text.as_bytes();
+        let mut p = buf;
+        let mut left = len;
+        let mut put = |parts: &[&[u8]]| {
+            let end = append(p, left, parts);
+            left -= end.offset_from(p) as usize;
+            p = end;
+        };
+        if !action.is_empty() {
+            put(&[b" while ", action]);
+        }
+        put(&[b", client: ", addr, b", server: ", ctx.server.as_bytes()]);
+        if ctx.request_line.len > 0 {
+            put(&[b", request: \"", ctx.request_line.as_bytes(), b"\""]);
+        }
+        if ctx.host.len > 0 {
+            put(&[b", host: \"", ctx.host.as_bytes(), b"\""]);
+        }
+        p
+    }
+}
+
+/// Closes a connection whose request was detached, once its session was
+/// dropped: at once, or (`linger`) after half-closing it and draining what
+/// the peer still sends, so that a close frame just sent is not lost to a
+/// TCP reset. A TLS connection closes at once, after its TLS shutdown.
+///
+/// # Safety
+/// `c` must be a live connection of this worker returned by
+/// [`detach_request`] whose `c->data` is no longer used.
+pub unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>) {
+    // SAFETY: guaranteed by the caller.
+    let conn = unsafe { ConnectionRef::from_ptr(c) };
+    conn.del_timer(Direction::Read);
+    conn.del_timer(Direction::Write);
+    conn.set_idle(false);
+    // SAFETY: a live connection; `ssl` is null for plain TCP.
+    let tls = unsafe { !(*c).ssl.is_null() };
+    match linger {
+        Some(linger) if !tls => unsafe { start_lingering(c, linger) },
+        // SAFETY: nginx closes the socket and destroys the connection pool.
+        _ => unsafe { ngx_http_close_connection(c) },
+    }
+}
+
+/// What a lingering connection waits for: until when it may drain, and
+/// the longest pause between the peer's bytes.
+struct Drain {
+    until_sec: i64,
+    timeout_ms: ngx_msec_t,
+}
+
+/// nginx's cached current time in seconds.
+fn now_sec() -> i64 {
+    // SAFETY: a plain read of the worker's time cache.
+    unsafe { (*ngx::ffi::ngx_cached_time).sec }
+}
+
+unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering) {
+    let drain = Box::new(Drain {
+        until_sec: now_sec() + (linger.time_ms / 1000) as i64,
+        timeout_ms: linger.timeout_ms,
+    });
+    // SAFETY: a live connection of this worker; its data slot is free.
+    unsafe {
+        (*c).data = Box::into_raw(drain).cast();
+        (*(*c).read).handler = Some(drain_handler);
+        (*(*c).write).handler = Some(ignore_event);
+        if ngx::ffi::shutdown((*c).fd, ngx::ffi::SHUT_WR as i32) == -1 {
+            finish_lingering(c);
+            return;
+        }
+        let conn = ConnectionRef::from_ptr(c);
+        if conn.handle_event(Direction::Read).is_err() {
+            finish_lingering(c);
+            return;
+        }
+        conn.add_timer(Direction::Read, linger.timeout_ms);
+        if conn.ready(Direction::Read) {
+            drain_handler((*c).read);
+        }
+    }
+}
+
+unsafe extern "C" fn ignore_event(_ev: *mut ngx_event_t) {}
+
+/// Reads and discards until the peer closes, goes quiet for
+/// `lingering_timeout`, or `lingering_time` is over.
+unsafe extern "C" fn drain_handler(rev: *mut ngx_event_t) {
+    // SAFETY: the read event of a lingering connection; its data is the
+    // `Drain` put there by `start_lingering`.
+    unsafe {
+        let c: *mut ngx_connection_t = (*rev).data.cast();
+        let drain: &Drain = &*(*c).data.cast::<Drain>();
+        let left = drain.until_sec - now_sec();
+        if (*rev).timedout() != 0 || ngx_connection_t::close_raw(c) != 0 || left <= 0 {
+            finish_lingering(c);
+            return;
+        }
+        let conn = ConnectionRef::from_ptr(c);
+        let mut scratch = [0u8; 4096];
+        loop {
+            match conn.recv(&mut scratch) {
+                Io::Done(_) if conn.ready(Direction::Read) => {}
+                Io::Done(_) | Io::Again => break,
+                Io::Eof | Io::Error => {
+                    finish_lingering(c);
+                    return;
+                }
+            }
+        }
+        if conn.handle_event(Direction::Read).is_err() {
+            finish_lingering(c);
+            return;
+        }
+        let timer = ((left as ngx_msec_t) * 1000).min(drain.timeout_ms);
+        conn.add_timer(Direction::Read, timer);
+    }
+}
+
+unsafe fn finish_lingering(c: *mut ngx_connection_t) {
+    // SAFETY: `c->data` is the `Drain` box of `start_lingering`; the
+    // connection is closed and never touched again.
+    unsafe {
+        drop(Box::from_raw((*c).data.cast::<Drain>()));
+        (*c).data = ptr::null_mut();
+        ConnectionRef::from_ptr(c).del_timer(Direction::Read);
+        ngx_http_close_connection(c);
+    }
+}
