@@ -148,7 +148,9 @@ pub unsafe fn detach_request(
         let c = (*r).connection;
         let hc = (*r).http_connection;
         let log_ctx = DetachedLogCtx::new(r, server.unwrap_or_default());
+        let action = (*(*c).log).action;
         ngx_http_free_request(r, 0);
+        (*(*c).log).action = action;
         if let Some(ctx) = log_ctx {
             (*(*c).log).data = ctx.as_ptr().cast();
             (*(*c).log).handler = Some(detached_log_error);
@@ -186,14 +188,15 @@ pub unsafe fn detach_request(
 }
 
 /// What error.log lines of a detached session say of it: what nginx's
-/// own handler says of a request (client, server, request line, host), from
-/// copies in the connection pool. Starts like nginx's HTTP log context,
+/// own handler says of a request (client, server, request line, upstream,
+/// host), from copies in the connection pool. Starts like nginx's HTTP log context,
 /// which other code may read through `log->data`.
 #[repr(C)]
 struct DetachedLogCtx {
     http: ngx_http_log_ctx_t,
     server: ngx_str_t,
     request_line: ngx_str_t,
+    upstream: ngx_str_t,
     host: ngx_str_t,
 }
 
@@ -211,6 +214,11 @@ impl DetachedLogCtx {
                 None => ngx_str_t::empty(),
             };
             let request_line = ngx_str_t::from_bytes(pool, (*r).request_line.as_bytes())?;
+            let u = (*r).upstream;
+            let upstream = match u.is_null() || (*u).peer.name.is_null() {
+                true => ngx_str_t::empty(),
+                false => ngx_str_t::from_bytes(pool, (*(*u).peer.name).as_bytes())?,
+            };
             let ctx: *mut Self = ngx_pcalloc(pool, core::mem::size_of::<Self>()).cast();
             let ctx = NonNull::new(ctx)?;
             ctx.as_ptr().write(DetachedLogCtx {
@@ -221,6 +229,7 @@ impl DetachedLogCtx {
                 },
                 server,
                 request_line,
+                upstream,
                 host,
             });
             Some(ctx)
@@ -266,6 +275,9 @@ unsafe extern "C" fn detached_log_error(log: *mut ngx_log_t, buf: *mut u8, len: 
         put(&[b", client: ", addr, b", server: ", ctx.server.as_bytes()]);
         if ctx.request_line.len > 0 {
             put(&[b", request: \"", ctx.request_line.as_bytes(), b"\""]);
+        }
+        if ctx.upstream.len > 0 {
+            put(&[b", upstream: \"", ctx.upstream.as_bytes(), b"\""]);
         }
         if ctx.host.len > 0 {
             put(&[b", host: \"", ctx.host.as_bytes(), b"\""]);

@@ -417,6 +417,13 @@ impl WebSocket {
                 self.throttled = true;
                 return Ok(None);
             }
+            // nginx keeps `ready` exact (a short read or EAGAIN clears it,
+            // the next epoll event sets it): when it is clear there is
+            // nothing to read, and no buffer to take for finding that out.
+            if !self.conn().ready(Direction::Read) {
+                self.release_read_buffer();
+                return Ok(None);
+            }
             if self.rbuf.len() == self.rend {
                 self.grow_read_buffer();
             }
