@@ -120,15 +120,15 @@ sub hold {
 
 # read_stream($ws, $name, $want, \$out, $base): the client reads until it has
 # length($want) bytes (writing what is left of $$out meanwhile), EOF or
-# 20 s; what it read equals $want, and the worker's VmRSS stayed under
-# $base + cap all along. 2 tests.
+# 20 s (times the slowdown under valgrind or ASan); what it read equals
+# $want, and the worker's VmRSS stayed under $base + cap all along. 2 tests.
 sub read_stream {
     my ($ws, $name, $want, $out, $base) = @_;
     my $max = $base;
     my $fh = $ws->socket;
     my $got = $ws->buffer;
     $ws->{buf} = '';
-    my $deadline = time + 20;
+    my $deadline = time + WsValgrind::scaled(20);
     my $t0 = time;
     while (length $got < length $want && time < $deadline) {
         my $wsel = $out && length $$out ? IO::Select->new($fh) : undef;
