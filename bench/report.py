@@ -617,6 +617,25 @@ def deflate_section(rows, meta):
 # ------------------------------------------------------------------ main
 
 
+def runtime_section(rows):
+    """The wall time of each section of the run (run.sh's `section`), for the time budget"""
+    secs = [r for r in rows if r.get("kind") == "section"]
+    if not secs:
+        return []
+    total = sum(r["seconds"] for r in secs)
+    doc = section(
+        "## Run time by section",
+        "Wall time of each part of this run (*start*: building, starting nginx and rust-echo; *cpu*: "
+        "callgrind or perf stat), with the measurements redone because of other processes included.",
+    )
+    doc.extend(table_head("| section | wall time | share |"))
+    for r in secs:
+        doc.append(f"| {r['name']} | {r['seconds']:,.0f} s | {r['seconds'] / total * 100:.0f}% |" if total else f"| {r['name']} | – | |")
+    doc.append(f"| *all* | {total // 60:.0f} min {total % 60:.0f} s | |")
+    doc.append("")
+    return doc
+
+
 def anomalies(events):
     doc = ["## Anomalies", ""]
     if events:
@@ -696,6 +715,7 @@ def main():
             doc.extend(deflate_summary)
             doc.append("")
         doc.extend(deflate_text)
+        doc.extend(runtime_section(rows))
         doc.extend(anomalies(events))
         with open(args.out, "w") as f:
             f.write("\n".join(doc))
@@ -879,6 +899,7 @@ def main():
         doc.append("")
         doc.extend(deflate_text[2:])
 
+    doc.extend(runtime_section(rows))
     doc.extend(anomalies(events))
 
     with open(args.out, "w") as f:

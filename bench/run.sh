@@ -35,6 +35,7 @@ set -euo pipefail
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
 T_START=$(date +%s)
+T_START_NS=$(date +%s%N)
 
 DURATION=${BENCH_DURATION:-2}
 WARMUP=${BENCH_WARMUP:-1}
@@ -103,6 +104,18 @@ RESULTS=$RUN/results.jsonl
 EVENTS=$RUN/events.txt
 : >"$RESULTS"
 : >"$EVENTS"
+
+# section NAME: the wall time of the section that ends here goes into the
+# results (the report's run-time table), and NAME begins ("" ends the last).
+SECTION=start SECTION_NS=$T_START_NS
+section() {
+    local now
+    [ "$1" = "$SECTION" ] && return 0
+    now=$(date +%s%N)
+    [ -n "$SECTION" ] && printf '{"kind":"section","name":"%s","seconds":%s}\n' \
+        "$SECTION" "$(((now - SECTION_NS) / 1000000))e-3" >>"$RESULTS"
+    SECTION=$1 SECTION_NS=$now
+}
 
 # ------------------------------------------------------------------ limits
 ulimit -Hn 1048576 2>/dev/null || true
@@ -297,8 +310,9 @@ noisy() { [[ $1 =~ \"other\":([0-9.]+) ]] && python3 -c "import sys; sys.exit(0 
 
 # measure KIND TARGET REP CPUSPEC loadgen-args...   (appends a JSON line)
 measure() {
-    local kind=$1 target=$2 rep=$3 cpus=$4
+    local kind=$1 target=$2 rep=$3 cpus=$4 t0
     shift 4
+    t0=$(date +%s%N)
     measure_once "$kind" "$target" "$rep" "$cpus" "$@"
     if [ "$RETRIES" -gt 0 ] && noisy "$LAST_OUT"; then
         RETRIES=$((RETRIES - 1))
@@ -307,7 +321,8 @@ measure() {
         wait_quiet || true
         measure_once "$kind" "$target" "$rep" "$cpus" "$@"
     fi
-    printf '{"kind":"%s","target":"%s","rep":%s,"result":%s}\n' "$kind" "$target" "$rep" "$LAST_OUT" >>"$RESULTS"
+    printf '{"kind":"%s","target":"%s","rep":%s,"wall_ms":%s,"result":%s}\n' "$kind" "$target" "$rep" \
+        $((($(date +%s%N) - t0) / 1000000)) "$LAST_OUT" >>"$RESULTS"
 }
 
 measure_once() {
@@ -361,12 +376,14 @@ skipped matrix || log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pi
 
 # quick sanity pass: every target answers
 if ! skipped sanity; then
+    section sanity
     for t in $TARGETS passpool; do
         measure sanity "$t" 0 1 --connections 1 --size 16 --duration 0.2 --warmup 0
     done
 fi
 
 # ------------------------------------------------------------------ matrix
+skipped matrix || section matrix
 for rep in $(seq "$REPS"); do
     skipped matrix && break
     log "repetition $rep of $REPS"
@@ -390,6 +407,7 @@ done
 
 # ------------------------------------------------------------------ sessions
 if ! skipped sessions; then
+    section sessions
     for rep in $(seq "$REPS"); do
         for t in pass passpool; do
             log "short sessions through /$t, rep $rep"
@@ -401,6 +419,7 @@ fi
 
 # ------------------------------------------------------------------ ceiling
 if ! skipped ceiling; then
+    section ceiling
     "${PRIO[@]}" taskset -c 0 "$LOADGEN" --serve-trivial "127.0.0.1:$P_TRIV" 2>>"$RUN/trivial.log" &
     PIDS+=($!)
     TRIV_PID=$!
@@ -422,6 +441,7 @@ fi
 # permessage-deflate: 1 KiB JSON-like text x 64 connections, ping-pong and
 # pipelined, deflate refused / on / on without context takeover, interleaved.
 if ! skipped deflate; then
+    section deflate
     for rep in $(seq "$REPS"); do
         for w in 1 16; do
             kind=deflate
@@ -487,6 +507,7 @@ idle_rss() {
     LOG_OFFSET[$MEM/error.log]=0
 }
 if ! skipped memory; then
+    section memory
     # Each pass/tunnel session holds two descriptors in the measured worker;
     # the upstream echo runs in a second nginx so it is not counted.
     idle_proxy=$(((NOFILE - 200) / 2))
@@ -520,6 +541,7 @@ fi
 # compressed both ways where deflate is on (the module makes its compression
 # state on the first compressed message).
 if ! skipped deflate; then
+    section deflate-memory
     n=$DEFLATE_IDLE
     [ "$n" -gt $((NOFILE - 200)) ] && n=$((NOFILE - 200))
     nginx_conf "$MEM" $((n * 16 / 15 + 512)) 01 "
@@ -600,6 +622,7 @@ cpu_args() { case $1 in deflate-*) deflate_args "$1" ;; esac; }
 if [ "$CPU_METHOD" = callgrind ]; then
     cg_conf
     for t in $CPU_TARGETS; do
+        section "$(cpu_kind cpu "$t")"
         for m in "$CG_SMALL" "$CG_LARGE"; do
             log "callgrind: $t, 64 connections x $m messages of 1 KiB"
             # shellcheck disable=SC2046
@@ -610,6 +633,7 @@ elif [ "$CPU_METHOD" = perf ]; then
     nginx_start "$MAIN"
     WORKER=$(worker_of "$MAIN")
     for t in $CPU_TARGETS; do
+        section "$(cpu_kind cpu "$t")"
         pid=$WORKER
         [ "$t" = rust-echo ] && pid=$RUST_PID
         log "perf stat: $t, 64 connections x 1 KiB"
@@ -630,6 +654,7 @@ elif [ "$CPU_METHOD" = perf ]; then
 fi
 
 # ------------------------------------------------------------------ report
+section ""
 T_END=$(date +%s)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo norev)
 DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null | wc -l)
