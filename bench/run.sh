@@ -9,7 +9,9 @@
 # measured while nginx is idle, and the other way round). Every combination
 # is measured REPS times, interleaved (repetition-major order), and the
 # median is reported. Prints one markdown table and writes the full report
-# to bench/results/YYYY-MM-DD-<git rev>.md.
+# to bench/results/YYYY-MM-DD-<git rev>.md. The capped section measures echo
+# and rust-echo again with the server held to BENCH_CAP of one CPU by a
+# cgroup, so that the load generator has CPU to spare (server-bound).
 #
 # Knobs (environment):
 #   BENCH_DURATION=2  BENCH_WARMUP=1  BENCH_REPS=3     seconds, seconds, count
@@ -24,9 +26,19 @@
 #                             where other work runs, ping-pong latency needs the
 #                             wakeups to preempt it (RT throttling leaves others 5%)
 #   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
-#   BENCH_SKIP="memory cpu ceiling sessions pipelined deflate"  parts to leave out
+#   BENCH_SKIP="memory cpu ceiling sessions pipelined capped deflate"  parts to leave out
 #   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
 #                             4 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
+#   BENCH_ONLY=capped         only the capped section: about 1.5 minutes, into .../<rev>-capped.md
+#   BENCH_CAP=0.4             capped section: the server's share of one CPU (cgroup cpu
+#                             controller, v1 or v2), BENCH_CAP_PERIOD_US=10000 its period
+#   BENCH_CAP_MODE=auto       rt: the server stays SCHED_FIFO, capped by cpu.rt_runtime_us
+#                             (cgroup v1 with RT group scheduling); cfs: the server runs
+#                             SCHED_OTHER, capped by cpu.cfs_quota_us / cpu.max (a CFS
+#                             quota does not throttle SCHED_FIFO tasks); auto: rt with
+#                             BENCH_RT=1 where possible, else cfs
+#   BENCH_CAP_TARGETS="echo rust-echo"  servers measured capped (pass, tunnel possible)
+#   BENCH_CAP_WARMUP=0.5      seconds of warm-up in the capped section
 #   BENCH_DEFLATE_IDLE=2000   idle connections for its memory measurement
 #   BENCH_RETRIES=15          measurements redone (after waiting for a quiet
 #                             machine) when other processes used >= 0.15 cores
@@ -50,8 +62,9 @@ SKIP=${BENCH_SKIP:-}
 ONLY=${BENCH_ONLY:-}
 case $ONLY in
 "") ;;
-deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu" ;;
-*) echo "BENCH_ONLY: only 'deflate' is supported" >&2; exit 1 ;;
+deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu capped" ;;
+capped) SKIP="$SKIP matrix sanity sessions ceiling memory cpu deflate" ;;
+*) echo "BENCH_ONLY: 'deflate' or 'capped'" >&2; exit 1 ;;
 esac
 DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-2000}
 RETRIES=${BENCH_RETRIES:-15}
@@ -59,9 +72,14 @@ NICE=${BENCH_NICE:-0}
 RT=${BENCH_RT:-0}
 PRIO=(nice -n "$NICE")
 [ "$RT" = 1 ] && PRIO=(chrt -f 1)
+CAP=${BENCH_CAP:-0.4}
+CAP_PERIOD=${BENCH_CAP_PERIOD_US:-10000}
+CAP_MODE=${BENCH_CAP_MODE:-auto}
+CAP_TARGETS=${BENCH_CAP_TARGETS:-"echo rust-echo"}
+CAP_WARMUP=${BENCH_CAP_WARMUP:-0.5}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     DURATION=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
-    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}
+    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}; CAP_WARMUP=${BENCH_CAP_WARMUP:-0.3}
 fi
 TARGETS="echo pass tunnel rust-echo"
 
@@ -130,10 +148,102 @@ for p in $(seq "$PORT" $((PORT + 7))); do
     fi
 done
 
+# ------------------------------------------------------------------ cgroup
+# The capped section's cgroup: CAP_DIR while it exists, CAP_HOME the cgroup
+# (same hierarchy) that its processes go back to, CAP_HOW rt or cfs.
+CAP_DIR="" CAP_HOME="" CAP_HOW="" CAP_CGV="" CAP_WHY=""
+# cap_setup: makes the cgroup; else returns 1 with the reason in CAP_WHY.
+cap_setup() {
+    local mnt rel quota
+    quota=$(awk -v c="$CAP" -v p="$CAP_PERIOD" 'BEGIN { printf "%d", c * p }')
+    if [ "$quota" -lt 1000 ] || [ "$quota" -gt "$CAP_PERIOD" ]; then
+        CAP_WHY="BENCH_CAP x BENCH_CAP_PERIOD_US = $quota us, not between 1000 us (the kernel's minimum) and the period"
+        return 1
+    fi
+    # cgroup v1 with a cpu hierarchy, else v2 with the cpu controller
+    mnt=$(awk '$3 == "cgroup" { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == "cpu") print $2 }' /proc/mounts | head -1)
+    if [ -n "$mnt" ]; then
+        CAP_CGV=v1
+        rel=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ { print $3 }' /proc/self/cgroup | head -1)
+        CAP_HOME=$mnt${rel%/}
+        CAP_DIR=$CAP_HOME/ngx-websocket-bench.$$
+    else
+        mnt=$(awk '$3 == "cgroup2" { print $2 }' /proc/mounts | head -1)
+        if [ -z "$mnt" ] || ! grep -qw cpu "$mnt/cgroup.subtree_control" 2>/dev/null; then
+            CAP_WHY="no cgroup v1 cpu hierarchy, and no cgroup v2 with the cpu controller enabled at its root${mnt:+ ($mnt/cgroup.subtree_control)}"
+            return 1
+        fi
+        CAP_CGV=v2
+        # Below the root: a non-root cgroup with processes can have no
+        # controllers for its children.
+        rel=$(awk -F: '$1 == 0 { print $3 }' /proc/self/cgroup | head -1)
+        CAP_HOME=$mnt${rel%/}
+        CAP_DIR=$mnt/ngx-websocket-bench.$$
+    fi
+    rmdir "$(dirname "$CAP_DIR")"/ngx-websocket-bench.* 2>/dev/null || true # empty ones of killed runs
+    if ! mkdir "$CAP_DIR" 2>/dev/null; then
+        CAP_WHY="cannot make a cgroup in $(dirname "$CAP_DIR") (not writable?)"
+        CAP_DIR=""
+        return 1
+    fi
+    CAP_HOW=cfs
+    [ "$CAP_MODE" = rt ] && [ "$RT" != 1 ] && log "capped: BENCH_CAP_MODE=rt needs BENCH_RT=1 (the server SCHED_FIFO); using a CFS quota"
+    if [ "$CAP_MODE" != cfs ] && [ "$RT" = 1 ]; then
+        if [ "$CAP_CGV" = v1 ] && [ -f "$CAP_DIR/cpu.rt_runtime_us" ] &&
+            echo "$CAP_PERIOD" 2>/dev/null >"$CAP_DIR/cpu.rt_period_us" &&
+            echo "$quota" 2>/dev/null >"$CAP_DIR/cpu.rt_runtime_us"; then
+            CAP_HOW=rt
+        else
+            log "capped: no RT runtime for a cgroup here (cgroup $CAP_CGV, cpu.rt_runtime_us); the server runs SCHED_OTHER under a CFS quota instead"
+        fi
+    fi
+    if [ "$CAP_HOW" = cfs ]; then
+        if ! { if [ "$CAP_CGV" = v1 ]; then
+            echo -1 >"$CAP_DIR/cpu.cfs_quota_us" &&
+                echo "$CAP_PERIOD" >"$CAP_DIR/cpu.cfs_period_us" &&
+                echo "$quota" >"$CAP_DIR/cpu.cfs_quota_us"
+        else
+            echo "$quota $CAP_PERIOD" >"$CAP_DIR/cpu.max"
+        fi; } 2>/dev/null; then
+            CAP_WHY="cannot set the CFS quota in $CAP_DIR"
+            cap_teardown
+            return 1
+        fi
+    fi
+    printf '{"kind":"capped-setup","cgroup":"%s","how":"%s","quota_us":%s,"period_us":%s,"cap":%s,"rt":%s}\n' \
+        "$CAP_CGV" "$CAP_HOW" "$quota" "$CAP_PERIOD" "$CAP" "$RT" >>"$RESULTS"
+    return 0
+}
+# cap_join PID: the process into the capped cgroup, SCHED_OTHER for a CFS
+# quota (which does not throttle SCHED_FIFO; nor can a SCHED_FIFO task join
+# a v1 cgroup without RT runtime or a v2 cgroup with the cpu controller).
+cap_join() {
+    if [ "$CAP_HOW" = cfs ] && [ "$RT" = 1 ]; then chrt -o -p 0 "$1"; fi
+    echo "$1" >"$CAP_DIR/cgroup.procs"
+}
+# cap_teardown: every process back home (SCHED_FIFO again under BENCH_RT=1),
+# the cgroup removed. Also from the EXIT trap.
+cap_teardown() {
+    if [ -z "$CAP_DIR" ] || [ ! -d "$CAP_DIR" ]; then CAP_DIR=""; return 0; fi
+    local p i procs=()
+    mapfile -t procs <"$CAP_DIR/cgroup.procs" || true
+    for p in "${procs[@]}"; do
+        echo "$p" >"$CAP_HOME/cgroup.procs" 2>/dev/null || true
+        if [ "$CAP_HOW" = cfs ] && [ "$RT" = 1 ]; then chrt -f -p 1 "$p" 2>/dev/null || true; fi
+    done
+    for i in $(seq 20); do
+        rmdir "$CAP_DIR" 2>/dev/null && break
+        [ "$i" = 20 ] && echo "bench/run.sh: could not remove the cgroup $CAP_DIR" >&2
+        sleep 0.1
+    done
+    CAP_DIR=""
+}
+
 # ------------------------------------------------------------------ processes
 PIDS=()
 cleanup() {
     local p
+    cap_teardown
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for f in "$RUN"/*/nginx.pid; do
         [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
@@ -405,6 +515,42 @@ for rep in $(seq "$REPS"); do
     done
 done
 
+# ------------------------------------------------------------------ capped
+# Server-bound: echo and rust-echo again at 16 B and 1 KiB x 64, window 1 and
+# 16, each server process in a cgroup that holds it to CAP of one CPU (the
+# worker and rust-echo take turns, so one cgroup serves both). Uncapped, one
+# core is not enough for the load generator to saturate these servers.
+if ! skipped capped; then
+    section capped
+    if cap_setup; then
+        policy=SCHED_OTHER
+        [ "$RT" = 1 ] && [ "$CAP_HOW" = rt ] && policy=SCHED_FIFO
+        log "capped: the server in $CAP_DIR, $CAP of one CPU (period $CAP_PERIOD us, $CAP_HOW), $policy"
+        # SCHED_FIFO server and load generator: other processes run only
+        # while the server is held or idle, so do not redo measurements
+        # for them (nearly all would be: the rest of CPU 0 is free for them).
+        retries_left=$RETRIES
+        [ "$CAP_HOW" = rt ] && RETRIES=0
+        for rep in $(seq "$REPS"); do
+            for w in 1 16; do
+                for size in 16 1024; do
+                    for t in $CAP_TARGETS; do
+                        if [ "$t" = rust-echo ]; then cap_join "$RUST_PID"; else cap_join "$WORKER"; fi
+                        log "capped: $t size=$size conns=64 window=$w, rep $rep"
+                        measure capped "$t" "$rep" 1 --connections 64 --size "$size" --window "$w" \
+                            --duration "$DURATION" --warmup "$CAP_WARMUP"
+                    done
+                done
+            done
+        done
+        RETRIES=$retries_left
+        cap_teardown
+    else
+        log "capped section skipped: $CAP_WHY"
+        printf '{"kind":"capped-skipped","reason":"%s"}\n' "$CAP_WHY" >>"$RESULTS"
+    fi
+fi
+
 # ------------------------------------------------------------------ sessions
 if ! skipped sessions; then
     section sessions
@@ -667,6 +813,7 @@ python3 "$BENCH/report.py" \
     --meta nginx="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
     --meta rev="$REV" --meta dirty="$DIRTY" \
     --meta duration="$DURATION" --meta warmup="$WARMUP" --meta reps="$REPS" --meta window="$WINDOW" \
+    --meta cap_warmup="$CAP_WARMUP" \
     --meta nofile="$NOFILE" --meta cpu_method="$CPU_METHOD" \
     --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
     --meta runtime_s=$((T_END - T_START)) \
