@@ -866,7 +866,8 @@ def main():
     )
     doc.append(
         f"Each cell: {meta.get('reps')} repetitions, interleaved (repetition-major), {meta.get('warmup')} s warm-up "
-        f"then {meta.get('duration')} s measured; the table shows medians. Window {window}: each connection has "
+        f"then {meta.get('duration')} s measured ({meta.get('duration_large', meta.get('duration'))} s with 64 KiB "
+        f"and 1 MiB messages); the table shows medians. Window {window}: each connection has "
         f"{window} message(s) in flight (1 = ping-pong), so conns × window messages are in flight in all. "
         "msgs/s counts echoed messages; MB/s is echoed payload per second in one direction (10⁶ B); p50/p99 are "
         "round-trip latencies (send to echo received) in the load generator. Ratios compare msgs/s with the "
@@ -947,9 +948,9 @@ def main():
         doc.extend(section(
             "## The load generator's own ceiling",
             "64 connections. *trivial echo*: `loadgen --serve-trivial`, a minimal unmask-and-send-back server "
-            "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. *rust-echo, unpinned*: "
-            "both processes free to use both cores. When a row of the main table comes close to the trivial-echo "
-            "figure of the same size and window, the load generator, not the server, is the limit there.",
+            "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. When a row of the main "
+            "table comes close to the trivial-echo figure of the same size and window, the load generator, not the "
+            "server, is the limit there (the server-bound section measures echo and rust-echo past that limit).",
         ))
         doc.extend(table_head("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |"))
         for r in ceil:

@@ -15,6 +15,7 @@
 #
 # Knobs (environment):
 #   BENCH_DURATION=2  BENCH_WARMUP=1  BENCH_REPS=3     seconds, seconds, count
+#   BENCH_DURATION_LARGE=1    seconds measured in the 64 KiB and 1 MiB cells
 #   BENCH_SIZES="16 1024 65536 1048576"  BENCH_CONNS="1 64 1000"
 #   BENCH_WINDOW=1            messages in flight per connection in the matrix
 #   BENCH_MAX_INFLIGHT=268435456  skip a cell when size x conns x window is larger
@@ -28,8 +29,8 @@
 #   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
 #   BENCH_SKIP="memory cpu ceiling sessions pipelined capped deflate"  parts to leave out
 #   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
-#                             4 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
-#   BENCH_ONLY=capped         only the capped section: about 1.5 minutes, into .../<rev>-capped.md
+#                             2.5 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
+#   BENCH_ONLY=capped         only the capped section: about a minute, into .../<rev>-capped.md
 #   BENCH_CAP=0.4             capped section: the server's share of one CPU (cgroup cpu
 #                             controller, v1 or v2), BENCH_CAP_PERIOD_US=10000 its period
 #   BENCH_CAP_MODE=auto       rt: the server stays SCHED_FIFO, capped by cpu.rt_runtime_us
@@ -50,6 +51,7 @@ T_START=$(date +%s)
 T_START_NS=$(date +%s%N)
 
 DURATION=${BENCH_DURATION:-2}
+DURATION_LARGE=${BENCH_DURATION_LARGE:-1}
 WARMUP=${BENCH_WARMUP:-1}
 REPS=${BENCH_REPS:-3}
 SIZES=${BENCH_SIZES:-"16 1024 65536 1048576"}
@@ -78,7 +80,7 @@ CAP_MODE=${BENCH_CAP_MODE:-auto}
 CAP_TARGETS=${BENCH_CAP_TARGETS:-"echo rust-echo"}
 CAP_WARMUP=${BENCH_CAP_WARMUP:-0.5}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-    DURATION=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
+    DURATION=1; DURATION_LARGE=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
     DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}; CAP_WARMUP=${BENCH_CAP_WARMUP:-0.3}
 fi
 TARGETS="echo pass tunnel rust-echo"
@@ -439,7 +441,6 @@ measure_once() {
     local kind=$1 target=$2 rep=$3 cpus=$4 out
     shift 4
     local pin=("${PRIO[@]}" taskset -c "$cpus") spid=$WORKER
-    [ "$cpus" = any ] && pin=("${PRIO[@]}")
     [ "$target" = rust-echo ] && spid=$RUST_PID
     [ "$target" = trivial ] && spid=$TRIV_PID
     if out=$(timeout 300 "${pin[@]}" "$LOADGEN" --url "$(url_of "$target")" --server-pid "$spid" "$@" \
@@ -480,8 +481,15 @@ done
 PIPE_CELLS=()
 skipped pipelined || PIPE_CELLS=("16:64" "1024:64")
 skipped matrix && cells=() && PIPE_CELLS=()
+# cell_duration SIZE: the 64 KiB and 1 MiB cells are measured DURATION_LARGE
+cell_duration() { if [ "$1" -ge 65536 ]; then echo "$DURATION_LARGE"; else echo "$DURATION"; fi; }
 n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * 4 * REPS))
-est=$(python3 -c "print(round($n_runs * ($DURATION + $WARMUP + 0.4) / 60, 1))")
+est=0
+for cell in "${cells[@]}" "${PIPE_CELLS[@]}"; do
+    est=$(awk -v e="$est" -v d="$(cell_duration "${cell%:*}")" -v w="$WARMUP" -v n=$((4 * REPS)) \
+        'BEGIN { print e + n * (d + w + 0.2) }')
+done
+est=$(awk -v e="$est" 'BEGIN { printf "%.1f", e / 60 }')
 skipped matrix || log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
 
 # quick sanity pass: every target answers
@@ -502,7 +510,7 @@ for rep in $(seq "$REPS"); do
         for t in $TARGETS; do
             log "$t size=$size conns=$c window=$WINDOW"
             measure matrix "$t" "$rep" 1 --connections "$c" --size "$size" --window "$WINDOW" \
-                --duration "$DURATION" --warmup "$WARMUP"
+                --duration "$(cell_duration "$size")" --warmup "$WARMUP"
         done
     done
     for cell in "${PIPE_CELLS[@]}"; do
@@ -574,12 +582,7 @@ if ! skipped ceiling; then
         read -r size w <<<"$spec"
         log "ceiling: loadgen on CPU 1 vs trivial echo on CPU 0, size=$size window=$w"
         measure ceiling trivial 1 1 --connections 64 --size "$size" --window "$w" \
-            --duration "$DURATION" --warmup "$WARMUP"
-        log "ceiling: loadgen vs rust-echo, both unpinned, size=$size window=$w"
-        taskset -pc 0,1 "$RUST_PID" >/dev/null
-        measure ceiling-unpinned rust-echo 1 any --connections 64 --size "$size" --window "$w" \
-            --duration "$DURATION" --warmup "$WARMUP"
-        taskset -pc 0 "$RUST_PID" >/dev/null
+            --duration "$(cell_duration "$size")" --warmup "$WARMUP"
     done
 fi
 
@@ -813,7 +816,7 @@ python3 "$BENCH/report.py" \
     --meta nginx="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
     --meta rev="$REV" --meta dirty="$DIRTY" \
     --meta duration="$DURATION" --meta warmup="$WARMUP" --meta reps="$REPS" --meta window="$WINDOW" \
-    --meta cap_warmup="$CAP_WARMUP" \
+    --meta duration_large="$DURATION_LARGE" --meta cap_warmup="$CAP_WARMUP" \
     --meta nofile="$NOFILE" --meta cpu_method="$CPU_METHOD" \
     --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
     --meta runtime_s=$((T_END - T_START)) \
