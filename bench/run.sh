@@ -105,7 +105,7 @@ make -s -C "$ROOT" --no-print-directory build >"$BENCH/.build.log" 2>&1 ||
 PATHS=$(make -s -C "$ROOT" --no-print-directory paths)
 NGINX=$(sed -n 's/^nginx=//p' <<<"$PATHS")
 MODULE_SRC=$(sed -n 's/^module=//p' <<<"$PATHS")
-[ -x "$NGINX" ] && [ -f "$MODULE_SRC" ] || { echo "no nginx/module from make -s paths" >&2; exit 1; }
+if [ ! -x "$NGINX" ] || [ ! -f "$MODULE_SRC" ]; then echo "no nginx/module from make -s paths" >&2; exit 1; fi
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml"
 LOADGEN=$BENCH/loadgen/target/release/loadgen
 RUST_ECHO=$BENCH/loadgen/target/release/rust-echo
@@ -248,7 +248,7 @@ cleanup() {
     cap_teardown
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for f in "$RUN"/*/nginx.pid; do
-        [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
+        if [ -f "$f" ]; then kill -QUIT "$(cat "$f")" 2>/dev/null || true; fi
     done
 }
 trap cleanup EXIT
@@ -453,7 +453,7 @@ measure_once() {
     fi
     LAST_OUT=$out
     if [[ $out == *'"errors":'* ]] && [[ $out != *'"errors":0,'* ]]; then
-        echo "$kind $target rep $rep ($*): $(sed 's/.*"error_detail"/errors/' <<<"$out")" >>"$EVENTS"
+        echo "$kind $target rep $rep ($*): ${out/#*\"error_detail\"/errors}" >>"$EVENTS"
     fi
     local w
     w=$(worker_of "$MAIN" || true)
@@ -639,7 +639,7 @@ idle_rss() {
         done
         sleep 1
         open=$(rss_kib "$w")
-        fds=$(ls "/proc/$w/fd" | wc -l)
+        fds=$(find "/proc/$w/fd" -mindepth 1 -maxdepth 1 | wc -l)
         wait "$lg" || true
         sleep 1
         after=$(rss_kib "$w" || echo 0)
@@ -821,7 +821,7 @@ python3 "$BENCH/report.py" \
     --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
     --meta runtime_s=$((T_END - T_START)) \
     --meta loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --meta retries="$(cat "$RUN/retries.txt" 2>/dev/null | wc -l)" --meta nice="$NICE" --meta rt="$RT" \
+    --meta retries="$(wc -l 2>/dev/null <"$RUN/retries.txt" || echo 0)" --meta nice="$NICE" --meta rt="$RT" \
     --meta sched_rt_runtime_us="$(cat /proc/sys/kernel/sched_rt_runtime_us 2>/dev/null || echo '?')" \
     --meta deflate_idle="$DEFLATE_IDLE"
 log "total runtime $((T_END - T_START)) s; report: $OUT"
