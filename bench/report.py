@@ -381,9 +381,9 @@ def capped_section(rows, meta, agg):
         "milliseconds, for both servers alike, and p99 compares how fast each works through its backlog rather "
         "than the uncapped latency. *process CPU srv/gen*: cores used by the server and the load generator; "
         f"**◊** marks a cell where the server used under 85% of its {setup['cap']} (the cap was not the limit) or "
-        "the load generator used ≥ 0.85 cores (not clearly server-bound); ‡ as above"
-        + (", but with the server and the load generator SCHED_FIFO other processes ran only while the server was "
-           "held or idle, so these measurements were not redone for them." if setup["how"] == "rt" else "."),
+        "the load generator used ≥ 0.85 cores (not clearly server-bound); ‡ as above (other processes lowered "
+        "both servers' figures here too, even SCHED_FIFO ones that they cannot preempt, so such measurements "
+        "are redone as elsewhere).",
     )
     out.extend(table_head(
         "| server | size | window | msgs/s | vs rust-echo | p50 | p99 | server CPU / msg | errors | process CPU srv/gen | CPU busy srv/gen |"

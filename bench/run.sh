@@ -534,11 +534,6 @@ if ! skipped capped; then
         policy=SCHED_OTHER
         [ "$RT" = 1 ] && [ "$CAP_HOW" = rt ] && policy=SCHED_FIFO
         log "capped: the server in $CAP_DIR, $CAP of one CPU (period $CAP_PERIOD us, $CAP_HOW), $policy"
-        # SCHED_FIFO server and load generator: other processes run only
-        # while the server is held or idle, so do not redo measurements
-        # for them (nearly all would be: the rest of CPU 0 is free for them).
-        retries_left=$RETRIES
-        [ "$CAP_HOW" = rt ] && RETRIES=0
         for rep in $(seq "$REPS"); do
             for w in 1 16; do
                 for size in 16 1024; do
@@ -551,7 +546,6 @@ if ! skipped capped; then
                 done
             done
         done
-        RETRIES=$retries_left
         cap_teardown
     else
         log "capped section skipped: $CAP_WHY"
