@@ -403,6 +403,15 @@ def capped_section(rows, meta, agg):
                     f"{fmt_num(a['cpu_us'], 2)} µs | {err} | {fmt_num(a['srv'], 2)}/{fmt_num(a['gen'], 2)}{mark} | "
                     f"{cpu_cell(a)} |"
                 )
+    spread = [(k, (max(a["rates"]) - min(a["rates"])) / a["rate"]) for k, a in sorted(agg.items(), key=lambda kv: (kv[0][3] or 0, kv[0][1] or 0))
+              if k[1] is not None and len(a["rates"]) > 1 and a["rate"]]
+    if spread:
+        out.append("")
+        out.append(
+            "Spread (max − min) / median of msgs/s over the repetitions: "
+            + ", ".join(f"{LABEL[k[0]]} {human_size(k[1])} w{k[3]} {v * 100:.0f}%" for k, v in spread)
+            + ". A ratio closer to 1 than that does not tell the servers apart."
+        )
     out.append("")
     return out
 
@@ -448,6 +457,9 @@ def targets_summary(rows, matrix, pipe, window, capped=None):
                 r, p99, ok = echo_vs_rust(ce, cs)
                 line = (f"{name}server-bound ({cap_name}) **{r:.2f}×** ({fmt_num(ce['rate'])} vs "
                         f"{fmt_num(cs['rate'])} msgs/s), {p99}: **{'met' if ok else 'missed'}**")
+                sp = max(((max(a["rates"]) - min(a["rates"])) / a["rate"] for a in (ce, cs) if len(a["rates"]) > 1), default=0)
+                if abs(r - 1) < sp:
+                    line += f" (but within the repetitions' spread, {sp * 100:.0f}%)"
                 if uncapped:
                     line += f"; uncapped {uncapped[0]:.2f}×, {uncapped[1]}{uncapped[3]}"
                 lines.append(line)
