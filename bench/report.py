@@ -322,9 +322,106 @@ def cpu_section(rows):
 # ------------------------------------------------------------------ targets
 
 
-def targets_summary(rows, matrix, pipe, window):
-    """The issue's targets, measured (W = window of the main table)."""
+# ------------------------------------------------------------------ capped
+
+
+def capped_setup(rows):
+    """The capped section's setup row, and the reason it was skipped (or None)"""
+    setup = next((r for r in rows if r.get("kind") == "capped-setup"), None)
+    skipped = next((r["reason"] for r in rows if r.get("kind") == "capped-skipped"), None)
+    return setup, skipped
+
+
+def capped_aggregate(rows):
+    """(target, size, conns, window) -> medians, with the server's CPU time per message"""
+    agg = aggregate(rows, "capped")
+    for key, a in agg.items():
+        ok = [r["result"] for r in rows if r.get("kind") == "capped" and r["target"] == key[0]
+              and not r["result"].get("failed") and (r["result"].get("size"), r["result"].get("connections"),
+                                                     r["result"].get("window")) == key[1:]]
+        srv = [((x.get("cpu") or {}).get("server"), x.get("msgs_per_sec")) for x in ok]
+        a["cpu_us"] = median([c / m * 1e6 for c, m in srv if c is not None and m])
+        a["srv"] = median([c for c, _ in srv])
+        a["gen"] = median([(x.get("cpu") or {}).get("loadgen") for x in ok])
+    return agg
+
+
+def capped_how(setup):
+    """How the server was capped, in words"""
+    cap, q, p = setup["cap"], setup["quota_us"], setup["period_us"]
+    if setup["how"] == "rt":
+        return (f"{cap} of one CPU: `cpu.rt_runtime_us` {q} per `cpu.rt_period_us` {p} in a cgroup v1 "
+                "(RT group scheduling), the server SCHED_FIFO as in the rest of this run (`BENCH_RT=1`)")
+    files = "`cpu.cfs_quota_us` {} per `cpu.cfs_period_us` {}".format(q, p) if setup["cgroup"] == "v1" \
+        else f"`cpu.max` \"{q} {p}\""
+    policy = ("the server SCHED_OTHER for this section (a CFS quota does not throttle SCHED_FIFO tasks), "
+              "the load generator still SCHED_FIFO" if str(setup.get("rt")) == "1" else "the server SCHED_OTHER")
+    return f"{cap} of one CPU: a CFS quota, {files} in a cgroup {setup['cgroup']}, {policy}"
+
+
+def capped_section(rows, meta, agg):
+    """The capped (server-bound) section: markdown lines"""
+    setup, skipped = capped_setup(rows)
+    if skipped:
+        return section("## Server-bound: the server capped by a cgroup", f"Skipped: {skipped}.")
+    if not agg or not setup:
+        return []
+    cap = float(setup["cap"])
+    out = section(
+        f"## Server-bound: echo and rust-echo with the server held to {setup['cap']} of one CPU",
+        "Uncapped, the load generator's one core saturates before either echo server at 64 connections (the † "
+        "cells above), so those figures and their ratio measure the load generator and swing from run to run. "
+        f"Here the server process (the nginx worker, or rust-echo) runs in a cgroup that gives it {capped_how(setup)}; "
+        "the load generator, uncapped on CPU 1, has CPU to spare (*gen* well under 100%), so msgs/s is what each "
+        "server does with the same CPU time, and *server CPU / msg* is its cost per message (user + system time "
+        "of the process, loopback TCP processed in its context included). 64 connections, "
+        f"{meta.get('reps')} repetitions interleaved, {meta.get('cap_warmup')} s warm-up then "
+        f"{meta.get('duration')} s measured, medians. The kernel enforces the quota at scheduler ticks, so the server "
+        "runs in bursts and is then held until its next period: latencies include such waits of several "
+        "milliseconds, for both servers alike, and p99 compares how fast each works through its backlog rather "
+        "than the uncapped latency. *process CPU srv/gen*: cores used by the server and the load generator; "
+        f"**◊** marks a cell where the server used under 85% of its {setup['cap']} (the cap was not the limit) or "
+        "the load generator used ≥ 0.85 cores (not clearly server-bound); ‡ as above (other processes lowered "
+        "both servers' figures here too, even SCHED_FIFO ones that they cannot preempt, so such measurements "
+        "are redone as elsewhere).",
+    )
+    out.extend(table_head(
+        "| server | size | window | msgs/s | vs rust-echo | p50 | p99 | server CPU / msg | errors | process CPU srv/gen | CPU busy srv/gen |"
+    ))
+    for w in sorted({k[3] for k in agg if k[3] is not None}):
+        for size in sorted({k[1] for k in agg if k[3] == w}):
+            rust = agg.get(("rust-echo", size, 64, w), {}).get("rate")
+            for t in TARGETS:
+                a = agg.get((t, size, 64, w))
+                if not a:
+                    continue
+                err = str(a["errors"]) + (f" ({a['failed']} runs failed)" if a["failed"] else "")
+                mark = " ◊" if (a["srv"] is not None and a["srv"] < 0.85 * cap) or (a["gen"] or 0) >= 0.85 else ""
+                out.append(
+                    f"| {LABEL[t]} | {human_size(size)} | {w} | {fmt_num(a['rate'])} | "
+                    f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | {fmt_us(a['p50'])} | {fmt_us(a['p99'])} | "
+                    f"{fmt_num(a['cpu_us'], 2)} µs | {err} | {fmt_num(a['srv'], 2)}/{fmt_num(a['gen'], 2)}{mark} | "
+                    f"{cpu_cell(a)} |"
+                )
+    spread = [(k, (max(a["rates"]) - min(a["rates"])) / a["rate"]) for k, a in sorted(agg.items(), key=lambda kv: (kv[0][3] or 0, kv[0][1] or 0))
+              if k[1] is not None and len(a["rates"]) > 1 and a["rate"]]
+    if spread:
+        out.append("")
+        out.append(
+            "Spread (max − min) / median of msgs/s over the repetitions: "
+            + ", ".join(f"{LABEL[k[0]]} {human_size(k[1])} w{k[3]} {v * 100:.0f}%" for k, v in spread)
+            + ". A ratio closer to 1 than that does not tell the servers apart."
+        )
+    out.append("")
+    return out
+
+
+def targets_summary(rows, matrix, pipe, window, capped=None):
+    """The issue's targets, measured (W = window of the main table); websocket_echo's verdict from the
+    capped (server-bound) figures where there are any."""
     out = ["## The targets of issue 6, as measured here", ""]
+    capped = capped or {}
+    setup, cap_skipped = capped_setup(rows)
 
     def cell(agg, t, size, conns, w):
         return agg.get((t, size, conns, int(w)))
@@ -332,8 +429,15 @@ def targets_summary(rows, matrix, pipe, window):
     def flag(a):
         return " (load generator saturated †)" if a and a["busy1"] is not None and a["busy1"] >= 0.95 and a["busy0"] < 0.90 else ""
 
+    def echo_vs_rust(e, s):
+        """ratio, p99 text, met"""
+        r = e["rate"] / s["rate"]
+        return r, f"p99 {fmt_us(e['p99'])} vs {fmt_us(s['p99'])}", r >= 1.0 and (e["p99"] or 0) < (s["p99"] or 0)
+
     lines = []
-    for agg, w in ((matrix, window), (pipe, 16)):
+    cap_name = f"capped at {setup['cap']} CPU" if setup else ""
+    for w in dict.fromkeys((int(window), 16)):
+        agg = matrix if w == int(window) else pipe
         p, t = cell(agg, "pass", 1024, 64, w), cell(agg, "tunnel", 1024, 64, w)
         if p and t and t["rate"]:
             r = p["rate"] / t["rate"]
@@ -342,15 +446,27 @@ def targets_summary(rows, matrix, pipe, window):
                 f"({fmt_num(p['rate'])} vs {fmt_num(t['rate'])} msgs/s): {'met' if r >= 0.9 else 'missed'}"
             )
         for size in (16, 1024):
+            name = f"- websocket_echo ≥ 1.0× rust-echo with lower p99, {human_size(size)} × 64, window {w}: "
             e, s = cell(agg, "echo", size, 64, w), cell(agg, "rust-echo", size, 64, w)
+            ce, cs = cell(capped, "echo", size, 64, w), cell(capped, "rust-echo", size, 64, w)
+            uncapped = None
             if e and s and s["rate"]:
-                r = e["rate"] / s["rate"]
-                ok = r >= 1.0 and (e["p99"] or 0) < (s["p99"] or 0)
-                lines.append(
-                    f"- websocket_echo ≥ 1.0× rust-echo with lower p99, {human_size(size)} × 64, window {w}: "
-                    f"**{r:.2f}×**, p99 {fmt_us(e['p99'])} vs {fmt_us(s['p99'])}: {'met' if ok else 'missed'}"
-                    f"{flag(e) or flag(s)}"
-                )
+                r, p99, ok = echo_vs_rust(e, s)
+                uncapped = (r, p99, ok, flag(e) or flag(s))
+            if ce and cs and cs["rate"]:
+                r, p99, ok = echo_vs_rust(ce, cs)
+                line = (f"{name}server-bound ({cap_name}) **{r:.2f}×** ({fmt_num(ce['rate'])} vs "
+                        f"{fmt_num(cs['rate'])} msgs/s), {p99}: **{'met' if ok else 'missed'}**")
+                sp = max(((max(a["rates"]) - min(a["rates"])) / a["rate"] for a in (ce, cs) if len(a["rates"]) > 1), default=0)
+                if abs(r - 1) < sp:
+                    line += f" (but within the repetitions' spread, {sp * 100:.0f}%)"
+                if uncapped:
+                    line += f"; uncapped {uncapped[0]:.2f}×, {uncapped[1]}{uncapped[3]}"
+                lines.append(line)
+            elif uncapped:
+                why = f"capped section skipped: {cap_skipped}" if cap_skipped else "no capped figure"
+                lines.append(f"{name}**{uncapped[0]:.2f}×**, {uncapped[1]}: {'met' if uncapped[2] else 'missed'}"
+                             f"{uncapped[3]} ({why})")
     mem = {r["target"]: r for r in rows if r.get("kind") == "memory"}
     if "echo" in mem and mem["echo"].get("rounds"):
         m = mem["echo"]
@@ -369,6 +485,14 @@ def targets_summary(rows, matrix, pipe, window):
         return []
     out.extend(lines)
     out.append("")
+    if capped:
+        out.append(
+            "The websocket_echo verdicts come from the server-bound figures (the server held to "
+            f"{setup['cap']} of one CPU, see that section), because uncapped the load generator's one core "
+            "saturates before either echo server does, so the uncapped ratio measures the load generator, "
+            "not the servers."
+        )
+        out.append("")
     out.append(
         "A cell marked † measured the load generator, not the server: the server had CPU to spare. "
         "The CPU cost section below compares the servers' work per message independently of that."
@@ -617,6 +741,25 @@ def deflate_section(rows, meta):
 # ------------------------------------------------------------------ main
 
 
+def runtime_section(rows):
+    """The wall time of each section of the run (run.sh's `section`), for the time budget"""
+    secs = [r for r in rows if r.get("kind") == "section"]
+    if not secs:
+        return []
+    total = sum(r["seconds"] for r in secs)
+    doc = section(
+        "## Run time by section",
+        "Wall time of each part of this run (*start*: building, starting nginx and rust-echo; *cpu*: "
+        "callgrind or perf stat), with the measurements redone because of other processes included.",
+    )
+    doc.extend(table_head("| section | wall time | share |"))
+    for r in secs:
+        doc.append(f"| {r['name']} | {r['seconds']:,.0f} s | {r['seconds'] / total * 100:.0f}% |" if total else f"| {r['name']} | – | |")
+    doc.append(f"| *all* | {total // 60:.0f} min {total % 60:.0f} s | |")
+    doc.append("")
+    return doc
+
+
 def anomalies(events):
     doc = ["## Anomalies", ""]
     if events:
@@ -639,7 +782,7 @@ def main():
     ap.add_argument("--events", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--meta", action="append", default=[])
-    ap.add_argument("--only", choices=["deflate"], help="the report of a BENCH_ONLY run")
+    ap.add_argument("--only", choices=["deflate", "capped"], help="the report of a BENCH_ONLY run")
     args = ap.parse_args()
     meta = dict(m.split("=", 1) for m in args.meta)
     rows = load(args.results)
@@ -657,7 +800,7 @@ def main():
     doc = []
     doc.append(f"# Benchmark: ngx_http_websocket_module at {meta.get('rev', '?')}"
                + (" (with uncommitted changes in src/)" if meta.get("dirty", "0") != "0" else "")
-               + (", compressed section only" if args.only else ""))
+               + {None: "", "deflate": ", compressed section only", "capped": ", capped section only"}[args.only])
     doc.append("")
     doc.append(f"Run {meta.get('started', '?')}, {rt // 60} min {rt % 60} s in all, by "
                + (f"`BENCH_ONLY={args.only} bench/run.sh`." if args.only else "`bench/run.sh`."))
@@ -683,6 +826,23 @@ def main():
         doc.append(f"- nginx's worker, the load generator and rust-echo ran at niceness {meta['nice']} (`BENCH_NICE`)")
     doc.append("")
     deflate_text, deflate_summary = deflate_section(rows, meta)
+    capped = capped_aggregate(rows)
+    capped_text = capped_section(rows, meta, capped)
+    if args.only == "capped":
+        doc.append(
+            "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`; "
+            "rust-echo pinned to CPU 0; the load generator (`bench/loadgen`) pinned to CPU 1. Every other section "
+            "of `bench/run.sh` was skipped."
+        )
+        doc.append("")
+        doc.extend(targets_summary(rows, {}, {}, window, capped))
+        doc.extend(capped_text)
+        doc.extend(runtime_section(rows))
+        doc.extend(anomalies(events))
+        with open(args.out, "w") as f:
+            f.write("\n".join(doc))
+        print("\n".join(capped_text))
+        return 0
     if args.only:
         doc.append(
             "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`; "
@@ -696,6 +856,7 @@ def main():
             doc.extend(deflate_summary)
             doc.append("")
         doc.extend(deflate_text)
+        doc.extend(runtime_section(rows))
         doc.extend(anomalies(events))
         with open(args.out, "w") as f:
             f.write("\n".join(doc))
@@ -717,7 +878,8 @@ def main():
     )
     doc.append(
         f"Each cell: {meta.get('reps')} repetitions, interleaved (repetition-major), {meta.get('warmup')} s warm-up "
-        f"then {meta.get('duration')} s measured; the table shows medians. Window {window}: each connection has "
+        f"then {meta.get('duration')} s measured ({meta.get('duration_large', meta.get('duration'))} s with 64 KiB "
+        f"and 1 MiB messages); the table shows medians. Window {window}: each connection has "
         f"{window} message(s) in flight (1 = ping-pong), so conns × window messages are in flight in all. "
         "msgs/s counts echoed messages; MB/s is echoed payload per second in one direction (10⁶ B); p50/p99 are "
         "round-trip latencies (send to echo received) in the load generator. Ratios compare msgs/s with the "
@@ -731,7 +893,7 @@ def main():
     )
     doc.append("")
     cpu_text, profiles = cpu_section(rows)
-    doc.extend(targets_summary(rows, matrix, aggregate(rows, "pipelined"), window))
+    doc.extend(targets_summary(rows, matrix, aggregate(rows, "pipelined"), window, capped))
     doc.append(f"## Throughput and latency (window {window})")
     doc.append("")
     doc.append(main_table)
@@ -761,6 +923,8 @@ def main():
             + "."
         )
         doc.append("")
+
+    doc.extend(capped_text)
 
     # sessions
     sess = defaultdict(list)
@@ -796,9 +960,9 @@ def main():
         doc.extend(section(
             "## The load generator's own ceiling",
             "64 connections. *trivial echo*: `loadgen --serve-trivial`, a minimal unmask-and-send-back server "
-            "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. *rust-echo, unpinned*: "
-            "both processes free to use both cores. When a row of the main table comes close to the trivial-echo "
-            "figure of the same size and window, the load generator, not the server, is the limit there.",
+            "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. When a row of the main "
+            "table comes close to the trivial-echo figure of the same size and window, the load generator, not the "
+            "server, is the limit there (the server-bound section measures echo and rust-echo past that limit).",
         ))
         doc.extend(table_head("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |"))
         for r in ceil:
@@ -879,6 +1043,7 @@ def main():
         doc.append("")
         doc.extend(deflate_text[2:])
 
+    doc.extend(runtime_section(rows))
     doc.extend(anomalies(events))
 
     with open(args.out, "w") as f:

@@ -9,10 +9,13 @@
 # measured while nginx is idle, and the other way round). Every combination
 # is measured REPS times, interleaved (repetition-major order), and the
 # median is reported. Prints one markdown table and writes the full report
-# to bench/results/YYYY-MM-DD-<git rev>.md.
+# to bench/results/YYYY-MM-DD-<git rev>.md. The capped section measures echo
+# and rust-echo again with the server held to BENCH_CAP of one CPU by a
+# cgroup, so that the load generator has CPU to spare (server-bound).
 #
 # Knobs (environment):
 #   BENCH_DURATION=2  BENCH_WARMUP=1  BENCH_REPS=3     seconds, seconds, count
+#   BENCH_DURATION_LARGE=1    seconds measured in the 64 KiB and 1 MiB cells
 #   BENCH_SIZES="16 1024 65536 1048576"  BENCH_CONNS="1 64 1000"
 #   BENCH_WINDOW=1            messages in flight per connection in the matrix
 #   BENCH_MAX_INFLIGHT=268435456  skip a cell when size x conns x window is larger
@@ -24,9 +27,19 @@
 #                             where other work runs, ping-pong latency needs the
 #                             wakeups to preempt it (RT throttling leaves others 5%)
 #   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
-#   BENCH_SKIP="memory cpu ceiling sessions pipelined deflate"  parts to leave out
+#   BENCH_SKIP="memory cpu ceiling sessions pipelined capped deflate"  parts to leave out
 #   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
-#                             4 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
+#                             2.5 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
+#   BENCH_ONLY=capped         only the capped section: about a minute, into .../<rev>-capped.md
+#   BENCH_CAP=0.4             capped section: the server's share of one CPU (cgroup cpu
+#                             controller, v1 or v2), BENCH_CAP_PERIOD_US=10000 its period
+#   BENCH_CAP_MODE=auto       rt: the server stays SCHED_FIFO, capped by cpu.rt_runtime_us
+#                             (cgroup v1 with RT group scheduling); cfs: the server runs
+#                             SCHED_OTHER, capped by cpu.cfs_quota_us / cpu.max (a CFS
+#                             quota does not throttle SCHED_FIFO tasks); auto: rt with
+#                             BENCH_RT=1 where possible, else cfs
+#   BENCH_CAP_TARGETS="echo rust-echo"  servers measured capped (pass, tunnel possible)
+#   BENCH_CAP_WARMUP=0.5      seconds of warm-up in the capped section
 #   BENCH_DEFLATE_IDLE=2000   idle connections for its memory measurement
 #   BENCH_RETRIES=15          measurements redone (after waiting for a quiet
 #                             machine) when other processes used >= 0.15 cores
@@ -35,8 +48,10 @@ set -euo pipefail
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$BENCH")
 T_START=$(date +%s)
+T_START_NS=$(date +%s%N)
 
 DURATION=${BENCH_DURATION:-2}
+DURATION_LARGE=${BENCH_DURATION_LARGE:-1}
 WARMUP=${BENCH_WARMUP:-1}
 REPS=${BENCH_REPS:-3}
 SIZES=${BENCH_SIZES:-"16 1024 65536 1048576"}
@@ -49,8 +64,9 @@ SKIP=${BENCH_SKIP:-}
 ONLY=${BENCH_ONLY:-}
 case $ONLY in
 "") ;;
-deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu" ;;
-*) echo "BENCH_ONLY: only 'deflate' is supported" >&2; exit 1 ;;
+deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu capped" ;;
+capped) SKIP="$SKIP matrix sanity sessions ceiling memory cpu deflate" ;;
+*) echo "BENCH_ONLY: 'deflate' or 'capped'" >&2; exit 1 ;;
 esac
 DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-2000}
 RETRIES=${BENCH_RETRIES:-15}
@@ -58,9 +74,14 @@ NICE=${BENCH_NICE:-0}
 RT=${BENCH_RT:-0}
 PRIO=(nice -n "$NICE")
 [ "$RT" = 1 ] && PRIO=(chrt -f 1)
+CAP=${BENCH_CAP:-0.4}
+CAP_PERIOD=${BENCH_CAP_PERIOD_US:-10000}
+CAP_MODE=${BENCH_CAP_MODE:-auto}
+CAP_TARGETS=${BENCH_CAP_TARGETS:-"echo rust-echo"}
+CAP_WARMUP=${BENCH_CAP_WARMUP:-0.5}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
-    DURATION=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
-    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}
+    DURATION=1; DURATION_LARGE=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
+    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}; CAP_WARMUP=${BENCH_CAP_WARMUP:-0.3}
 fi
 TARGETS="echo pass tunnel rust-echo"
 
@@ -84,7 +105,7 @@ make -s -C "$ROOT" --no-print-directory build >"$BENCH/.build.log" 2>&1 ||
 PATHS=$(make -s -C "$ROOT" --no-print-directory paths)
 NGINX=$(sed -n 's/^nginx=//p' <<<"$PATHS")
 MODULE_SRC=$(sed -n 's/^module=//p' <<<"$PATHS")
-[ -x "$NGINX" ] && [ -f "$MODULE_SRC" ] || { echo "no nginx/module from make -s paths" >&2; exit 1; }
+if [ ! -x "$NGINX" ] || [ ! -f "$MODULE_SRC" ]; then echo "no nginx/module from make -s paths" >&2; exit 1; fi
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml"
 LOADGEN=$BENCH/loadgen/target/release/loadgen
 RUST_ECHO=$BENCH/loadgen/target/release/rust-echo
@@ -104,6 +125,18 @@ EVENTS=$RUN/events.txt
 : >"$RESULTS"
 : >"$EVENTS"
 
+# section NAME: the wall time of the section that ends here goes into the
+# results (the report's run-time table), and NAME begins ("" ends the last).
+SECTION=start SECTION_NS=$T_START_NS
+section() {
+    local now
+    [ "$1" = "$SECTION" ] && return 0
+    now=$(date +%s%N)
+    [ -n "$SECTION" ] && printf '{"kind":"section","name":"%s","seconds":%s}\n' \
+        "$SECTION" "$(((now - SECTION_NS) / 1000000))e-3" >>"$RESULTS"
+    SECTION=$1 SECTION_NS=$now
+}
+
 # ------------------------------------------------------------------ limits
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -117,13 +150,105 @@ for p in $(seq "$PORT" $((PORT + 7))); do
     fi
 done
 
+# ------------------------------------------------------------------ cgroup
+# The capped section's cgroup: CAP_DIR while it exists, CAP_HOME the cgroup
+# (same hierarchy) that its processes go back to, CAP_HOW rt or cfs.
+CAP_DIR="" CAP_HOME="" CAP_HOW="" CAP_CGV="" CAP_WHY=""
+# cap_setup: makes the cgroup; else returns 1 with the reason in CAP_WHY.
+cap_setup() {
+    local mnt rel quota
+    quota=$(awk -v c="$CAP" -v p="$CAP_PERIOD" 'BEGIN { printf "%d", c * p }')
+    if [ "$quota" -lt 1000 ] || [ "$quota" -gt "$CAP_PERIOD" ]; then
+        CAP_WHY="BENCH_CAP x BENCH_CAP_PERIOD_US = $quota us, not between 1000 us (the kernel's minimum) and the period"
+        return 1
+    fi
+    # cgroup v1 with a cpu hierarchy, else v2 with the cpu controller
+    mnt=$(awk '$3 == "cgroup" { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == "cpu") print $2 }' /proc/mounts | head -1)
+    if [ -n "$mnt" ]; then
+        CAP_CGV=v1
+        rel=$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ { print $3 }' /proc/self/cgroup | head -1)
+        CAP_HOME=$mnt${rel%/}
+        CAP_DIR=$CAP_HOME/ngx-websocket-bench.$$
+    else
+        mnt=$(awk '$3 == "cgroup2" { print $2 }' /proc/mounts | head -1)
+        if [ -z "$mnt" ] || ! grep -qw cpu "$mnt/cgroup.subtree_control" 2>/dev/null; then
+            CAP_WHY="no cgroup v1 cpu hierarchy, and no cgroup v2 with the cpu controller enabled at its root${mnt:+ ($mnt/cgroup.subtree_control)}"
+            return 1
+        fi
+        CAP_CGV=v2
+        # Below the root: a non-root cgroup with processes can have no
+        # controllers for its children.
+        rel=$(awk -F: '$1 == 0 { print $3 }' /proc/self/cgroup | head -1)
+        CAP_HOME=$mnt${rel%/}
+        CAP_DIR=$mnt/ngx-websocket-bench.$$
+    fi
+    rmdir "$(dirname "$CAP_DIR")"/ngx-websocket-bench.* 2>/dev/null || true # empty ones of killed runs
+    if ! mkdir "$CAP_DIR" 2>/dev/null; then
+        CAP_WHY="cannot make a cgroup in $(dirname "$CAP_DIR") (not writable?)"
+        CAP_DIR=""
+        return 1
+    fi
+    CAP_HOW=cfs
+    [ "$CAP_MODE" = rt ] && [ "$RT" != 1 ] && log "capped: BENCH_CAP_MODE=rt needs BENCH_RT=1 (the server SCHED_FIFO); using a CFS quota"
+    if [ "$CAP_MODE" != cfs ] && [ "$RT" = 1 ]; then
+        if [ "$CAP_CGV" = v1 ] && [ -f "$CAP_DIR/cpu.rt_runtime_us" ] &&
+            echo "$CAP_PERIOD" 2>/dev/null >"$CAP_DIR/cpu.rt_period_us" &&
+            echo "$quota" 2>/dev/null >"$CAP_DIR/cpu.rt_runtime_us"; then
+            CAP_HOW=rt
+        else
+            log "capped: no RT runtime for a cgroup here (cgroup $CAP_CGV, cpu.rt_runtime_us); the server runs SCHED_OTHER under a CFS quota instead"
+        fi
+    fi
+    if [ "$CAP_HOW" = cfs ]; then
+        if ! { if [ "$CAP_CGV" = v1 ]; then
+            echo -1 >"$CAP_DIR/cpu.cfs_quota_us" &&
+                echo "$CAP_PERIOD" >"$CAP_DIR/cpu.cfs_period_us" &&
+                echo "$quota" >"$CAP_DIR/cpu.cfs_quota_us"
+        else
+            echo "$quota $CAP_PERIOD" >"$CAP_DIR/cpu.max"
+        fi; } 2>/dev/null; then
+            CAP_WHY="cannot set the CFS quota in $CAP_DIR"
+            cap_teardown
+            return 1
+        fi
+    fi
+    printf '{"kind":"capped-setup","cgroup":"%s","how":"%s","quota_us":%s,"period_us":%s,"cap":%s,"rt":%s}\n' \
+        "$CAP_CGV" "$CAP_HOW" "$quota" "$CAP_PERIOD" "$CAP" "$RT" >>"$RESULTS"
+    return 0
+}
+# cap_join PID: the process into the capped cgroup, SCHED_OTHER for a CFS
+# quota (which does not throttle SCHED_FIFO; nor can a SCHED_FIFO task join
+# a v1 cgroup without RT runtime or a v2 cgroup with the cpu controller).
+cap_join() {
+    if [ "$CAP_HOW" = cfs ] && [ "$RT" = 1 ]; then chrt -o -p 0 "$1"; fi
+    echo "$1" >"$CAP_DIR/cgroup.procs"
+}
+# cap_teardown: every process back home (SCHED_FIFO again under BENCH_RT=1),
+# the cgroup removed. Also from the EXIT trap.
+cap_teardown() {
+    if [ -z "$CAP_DIR" ] || [ ! -d "$CAP_DIR" ]; then CAP_DIR=""; return 0; fi
+    local p i procs=()
+    mapfile -t procs <"$CAP_DIR/cgroup.procs" || true
+    for p in "${procs[@]}"; do
+        echo "$p" >"$CAP_HOME/cgroup.procs" 2>/dev/null || true
+        if [ "$CAP_HOW" = cfs ] && [ "$RT" = 1 ]; then chrt -f -p 1 "$p" 2>/dev/null || true; fi
+    done
+    for i in $(seq 20); do
+        rmdir "$CAP_DIR" 2>/dev/null && break
+        [ "$i" = 20 ] && echo "bench/run.sh: could not remove the cgroup $CAP_DIR" >&2
+        sleep 0.1
+    done
+    CAP_DIR=""
+}
+
 # ------------------------------------------------------------------ processes
 PIDS=()
 cleanup() {
     local p
+    cap_teardown
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for f in "$RUN"/*/nginx.pid; do
-        [ -f "$f" ] && kill -QUIT "$(cat "$f")" 2>/dev/null || true
+        if [ -f "$f" ]; then kill -QUIT "$(cat "$f")" 2>/dev/null || true; fi
     done
 }
 trap cleanup EXIT
@@ -297,8 +422,9 @@ noisy() { [[ $1 =~ \"other\":([0-9.]+) ]] && python3 -c "import sys; sys.exit(0 
 
 # measure KIND TARGET REP CPUSPEC loadgen-args...   (appends a JSON line)
 measure() {
-    local kind=$1 target=$2 rep=$3 cpus=$4
+    local kind=$1 target=$2 rep=$3 cpus=$4 t0
     shift 4
+    t0=$(date +%s%N)
     measure_once "$kind" "$target" "$rep" "$cpus" "$@"
     if [ "$RETRIES" -gt 0 ] && noisy "$LAST_OUT"; then
         RETRIES=$((RETRIES - 1))
@@ -307,14 +433,14 @@ measure() {
         wait_quiet || true
         measure_once "$kind" "$target" "$rep" "$cpus" "$@"
     fi
-    printf '{"kind":"%s","target":"%s","rep":%s,"result":%s}\n' "$kind" "$target" "$rep" "$LAST_OUT" >>"$RESULTS"
+    printf '{"kind":"%s","target":"%s","rep":%s,"wall_ms":%s,"result":%s}\n' "$kind" "$target" "$rep" \
+        $((($(date +%s%N) - t0) / 1000000)) "$LAST_OUT" >>"$RESULTS"
 }
 
 measure_once() {
     local kind=$1 target=$2 rep=$3 cpus=$4 out
     shift 4
     local pin=("${PRIO[@]}" taskset -c "$cpus") spid=$WORKER
-    [ "$cpus" = any ] && pin=("${PRIO[@]}")
     [ "$target" = rust-echo ] && spid=$RUST_PID
     [ "$target" = trivial ] && spid=$TRIV_PID
     if out=$(timeout 300 "${pin[@]}" "$LOADGEN" --url "$(url_of "$target")" --server-pid "$spid" "$@" \
@@ -327,7 +453,7 @@ measure_once() {
     fi
     LAST_OUT=$out
     if [[ $out == *'"errors":'* ]] && [[ $out != *'"errors":0,'* ]]; then
-        echo "$kind $target rep $rep ($*): $(sed 's/.*"error_detail"/errors/' <<<"$out")" >>"$EVENTS"
+        echo "$kind $target rep $rep ($*): ${out/#*\"error_detail\"/errors}" >>"$EVENTS"
     fi
     local w
     w=$(worker_of "$MAIN" || true)
@@ -355,18 +481,27 @@ done
 PIPE_CELLS=()
 skipped pipelined || PIPE_CELLS=("16:64" "1024:64")
 skipped matrix && cells=() && PIPE_CELLS=()
+# cell_duration SIZE: the 64 KiB and 1 MiB cells are measured DURATION_LARGE
+cell_duration() { if [ "$1" -ge 65536 ]; then echo "$DURATION_LARGE"; else echo "$DURATION"; fi; }
 n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * 4 * REPS))
-est=$(python3 -c "print(round($n_runs * ($DURATION + $WARMUP + 0.4) / 60, 1))")
+est=0
+for cell in "${cells[@]}" "${PIPE_CELLS[@]}"; do
+    est=$(awk -v e="$est" -v d="$(cell_duration "${cell%:*}")" -v w="$WARMUP" -v n=$((4 * REPS)) \
+        'BEGIN { print e + n * (d + w + 0.2) }')
+done
+est=$(awk -v e="$est" 'BEGIN { printf "%.1f", e / 60 }')
 skipped matrix || log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
 
 # quick sanity pass: every target answers
 if ! skipped sanity; then
+    section sanity
     for t in $TARGETS passpool; do
         measure sanity "$t" 0 1 --connections 1 --size 16 --duration 0.2 --warmup 0
     done
 fi
 
 # ------------------------------------------------------------------ matrix
+skipped matrix || section matrix
 for rep in $(seq "$REPS"); do
     skipped matrix && break
     log "repetition $rep of $REPS"
@@ -375,7 +510,7 @@ for rep in $(seq "$REPS"); do
         for t in $TARGETS; do
             log "$t size=$size conns=$c window=$WINDOW"
             measure matrix "$t" "$rep" 1 --connections "$c" --size "$size" --window "$WINDOW" \
-                --duration "$DURATION" --warmup "$WARMUP"
+                --duration "$(cell_duration "$size")" --warmup "$WARMUP"
         done
     done
     for cell in "${PIPE_CELLS[@]}"; do
@@ -388,8 +523,39 @@ for rep in $(seq "$REPS"); do
     done
 done
 
+# ------------------------------------------------------------------ capped
+# Server-bound: echo and rust-echo again at 16 B and 1 KiB x 64, window 1 and
+# 16, each server process in a cgroup that holds it to CAP of one CPU (the
+# worker and rust-echo take turns, so one cgroup serves both). Uncapped, one
+# core is not enough for the load generator to saturate these servers.
+if ! skipped capped; then
+    section capped
+    if cap_setup; then
+        policy=SCHED_OTHER
+        [ "$RT" = 1 ] && [ "$CAP_HOW" = rt ] && policy=SCHED_FIFO
+        log "capped: the server in $CAP_DIR, $CAP of one CPU (period $CAP_PERIOD us, $CAP_HOW), $policy"
+        for rep in $(seq "$REPS"); do
+            for w in 1 16; do
+                for size in 16 1024; do
+                    for t in $CAP_TARGETS; do
+                        if [ "$t" = rust-echo ]; then cap_join "$RUST_PID"; else cap_join "$WORKER"; fi
+                        log "capped: $t size=$size conns=64 window=$w, rep $rep"
+                        measure capped "$t" "$rep" 1 --connections 64 --size "$size" --window "$w" \
+                            --duration "$DURATION" --warmup "$CAP_WARMUP"
+                    done
+                done
+            done
+        done
+        cap_teardown
+    else
+        log "capped section skipped: $CAP_WHY"
+        printf '{"kind":"capped-skipped","reason":"%s"}\n' "$CAP_WHY" >>"$RESULTS"
+    fi
+fi
+
 # ------------------------------------------------------------------ sessions
 if ! skipped sessions; then
+    section sessions
     for rep in $(seq "$REPS"); do
         for t in pass passpool; do
             log "short sessions through /$t, rep $rep"
@@ -401,6 +567,7 @@ fi
 
 # ------------------------------------------------------------------ ceiling
 if ! skipped ceiling; then
+    section ceiling
     "${PRIO[@]}" taskset -c 0 "$LOADGEN" --serve-trivial "127.0.0.1:$P_TRIV" 2>>"$RUN/trivial.log" &
     PIDS+=($!)
     TRIV_PID=$!
@@ -409,12 +576,7 @@ if ! skipped ceiling; then
         read -r size w <<<"$spec"
         log "ceiling: loadgen on CPU 1 vs trivial echo on CPU 0, size=$size window=$w"
         measure ceiling trivial 1 1 --connections 64 --size "$size" --window "$w" \
-            --duration "$DURATION" --warmup "$WARMUP"
-        log "ceiling: loadgen vs rust-echo, both unpinned, size=$size window=$w"
-        taskset -pc 0,1 "$RUST_PID" >/dev/null
-        measure ceiling-unpinned rust-echo 1 any --connections 64 --size "$size" --window "$w" \
-            --duration "$DURATION" --warmup "$WARMUP"
-        taskset -pc 0 "$RUST_PID" >/dev/null
+            --duration "$(cell_duration "$size")" --warmup "$WARMUP"
     done
 fi
 
@@ -422,6 +584,7 @@ fi
 # permessage-deflate: 1 KiB JSON-like text x 64 connections, ping-pong and
 # pipelined, deflate refused / on / on without context takeover, interleaved.
 if ! skipped deflate; then
+    section deflate
     for rep in $(seq "$REPS"); do
         for w in 1 16; do
             kind=deflate
@@ -470,7 +633,7 @@ idle_rss() {
         done
         sleep 1
         open=$(rss_kib "$w")
-        fds=$(ls "/proc/$w/fd" | wc -l)
+        fds=$(find "/proc/$w/fd" -mindepth 1 -maxdepth 1 | wc -l)
         wait "$lg" || true
         sleep 1
         after=$(rss_kib "$w" || echo 0)
@@ -487,6 +650,7 @@ idle_rss() {
     LOG_OFFSET[$MEM/error.log]=0
 }
 if ! skipped memory; then
+    section memory
     # Each pass/tunnel session holds two descriptors in the measured worker;
     # the upstream echo runs in a second nginx so it is not counted.
     idle_proxy=$(((NOFILE - 200) / 2))
@@ -520,6 +684,7 @@ fi
 # compressed both ways where deflate is on (the module makes its compression
 # state on the first compressed message).
 if ! skipped deflate; then
+    section deflate-memory
     n=$DEFLATE_IDLE
     [ "$n" -gt $((NOFILE - 200)) ] && n=$((NOFILE - 200))
     nginx_conf "$MEM" $((n * 16 / 15 + 512)) 01 "
@@ -600,6 +765,7 @@ cpu_args() { case $1 in deflate-*) deflate_args "$1" ;; esac; }
 if [ "$CPU_METHOD" = callgrind ]; then
     cg_conf
     for t in $CPU_TARGETS; do
+        section "$(cpu_kind cpu "$t")"
         for m in "$CG_SMALL" "$CG_LARGE"; do
             log "callgrind: $t, 64 connections x $m messages of 1 KiB"
             # shellcheck disable=SC2046
@@ -610,6 +776,7 @@ elif [ "$CPU_METHOD" = perf ]; then
     nginx_start "$MAIN"
     WORKER=$(worker_of "$MAIN")
     for t in $CPU_TARGETS; do
+        section "$(cpu_kind cpu "$t")"
         pid=$WORKER
         [ "$t" = rust-echo ] && pid=$RUST_PID
         log "perf stat: $t, 64 connections x 1 KiB"
@@ -630,6 +797,7 @@ elif [ "$CPU_METHOD" = perf ]; then
 fi
 
 # ------------------------------------------------------------------ report
+section ""
 T_END=$(date +%s)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo norev)
 DIRTY=$(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock build.rs 2>/dev/null | wc -l)
@@ -642,11 +810,12 @@ python3 "$BENCH/report.py" \
     --meta nginx="$("$NGINX" -v 2>&1 | sed 's/^nginx version: //')" \
     --meta rev="$REV" --meta dirty="$DIRTY" \
     --meta duration="$DURATION" --meta warmup="$WARMUP" --meta reps="$REPS" --meta window="$WINDOW" \
+    --meta duration_large="$DURATION_LARGE" --meta cap_warmup="$CAP_WARMUP" \
     --meta nofile="$NOFILE" --meta cpu_method="$CPU_METHOD" \
     --meta started="$(date -d @"$T_START" '+%Y-%m-%d %H:%M:%S %Z')" \
     --meta runtime_s=$((T_END - T_START)) \
     --meta loadavg="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    --meta retries="$(cat "$RUN/retries.txt" 2>/dev/null | wc -l)" --meta nice="$NICE" --meta rt="$RT" \
+    --meta retries="$(wc -l 2>/dev/null <"$RUN/retries.txt" || echo 0)" --meta nice="$NICE" --meta rt="$RT" \
     --meta sched_rt_runtime_us="$(cat /proc/sys/kernel/sched_rt_runtime_us 2>/dev/null || echo '?')" \
     --meta deflate_idle="$DEFLATE_IDLE"
 log "total runtime $((T_END - T_START)) s; report: $OUT"

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::sleep_until;
 
@@ -280,12 +280,12 @@ where
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tokio::time::sleep(Duration::from_secs_f64(sh.opts.duration)).await;
+    // One poll of each, without waiting: nothing to read (pending) means
+    // still open. (tokio's timeout(0) waits for the timer's next 1 ms tick,
+    // one connection after the other: 10 s for 10,000 connections.)
     let mut still_open = 0u64;
     for ws in conns.iter_mut() {
-        if tokio::time::timeout(Duration::from_millis(0), ws.next())
-            .await
-            .is_err()
-        {
+        if ws.next().now_or_never().is_none() {
             still_open += 1;
         }
     }
