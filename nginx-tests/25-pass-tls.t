@@ -159,6 +159,13 @@ server {
         websocket_pass ws://127.0.0.1:%%PORT_1%%;
     }
 
+    # without the access log: the session frees its request, and so does
+    # the TLS echo behind it (the default server of the TLS port)
+    location /lean/ {
+        websocket_pass wss://127.0.0.1:%%PORT_1%%;
+        access_log off;
+    }
+
     location /wss-to-plain/ {
         websocket_pass wss://127.0.0.1:%%PORT_4%%;
         websocket_connect_timeout 3s;
@@ -194,6 +201,12 @@ server {
         websocket_echo;
         websocket_max_payload_len 2m;
         websocket_protocols served-by-alt;
+    }
+
+    location /lean/ {
+        websocket_echo;
+        access_log off;
+        websocket_timeout 2s;
     }
 }
 
@@ -454,6 +467,20 @@ relay_ok(uri('clientcert'), 'client certificate signed by the CA');
     $ws->close;
     sleep 1.2;
     relay_ok(uri('plain'), 'after a client left during a TLS handshake');
+}
+
+# --- TLS on both legs, without the requests ---------------------------------------
+# The pass session and the TLS echo behind it run without their HTTP
+# requests (access_log off); the echo closes an idle session (1001, with a
+# TLS shutdown), which the client hears through the relay.
+{
+    relay_ok(uri('lean'), 'wss without the requests');
+    my $ws = WsClient->connect(port => $port, path => uri('lean'));
+    is($ws->status, 101, 'wss without the requests, idle: 101');
+    my ($code) = $ws->recv_close(timeout => 6);
+    is($code, 1001, 'wss without the requests, idle: the TLS echo closes with 1001 after 2 s');
+    $ws->send_close(1001);
+    ok($ws->wait_eof(3), 'wss without the requests, idle: TCP closed');
 }
 
 # --- the keepalive pool over TLS --------------------------------------------------
