@@ -6,7 +6,9 @@ use ngx::ngx_log_error;
 
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_detach::{close_detached, detach_request, Lingering};
+use crate::ngx_detach::{
+    detach_request, detached_session, end_detached, serve_close_request, DetachedSession, Lingering,
+};
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
     RequestRef,
@@ -175,27 +177,13 @@ unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
 
 /// Event handler of an echo connection whose request was detached.
 unsafe extern "C" fn on_detached_event(ev: *mut ngx_event_t) {
-    // SAFETY: the event's data is its connection, whose data is the session
-    // `on_connection_event` leaked into it.
-    let (c, session) = unsafe {
-        let c: *mut ngx::ffi::ngx_connection_t = (*ev).data.cast();
-        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<EchoSession>())
-    };
-    match c.take_close_request() {
-        CloseRequest::None => {}
-        CloseRequest::Graceful => session.shutting_down = true,
-        CloseRequest::Now => {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                c.log(),
-                "websocket: worker_shutdown_timeout expired, closing"
-            );
-            // SAFETY: as above; the session is not used again.
-            unsafe { end_detached(c, session, false) };
-            return;
-        }
+    // SAFETY: the connection's data is the session `on_connection_event`
+    // leaked into it.
+    let (c, session) = unsafe { detached_session::<EchoSession>(ev) };
+    // SAFETY: as above.
+    if unsafe { serve_close_request(c, session) } {
+        run_detached(c, session);
     }
-    run_detached(c, session);
 }
 
 fn run_detached(c: &ConnectionRef, session: &mut EchoSession) {
@@ -207,16 +195,14 @@ fn run_detached(c: &ConnectionRef, session: &mut EchoSession) {
     }
 }
 
-/// Drops a detached session and closes its connection.
-///
-/// # Safety
-/// `session` must be the one leaked into `c->data`; neither is used again.
-unsafe fn end_detached(c: &ConnectionRef, session: &mut EchoSession, linger: bool) {
-    let lingering = session.detached.filter(|_| linger);
-    // SAFETY: guaranteed by the caller: the box leaked by on_connection_event.
-    drop(unsafe { Box::from_raw(session as *mut EchoSession) });
-    // SAFETY: the session is gone; the connection is closed here.
-    unsafe { close_detached(c.as_ptr(), lingering) };
+impl DetachedSession for EchoSession {
+    fn lingering(&self) -> Option<Lingering> {
+        self.detached
+    }
+
+    fn shut_down(&mut self) {
+        self.shutting_down = true;
+    }
 }
 
 impl EchoSession {

@@ -19,8 +19,10 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
-use crate::ngx_io::{ConnectionRef, Direction, Io, RequestRef};
+use crate::ngx_io::{CloseRequest, ConnectionRef, Direction, Io, RequestRef};
 use foreign_types::ForeignTypeRef;
+use ngx::ffi::NGX_LOG_INFO;
+use ngx::ngx_log_error;
 
 extern "C" {
     /// nginx's access-log module; every nginx has it, and exports it to
@@ -171,10 +173,7 @@ pub unsafe fn detach_request(
                 (*b).last = (*b).start;
             }
         }
-        for list in [
-            ptr::addr_of_mut!((*hc).free),
-            ptr::addr_of_mut!((*hc).busy),
-        ] {
+        for list in [ptr::addr_of_mut!((*hc).free), ptr::addr_of_mut!((*hc).busy)] {
             let mut cl: *mut ngx_chain_t = *list;
             while !cl.is_null() {
                 ngx_pfree((*c).pool, (*(*cl).buf).start.cast());
@@ -286,6 +285,67 @@ unsafe extern "C" fn detached_log_error(log: *mut ngx_log_t, buf: *mut u8, len: 
     }
 }
 
+/// A session that its connection owns once the request was detached: the
+/// connection's data is the session, leaked from its box.
+pub trait DetachedSession {
+    /// The settings `detach_request` returned.
+    fn lingering(&self) -> Option<Lingering>;
+    /// The worker is exiting: finish what is under way, then close.
+    fn shut_down(&mut self);
+}
+
+/// The connection of an event of a detached session, and the session.
+///
+/// # Safety
+/// `ev` must be an event of a connection whose data is a leaked `T`, and
+/// nothing else may reference that session during the event.
+pub unsafe fn detached_session<'a, T>(ev: *mut ngx_event_t) -> (&'a ConnectionRef, &'a mut T) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let c: *mut ngx_connection_t = (*ev).data.cast();
+        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<T>())
+    }
+}
+
+/// Does what nginx asks of the connection when the worker exits; false
+/// when the session ended here (`worker_shutdown_timeout` expired) and must
+/// not be touched again.
+///
+/// # Safety
+/// As for [`end_detached`].
+pub unsafe fn serve_close_request<T: DetachedSession>(c: &ConnectionRef, session: &mut T) -> bool {
+    match c.take_close_request() {
+        CloseRequest::None => true,
+        CloseRequest::Graceful => {
+            session.shut_down();
+            true
+        }
+        CloseRequest::Now => {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                c.log(),
+                "websocket: worker_shutdown_timeout expired, closing"
+            );
+            // SAFETY: guaranteed by the caller.
+            unsafe { end_detached(c, session, false) };
+            false
+        }
+    }
+}
+
+/// Drops a detached session and closes its connection, with a lingering
+/// close when `linger`.
+///
+/// # Safety
+/// `session` must be the one leaked into `c->data`; neither is used again.
+pub unsafe fn end_detached<T: DetachedSession>(c: &ConnectionRef, session: &mut T, linger: bool) {
+    let lingering = session.lingering().filter(|_| linger);
+    // SAFETY: guaranteed by the caller: a box its owner leaked.
+    drop(unsafe { Box::from_raw(session as *mut T) });
+    // SAFETY: the session is gone; the connection is closed here.
+    unsafe { close_detached(c.as_ptr(), lingering) };
+}
+
 /// Closes a connection whose request was detached, once its session was
 /// dropped: at once, or (`linger`) after half-closing it and draining what
 /// the peer still sends, so that a close frame just sent is not lost to a
@@ -294,7 +354,7 @@ unsafe extern "C" fn detached_log_error(log: *mut ngx_log_t, buf: *mut u8, len: 
 /// # Safety
 /// `c` must be a live connection of this worker returned by
 /// [`detach_request`] whose `c->data` is no longer used.
-pub unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>) {
+unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>) {
     // SAFETY: guaranteed by the caller.
     let conn = unsafe { ConnectionRef::from_ptr(c) };
     conn.del_timer(Direction::Read);

@@ -20,7 +20,9 @@ use crate::compression::DeflateSettings;
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_detach::{close_detached, detach_request, Lingering};
+use crate::ngx_detach::{
+    detach_request, detached_session, end_detached, serve_close_request, DetachedSession, Lingering,
+};
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
     RequestRef,
@@ -435,7 +437,9 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
         if let Some(mut session) = r.take_owned_ctx::<PassSession>(Module::module()) {
             let raw: *mut PassSession = &mut *session;
             if let State::Relaying(relay) = &session.state {
-                relay.upstream().redirect_events(c.cast(), detached_upstream_event);
+                relay
+                    .upstream()
+                    .redirect_events(c.cast(), detached_upstream_event);
             }
             // SAFETY: the 101 is out, the pipelined bytes were taken, and
             // this runs from the event loop: nothing else uses the request.
@@ -453,31 +457,13 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
 
 /// The client connection's event handler once its request was detached.
 unsafe extern "C" fn detached_client_event(ev: *mut ngx_event_t) {
-    // SAFETY: the event's data is the client connection, whose data is the
-    // session `relay_client_event` leaked into it.
-    let (c, session) = unsafe {
-        let c: *mut ngx_connection_t = (*ev).data.cast();
-        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<PassSession>())
-    };
-    match c.take_close_request() {
-        CloseRequest::None => {}
-        CloseRequest::Graceful => {
-            if let State::Relaying(relay) = &mut session.state {
-                relay.shut_down();
-            }
-        }
-        CloseRequest::Now => {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                c.log(),
-                "websocket: worker_shutdown_timeout expired, closing"
-            );
-            // SAFETY: as above; the session is not used again.
-            unsafe { end_detached(c, session, false) };
-            return;
-        }
+    // SAFETY: the connection's data is the session `relay_client_event`
+    // leaked into it.
+    let (c, session) = unsafe { detached_session::<PassSession>(ev) };
+    // SAFETY: as above.
+    if unsafe { serve_close_request(c, session) } {
+        run_detached(c, session);
     }
-    run_detached(c, session);
 }
 
 /// The upstream connection's event handler once the client's request was
@@ -488,7 +474,10 @@ unsafe extern "C" fn detached_upstream_event(ev: *mut ngx_event_t) {
     let (c, session) = unsafe {
         let upstream: *mut ngx_connection_t = (*ev).data.cast();
         let c: *mut ngx_connection_t = (*upstream).data.cast();
-        (ConnectionRef::from_ptr(c), &mut *(*c).data.cast::<PassSession>())
+        (
+            ConnectionRef::from_ptr(c),
+            &mut *(*c).data.cast::<PassSession>(),
+        )
     };
     run_detached(c, session);
 }
@@ -513,17 +502,16 @@ fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
     unsafe { end_detached(c, session, linger) };
 }
 
-/// Drops a detached session (and with it the upstream leg, unless it went
-/// to its pool) and closes the client connection.
-///
-/// # Safety
-/// `session` must be the one leaked into `c->data`; neither is used again.
-unsafe fn end_detached(c: &ConnectionRef, session: &mut PassSession, linger: bool) {
-    let lingering = session.detached.filter(|_| linger);
-    // SAFETY: guaranteed by the caller: the box leaked by relay_client_event.
-    drop(unsafe { Box::from_raw(session as *mut PassSession) });
-    // SAFETY: the session is gone; the connection is closed here.
-    unsafe { close_detached(c.as_ptr(), lingering) };
+impl DetachedSession for PassSession {
+    fn lingering(&self) -> Option<Lingering> {
+        self.detached
+    }
+
+    fn shut_down(&mut self) {
+        if let State::Relaying(relay) = &mut self.state {
+            relay.shut_down();
+        }
+    }
 }
 
 /// Read/write handler of the upstream connection.

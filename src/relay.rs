@@ -213,7 +213,7 @@ impl Relay {
             if dst.queued() > RELAY_HIGH_WATER {
                 return true;
             }
-            let frame = match src.recv_frame() {
+            let frame = match src.recv_frame_in_place() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return src.take_throttled(),
                 Err(e) => {
@@ -222,28 +222,27 @@ impl Relay {
                 }
             };
             let forwarded = match frame.typ {
-                FrameType::Ping => dst.send_ping(&frame.data),
-                FrameType::Pong => dst.send_pong(&frame.data),
+                FrameType::Ping => dst.send_ping(frame.data()),
+                FrameType::Pong => dst.send_pong(frame.data()),
                 // After a client violation the client hears its own code
                 // (sent by `step`), not the upstream's answer.
                 FrameType::Close if close_client_with.is_some() => Ok(()),
                 // A normal close from the client while the upstream leg is
                 // clean: answer it here and keep the upstream for later.
                 FrameType::Close if may_pool && dst.reusable() => {
-                    let answered = src.send_close(frame.close_code, b"");
+                    let code = frame.close_code;
+                    let answered = src.send_close(code, b"");
                     self.pooling = answered.is_ok();
                     return false;
                 }
-                FrameType::Close => dst.send_close(frame.close_code, &frame.data),
+                FrameType::Close => dst.send_close(frame.close_code, frame.data()),
                 FrameType::Text | FrameType::Binary | FrameType::Continuation => {
                     let opcode = match frame.typ {
                         FrameType::Text => OpCode::Text,
                         FrameType::Binary => OpCode::Binary,
                         _ => OpCode::Continuation,
                     };
-                    let sent = dst.send_frame(!frame.again, opcode, &frame.data);
-                    src.recycle(frame.data);
-                    sent
+                    dst.send_frame(!frame.again, opcode, frame.data())
                 }
             };
             match forwarded {

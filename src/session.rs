@@ -118,10 +118,42 @@ impl RecvFrame {
     }
 }
 
+/// A frame as [`WebSocket::recv_frame_in_place`] delivers it: like
+/// [`RecvFrame`], with the payload borrowed from the object instead of
+/// moved out of it.
+pub struct FrameRef<'a> {
+    pub typ: FrameType,
+    pub again: bool,
+    pub close_code: Option<u16>,
+    payload: Payload<'a>,
+}
+
+enum Payload<'a> {
+    /// A data frame: in the read buffer when it arrived whole, else in the
+    /// message buffer (it came in parts, or was inflated).
+    Data(&'a [u8]),
+    Control(ControlFrame),
+}
+
+impl FrameRef<'_> {
+    /// The payload; for a close frame, its reason.
+    pub fn data(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Data(data) => data,
+            Payload::Control(frame) if frame.opcode == OpCode::Close => frame
+                .close()
+                .map_or(&[][..], |(_, reason)| reason.as_bytes()),
+            Payload::Control(frame) => frame.payload(),
+        }
+    }
+}
+
 /// How much data [`WebSocket::read_until`] collects before returning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unit {
     Frame,
+    /// A frame, left in the read buffer when it is there whole.
+    FrameInPlace,
     Message,
 }
 
@@ -132,6 +164,11 @@ enum Got {
     Data {
         opcode: OpCode,
         header: FrameHeader,
+    },
+    /// A whole frame at `self.rbuf[range]` (only for `Unit::FrameInPlace`).
+    InPlace {
+        header: FrameHeader,
+        range: core::ops::Range<usize>,
     },
     Control(ControlFrame),
 }
@@ -187,6 +224,9 @@ pub struct WebSocket {
     rpos: usize,
     rend: usize,
     message: Vec<u8>,
+    /// `message` holds a frame `recv_frame_in_place` delivered: cleared on
+    /// the next call.
+    frame_in_message: bool,
     wbuf: Vec<u8>,
     wpos: usize,
     limits: Limits,
@@ -254,6 +294,7 @@ impl WebSocket {
             rpos: 0,
             rend: pipelined.len(),
             message: Vec::new(),
+            frame_in_message: false,
             wbuf: Vec::new(),
             wpos: 0,
             limits,
@@ -332,6 +373,7 @@ impl WebSocket {
                 Ok(Some(Received::Message { opcode, data }))
             }
             Some(Got::Control(frame)) => Ok(Some(self.control(frame))),
+            Some(Got::InPlace { .. }) => unreachable!("only frames are left in place"),
             None => Ok(None),
         }
     }
@@ -380,24 +422,68 @@ impl WebSocket {
                 }
                 Received::Message { .. } => unreachable!("control() never yields data"),
             })),
+            Some(Got::InPlace { .. }) => {
+                unreachable!("only recv_frame_in_place leaves frames in place")
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// [`WebSocket::recv_frame`] without moving the payload out: a frame
+    /// that arrived whole is not copied at all. For relaying; the frame must
+    /// be dropped before the object is used again.
+    pub fn recv_frame_in_place(&mut self) -> Result<Option<FrameRef<'_>>, WsError> {
+        if core::mem::take(&mut self.frame_in_message) {
+            self.message.clear();
+        }
+        match self.read_until(Unit::FrameInPlace)? {
+            Some(Got::InPlace { header, range }) => Ok(Some(FrameRef {
+                typ: FrameType::from(header.opcode),
+                again: !header.fin,
+                close_code: None,
+                payload: Payload::Data(&self.rbuf[range]),
+            })),
+            Some(Got::Data { header, .. }) => {
+                self.frame_in_message = true;
+                Ok(Some(FrameRef {
+                    typ: FrameType::from(header.opcode),
+                    again: !header.fin,
+                    close_code: None,
+                    payload: Payload::Data(&self.message),
+                }))
+            }
+            Some(Got::Control(frame)) => {
+                self.note_control(&frame);
+                Ok(Some(FrameRef {
+                    typ: FrameType::from(frame.opcode),
+                    again: false,
+                    close_code: frame.close().map(|(code, _)| code),
+                    payload: Payload::Control(frame),
+                }))
+            }
             None => Ok(None),
         }
     }
 
     fn control(&mut self, frame: ControlFrame) -> Received {
+        self.note_control(&frame);
         match frame.opcode {
             OpCode::Ping => Received::Ping(frame),
             OpCode::Pong => Received::Pong(frame),
-            _ => {
-                self.close_received = true;
-                let code = frame.close().map_or(NO_STATUS, |(code, _)| code);
-                self.stats.close_code.get_or_insert(code);
-                Received::Close(
-                    frame
-                        .close()
-                        .map(|(code, reason)| (code, reason.to_owned())),
-                )
-            }
+            _ => Received::Close(
+                frame
+                    .close()
+                    .map(|(code, reason)| (code, reason.to_owned())),
+            ),
+        }
+    }
+
+    /// A close frame ends the peer's side.
+    fn note_control(&mut self, frame: &ControlFrame) {
+        if frame.opcode == OpCode::Close {
+            self.close_received = true;
+            let code = frame.close().map_or(NO_STATUS, |(code, _)| code);
+            self.stats.close_code.get_or_insert(code);
         }
     }
 
@@ -455,16 +541,21 @@ impl WebSocket {
     }
 
     /// An idle connection holds no read buffer: it goes back to the worker's
-    /// list once every byte in it was decoded.
+    /// list once every byte in it was decoded; so does an empty message
+    /// buffer.
     fn release_read_buffer(&mut self) {
         if self.rpos == self.rend && !self.rbuf.is_empty() {
             buffers::give(core::mem::take(&mut self.rbuf));
             self.rpos = 0;
             self.rend = 0;
         }
+        if self.message.is_empty() && self.message.capacity() > 0 {
+            buffers::give_scratch(core::mem::take(&mut self.message));
+        }
     }
 
     fn decode_buffered(&mut self, unit: Unit) -> Result<Option<Got>, WsError> {
+        let base = self.rbuf.as_ptr() as usize;
         while self.rpos < self.rend {
             let (n, event) = self.decoder.decode(&mut self.rbuf[self.rpos..self.rend])?;
             self.rpos += n;
@@ -485,6 +576,20 @@ impl WebSocket {
                 } => {
                     if message_start {
                         self.message.clear();
+                    }
+                    // A whole frame in the read buffer stays there.
+                    if unit == Unit::FrameInPlace
+                        && frame_end
+                        && !compressed
+                        && self.message.is_empty()
+                    {
+                        let start = chunk.as_ptr() as usize - base;
+                        self.stats.bytes_in += chunk.len() as u64;
+                        self.stats.messages_in += u64::from(message_end);
+                        return Ok(Some(Got::InPlace {
+                            header: frame_header,
+                            range: start..start + chunk.len(),
+                        }));
                     }
                     if self.message.capacity() == 0 {
                         self.message = buffers::take_scratch();
@@ -508,7 +613,7 @@ impl WebSocket {
                     }
                     let done = match unit {
                         Unit::Message => message_end,
-                        Unit::Frame => frame_end,
+                        Unit::Frame | Unit::FrameInPlace => frame_end,
                     };
                     if done {
                         return Ok(Some(Got::Data {

@@ -115,7 +115,8 @@ impl WsClient {
     /// Sends the upstream connection's events to `handler` with `data` as
     /// the connection's data (the session moved to another owner).
     pub fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
-        self.conn.attach(data, handler, self.conn.connection().log());
+        self.conn
+            .attach(data, handler, self.conn.connection().log());
     }
 }
 
