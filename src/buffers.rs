@@ -4,6 +4,7 @@
 //! these lists instead of allocating.
 
 use core::cell::RefCell;
+use std::thread::LocalKey;
 
 /// Size of a read buffer; frames larger than this stream through it.
 pub const READ_BUFFER_SIZE: usize = 16 * 1024;
@@ -13,51 +14,51 @@ const KEEP_FREE: usize = 256;
 /// (a rare large message) are freed.
 const KEEP_CAPACITY: usize = READ_BUFFER_SIZE;
 
+type FreeList = LocalKey<RefCell<Vec<Vec<u8>>>>;
+
 thread_local! {
     /// nginx runs each worker on one thread.
     static FREE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
     static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A zeroed-or-reused buffer of `READ_BUFFER_SIZE` bytes.
-pub fn take() -> Vec<u8> {
-    FREE.with(|free| free.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0; READ_BUFFER_SIZE])
+fn pop(list: &'static FreeList) -> Option<Vec<u8>> {
+    list.with(|free| free.borrow_mut().pop())
 }
 
-/// Gives a buffer back for another connection.
-pub fn give(buf: Vec<u8>) {
-    if buf.len() != READ_BUFFER_SIZE {
-        return;
-    }
-    FREE.with(|free| {
+fn keep(list: &'static FreeList, buf: Vec<u8>) {
+    list.with(|free| {
         let mut free = free.borrow_mut();
         if free.len() < KEEP_FREE {
             free.push(buf);
         }
     });
+}
+
+/// A zeroed-or-reused buffer of `READ_BUFFER_SIZE` bytes.
+pub fn take() -> Vec<u8> {
+    pop(&FREE).unwrap_or_else(|| vec![0; READ_BUFFER_SIZE])
+}
+
+/// Gives a buffer back for another connection.
+pub fn give(buf: Vec<u8>) {
+    if buf.len() == READ_BUFFER_SIZE {
+        keep(&FREE, buf);
+    }
 }
 
 /// An empty buffer for a message or for output, with the capacity a
 /// previous user left it.
 pub fn take_scratch() -> Vec<u8> {
-    SCRATCH
-        .with(|free| free.borrow_mut().pop())
-        .unwrap_or_default()
+    pop(&SCRATCH).unwrap_or_default()
 }
 
 /// Gives a message or output buffer back; its contents are dropped.
 pub fn give_scratch(mut buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > KEEP_CAPACITY {
-        return;
+    if buf.capacity() != 0 && buf.capacity() <= KEEP_CAPACITY {
+        buf.clear();
+        keep(&SCRATCH, buf);
     }
-    buf.clear();
-    SCRATCH.with(|free| {
-        let mut free = free.borrow_mut();
-        if free.len() < KEEP_FREE {
-            free.push(buf);
-        }
-    });
 }
 
 #[cfg(test)]

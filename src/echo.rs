@@ -7,7 +7,7 @@ use ngx::ngx_log_error;
 use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_detach::{
-    detach_request, detached_session, end_detached, serve_close_request, DetachedSession, Lingering,
+    detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
@@ -30,10 +30,8 @@ struct EchoSession {
     ws: WebSocket,
     /// The worker is exiting: finish the message under way, then close 1001.
     shutting_down: bool,
-    /// `access_log off`: nothing needs the request after its 101.
-    detach: bool,
-    /// Set once the request is detached: how to linger at the close.
-    detached: Option<Lingering>,
+    /// Whether the request is dropped after its 101 (`access_log off`).
+    detach: Detach,
 }
 
 /// How a step of the session ended.
@@ -81,8 +79,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         log,
         ws,
         shutting_down: false,
-        detach: r.access_log_off(),
-        detached: None,
+        detach: Detach::for_request(r),
     });
     if r.set_owned_ctx(Module::module(), session).is_err() {
         return NGX_ERROR as ngx_int_t;
@@ -131,20 +128,10 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
             return;
         }
     }
-    let detach = r
-        .ctx::<EchoSession>(Module::module())
-        // SAFETY: see `on_event`.
-        .is_some_and(|s| unsafe { s.as_ref() }.detach)
-        && !r.output_pending();
-    if detach {
-        let Some(mut session) = r.take_owned_ctx::<EchoSession>(Module::module()) else {
-            return;
-        };
-        let raw: *mut EchoSession = &mut *session;
-        // SAFETY: the 101 is out, the pipelined bytes were taken, and this
-        // runs from the event loop: nothing else uses the request.
-        session.detached = Some(unsafe { detach_request(r, raw.cast(), on_detached_event) });
-        let session = Box::leak(session);
+    // SAFETY: the pipelined bytes were taken, and this runs from the event
+    // loop: nothing else uses the request or the session.
+    let detached = unsafe { detach_session::<EchoSession>(r, Module::module(), on_detached_event) };
+    if let Some(session) = detached {
         // SAFETY: `c` lives on, now owning the session.
         run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
         return;
@@ -196,8 +183,8 @@ fn run_detached(c: &ConnectionRef, session: &mut EchoSession) {
 }
 
 impl DetachedSession for EchoSession {
-    fn lingering(&self) -> Option<Lingering> {
-        self.detached
+    fn detach(&mut self) -> &mut Detach {
+        &mut self.detach
     }
 
     fn shut_down(&mut self) {

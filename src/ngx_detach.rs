@@ -13,9 +13,9 @@ use core::ptr::{self, NonNull};
 
 use ngx::ffi::{
     ngx_chain_t, ngx_connection_t, ngx_event_t, ngx_http_close_connection,
-    ngx_http_core_loc_conf_t, ngx_http_free_request, ngx_http_log_ctx_t, ngx_http_request_t,
-    ngx_log_t, ngx_module_t, ngx_msec_t, ngx_pcalloc, ngx_pfree, ngx_pool_cleanup_add, ngx_str_t,
-    NGX_OK,
+    ngx_http_core_loc_conf_t, ngx_http_empty_handler, ngx_http_free_request, ngx_http_log_ctx_t,
+    ngx_http_request_t, ngx_log_t, ngx_module_t, ngx_msec_t, ngx_pcalloc, ngx_pfree,
+    ngx_pool_cleanup_add, ngx_str_t, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
@@ -79,14 +79,24 @@ impl RequestRef {
     }
 
     /// Takes back the context given by [`RequestRef::set_owned_ctx`].
-    pub fn take_owned_ctx<T>(&mut self, module: &ngx_module_t) -> Option<Box<T>> {
-        // SAFETY: the slot holds null or a pointer from `Box::into_raw` of a
-        // `T`, put there by `set_owned_ctx::<T>`.
-        unsafe {
-            let slot = (*self.as_ptr()).ctx.add(module.ctx_index);
-            let value: *mut T = core::mem::replace(&mut *slot, ptr::null_mut()).cast();
-            NonNull::new(value).map(|p| Box::from_raw(p.as_ptr()))
-        }
+    fn take_owned_ctx<T>(&mut self, module: &ngx_module_t) -> Option<Box<T>> {
+        // SAFETY: a live request; its slot was filled by `set_owned_ctx::<T>`.
+        unsafe { take_ctx_box(self.as_ptr(), module.ctx_index) }
+    }
+}
+
+/// Empties the module context slot `ctx_index` of `r` and returns the box
+/// it held.
+///
+/// # Safety
+/// `r` must be readable, and the slot null or a `Box<T>` that
+/// `set_owned_ctx::<T>` put there.
+unsafe fn take_ctx_box<T>(r: *mut ngx_http_request_t, ctx_index: usize) -> Option<Box<T>> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let slot = (*r).ctx.add(ctx_index);
+        let value: *mut T = core::mem::replace(&mut *slot, ptr::null_mut()).cast();
+        NonNull::new(value).map(|p| Box::from_raw(p.as_ptr()))
     }
 }
 
@@ -101,21 +111,70 @@ unsafe extern "C" fn drop_owned_ctx<T>(data: *mut c_void) {
     // request is being destroyed, its memory still readable.
     unsafe {
         let owned: &OwnedCtx = &*data.cast();
-        let slot = (*owned.r).ctx.add(owned.ctx_index);
-        let value: *mut T = core::mem::replace(&mut *slot, ptr::null_mut()).cast();
-        if !value.is_null() {
-            drop(Box::from_raw(value));
-        }
+        drop(take_ctx_box::<T>(owned.r, owned.ctx_index));
     }
 }
 
 /// nginx's lingering close, as the request's location configured it.
 #[derive(Debug, Clone, Copy)]
-pub struct Lingering {
+struct Lingering {
     /// `lingering_time`: the longest the whole drain may take.
     time_ms: ngx_msec_t,
     /// `lingering_timeout`: the longest wait for more bytes.
     timeout_ms: ngx_msec_t,
+}
+
+/// Whether a session may drop its request, and how its connection
+/// lingers at the close once it did.
+#[derive(Debug, Clone, Copy)]
+pub struct Detach {
+    /// `access_log off`: nothing needs the request once the 101 is out.
+    wanted: bool,
+    /// Set once the request is detached.
+    lingering: Option<Lingering>,
+}
+
+impl Detach {
+    pub fn for_request(r: &RequestRef) -> Detach {
+        Detach {
+            wanted: r.access_log_off(),
+            lingering: None,
+        }
+    }
+}
+
+/// A session that its connection owns once the request was detached: the
+/// connection's data is the session, leaked from its box.
+pub trait DetachedSession {
+    fn detach(&mut self) -> &mut Detach;
+    /// The worker is exiting: finish what is under way, then close.
+    fn shut_down(&mut self);
+}
+
+/// Once the 101 is out, frees the request of a session that wants it (the
+/// request's module context, given by [`RequestRef::set_owned_ctx`]) and
+/// moves the session onto the connection, whose events then go to
+/// `handler`. Returns the session, now the connection's, or `None` when
+/// the request stays.
+///
+/// # Safety
+/// As for [`detach_request`]; the session must not be referenced elsewhere.
+pub unsafe fn detach_session<T: DetachedSession>(
+    r: &mut RequestRef,
+    module: &ngx_module_t,
+    handler: unsafe extern "C" fn(*mut ngx_event_t),
+) -> Option<&'static mut T> {
+    let mut ctx = r.ctx::<T>(module)?;
+    // SAFETY: guaranteed by the caller.
+    if !unsafe { ctx.as_mut() }.detach().wanted || r.output_pending() {
+        return None;
+    }
+    let mut session = r.take_owned_ctx::<T>(module)?;
+    let raw: *mut T = &mut *session;
+    // SAFETY: guaranteed by the caller.
+    let lingering = unsafe { detach_request(r, raw.cast(), handler) };
+    session.detach().lingering = Some(lingering);
+    Some(Box::leak(session))
 }
 
 /// Frees the request of an upgraded client connection and keeps the
@@ -127,7 +186,7 @@ pub struct Lingering {
 /// `r` must be a live main request whose response header went out in full,
 /// whose bytes after the header were taken, and whose handler returned
 /// (nothing up the stack still uses it). Nothing may touch `r` afterwards.
-pub unsafe fn detach_request(
+unsafe fn detach_request(
     r: &mut RequestRef,
     data: *mut c_void,
     handler: unsafe extern "C" fn(*mut ngx_event_t),
@@ -285,15 +344,6 @@ unsafe extern "C" fn detached_log_error(log: *mut ngx_log_t, buf: *mut u8, len: 
     }
 }
 
-/// A session that its connection owns once the request was detached: the
-/// connection's data is the session, leaked from its box.
-pub trait DetachedSession {
-    /// The settings `detach_request` returned.
-    fn lingering(&self) -> Option<Lingering>;
-    /// The worker is exiting: finish what is under way, then close.
-    fn shut_down(&mut self);
-}
-
 /// The connection of an event of a detached session, and the session.
 ///
 /// # Safety
@@ -339,7 +389,7 @@ pub unsafe fn serve_close_request<T: DetachedSession>(c: &ConnectionRef, session
 /// # Safety
 /// `session` must be the one leaked into `c->data`; neither is used again.
 pub unsafe fn end_detached<T: DetachedSession>(c: &ConnectionRef, session: &mut T, linger: bool) {
-    let lingering = session.lingering().filter(|_| linger);
+    let lingering = session.detach().lingering.filter(|_| linger);
     // SAFETY: guaranteed by the caller: a box its owner leaked.
     drop(unsafe { Box::from_raw(session as *mut T) });
     // SAFETY: the session is gone; the connection is closed here.
@@ -391,7 +441,7 @@ unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering) {
     unsafe {
         (*c).data = Box::into_raw(drain).cast();
         (*(*c).read).handler = Some(drain_handler);
-        (*(*c).write).handler = Some(ignore_event);
+        (*(*c).write).handler = Some(ngx_http_empty_handler);
         if ngx::ffi::shutdown((*c).fd, ngx::ffi::SHUT_WR as i32) == -1 {
             finish_lingering(c);
             return;
@@ -407,8 +457,6 @@ unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering) {
         }
     }
 }
-
-unsafe extern "C" fn ignore_event(_ev: *mut ngx_event_t) {}
 
 /// Reads and discards until the peer closes, goes quiet for
 /// `lingering_timeout`, or `lingering_time` is over.

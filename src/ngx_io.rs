@@ -2,7 +2,6 @@
 //! objects. This is the only module that dereferences nginx pointers; every
 //! `unsafe` block states why it holds.
 
-use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use core::slice;
 
@@ -547,23 +546,11 @@ impl RequestRef {
         r.set_keepalive(0);
     }
 
-    /// Stores a context pointer for `module` in the request.
-    pub fn set_ctx(&mut self, module: &ngx::ffi::ngx_module_t, value: *mut c_void) {
-        // SAFETY: `ctx` has one slot per HTTP module, indexed by ctx_index.
-        unsafe { *self.raw().ctx.add(module.ctx_index) = value }
-    }
-
+    /// The module context of `module` in the request (see
+    /// `RequestRef::set_owned_ctx`).
     pub fn ctx<T>(&self, module: &ngx::ffi::ngx_module_t) -> Option<NonNull<T>> {
-        // SAFETY: as above.
+        // SAFETY: `ctx` has one slot per HTTP module, indexed by ctx_index.
         NonNull::new(unsafe { *self.raw().ctx.add(module.ctx_index) }.cast())
-    }
-
-    /// Allocates `value` in the request pool; it is dropped when the request
-    /// is freed.
-    pub fn pool_alloc<T>(&mut self, value: T) -> Option<NonNull<T>> {
-        // SAFETY: the request pool lives as long as the request.
-        let pool = unsafe { ngx::core::Pool::from_ngx_pool(self.raw().pool) };
-        NonNull::new(pool.allocate(value))
     }
 
     /// The client connection, to run posted requests on after the request

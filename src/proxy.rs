@@ -21,7 +21,7 @@ use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_detach::{
-    detach_request, detached_session, end_detached, serve_close_request, DetachedSession, Lingering,
+    detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
@@ -54,10 +54,8 @@ struct PassSession {
     /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     state: State,
-    /// `access_log off`: nothing needs the request once the 101 is out.
-    detach: bool,
-    /// Set once the request is detached: how to linger at the close.
-    detached: Option<Lingering>,
+    /// Whether the request is dropped after its 101 (`access_log off`).
+    detach: Detach,
 }
 
 enum State {
@@ -153,8 +151,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let session = Box::new(PassSession {
         log: SessionLog::new(None, None),
         state: State::Done,
-        detach: r.access_log_off(),
-        detached: None,
+        detach: Detach::for_request(r),
     });
     if r.set_owned_ctx(Module::module(), session).is_err() {
         return NGX_ERROR as ngx_int_t;
@@ -428,26 +425,18 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
             }
         }
     }
-    let detach = r
-        .ctx::<PassSession>(Module::module())
-        // SAFETY: see above.
-        .is_some_and(|s| unsafe { s.as_ref() }.detach)
-        && !r.output_pending();
-    if detach {
-        if let Some(mut session) = r.take_owned_ctx::<PassSession>(Module::module()) {
-            let raw: *mut PassSession = &mut *session;
-            if let State::Relaying(relay) = &session.state {
-                relay
-                    .upstream()
-                    .redirect_events(c.cast(), detached_upstream_event);
-            }
-            // SAFETY: the 101 is out, the pipelined bytes were taken, and
-            // this runs from the event loop: nothing else uses the request.
-            session.detached =
-                Some(unsafe { detach_request(r, raw.cast(), detached_client_event) });
-            // SAFETY: `c` lives on, now owning the session.
-            run_detached(unsafe { ConnectionRef::from_ptr(c) }, Box::leak(session));
+    // SAFETY: the pipelined bytes were taken, and this runs from the event
+    // loop: nothing else uses the request or the session.
+    let detached =
+        unsafe { detach_session::<PassSession>(r, Module::module(), detached_client_event) };
+    if let Some(session) = detached {
+        if let State::Relaying(relay) = &session.state {
+            relay
+                .upstream()
+                .redirect_events(c.cast(), detached_upstream_event);
         }
+        // SAFETY: `c` lives on, now owning the session.
+        run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
         return;
     }
     run(r, Origin::Client);
@@ -503,8 +492,8 @@ fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
 }
 
 impl DetachedSession for PassSession {
-    fn lingering(&self) -> Option<Lingering> {
-        self.detached
+    fn detach(&mut self) -> &mut Detach {
+        &mut self.detach
     }
 
     fn shut_down(&mut self) {

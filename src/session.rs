@@ -107,17 +107,6 @@ pub struct RecvFrame {
     pub close_code: Option<u16>,
 }
 
-impl RecvFrame {
-    fn control(typ: FrameType, payload: &[u8]) -> Self {
-        RecvFrame {
-            data: payload.to_vec(),
-            typ,
-            again: false,
-            close_code: None,
-        }
-    }
-}
-
 /// A frame as [`WebSocket::recv_frame_in_place`] delivers it: like
 /// [`RecvFrame`], with the payload borrowed from the object instead of
 /// moved out of it.
@@ -151,9 +140,8 @@ impl FrameRef<'_> {
 /// How much data [`WebSocket::read_until`] collects before returning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Unit {
-    Frame,
     /// A frame, left in the read buffer when it is there whole.
-    FrameInPlace,
+    Frame,
     Message,
 }
 
@@ -165,7 +153,7 @@ enum Got {
         opcode: OpCode,
         header: FrameHeader,
     },
-    /// A whole frame at `self.rbuf[range]` (only for `Unit::FrameInPlace`).
+    /// A whole frame at `self.rbuf[range]` (only for `Unit::Frame`).
     InPlace {
         header: FrameHeader,
         range: core::ops::Range<usize>,
@@ -403,40 +391,22 @@ impl WebSocket {
     /// # Ok(()) }
     /// ```
     pub fn recv_frame(&mut self) -> Result<Option<RecvFrame>, WsError> {
-        match self.read_until(Unit::Frame)? {
-            Some(Got::Data { header, .. }) => Ok(Some(RecvFrame {
-                data: core::mem::take(&mut self.message),
-                typ: FrameType::from(header.opcode),
-                again: !header.fin,
-                close_code: None,
-            })),
-            Some(Got::Control(frame)) => Ok(Some(match self.control(frame) {
-                Received::Ping(f) => RecvFrame::control(FrameType::Ping, f.payload()),
-                Received::Pong(f) => RecvFrame::control(FrameType::Pong, f.payload()),
-                Received::Close(close) => {
-                    let (code, reason) = close.map_or((None, String::new()), |(c, r)| (Some(c), r));
-                    RecvFrame {
-                        close_code: code,
-                        ..RecvFrame::control(FrameType::Close, reason.as_bytes())
-                    }
-                }
-                Received::Message { .. } => unreachable!("control() never yields data"),
-            })),
-            Some(Got::InPlace { .. }) => {
-                unreachable!("only recv_frame_in_place leaves frames in place")
-            }
-            None => Ok(None),
-        }
+        Ok(self.recv_frame_in_place()?.map(|frame| RecvFrame {
+            data: frame.data().to_vec(),
+            typ: frame.typ,
+            again: frame.again,
+            close_code: frame.close_code,
+        }))
     }
 
-    /// [`WebSocket::recv_frame`] without moving the payload out: a frame
-    /// that arrived whole is not copied at all. For relaying; the frame must
-    /// be dropped before the object is used again.
+    /// [`WebSocket::recv_frame`] with the payload lent instead of copied
+    /// out: a frame that arrived whole is not copied at all. For relaying;
+    /// the frame must be dropped before the object is used again.
     pub fn recv_frame_in_place(&mut self) -> Result<Option<FrameRef<'_>>, WsError> {
         if core::mem::take(&mut self.frame_in_message) {
             self.message.clear();
         }
-        match self.read_until(Unit::FrameInPlace)? {
+        match self.read_until(Unit::Frame)? {
             Some(Got::InPlace { header, range }) => Ok(Some(FrameRef {
                 typ: FrameType::from(header.opcode),
                 again: !header.fin,
@@ -507,7 +477,7 @@ impl WebSocket {
             // the next epoll event sets it): when it is clear there is
             // nothing to read, and no buffer to take for finding that out.
             if !self.conn().ready(Direction::Read) {
-                self.release_read_buffer();
+                self.release_idle_buffers();
                 return Ok(None);
             }
             if self.rbuf.len() == self.rend {
@@ -524,7 +494,7 @@ impl WebSocket {
                     self.ping_sent_at = None;
                 }
                 Io::Again => {
-                    self.release_read_buffer();
+                    self.release_idle_buffers();
                     return Ok(None);
                 }
                 Io::Eof => return Err(WsError::Eof),
@@ -543,7 +513,7 @@ impl WebSocket {
     /// An idle connection holds no read buffer: it goes back to the worker's
     /// list once every byte in it was decoded; so does an empty message
     /// buffer.
-    fn release_read_buffer(&mut self) {
+    fn release_idle_buffers(&mut self) {
         if self.rpos == self.rend && !self.rbuf.is_empty() {
             buffers::give(core::mem::take(&mut self.rbuf));
             self.rpos = 0;
@@ -578,11 +548,7 @@ impl WebSocket {
                         self.message.clear();
                     }
                     // A whole frame in the read buffer stays there.
-                    if unit == Unit::FrameInPlace
-                        && frame_end
-                        && !compressed
-                        && self.message.is_empty()
-                    {
+                    if unit == Unit::Frame && frame_end && !compressed && self.message.is_empty() {
                         let start = chunk.as_ptr() as usize - base;
                         self.stats.bytes_in += chunk.len() as u64;
                         self.stats.messages_in += u64::from(message_end);
@@ -613,7 +579,7 @@ impl WebSocket {
                     }
                     let done = match unit {
                         Unit::Message => message_end,
-                        Unit::Frame | Unit::FrameInPlace => frame_end,
+                        Unit::Frame => frame_end,
                     };
                     if done {
                         return Ok(Some(Got::Data {
