@@ -828,39 +828,28 @@ def main():
     deflate_text, deflate_summary = deflate_section(rows, meta)
     capped = capped_aggregate(rows)
     capped_text = capped_section(rows, meta, capped)
-    if args.only == "capped":
-        doc.append(
-            "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`; "
-            "rust-echo pinned to CPU 0; the load generator (`bench/loadgen`) pinned to CPU 1. Every other section "
-            "of `bench/run.sh` was skipped."
-        )
-        doc.append("")
-        doc.extend(targets_summary(rows, {}, {}, window, capped))
-        doc.extend(capped_text)
-        doc.extend(runtime_section(rows))
-        doc.extend(anomalies(events))
-        with open(args.out, "w") as f:
-            f.write("\n".join(doc))
-        print("\n".join(capped_text))
-        return 0
     if args.only:
+        # One section alone: its setup line, its text, the run times.
+        if args.only == "capped":
+            pinned = "rust-echo pinned to CPU 0; the load generator (`bench/loadgen`) pinned to CPU 1"
+            body = targets_summary(rows, {}, {}, window, capped) + capped_text
+            printed = capped_text
+        else:
+            pinned = "the load generator (`bench/loadgen`) pinned to CPU 1"
+            summary = ["## Summary", "", *deflate_summary, ""] if deflate_summary else []
+            body = summary + deflate_text
+            printed = deflate_summary
         doc.append(
             "One nginx, `worker_processes 1`, worker pinned to CPU 0 (`worker_cpu_affinity 01`), `access_log off`; "
-            "the load generator (`bench/loadgen`) pinned to CPU 1. Every other section of `bench/run.sh` was "
-            "skipped."
+            f"{pinned}. Every other section of `bench/run.sh` was skipped."
         )
         doc.append("")
-        if deflate_summary:
-            doc.append("## Summary")
-            doc.append("")
-            doc.extend(deflate_summary)
-            doc.append("")
-        doc.extend(deflate_text)
+        doc.extend(body)
         doc.extend(runtime_section(rows))
         doc.extend(anomalies(events))
         with open(args.out, "w") as f:
             f.write("\n".join(doc))
-        print("\n".join(deflate_summary))
+        print("\n".join(printed))
         return 0
     doc.append("## Setup")
     doc.append("")

@@ -23,9 +23,8 @@ use WsValgrind;
 
 my $N = 240;
 
-my ($t, $port, @workers) = start_nginx(worker_connections => 4096, conf => <<'EOF');
-server {
-    listen 127.0.0.1:%%PORT_0%%;
+# The two echo locations both nginx instances below serve.
+my $ECHOES = <<'EOF';
     location /lean {
         websocket_echo;
         access_log off;
@@ -34,6 +33,12 @@ server {
         websocket_echo;
         access_log %%TESTDIR%%/logged.log;
     }
+EOF
+
+my ($t, $port, @workers) = start_nginx(worker_connections => 4096, conf => <<"EOF");
+server {
+    listen 127.0.0.1:%%PORT_0%%;
+$ECHOES
     location /lean-timeout {
         websocket_echo;
         access_log off;
@@ -110,17 +115,10 @@ is($bye, scalar(@lean) + scalar(@logged), 'every session closes with 1000, then 
 # echo behind it, all in the one worker.
 {
     my $NP = 120;
-    my ($t2, $port2, @w2) = start_nginx(worker_connections => 4096, conf => <<'EOF');
+    my ($t2, $port2, @w2) = start_nginx(worker_connections => 4096, conf => <<"EOF");
 server {
     listen 127.0.0.1:%%PORT_0%%;
-    location /lean {
-        websocket_echo;
-        access_log off;
-    }
-    location /logged {
-        websocket_echo;
-        access_log %%TESTDIR%%/logged.log;
-    }
+$ECHOES
     location /pass-lean {
         websocket_pass ws://127.0.0.1:%%PORT_0%%/lean;
         access_log off;
