@@ -13,6 +13,7 @@ use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef
 use crate::ngx_peer::{Connect, EventHandler, PeerSource, UpstreamPeer};
 use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
 use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
+use crate::random;
 use crate::protocol::handshake::{
     generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
 };
@@ -173,7 +174,10 @@ impl Connector {
         handler: EventHandler,
     ) -> Result<Connector, ClientError> {
         let peer = UpstreamPeer::new(r, source).map_err(ClientError::Internal)?;
-        let key = generate_key(random16());
+        let mut nonce = [0u8; 16];
+        random::fill(&mut nonce)
+            .map_err(|_| ClientError::Internal(NgxError("no random bytes for Sec-WebSocket-Key")))?;
+        let key = generate_key(nonce);
         let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
         let offer = opts.deflate.as_ref().map(deflate::offer);
         let headers: Vec<(&str, &str)> = opts
@@ -434,13 +438,4 @@ fn test_connect(peer: &Option<UpstreamPeer>) -> Result<(), i32> {
 
 fn connection(peer: &Option<UpstreamPeer>) -> Option<&ConnectionRef> {
     peer.as_ref().and_then(UpstreamPeer::connection)
-}
-
-/// 16 bytes for the handshake key from nginx's PRNG.
-fn random16() -> [u8; 16] {
-    let mut key = [0u8; 16];
-    for chunk in key.chunks_mut(4) {
-        chunk.copy_from_slice(&(ngx::ffi::ngx_random() as u32).to_ne_bytes());
-    }
-    key
 }

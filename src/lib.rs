@@ -24,6 +24,7 @@ pub mod ngx_ssl;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod random;
 pub mod relay;
 pub mod session;
 pub mod upgrade;

@@ -2,7 +2,7 @@
 
 use core::ptr::addr_of;
 
-use ngx::ffi::{ngx_http_module_t, ngx_module_t, NGX_HTTP_MODULE};
+use ngx::ffi::{ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, NGX_HTTP_MODULE, NGX_OK};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 
 use crate::config::{merge_loc_conf, LocConf, COMMANDS};
@@ -48,5 +48,12 @@ pub static mut ngx_http_websocket_module: ngx_module_t = ngx_module_t {
     // writes it; the array ends with a null command.
     commands: unsafe { addr_of!(COMMANDS[0]) as *mut _ },
     type_: NGX_HTTP_MODULE as _,
+    init_process: Some(init_process),
     ..ngx_module_t::default()
 };
+
+/// Runs in each worker after the fork.
+extern "C" fn init_process(_cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    crate::random::forget_drawn();
+    NGX_OK as ngx_int_t
+}

@@ -19,6 +19,7 @@ use crate::client::Agreed;
 use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
 use crate::ngx_peer::UpstreamConn;
 use crate::protocol::frame::{build_frame, parse_header, OpCode, ParseConfig};
+use crate::random;
 
 /// `websocket_keepalive*` of a location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,8 +298,10 @@ fn answer_pings(idle: &Idle) -> bool {
             if end > pending.len() {
                 break;
             }
-            let mask = Some(crate::session::random_mask());
-            let pong = build_frame(true, OpCode::Pong, &pending[at + len..end], mask);
+            let Ok(mask) = random::mask() else {
+                return false;
+            };
+            let pong = build_frame(true, OpCode::Pong, &pending[at + len..end], Some(mask));
             if c.send(&pong) != Io::Done(pong.len()) {
                 return false;
             }

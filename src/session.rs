@@ -22,6 +22,7 @@ use crate::protocol::deflate::{NegotiatedDeflate, RSV1};
 use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
 use crate::protocol::mask::apply_mask;
 use crate::protocol::ProtocolError;
+use crate::random::{self, EntropyError};
 
 use foreign_types::ForeignTypeRef;
 
@@ -177,6 +178,8 @@ pub enum WsError {
     Closed,
     /// zlib failed to compress a message; nothing of it was queued.
     Compression,
+    /// No masking key could be drawn; nothing was queued.
+    Entropy(EntropyError),
 }
 
 impl fmt::Display for WsError {
@@ -193,7 +196,14 @@ impl fmt::Display for WsError {
             }
             WsError::Closed => f.write_str("connection is closing"),
             WsError::Compression => f.write_str("compressing a message failed"),
+            WsError::Entropy(e) => write!(f, "no masking key: {e}"),
         }
+    }
+}
+
+impl From<EntropyError> for WsError {
+    fn from(e: EntropyError) -> Self {
+        WsError::Entropy(e)
     }
 }
 
@@ -646,7 +656,10 @@ impl WebSocket {
                 limit,
             });
         }
-        let mask = self.limits.send_masked.then(random_mask);
+        let mask = match self.limits.send_masked {
+            true => Some(random::mask()?),
+            false => None,
+        };
         // A message is compressed or not as a whole, decided on its first frame.
         let compressed = match self.compression.as_mut() {
             Some(_) if opcode.is_control() => false,
@@ -863,10 +876,4 @@ fn decoder_config(role: Role, limits: &Limits) -> DecoderConfig {
         max_message_len: limits.max_recv_len,
         compression: false,
     }
-}
-
-/// A masking key from nginx's seeded PRNG. RFC 6455 asks for unpredictable
-/// keys from clients; the server-side `send_masked` only needs them to vary.
-pub(crate) fn random_mask() -> [u8; 4] {
-    (ngx::ffi::ngx_random() as u32).to_ne_bytes()
 }

@@ -465,13 +465,15 @@ sub try_recv_frame {
     $hl += 4 if $masked;
     return undef if length $$b < $hl + $len;
     my $payload = substr($$b, $hl, $len);
-    $payload = _xor_mask($payload, substr($$b, $hl - 4, 4)) if $masked;
+    my $mask_key = $masked ? substr($$b, $hl - 4, 4) : '';
+    $payload = _xor_mask($payload, $mask_key) if $masked;
     substr($$b, 0, $hl + $len, '');
     return {
         fin     => ($b0 >> 7) & 1,
         rsv     => ($b0 >> 4) & 7,
         opcode  => $b0 & 0xF,
         masked  => $masked ? 1 : 0,
+        mask_key => $mask_key,
         length  => $len,
         payload => $payload,
     };
@@ -486,7 +488,7 @@ sub _deadline {
     return time + (defined $timeout ? scaled($timeout) : $self->{timeout});
 }
 
-# recv_frame(timeout => 5) -> {fin, rsv, opcode, masked, length, payload}
+# recv_frame(timeout => 5) -> {fin, rsv, opcode, masked, mask_key, length, payload}
 # or undef on timeout/EOF (see ->error).
 sub recv_frame {
     my ($self, %o) = @_;
