@@ -71,7 +71,7 @@ deps:
 		npm ci --prefix browser --no-audit --no-fund
 
 unit:
-	$(CARGO) test --profile $(PROFILE) --locked
+	$(CARGO) test --profile $(PROFILE) --locked --workspace
 
 # Twice: then again with the access log off, where sessions run without
 # their HTTP request once upgraded (config, interop and browser tests
@@ -187,7 +187,7 @@ test-asan: deps asan-build
 	cat $(ASAN_DIR)/summary.txt; exit $$rc
 
 clippy:
-	$(CARGO) clippy --profile $(PROFILE) --locked --all-targets -- -D warnings
+	$(CARGO) clippy --profile $(PROFILE) --locked --workspace --all-targets -- -D warnings
 
 clean:
 	$(CARGO) clean

@@ -5,8 +5,8 @@
 #
 # SECONDS per target: the argument, else $FUZZ_SECONDS, else 300. TARGETs:
 # all of them unless named. Other knobs (environment):
-#   FUZZ_SANITIZER  cargo-fuzz sanitizer (default none: src/protocol/ has no
-#                   unsafe code, and ASan cuts executions ~3.5x, 2.1k against
+#   FUZZ_SANITIZER  cargo-fuzz sanitizer (default none: protocol/'s only
+#                   unsafe code is its thin zlib wrapper, and ASan cuts executions ~3.5x, 2.1k against
 #                   7.7k/s for frame_decoder here; the targets' allocator
 #                   catches over-limit allocations without it)
 #   FUZZ_MAX_LEN    libFuzzer -max_len (default 4096)

@@ -22,7 +22,7 @@ pub mod ngx_peer;
 pub mod ngx_resolve;
 pub mod ngx_ssl;
 pub mod pool;
-pub mod protocol;
+pub use ngx_websocket_protocol as protocol;
 pub mod proxy;
 pub mod random;
 pub mod relay;

@@ -1,14 +1,11 @@
-//! Shared pieces of the fuzz targets: the protocol module itself, an
+//! Shared pieces of the fuzz targets: the protocol crate, an
 //! allocator that turns any oversized allocation into a crash, and helpers
 //! that turn the fuzzer's bytes into configurations and split points.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The module's sans-I/O protocol code, compiled as it is in the module (see
-/// Cargo.toml for why it is not a dependency on the main crate).
-#[path = "../../src/protocol/mod.rs"]
-pub mod protocol;
+pub use ngx_websocket_protocol as protocol;
 
 /// Largest single allocation a target may make. Inputs are at most a few KB
 /// (`-max_len=4096`, plus the client_response target's 16 KB of padding), so

@@ -6,7 +6,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 
 use super::zlib::RawDeflate;
 use super::MIN_DEFLATE_WINDOW_BITS;
-use crate::protocol::ProtocolError;
+use crate::ProtocolError;
 
 /// What a sync flush ends with; removed from the end of every message.
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -86,7 +86,7 @@ impl MessageInflater {
 
     /// Inflates one received part of a message onto `out`, which must not
     /// grow past `limit` bytes (then `MessageTooBig`, with no more than
-    /// [`INFLATE_STEP`] bytes inflated beyond it). `fin` marks the last part.
+    /// 16 KiB inflated beyond it). `fin` marks the last part.
     pub fn inflate(
         &mut self,
         input: &[u8],

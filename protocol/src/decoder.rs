@@ -333,7 +333,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::build_frame;
+    use crate::frame::build_frame;
     use proptest::prelude::*;
 
     const KEY: [u8; 4] = [0xa1, 0xb2, 0xc3, 0xd4];

@@ -66,7 +66,7 @@ pub fn recv_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::frame::build_frame;
+    use crate::frame::build_frame;
     use proptest::prelude::*;
 
     const KEY: [u8; 4] = [1, 2, 3, 4];
