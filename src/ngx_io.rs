@@ -364,6 +364,12 @@ impl RequestRef {
         ptr::eq(self.raw().main, self.as_ptr())
     }
 
+    /// Whether the request is one HTTP/2 stream of a connection: its
+    /// `connection` is then a stand-in that shares the real socket.
+    pub fn is_http2_stream(&self) -> bool {
+        !self.raw().stream.is_null()
+    }
+
     pub fn method_name(&self) -> &[u8] {
         self.raw().method_name.as_bytes()
     }

@@ -85,6 +85,16 @@ fn check(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_
             }
         }
     };
+    // Never reached while validate_request refuses HTTP/2, but a session
+    // must never drive a stream's stand-in connection, whatever the version.
+    if r.is_http2_stream() {
+        ngx_log_error!(
+            NGX_LOG_INFO,
+            r.log(),
+            "websocket: handshake rejected: request is on an HTTP/2 stream"
+        );
+        return Err(HTTP_BAD_REQUEST);
+    }
     if r.has_body() {
         ngx_log_error!(
             NGX_LOG_INFO,

@@ -8,6 +8,9 @@ use std::fmt;
 pub enum HandshakeError {
     MethodNotGet,
     HttpVersionTooOld,
+    /// HTTP/2 or later (the major version): RFC 6455 upgrades HTTP/1.1
+    /// only, and RFC 8441's extended CONNECT is not offered to modules.
+    NotHttp1(u32),
     MissingUpgrade,
     MissingConnectionUpgrade,
     MissingVersion,
@@ -38,6 +41,7 @@ impl HandshakeError {
             Self::MethodNotGet => 405,
             Self::MissingVersion | Self::UnsupportedVersion => 426,
             Self::HttpVersionTooOld
+            | Self::NotHttp1(_)
             | Self::MissingUpgrade
             | Self::MissingConnectionUpgrade
             | Self::MissingKey
@@ -54,6 +58,7 @@ impl fmt::Display for HandshakeError {
         match self {
             Self::MethodNotGet => f.write_str("method is not GET"),
             Self::HttpVersionTooOld => f.write_str("HTTP version older than 1.1"),
+            Self::NotHttp1(major) => write!(f, "WebSocket needs HTTP/1.1, not HTTP/{major}"),
             Self::MissingUpgrade => f.write_str("missing \"Upgrade: websocket\""),
             Self::MissingConnectionUpgrade => f.write_str("missing \"Connection: upgrade\""),
             Self::MissingVersion => f.write_str("missing Sec-WebSocket-Version"),
@@ -107,6 +112,11 @@ mod tests {
                 HandshakeError::HttpVersionTooOld,
                 400,
                 "HTTP version older than 1.1",
+            ),
+            (
+                HandshakeError::NotHttp1(2),
+                400,
+                "WebSocket needs HTTP/1.1, not HTTP/2",
             ),
             (
                 HandshakeError::MissingUpgrade,

@@ -10,6 +10,8 @@ use super::headers::{has_token, list_items, values};
 
 /// `http_version` of HTTP/1.1, nginx style (major * 1000 + minor).
 const HTTP_1_1: u32 = 1001;
+/// `http_version` of HTTP/2, the first version that cannot be upgraded.
+const HTTP_2: u32 = 2000;
 
 /// The parts of an HTTP request the handshake looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,11 @@ pub fn validate_request<'a>(
     req: &HandshakeRequest<'a>,
 ) -> Result<ValidRequest<'a>, HandshakeError> {
     let headers = req.headers.as_slice();
+    // First, so that every request on an HTTP/2 or HTTP/3 stream gets the
+    // same answer: it has no connection of its own to take over.
+    if req.http_version >= HTTP_2 {
+        return Err(HandshakeError::NotHttp1(req.http_version / 1000));
+    }
     if req.method != b"GET" {
         return Err(HandshakeError::MethodNotGet);
     }
@@ -168,7 +175,7 @@ mod tests {
     fn lenient_where_http_is() {
         let req = HandshakeRequest {
             method: b"GET",
-            http_version: 2000,
+            http_version: 1001,
             headers: vec![
                 (b"upgrade", b"WebSocket"),
                 (b"CONNECTION", b"keep-alive, Upgrade"),
@@ -194,6 +201,17 @@ mod tests {
     }
 
     #[test]
+    fn http_1_1_and_later_minors_are_upgraded() {
+        for http_version in [1001, 1009] {
+            let req = HandshakeRequest {
+                http_version,
+                ..request(base_headers())
+            };
+            assert!(validate_request(&req).is_ok(), "{http_version}");
+        }
+    }
+
+    #[test]
     fn key_with_unused_bits_set_is_accepted() {
         let req = with(
             b"Sec-WebSocket-Key",
@@ -210,8 +228,8 @@ mod tests {
             method: b"POST",
             ..request(base_headers())
         };
-        let http10 = HandshakeRequest {
-            http_version: 1000,
+        let version = |http_version| HandshakeRequest {
+            http_version,
             ..request(base_headers())
         };
         let table: Vec<(HandshakeRequest, HandshakeError, u16)> = vec![
@@ -224,7 +242,17 @@ mod tests {
                 HandshakeError::MethodNotGet,
                 405,
             ),
-            (http10, HandshakeError::HttpVersionTooOld, 400),
+            (version(1000), HandshakeError::HttpVersionTooOld, 400),
+            (version(2000), HandshakeError::NotHttp1(2), 400),
+            (version(3000), HandshakeError::NotHttp1(3), 400),
+            (
+                HandshakeRequest {
+                    method: b"CONNECT",
+                    ..version(2000)
+                },
+                HandshakeError::NotHttp1(2),
+                400,
+            ),
             (with(b"Upgrade", &[]), HandshakeError::MissingUpgrade, 400),
             (
                 with(b"Upgrade", &[(b"Upgrade", b"h2c")]),
