@@ -13,8 +13,9 @@ use ngx::ffi::{
     ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
     ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
     ngx_http_send_special, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
-    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, NGX_AGAIN, NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, SSL_ctrl, SSL_set_quiet_shutdown, NGX_AGAIN,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH, NGX_LOG_EMERG, NGX_OK, SSL_CTRL_MODE,
+    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
 };
 use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, NgxHttpCoreModule};
 
@@ -164,6 +165,10 @@ impl ConnectionRef {
     }
 
     /// Writes from `buf` with the connection's own `send` (plain or TLS).
+    ///
+    /// After [`Io::Again`] the next send must start with the same bytes and
+    /// be no shorter: over TLS, OpenSSL has taken part of them into a record
+    /// it finishes first (the bytes may have moved in memory meanwhile).
     pub fn send(&self, buf: &[u8]) -> Io {
         let send = self
             .raw()
@@ -172,10 +177,45 @@ impl ConnectionRef {
         // SAFETY: `buf` is valid for `buf.len()` bytes of reads; nginx's send
         // functions do not write through the pointer.
         let n = unsafe { send(self.as_ptr(), buf.as_ptr().cast_mut(), buf.len()) };
-        match n {
+        let io = match n {
             n if n >= 0 => Io::Done(n as usize),
             n if n == NGX_AGAIN as isize => Io::Again,
             _ => Io::Error,
+        };
+        self.note_tls_write(io);
+        io
+    }
+
+    /// Prepares a TLS connection for the retry of a write that could not
+    /// finish. OpenSSL wants it with the same buffer: nginx keeps its own in
+    /// place (`c->ssl->buf`), ours grow and are compacted while the retry
+    /// waits, so the SSL object is told that the bytes may move. And
+    /// close_notify cannot follow an unfinished record (SSL_shutdown() fails
+    /// with "bad write retry"): until the write completes, the connection's
+    /// TLS shutdown is quiet, as nginx makes it for a connection closed with
+    /// output still buffered.
+    fn note_tls_write(&self, io: Io) {
+        let tls = self.raw().ssl;
+        if tls.is_null() {
+            return;
+        }
+        // SAFETY: a TLS connection's SSL object lives as long as the
+        // connection; both calls only set flags on it.
+        unsafe {
+            let ssl = (*tls).connection;
+            match io {
+                Io::Again => {
+                    SSL_ctrl(
+                        ssl,
+                        SSL_CTRL_MODE as _,
+                        SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER as _,
+                        ptr::null_mut(),
+                    );
+                    SSL_set_quiet_shutdown(ssl, 1);
+                }
+                Io::Done(_) => SSL_set_quiet_shutdown(ssl, 0),
+                Io::Eof | Io::Error => {}
+            }
         }
     }
 

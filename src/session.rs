@@ -765,9 +765,13 @@ impl WebSocket {
     }
 
     /// Drops queued output: the peer is gone and will never read it.
+    /// Nothing may be written after it (as after a close frame): a TLS
+    /// write waiting for its retry could only be retried with the dropped
+    /// bytes.
     pub fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
+        self.close_sent = true;
     }
 
     /// Whether reading stopped for queued output since the last call.
@@ -781,6 +785,8 @@ impl WebSocket {
     }
 
     /// Writes queued frames; `Ok(true)` once everything is on the wire.
+    /// A write that must wait is retried from the same first byte with at
+    /// least as many bytes, as [`ConnectionRef::send`] requires.
     pub fn flush(&mut self) -> Result<bool, WsError> {
         while self.wpos < self.wbuf.len() {
             match self.conn().send(&self.wbuf[self.wpos..]) {

@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::close::parse_close_payload;
-use super::deflate::{compressed_limit, RSV1};
+use super::deflate::{compressed_limit, compressed_message_limit, RSV1};
 use super::error::ProtocolError;
 use super::frame::{parse_header, FrameHeader, OpCode, ParseConfig};
 use super::mask::apply_mask;
@@ -221,8 +221,10 @@ impl Decoder {
                 compressed: self.cfg.compression && header.rsv & RSV1 != 0,
             }),
         };
+        // A compressed message is limited by what it inflates to (the
+        // caller's check); its wire size only by the bound of that limit.
         let (frame_max, message_max) = if message.compressed {
-            let max = compressed_limit(self.cfg.max_message_len);
+            let max = compressed_message_limit(self.cfg.max_message_len);
             (self.wire.max_payload_len, max)
         } else {
             (self.cfg.parse.max_payload_len, self.cfg.max_message_len)
@@ -235,9 +237,16 @@ impl Decoder {
         }
         let len = message.len.saturating_add(header.payload_len);
         if message_max != 0 && len > message_max {
-            return Err(ProtocolError::MessageTooBig {
-                len,
-                max: message_max,
+            return Err(if message.compressed {
+                ProtocolError::CompressedTooBig {
+                    len,
+                    max: message_max,
+                }
+            } else {
+                ProtocolError::MessageTooBig {
+                    len,
+                    max: message_max,
+                }
             });
         }
         message.len = len;
@@ -637,6 +646,65 @@ mod tests {
                 max: 1130
             })
         );
+    }
+
+    /// A compressed message is counted against the bound of its inflated
+    /// limit (8 x 100 + 1024 = 1824 bytes here), however many fragments it
+    /// takes; an uncompressed one against the limit itself.
+    #[test]
+    fn compressed_message_bound_is_summed_over_fragments() {
+        let deflate = DecoderConfig {
+            compression: true,
+            ..server(100, 100)
+        };
+        let message = |sizes: &[usize], compressed: bool| {
+            let last = sizes.len() - 1;
+            let frames: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let opcode = if i == 0 {
+                        OpCode::Binary
+                    } else {
+                        OpCode::Continuation
+                    };
+                    let mut frame = build_frame(i == last, opcode, &vec![0u8; n], Some(KEY));
+                    if i == 0 && compressed {
+                        frame[0] |= 0x40;
+                    }
+                    frame
+                })
+                .collect();
+            frames.concat()
+        };
+        // 1824 bytes in fragments of 7 (a byte each, sync-flushed) and one
+        // of 3: at the bound.
+        let mut at_bound = vec![7; 260];
+        at_bound.push(4);
+        assert_eq!(at_bound.iter().sum::<usize>(), 1824);
+        assert_eq!(run(deflate, &[&message(&at_bound, true)]).1, None);
+        at_bound.push(1);
+        assert_eq!(
+            run(deflate, &[&message(&at_bound, true)]).1,
+            Some(ProtocolError::CompressedTooBig {
+                len: 1825,
+                max: 1824
+            })
+        );
+        // The same fragments uncompressed: over the limit at the 15th.
+        assert_eq!(
+            run(deflate, &[&message(&at_bound, false)]).1,
+            Some(ProtocolError::MessageTooBig { len: 105, max: 100 })
+        );
+        // Each compressed message is counted on its own.
+        let two = [message(&[900, 900], true), message(&[900, 900], true)].concat();
+        assert_eq!(run(deflate, &[&two]).1, None);
+        // Without a message limit, no bound.
+        let unlimited = DecoderConfig {
+            compression: true,
+            ..server(100_000, 0)
+        };
+        assert_eq!(run(unlimited, &[&message(&[70_000; 3], true)]).1, None);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum ProtocolError {
     FrameTooBig { len: u64, max: u64 },
     /// The fragments of one message add up to more than the limit.
     MessageTooBig { len: u64, max: u64 },
+    /// The compressed fragments of one message add up to more than the
+    /// bound its inflated limit allows (`compressed_message_limit`).
+    CompressedTooBig { len: u64, max: u64 },
     /// A text message that is not UTF-8.
     InvalidUtf8,
     /// A close payload of exactly one byte.
@@ -51,7 +54,9 @@ impl ProtocolError {
             Self::InvalidUtf8 | Self::InvalidCloseReason | Self::InvalidCompressedData => {
                 close::INVALID_DATA
             }
-            Self::FrameTooBig { .. } | Self::MessageTooBig { .. } => close::TOO_BIG,
+            Self::FrameTooBig { .. }
+            | Self::MessageTooBig { .. }
+            | Self::CompressedTooBig { .. } => close::TOO_BIG,
             _ => close::PROTOCOL_ERROR,
         }
     }
@@ -80,6 +85,10 @@ impl fmt::Display for ProtocolError {
             Self::MessageTooBig { len, max } => {
                 write!(f, "message too big: {len} bytes, limit {max}")
             }
+            Self::CompressedTooBig { len, max } => write!(
+                f,
+                "compressed message too big: {len} bytes, limit {max} (8 x max_recv_len + 1 KiB)"
+            ),
             Self::InvalidUtf8 => f.write_str("invalid utf-8 in text message"),
             Self::InvalidClosePayload => f.write_str("close payload of 1 byte"),
             Self::InvalidCloseCode(code) => write!(f, "invalid close code {code}"),
@@ -148,6 +157,14 @@ mod tests {
                 ProtocolError::MessageTooBig { len: 9, max: 8 },
                 1009,
                 "message too big: 9 bytes, limit 8",
+            ),
+            (
+                ProtocolError::CompressedTooBig {
+                    len: 9217,
+                    max: 9216,
+                },
+                1009,
+                "compressed message too big: 9217 bytes, limit 9216 (8 x max_recv_len + 1 KiB)",
             ),
             (
                 ProtocolError::InvalidUtf8,
