@@ -122,6 +122,15 @@ sub close_session {
     return $code;
 }
 
+# The upstream drops TCP 0.2 s after this: the session ends from that side.
+sub end_by_upstream {
+    my ($ws) = @_;
+    $ws->send_text('cmd:after:0.2:drop');
+    $ws->recv_message(timeout => 3);
+    $ws->recv_close(timeout => 5);
+    return $ws->wait_eof(5);
+}
+
 # Upstream connections server $name accepted for $path.
 sub accepted { my ($name, $path) = @_; scalar grep { ($_->{path} // '') eq $path } $up{$name}->records }
 
@@ -134,7 +143,13 @@ for my $case ([ '/lc', 'without websocket_keepalive' ], [ '/lcka', 'with websock
     push @{ $on{ server_of($_) } }, $_ for @open;
     is(join(' ', map { "$_=" . scalar @{ $on{$_} } } sort keys %on), 'A=2 B=2',
         "least_conn $how: four open sessions, two on each server");
-    close_session($_) for @{ $on{A} };
+    # without the pool, one of them is ended by its upstream
+    close_session($on{A}[0]);
+    if ($path eq '/lc') {
+        ok(end_by_upstream($on{A}[1]), "least_conn $how: a session on A ended by its upstream");
+    } else {
+        close_session($on{A}[1]);
+    }
     my @next = map { open_session($path) } 1 .. 2;
     is(join(' ', map { server_of($_) } @next), 'A A',
         "least_conn $how: after the two on A ended, the next two both go to A");

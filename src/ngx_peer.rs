@@ -14,9 +14,9 @@ use ngx::ffi::{
     ngx_destroy_pool, ngx_event_connect_peer, ngx_event_t, ngx_http_request_t,
     ngx_http_upstream_create_round_robin_peer, ngx_http_upstream_main_conf_t,
     ngx_http_upstream_resolved_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
-    ngx_parse_addr_port, ngx_pcalloc, ngx_peer_connection_t, ngx_pool_cleanup_add, ngx_pool_t,
-    ngx_str_t, socklen_t, NGX_AGAIN, NGX_BUSY, NGX_DECLINED, NGX_LOG_ERR, NGX_OK, NGX_PEER_FAILED,
-    SOL_SOCKET, SO_ERROR,
+    ngx_palloc, ngx_parse_addr_port, ngx_pcalloc, ngx_peer_connection_t, ngx_pool_cleanup_add,
+    ngx_pool_t, ngx_str_t, socklen_t, NGX_AGAIN, NGX_BUSY, NGX_DECLINED, NGX_LOG_ERR, NGX_OK,
+    NGX_PEER_FAILED, SOL_SOCKET, SO_ERROR,
 };
 
 use crate::ngx_io::{cycle_log, ConnectionRef, NgxError, RequestRef};
@@ -101,12 +101,12 @@ pub enum Pick {
     Error,
 }
 
-/// Memory that a request's balancer state lives in: the `upstream` object
-/// and whatever the balancer allocates for the request. nginx keeps it in
-/// the request pool, but a session outlives its request with `access_log
-/// off`, and the balancer must hear of the session's end; so it gets a pool
-/// of its own, destroyed when both the request and the balancer state are
-/// done with it.
+/// Memory that a request's balancer state lives in: what the balancer
+/// allocates for the request, and the peer connection once the session
+/// holds it without its request. nginx keeps that state in the request
+/// pool, but a session outlives its request with `access_log off`, and the
+/// balancer must hear of the session's end; so it gets a pool of its own,
+/// destroyed when both the request and the balancer state are done with it.
 struct BalancerMemory {
     pool: NonNull<ngx_pool_t>,
 }
@@ -130,25 +130,49 @@ unsafe extern "C" fn release_balancer_memory(data: *mut c_void) {
     }
 }
 
-/// A request's balancer state (`r->upstream->peer`): while it holds a peer
-/// (from the balancer's `get` to its `free`), the balancer counts that peer
-/// busy. Dropping it closes a connection still being set up and frees the
-/// peer as done, as nginx's ngx_http_upstream_finalize_request does.
+/// A request's balancer state: while it holds a peer (from the balancer's
+/// `get` to its `free`), the balancer counts that peer busy. Dropping it
+/// closes a connection still being set up and frees the peer as done, as
+/// nginx's ngx_http_upstream_finalize_request does.
 struct Balancer {
-    u: NonNull<ngx_http_upstream_t>,
-    _memory: Rc<BalancerMemory>,
+    /// `r->upstream->peer` while the request lives, then a copy of it in
+    /// the balancer memory (see `outlive_request`).
+    pc: NonNull<ngx_peer_connection_t>,
+    memory: Rc<BalancerMemory>,
 }
 
 impl Balancer {
     fn pc(&self) -> &ngx_peer_connection_t {
-        // SAFETY: the upstream object lives in the balancer memory, which
-        // this object keeps; only its owner touches its `peer` field.
-        unsafe { &(*self.u.as_ptr()).peer }
+        // SAFETY: `pc` lives in the request (used only while it lives) or
+        // in the balancer memory, which this object keeps; only its owner
+        // touches it.
+        unsafe { self.pc.as_ref() }
     }
 
     fn pc_mut(&mut self) -> &mut ngx_peer_connection_t {
         // SAFETY: as in `pc`, and `&mut self` makes the access exclusive.
-        unsafe { &mut (*self.u.as_ptr()).peer }
+        unsafe { self.pc.as_mut() }
+    }
+
+    /// Moves the peer connection out of the request's `upstream` object
+    /// (into the balancer memory), so that the balancer can be told of the
+    /// peer after the request was freed. `r->upstream->peer` keeps its
+    /// name, for the request's log lines.
+    fn outlive_request(mut self) -> Result<Balancer, NgxError> {
+        let size = mem::size_of::<ngx_peer_connection_t>();
+        // SAFETY: the pool is live while `memory` is; the copy is plain
+        // data, written in full before use.
+        unsafe {
+            let copy: *mut ngx_peer_connection_t =
+                ngx_palloc(self.memory.pool.as_ptr(), size).cast();
+            let copy = NonNull::new(copy).ok_or(NgxError("ngx_palloc"))?;
+            ptr::copy_nonoverlapping(self.pc.as_ptr(), copy.as_ptr(), 1);
+            // The request's copy must not close or free anything again.
+            self.pc_mut().connection = ptr::null_mut();
+            self.pc_mut().sockaddr = ptr::null_mut();
+            self.pc = copy;
+        }
+        Ok(self)
     }
 
     /// Whether the balancer picked a peer that it was not told about yet
@@ -233,26 +257,28 @@ impl UpstreamPeer {
     pub fn new(r: &mut RequestRef, source: &PeerSource) -> Result<Self, NgxError> {
         let r = r.as_ptr();
         let memory = balancer_memory(r)?;
-        // SAFETY: `r` is live; the upstream object is zeroed memory, as
-        // nginx's own ngx_http_upstream_create makes it. Balancer init
-        // functions allocate their state from `r->pool`: for their call it
-        // is the balancer memory, so that the state lasts as long as the
-        // balancer needs it (see `BalancerMemory`).
+        // SAFETY: `r` is live; the upstream object is zeroed pool memory, as
+        // nginx's own ngx_http_upstream_create makes it, and lives as long as
+        // the request. Balancer init functions allocate their state from
+        // `r->pool`: for their call it is the balancer memory, so that the
+        // state lasts as long as the balancer needs it.
         unsafe {
-            let pool = memory.pool.as_ptr();
             let u: *mut ngx_http_upstream_t =
-                ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_t>()).cast();
+                ngx_pcalloc((*r).pool, mem::size_of::<ngx_http_upstream_t>()).cast();
             let u = NonNull::new(u).ok_or(NgxError("ngx_pcalloc"))?;
             (*r).upstream = u.as_ptr();
             let pc = &mut (*u.as_ptr()).peer;
             pc.log = (*(*r).connection).log;
             pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_ERR as _);
-            let request_pool = mem::replace(&mut (*r).pool, pool);
+            let request_pool = mem::replace(&mut (*r).pool, memory.pool.as_ptr());
             let ready = init_balancer(r, source);
             (*r).pool = request_pool;
             ready?;
             Ok(UpstreamPeer {
-                balancer: Balancer { u, _memory: memory },
+                balancer: Balancer {
+                    pc: NonNull::from(&mut (*u.as_ptr()).peer),
+                    memory,
+                },
             })
         }
     }
@@ -381,31 +407,35 @@ impl UpstreamPeer {
         let pc = balancer.pc_mut();
         let c = NonNull::new(pc.connection)?;
         pc.connection = ptr::null_mut();
-        Some(UpstreamConn {
+        let mut conn = UpstreamConn {
             c,
             name,
             address,
-            balancer: Some(balancer),
-        })
+            balancer: None,
+        };
+        // Without its balancer state the connection closes.
+        conn.balancer = Some(balancer.outlive_request().ok()?);
+        Some(conn)
     }
 
     /// A pooled connection to the picked peer serves this session: it takes
     /// the balancer state along, as a new connection would.
-    pub fn reuse(self, mut conn: UpstreamConn) -> UpstreamConn {
-        conn.balancer = Some(self.balancer);
-        conn
+    pub fn reuse(self, mut conn: UpstreamConn) -> Option<UpstreamConn> {
+        conn.balancer = Some(self.balancer.outlive_request().ok()?);
+        Some(conn)
     }
 }
 
-/// Room for what a balancer allocates per request besides the `upstream`
-/// object (nginx's own need less than 200 bytes); more comes from the heap.
-const BALANCER_STATE_SIZE: usize = 512;
+/// Room for what a balancer allocates per request (nginx's own need less
+/// than 200 bytes over an `upstream {}` block); more comes from the heap.
+const BALANCER_STATE_SIZE: usize = 256;
 
 /// A request's balancer memory, held by the request (a request pool
 /// cleanup drops its share) and by the returned `Rc`.
 fn balancer_memory(r: *mut ngx_http_request_t) -> Result<Rc<BalancerMemory>, NgxError> {
-    let size =
-        mem::size_of::<ngx_pool_t>() + mem::size_of::<ngx_http_upstream_t>() + BALANCER_STATE_SIZE;
+    let size = mem::size_of::<ngx_pool_t>()
+        + mem::size_of::<ngx_peer_connection_t>()
+        + BALANCER_STATE_SIZE;
     // SAFETY: `r` is live; the cleanup's data is a pointer-sized slot.
     unsafe {
         let pool =

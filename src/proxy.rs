@@ -668,7 +668,9 @@ impl PassSession {
                     let Some(peer) = plan.peer.take() else {
                         return Next::Fail(NGX_ERROR as ngx_int_t);
                     };
-                    let conn = peer.reuse(conn);
+                    let Some(conn) = peer.reuse(conn) else {
+                        return Next::Fail(HTTP_INTERNAL_SERVER_ERROR);
+                    };
                     return self.upgrade(r, plan, conn, agreed, &[], true);
                 }
                 Acquired::Connect(slot) => keepalive.slot = Some(slot),
