@@ -487,3 +487,73 @@ fn random16() -> [u8; 16] {
     }
     key
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ClientOptions {
+        ClientOptions {
+            path: String::from("/chat?room=1"),
+            host: String::from("backend"),
+            protocols: vec![String::from("chat")],
+            origin: Some(String::from("https://example.com")),
+            headers: vec![(String::from("Authorization"), String::from("Bearer a"))],
+            connect_timeout: 1000,
+            tls: None,
+            deflate: None,
+        }
+    }
+
+    #[test]
+    fn handshake_identity_is_every_byte_but_the_key() {
+        let same = options();
+        assert_eq!(options().handshake(), same.handshake());
+        assert!(!options().handshake().is_empty());
+        let changes: [fn(&mut ClientOptions); 6] = [
+            |o| o.path.push('2'),
+            |o| o.host.push('2'),
+            |o| o.protocols.push(String::from("b")),
+            |o| o.origin = None,
+            |o| o.headers[0].1.push('b'),
+            |o| {
+                o.deflate = Some(DeflateConfig {
+                    window_bits: 15,
+                    context_takeover: false,
+                })
+            },
+        ];
+        for change in changes {
+            let mut other = options();
+            change(&mut other);
+            assert_ne!(other.handshake(), same.handshake());
+        }
+        // Only what reaches the upstream counts.
+        let mut other = options();
+        other.connect_timeout = 5;
+        assert_eq!(other.handshake(), same.handshake());
+    }
+
+    #[test]
+    fn only_the_peer_failing_counts_against_it() {
+        let peer = || String::from("127.0.0.1:1");
+        let status = |s| ClientError::BadResponse {
+            peer: peer(),
+            error: HandshakeError::ResponseStatus(s),
+        };
+        assert!(status(500).peer_failed());
+        assert!(status(503).peer_failed());
+        assert!(!status(403).peer_failed());
+        assert!(!status(404).peer_failed());
+        assert!(!status(302).peer_failed());
+        assert!(!status(200).peer_failed());
+        assert!(ClientError::BadResponse {
+            peer: peer(),
+            error: HandshakeError::ResponseInvalidAccept
+        }
+        .peer_failed());
+        assert!(ClientError::Closed { peer: peer() }.peer_failed());
+        assert!(ClientError::Timeout { peer: peer() }.peer_failed());
+        assert!(!ClientError::NoLivePeers.peer_failed());
+    }
+}
