@@ -9,8 +9,8 @@ use std::ffi::CString;
 use ngx::ffi::{ngx_connection_handler_pt, ngx_int_t, ngx_msec_t, NGX_LOG_ERR};
 use ngx::ngx_log_error;
 
-use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError, RequestRef};
-use crate::ngx_peer::{Connect, EventHandler, PeerSource, UpstreamPeer};
+use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError};
+use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
 use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
 use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
 use crate::random;
@@ -87,6 +87,22 @@ impl ClientError {
     }
 }
 
+impl ClientError {
+    /// Whether the peer itself failed (it is unreachable, slow, broke TLS
+    /// or the protocol, or answered 5xx), rather than refused this request
+    /// with an HTTP answer of its choice, which a client can provoke.
+    fn peer_failed(&self) -> bool {
+        match self {
+            ClientError::BadResponse {
+                error: HandshakeError::ResponseStatus(status),
+                ..
+            } => *status >= 500,
+            ClientError::NoLivePeers | ClientError::Internal(_) => false,
+            _ => true,
+        }
+    }
+}
+
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -111,6 +127,35 @@ impl fmt::Display for ClientError {
             ClientError::Tls { peer, why } => write!(f, "TLS with upstream {peer} failed: {why}"),
             ClientError::Internal(e) => write!(f, "{e}"),
         }
+    }
+}
+
+/// The upstream handshake request of `opts` with the key `key`.
+fn request_bytes(opts: &ClientOptions, key: &str) -> Vec<u8> {
+    let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
+    let offer = opts.deflate.as_ref().map(deflate::offer);
+    let headers: Vec<(&str, &str)> = opts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .chain(offer.as_deref().map(|o| ("Sec-WebSocket-Extensions", o)))
+        .collect();
+    ClientRequest {
+        path: &opts.path,
+        host: &opts.host,
+        key,
+        protocols: &protocols,
+        origin: opts.origin.as_deref(),
+        extra_headers: &headers,
+    }
+    .to_bytes()
+}
+
+impl ClientOptions {
+    /// The upstream handshake these options send, byte for byte, but for
+    /// its random key: a pooled connection serves only an identical one.
+    pub fn handshake(&self) -> Vec<u8> {
+        request_bytes(self, "")
     }
 }
 
@@ -153,60 +198,39 @@ pub struct Connector {
     peer: Option<UpstreamPeer>,
     stage: Stage,
     key: String,
-    protocols: Vec<String>,
+    /// What the handshake sends (its TLS target taken out).
+    opts: ClientOptions,
     request: Vec<u8>,
     response: Vec<u8>,
     deadline: ngx_msec_t,
     data: *mut c_void,
     handler: EventHandler,
     tls: Option<TlsTarget>,
-    deflate: Option<DeflateConfig>,
 }
 
 impl Connector {
-    /// Starts connecting. `data` and `handler` are installed on the new
-    /// connection; the handler must call [`Connector::advance`].
+    /// Starts connecting to the peer the balancer picked (or picks). `data`
+    /// and `handler` are installed on the new connection; the handler must
+    /// call [`Connector::advance`].
     pub fn start(
-        r: &mut RequestRef,
-        source: &PeerSource,
+        peer: UpstreamPeer,
         mut opts: ClientOptions,
         data: *mut c_void,
         handler: EventHandler,
     ) -> Result<Connector, ClientError> {
-        let peer = UpstreamPeer::new(r, source).map_err(ClientError::Internal)?;
-        let mut nonce = [0u8; 16];
-        random::fill(&mut nonce)
-            .map_err(|_| ClientError::Internal(NgxError("no random bytes for Sec-WebSocket-Key")))?;
-        let key = generate_key(nonce);
-        let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
-        let offer = opts.deflate.as_ref().map(deflate::offer);
-        let headers: Vec<(&str, &str)> = opts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .chain(offer.as_deref().map(|o| ("Sec-WebSocket-Extensions", o)))
-            .collect();
-        let request = ClientRequest {
-            path: &opts.path,
-            host: &opts.host,
-            key: &key,
-            protocols: &protocols,
-            origin: opts.origin.as_deref(),
-            extra_headers: &headers,
-        }
-        .to_bytes();
+        let key = new_key()?;
+        let request = request_bytes(&opts, &key);
         let mut connector = Connector {
             peer: Some(peer),
             stage: Stage::Connect,
             key,
-            protocols: opts.protocols.clone(),
             request,
             response: Vec::new(),
             deadline: now_msec().wrapping_add(opts.connect_timeout),
             data,
             handler,
             tls: opts.tls.take(),
-            deflate: opts.deflate,
+            opts,
         };
         match connector.connect_next() {
             Progress::Failed(e) => Err(e),
@@ -257,8 +281,7 @@ impl Connector {
             };
             if c.take_timedout(Direction::Read) | c.take_timedout(Direction::Write) {
                 let peer = self.peer().name();
-                self.peer().fail();
-                return Progress::Failed(ClientError::Timeout { peer });
+                return self.next_peer(ClientError::Timeout { peer });
             }
             match self.stage {
                 Stage::Connect => match test_connect(&self.peer) {
@@ -320,8 +343,7 @@ impl Connector {
 
     fn tls_failed(&mut self, why: String) -> Progress {
         let peer = self.peer().name();
-        self.peer().fail();
-        Progress::Failed(ClientError::Tls { peer, why })
+        self.next_peer(ClientError::Tls { peer, why })
     }
 
     /// A non-blocking connect failed: log it, then try the next peer.
@@ -335,12 +357,36 @@ impl Connector {
                 os_error_text(errno)
             );
         }
-        self.peer().fail();
-        if self.peer().tries_left() {
-            self.connect_next()
-        } else {
-            Progress::Failed(ClientError::Unreachable { peer, errno })
+        self.next_peer(ClientError::Unreachable { peer, errno })
+    }
+
+    /// The attempt with this peer failed. When the peer itself failed, the
+    /// balancer hears it (nginx's `max_fails` counts it) and, as nginx's
+    /// next_upstream does, the next peer is tried while the balancer allows
+    /// it and `websocket_connect_timeout` leaves time; otherwise the session
+    /// fails with `error`. An HTTP refusal of this request is not the peer
+    /// failing: the balancer hears of it as done when the connector drops.
+    fn next_peer(&mut self, error: ClientError) -> Progress {
+        if !error.peer_failed() {
+            return Progress::Failed(error);
         }
+        let log = connection(&self.peer).map(ConnectionRef::log);
+        self.peer().fail();
+        let time_left = self.deadline.wrapping_sub(now_msec()) as i64 > 0;
+        if !(self.peer().tries_left() && time_left) {
+            return Progress::Failed(error);
+        }
+        if let (Some(log), false) = (log, matches!(error, ClientError::Unreachable { .. })) {
+            // Unreachable peers were logged as their connect failed.
+            ngx_log_error!(NGX_LOG_ERR, log, "websocket: {error}, trying the next one");
+        }
+        self.response.clear();
+        self.key = match new_key() {
+            Ok(key) => key,
+            Err(e) => return Progress::Failed(e),
+        };
+        self.request = request_bytes(&self.opts, &self.key);
+        self.connect_next()
     }
 
     /// Parses what arrived of the response; `None` while it is incomplete.
@@ -351,13 +397,13 @@ impl Connector {
             }
             None => Ok(None),
             Some((response, used)) => {
-                let offered: Vec<&str> = self.protocols.iter().map(String::as_str).collect();
-                let extensions: &[&str] = match self.deflate {
+                let offered: Vec<&str> = self.opts.protocols.iter().map(String::as_str).collect();
+                let extensions: &[&str] = match self.opts.deflate {
                     Some(_) => &[EXTENSION_NAME],
                     None => &[],
                 };
                 let chosen = response.validate_with_extensions(&self.key, &offered, extensions)?;
-                let agreed = match &self.deflate {
+                let agreed = match &self.opts.deflate {
                     Some(cfg) => {
                         let values = response.header_values("Sec-WebSocket-Extensions");
                         deflate::check_response(&values, cfg)
@@ -384,16 +430,14 @@ impl Connector {
             }
             Err(error) => {
                 let peer = self.peer().name();
-                self.peer().fail();
-                Some(Progress::Failed(ClientError::BadResponse { peer, error }))
+                Some(self.next_peer(ClientError::BadResponse { peer, error }))
             }
         }
     }
 
     fn closed(&mut self) -> Progress {
         let peer = self.peer().name();
-        self.peer().fail();
-        Progress::Failed(ClientError::Closed { peer })
+        self.next_peer(ClientError::Closed { peer })
     }
 
     /// Waits for `dir` on the upstream connection until the deadline.
@@ -401,8 +445,7 @@ impl Connector {
         let left = self.deadline.wrapping_sub(now_msec()) as i64;
         if left <= 0 || left > i64::from(u32::MAX) {
             let peer = self.peer().name();
-            self.peer().fail();
-            return Progress::Failed(ClientError::Timeout { peer });
+            return self.next_peer(ClientError::Timeout { peer });
         }
         let Some(c) = connection(&self.peer) else {
             return Progress::Failed(ClientError::Internal(NgxError("upstream connection")));
@@ -438,4 +481,82 @@ fn test_connect(peer: &Option<UpstreamPeer>) -> Result<(), i32> {
 
 fn connection(peer: &Option<UpstreamPeer>) -> Option<&ConnectionRef> {
     peer.as_ref().and_then(UpstreamPeer::connection)
+}
+
+/// A fresh `Sec-WebSocket-Key` from the OS's CSPRNG.
+fn new_key() -> Result<String, ClientError> {
+    let mut nonce = [0u8; 16];
+    random::fill(&mut nonce)
+        .map_err(|_| ClientError::Internal(NgxError("no random bytes for Sec-WebSocket-Key")))?;
+    Ok(generate_key(nonce))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ClientOptions {
+        ClientOptions {
+            path: String::from("/chat?room=1"),
+            host: String::from("backend"),
+            protocols: vec![String::from("chat")],
+            origin: Some(String::from("https://example.com")),
+            headers: vec![(String::from("Authorization"), String::from("Bearer a"))],
+            connect_timeout: 1000,
+            tls: None,
+            deflate: None,
+        }
+    }
+
+    #[test]
+    fn handshake_identity_is_every_byte_but_the_key() {
+        let same = options();
+        assert_eq!(options().handshake(), same.handshake());
+        assert!(!options().handshake().is_empty());
+        let changes: [fn(&mut ClientOptions); 6] = [
+            |o| o.path.push('2'),
+            |o| o.host.push('2'),
+            |o| o.protocols.push(String::from("b")),
+            |o| o.origin = None,
+            |o| o.headers[0].1.push('b'),
+            |o| {
+                o.deflate = Some(DeflateConfig {
+                    window_bits: 15,
+                    context_takeover: false,
+                })
+            },
+        ];
+        for change in changes {
+            let mut other = options();
+            change(&mut other);
+            assert_ne!(other.handshake(), same.handshake());
+        }
+        // Only what reaches the upstream counts.
+        let mut other = options();
+        other.connect_timeout = 5;
+        assert_eq!(other.handshake(), same.handshake());
+    }
+
+    #[test]
+    fn only_the_peer_failing_counts_against_it() {
+        let peer = || String::from("127.0.0.1:1");
+        let status = |s| ClientError::BadResponse {
+            peer: peer(),
+            error: HandshakeError::ResponseStatus(s),
+        };
+        assert!(status(500).peer_failed());
+        assert!(status(503).peer_failed());
+        assert!(!status(403).peer_failed());
+        assert!(!status(404).peer_failed());
+        assert!(!status(302).peer_failed());
+        assert!(!status(200).peer_failed());
+        assert!(ClientError::BadResponse {
+            peer: peer(),
+            error: HandshakeError::ResponseInvalidAccept
+        }
+        .peer_failed());
+        assert!(ClientError::Closed { peer: peer() }.peer_failed());
+        assert!(ClientError::Timeout { peer: peer() }.peer_failed());
+        assert!(!ClientError::NoLivePeers.peer_failed());
+    }
 }

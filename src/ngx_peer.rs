@@ -6,6 +6,7 @@
 use core::ffi::c_void;
 use core::mem;
 use core::ptr::{self, NonNull};
+use std::rc::Rc;
 
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
@@ -13,11 +14,12 @@ use ngx::ffi::{
     ngx_destroy_pool, ngx_event_connect_peer, ngx_event_t, ngx_http_request_t,
     ngx_http_upstream_create_round_robin_peer, ngx_http_upstream_main_conf_t,
     ngx_http_upstream_resolved_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
-    ngx_parse_addr_port, ngx_pcalloc, ngx_peer_connection_t, ngx_str_t, socklen_t, NGX_AGAIN,
-    NGX_BUSY, NGX_DECLINED, NGX_LOG_ERR, NGX_OK, NGX_PEER_FAILED, SOL_SOCKET, SO_ERROR,
+    ngx_palloc, ngx_parse_addr_port, ngx_pcalloc, ngx_peer_connection_t, ngx_pool_cleanup_add,
+    ngx_pool_t, ngx_str_t, socklen_t, NGX_AGAIN, NGX_BUSY, NGX_DECLINED, NGX_LOG_ERR, NGX_OK,
+    NGX_PEER_FAILED, SOL_SOCKET, SO_ERROR,
 };
 
-use crate::ngx_io::{ConnectionRef, NgxError, RequestRef};
+use crate::ngx_io::{cycle_log, ConnectionRef, NgxError, RequestRef};
 use crate::ngx_resolve::Addresses;
 
 /// An event handler of an upstream connection.
@@ -90,80 +92,226 @@ pub enum Connect {
     Error,
 }
 
+/// What asking the balancer for a peer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Picked,
+    /// The balancer has no live peer left.
+    NoLivePeers,
+    Error,
+}
+
+/// Memory that a request's balancer state lives in: what the balancer
+/// allocates for the request, and the peer connection once the session
+/// holds it without its request. nginx keeps that state in the request
+/// pool, but a session outlives its request with `access_log off`, and the
+/// balancer must hear of the session's end; so it gets a pool of its own,
+/// destroyed when both the request and the balancer state are done with it.
+struct BalancerMemory {
+    pool: NonNull<ngx_pool_t>,
+}
+
+impl Drop for BalancerMemory {
+    fn drop(&mut self) {
+        // SAFETY: the pool was made by `UpstreamPeer::new`; every pointer
+        // into it belongs to the request or the balancer state, both gone.
+        unsafe { ngx_destroy_pool(self.pool.as_ptr()) };
+    }
+}
+
+/// Drops the request's share of its balancer memory (a request pool
+/// cleanup).
+unsafe extern "C" fn release_balancer_memory(data: *mut c_void) {
+    // SAFETY: `data` holds the pointer `UpstreamPeer::new` leaked from its
+    // `Rc`; each cleanup runs once.
+    unsafe {
+        let memory: *const BalancerMemory = *data.cast::<*const BalancerMemory>();
+        drop(Rc::from_raw(memory));
+    }
+}
+
+/// A request's balancer state: while it holds a peer (from the balancer's
+/// `get` to its `free`), the balancer counts that peer busy. Dropping it
+/// closes a connection still being set up and frees the peer as done, as
+/// nginx's ngx_http_upstream_finalize_request does.
+struct Balancer {
+    /// `r->upstream->peer` while the request lives, then a copy of it in
+    /// the balancer memory (see `outlive_request`).
+    pc: NonNull<ngx_peer_connection_t>,
+    memory: Rc<BalancerMemory>,
+}
+
+impl Balancer {
+    fn pc(&self) -> &ngx_peer_connection_t {
+        // SAFETY: `pc` lives in the request (used only while it lives) or
+        // in the balancer memory, which this object keeps; only its owner
+        // touches it.
+        unsafe { self.pc.as_ref() }
+    }
+
+    fn pc_mut(&mut self) -> &mut ngx_peer_connection_t {
+        // SAFETY: as in `pc`, and `&mut self` makes the access exclusive.
+        unsafe { self.pc.as_mut() }
+    }
+
+    /// Moves the peer connection out of the request's `upstream` object
+    /// (into the balancer memory), so that the balancer can be told of the
+    /// peer after the request was freed. `r->upstream->peer` keeps its
+    /// name, for the request's log lines.
+    fn outlive_request(mut self) -> Result<Balancer, NgxError> {
+        let size = mem::size_of::<ngx_peer_connection_t>();
+        // SAFETY: the pool is live while `memory` is; the copy is plain
+        // data, written in full before use.
+        unsafe {
+            let copy: *mut ngx_peer_connection_t =
+                ngx_palloc(self.memory.pool.as_ptr(), size).cast();
+            let copy = NonNull::new(copy).ok_or(NgxError("ngx_palloc"))?;
+            ptr::copy_nonoverlapping(self.pc.as_ptr(), copy.as_ptr(), 1);
+            // The request's copy must not close or free anything again.
+            self.pc_mut().connection = ptr::null_mut();
+            self.pc_mut().sockaddr = ptr::null_mut();
+            self.pc = copy;
+        }
+        Ok(self)
+    }
+
+    /// Whether the balancer picked a peer that it was not told about yet
+    /// (nginx marks that with `sockaddr`, as here).
+    fn holds_peer(&self) -> bool {
+        !self.pc().sockaddr.is_null()
+    }
+
+    fn pick(&mut self) -> Pick {
+        if self.holds_peer() {
+            return Pick::Picked;
+        }
+        let pc = self.pc_mut();
+        let Some(get) = pc.get else {
+            return Pick::Error;
+        };
+        // SAFETY: `get` is the balancer's, with its own data.
+        match unsafe { get(pc, pc.data) } as i32 {
+            rc if rc == NGX_OK as i32 => Pick::Picked,
+            NGX_BUSY => Pick::NoLivePeers,
+            _ => Pick::Error,
+        }
+    }
+
+    /// Tells the balancer how its peer did, once.
+    fn free(&mut self, state: u32) {
+        if !self.holds_peer() {
+            return;
+        }
+        let pc = self.pc_mut();
+        if let Some(free) = pc.free {
+            // SAFETY: `free` is the balancer's, with its own data. The
+            // connection is not in `pc` (nginx's keepalive balancer would
+            // otherwise try to cache it).
+            unsafe { free(pc, pc.data, state as _) };
+        }
+        pc.sockaddr = ptr::null_mut();
+    }
+
+    /// Closes the connection being set up, if any.
+    fn close(&mut self) {
+        let pc = self.pc_mut();
+        let c: *mut ngx_connection_t = pc.connection;
+        pc.connection = ptr::null_mut();
+        if let Some(c) = NonNull::new(c) {
+            close_connection(c);
+        }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        if !self.pc().connection.is_null() {
+            ngx::ngx_log_error!(
+                NGX_LOG_ERR,
+                self.pc().log,
+                "websocket: upstream connection left open"
+            );
+            self.close();
+        }
+        self.free(0);
+    }
+}
+
+/// Stands in for the balancer's `get` in `ngx_event_connect_peer` when the
+/// peer was picked before (to look for a pooled connection to it first).
+unsafe extern "C" fn already_picked(
+    _pc: *mut ngx_peer_connection_t,
+    _data: *mut c_void,
+) -> ngx_int_t {
+    NGX_OK as ngx_int_t
+}
+
 /// The peer connection of one request, with the balancer state in the
 /// request's `upstream` object (which nginx's balancers expect there).
 pub struct UpstreamPeer {
-    u: NonNull<ngx_http_upstream_t>,
+    balancer: Balancer,
 }
 
 impl UpstreamPeer {
     /// Prepares the balancer of `source` for `r`.
     pub fn new(r: &mut RequestRef, source: &PeerSource) -> Result<Self, NgxError> {
         let r = r.as_ptr();
+        let memory = balancer_memory(r)?;
         // SAFETY: `r` is live; the upstream object is zeroed pool memory, as
         // nginx's own ngx_http_upstream_create makes it, and lives as long as
-        // the request. Balancer init functions only touch `r->upstream->peer`;
-        // the resolved address lives in the request pool too.
+        // the request. Balancer init functions allocate their state from
+        // `r->pool`: for their call it is the balancer memory, so that the
+        // state lasts as long as the balancer needs it.
         unsafe {
-            let pool = (*r).pool;
             let u: *mut ngx_http_upstream_t =
-                ngx_pcalloc(pool, mem::size_of::<ngx_http_upstream_t>()).cast();
+                ngx_pcalloc((*r).pool, mem::size_of::<ngx_http_upstream_t>()).cast();
             let u = NonNull::new(u).ok_or(NgxError("ngx_pcalloc"))?;
             (*r).upstream = u.as_ptr();
             let pc = &mut (*u.as_ptr()).peer;
             pc.log = (*(*r).connection).log;
             pc.set_log_error(ngx::ffi::ngx_connection_log_error_e_NGX_ERROR_ERR as _);
-            match source {
-                PeerSource::Upstream(uscf) => {
-                    let init = (*uscf.as_ptr())
-                        .peer
-                        .init
-                        .ok_or(NgxError("upstream peer init"))?;
-                    if init(r, uscf.as_ptr()) != NGX_OK as ngx_int_t {
-                        return Err(NgxError("upstream peer init"));
-                    }
-                }
-                PeerSource::Address(addr) => {
-                    let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
-                    ur.sockaddr = addr.sockaddr;
-                    ur.socklen = addr.socklen;
-                    ur.name = addr.name;
-                    ur.host = addr.name;
-                    ur.naddrs = 1;
-                    round_robin(r, ur)?;
-                }
-                PeerSource::Resolved { addrs, port } => {
-                    let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
-                    ur.host = addrs.host;
-                    ur.addrs = addrs.addrs;
-                    ur.naddrs = addrs.naddrs;
-                    ur.port = *port;
-                    round_robin(r, ur)?;
-                }
-            }
-            Ok(UpstreamPeer { u })
+            let request_pool = mem::replace(&mut (*r).pool, memory.pool.as_ptr());
+            let ready = init_balancer(r, source);
+            (*r).pool = request_pool;
+            ready?;
+            Ok(UpstreamPeer {
+                balancer: Balancer {
+                    pc: NonNull::from(&mut (*u.as_ptr()).peer),
+                    memory,
+                },
+            })
         }
     }
 
     fn pc(&self) -> &ngx_peer_connection_t {
-        // SAFETY: the upstream object lives in the request pool and only this
-        // peer touches its `peer` field.
-        unsafe { &(*self.u.as_ptr()).peer }
+        self.balancer.pc()
     }
 
-    fn pc_mut(&mut self) -> &mut ngx_peer_connection_t {
-        // SAFETY: as in `pc`, and `&mut self` makes the access exclusive.
-        unsafe { &mut (*self.u.as_ptr()).peer }
+    /// Asks the balancer for a peer, unless it picked one already.
+    pub fn pick(&mut self) -> Pick {
+        self.balancer.pick()
     }
 
-    /// Starts a connection to the next peer the balancer picks. The new
-    /// connection gets `data` and the two handlers.
+    /// The address of the peer the balancer picked (empty before).
+    pub fn address(&self) -> &[u8] {
+        sockaddr_bytes(self.pc())
+    }
+
+    /// Starts a connection to the peer the balancer picked (picking one
+    /// first if needed). The new connection gets `data` and the handler.
     pub fn connect(&mut self, data: *mut c_void, handler: EventHandler) -> Connect {
-        let pc = self.pc_mut();
-        // SAFETY: the peer connection was initialised by the balancer.
+        match self.balancer.pick() {
+            Pick::Picked => {}
+            Pick::NoLivePeers => return Connect::NoLivePeers,
+            Pick::Error => return Connect::Error,
+        }
+        let pc = self.balancer.pc_mut();
+        let get = pc.get.replace(already_picked);
+        // SAFETY: the peer connection was initialised by the balancer,
+        // which picked its peer.
         let rc = unsafe { ngx_event_connect_peer(pc) } as i32;
+        pc.get = get;
         match rc {
-            NGX_BUSY => return Connect::NoLivePeers,
             NGX_DECLINED => return Connect::Declined,
             rc if rc != NGX_OK as i32 && rc != NGX_AGAIN => return Connect::Error,
             _ => {}
@@ -236,51 +384,121 @@ impl UpstreamPeer {
         self.pc().tries > 0
     }
 
-    /// Tells the balancer this peer failed and closes its connection.
+    /// Closes the connection, if any, and tells the balancer the peer
+    /// failed (nginx's `max_fails` counts it).
     pub fn fail(&mut self) {
-        self.release(NGX_PEER_FAILED as usize);
-    }
-
-    /// Tells the balancer the peer worked and closes the connection.
-    pub fn finish(&mut self) {
-        self.release(0);
-    }
-
-    fn release(&mut self, state: usize) {
-        let pc = self.pc_mut();
-        if let Some(free) = pc.free {
-            // SAFETY: `free` is the balancer's, with its own data.
-            unsafe { free(pc, pc.data, state as _) };
-            pc.free = None;
-        }
-        self.close();
+        self.balancer.close();
+        self.balancer.free(NGX_PEER_FAILED);
     }
 
     /// Closes the connection, if any, without telling the balancer.
     pub fn close(&mut self) {
-        let pc = self.pc_mut();
-        let c: *mut ngx_connection_t = pc.connection;
-        pc.connection = ptr::null_mut();
-        if let Some(c) = NonNull::new(c) {
-            close_connection(c);
-        }
+        self.balancer.close();
     }
 
-    /// The handshake succeeded: the balancer hears that the peer worked, and
-    /// the connection leaves the request's balancer state, so that it can
-    /// outlive the request (in a keepalive pool).
-    pub fn into_conn(mut self) -> Option<UpstreamConn> {
+    /// The handshake succeeded: the connection leaves the request's peer
+    /// state, so that it can outlive the request, and takes the balancer
+    /// state along: the balancer counts the peer busy until the connection
+    /// closes or goes idle into a keepalive pool.
+    pub fn into_conn(self) -> Option<UpstreamConn> {
         let name = self.name();
-        let pc = self.pc_mut();
-        if let Some(free) = pc.free {
-            // SAFETY: `free` is the balancer's, with its own data.
-            unsafe { free(pc, pc.data, 0) };
-            pc.free = None;
-        }
+        let address = self.address().to_vec();
+        let UpstreamPeer { mut balancer } = self;
+        let pc = balancer.pc_mut();
         let c = NonNull::new(pc.connection)?;
         pc.connection = ptr::null_mut();
-        Some(UpstreamConn { c, name })
+        let mut conn = UpstreamConn {
+            c,
+            name,
+            address,
+            balancer: None,
+        };
+        // Without its balancer state the connection closes.
+        conn.balancer = Some(balancer.outlive_request().ok()?);
+        Some(conn)
     }
+
+    /// A pooled connection to the picked peer serves this session: it takes
+    /// the balancer state along, as a new connection would.
+    pub fn reuse(self, mut conn: UpstreamConn) -> Option<UpstreamConn> {
+        conn.balancer = Some(self.balancer.outlive_request().ok()?);
+        Some(conn)
+    }
+}
+
+/// Room for what a balancer allocates per request (nginx's own need less
+/// than 200 bytes over an `upstream {}` block); more comes from the heap.
+const BALANCER_STATE_SIZE: usize = 256;
+
+/// A request's balancer memory, held by the request (a request pool
+/// cleanup drops its share) and by the returned `Rc`.
+fn balancer_memory(r: *mut ngx_http_request_t) -> Result<Rc<BalancerMemory>, NgxError> {
+    let size = mem::size_of::<ngx_pool_t>()
+        + mem::size_of::<ngx_peer_connection_t>()
+        + BALANCER_STATE_SIZE;
+    // SAFETY: `r` is live; the cleanup's data is a pointer-sized slot.
+    unsafe {
+        let pool =
+            NonNull::new(ngx_create_pool(size, cycle_log())).ok_or(NgxError("ngx_create_pool"))?;
+        let memory = Rc::new(BalancerMemory { pool });
+        let cln = ngx_pool_cleanup_add((*r).pool, mem::size_of::<*const BalancerMemory>());
+        if cln.is_null() {
+            return Err(NgxError("ngx_pool_cleanup_add"));
+        }
+        let share = Rc::into_raw(Rc::clone(&memory));
+        (*cln).data.cast::<*const BalancerMemory>().write(share);
+        (*cln).handler = Some(release_balancer_memory);
+        Ok(memory)
+    }
+}
+
+/// Runs the init function of `source`'s balancer for `r`.
+///
+/// # Safety
+/// `r` must be a live request whose `upstream` object is set.
+unsafe fn init_balancer(r: *mut ngx_http_request_t, source: &PeerSource) -> Result<(), NgxError> {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        match source {
+            PeerSource::Upstream(uscf) => {
+                let init = (*uscf.as_ptr())
+                    .peer
+                    .init
+                    .ok_or(NgxError("upstream peer init"))?;
+                if init(r, uscf.as_ptr()) != NGX_OK as ngx_int_t {
+                    return Err(NgxError("upstream peer init"));
+                }
+                Ok(())
+            }
+            PeerSource::Address(addr) => {
+                let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
+                ur.sockaddr = addr.sockaddr;
+                ur.socklen = addr.socklen;
+                ur.name = addr.name;
+                ur.host = addr.name;
+                ur.naddrs = 1;
+                round_robin(r, ur)
+            }
+            PeerSource::Resolved { addrs, port } => {
+                let mut ur: ngx_http_upstream_resolved_t = mem::zeroed();
+                ur.host = addrs.host;
+                ur.addrs = addrs.addrs;
+                ur.naddrs = addrs.naddrs;
+                ur.port = *port;
+                round_robin(r, ur)
+            }
+        }
+    }
+}
+
+/// The bytes of the peer address in `pc` (empty when none was picked).
+fn sockaddr_bytes(pc: &ngx_peer_connection_t) -> &[u8] {
+    if pc.sockaddr.is_null() {
+        return &[];
+    }
+    // SAFETY: balancers point `sockaddr` at `socklen` bytes that live as
+    // long as their state.
+    unsafe { core::slice::from_raw_parts(pc.sockaddr.cast::<u8>(), pc.socklen as usize) }
 }
 
 /// A one-request round-robin balancer over run-time addresses, as
@@ -330,6 +548,12 @@ fn close_connection(c: NonNull<ngx_connection_t>) {
 pub struct UpstreamConn {
     c: NonNull<ngx_connection_t>,
     name: String,
+    /// The peer's socket address, as the balancer gave it.
+    address: Vec<u8>,
+    /// The balancer state of the session using the connection (none while
+    /// it is idle in a pool); dropped after the connection closes, which
+    /// tells the balancer the peer is done.
+    balancer: Option<Balancer>,
 }
 
 impl UpstreamConn {
@@ -341,6 +565,18 @@ impl UpstreamConn {
     /// The peer's address, for logs.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The peer's socket address, to match the balancer's pick.
+    pub fn address(&self) -> &[u8] {
+        &self.address
+    }
+
+    /// The connection is no longer in use (it goes idle into a keepalive
+    /// pool): the balancer hears that the session is done with its peer, as
+    /// nginx's keepalive module tells it when it caches a connection.
+    pub fn release_peer(&mut self) {
+        self.balancer = None;
     }
 
     /// Hands the connection's events to `handler` with `data`, logging to
@@ -376,19 +612,6 @@ impl UpstreamConn {
 impl Drop for UpstreamConn {
     fn drop(&mut self) {
         close_connection(self.c);
-    }
-}
-
-impl Drop for UpstreamPeer {
-    fn drop(&mut self) {
-        if self.connection().is_some() {
-            ngx::ngx_log_error!(
-                NGX_LOG_ERR,
-                self.pc().log,
-                "websocket: upstream connection left open"
-            );
-            self.close();
-        }
     }
 }
 

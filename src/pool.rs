@@ -46,8 +46,9 @@ pub struct Pool {
 /// A session's place in a keepalive pool.
 pub struct Keepalive {
     pub pool: Rc<Pool>,
-    /// Identifies the upstream handshake: only an identical one may reuse.
-    pub fingerprint: u64,
+    /// The upstream handshake (`ClientOptions::handshake`): a pooled
+    /// connection serves only an identical one.
+    pub handshake: Vec<u8>,
     pub settings: PoolSettings,
     /// The counted place of this session's upstream connection.
     pub slot: Option<Slot>,
@@ -65,7 +66,7 @@ impl Drop for Keepalive {
 struct Idle {
     conn: UpstreamConn,
     slot: Slot,
-    fingerprint: u64,
+    handshake: Vec<u8>,
     agreed: Agreed,
     /// Bytes of a ping that has not fully arrived yet.
     partial: RefCell<Vec<u8>>,
@@ -130,11 +131,14 @@ impl Pool {
         self.idle.borrow().len()
     }
 
-    /// A connection for a session whose handshake has `fingerprint`.
+    /// A connection for a session whose upstream handshake is `handshake`,
+    /// to the peer at `address` that the balancer picked (as nginx's
+    /// `keepalive` reuses only a connection to the picked peer).
     /// `me` identifies the session if it has to wait.
     pub fn acquire(
         self: &Rc<Self>,
-        fingerprint: u64,
+        handshake: &[u8],
+        address: &[u8],
         settings: PoolSettings,
         me: WaiterId,
     ) -> Acquired {
@@ -146,7 +150,9 @@ impl Pool {
         if !(settings.backlog.is_some() && queued_ahead) {
             let reusable = {
                 let mut idle = self.idle.borrow_mut();
-                let found = idle.iter().rposition(|i| i.fingerprint == fingerprint);
+                let found = idle
+                    .iter()
+                    .rposition(|i| i.conn.address() == address && i.handshake == handshake);
                 found.and_then(|i| idle.remove(i))
             };
             if let Some(idle) = reusable {
@@ -198,19 +204,21 @@ impl Pool {
     }
 
     /// Keeps an idle, handshaken connection for a later session; the least
-    /// recently used one is closed when the pool is full.
+    /// recently used one is closed when the pool is full. The balancer
+    /// hears that the session is done with the peer.
     pub fn release(
         self: &Rc<Self>,
-        conn: UpstreamConn,
+        mut conn: UpstreamConn,
         slot: Slot,
-        fingerprint: u64,
+        handshake: &[u8],
         agreed: Agreed,
         settings: PoolSettings,
     ) {
+        conn.release_peer();
         let mut idle = Box::new(Idle {
             conn,
             slot,
-            fingerprint,
+            handshake: handshake.to_vec(),
             agreed,
             partial: RefCell::new(Vec::new()),
         });

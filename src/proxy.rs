@@ -2,9 +2,7 @@
 //! new one: resolve, connect, TLS, handshake) before answering the client,
 //! then upgrade the client and hand both legs to the [`Relay`].
 
-use core::hash::{Hash, Hasher};
 use core::ptr::NonNull;
-use std::collections::hash_map::DefaultHasher;
 use std::ffi::CString;
 
 use foreign_types::ForeignTypeRef;
@@ -27,7 +25,9 @@ use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
     RequestRef,
 };
-use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, UpstreamConn};
+use crate::ngx_peer::{
+    request_of, set_handlers, write_event, PeerSource, Pick, UpstreamConn, UpstreamPeer,
+};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::ClientTls;
 use crate::pool::{self, Acquired, Keepalive};
@@ -73,6 +73,9 @@ enum State {
 struct Plan {
     opts: Option<ClientOptions>,
     route: Option<Route>,
+    /// The balancer, once the route's peers are known; it picks the peer
+    /// before the pool is searched, as with nginx's `keepalive`.
+    peer: Option<UpstreamPeer>,
     /// The client's Sec-WebSocket-Accept, sent once the upstream agreed.
     accept: String,
     limits: Limits,
@@ -207,7 +210,7 @@ fn plan(
             let me = NonNull::new(r.connection_ptr()).ok_or(HTTP_INTERNAL_SERVER_ERROR)?;
             Some(Keepalive {
                 pool: pool::pool(&key),
-                fingerprint: fingerprint(&opts),
+                handshake: opts.handshake(),
                 settings,
                 slot: None,
                 me,
@@ -218,6 +221,7 @@ fn plan(
     Ok(Box::new(Plan {
         opts: Some(opts),
         route: Some(route),
+        peer: None,
         accept: handshake.accept,
         limits,
         upstream_limits: Limits {
@@ -229,23 +233,6 @@ fn plan(
         deflate: handshake.deflate,
         deflate_settings: conf.deflate().map(|(_, settings)| settings),
     }))
-}
-
-/// Identifies an upstream handshake: a pooled connection is only reused for
-/// an identical one (same path, host, subprotocols, origin, headers and
-/// compression offer).
-fn fingerprint(opts: &ClientOptions) -> u64 {
-    let mut h = DefaultHasher::new();
-    (
-        &opts.path,
-        &opts.host,
-        &opts.protocols,
-        &opts.origin,
-        &opts.headers,
-        &opts.deflate,
-    )
-        .hash(&mut h);
-    h.finish()
 }
 
 /// The URL of this request's upstream and how to reach its peers.
@@ -640,23 +627,56 @@ impl PassSession {
         }
     }
 
-    /// Gets the session an upstream connection: from the pool, by waiting in
-    /// its line, or by resolving and connecting.
+    /// Gets the session an upstream connection: the balancer picks the peer
+    /// (once the host name is resolved), then a pooled connection to it is
+    /// reused, or the session waits in the pool's line, or connects.
     fn proceed(&mut self, r: &mut RequestRef, mut plan: Box<Plan>) -> Next {
-        let c = r.connection();
-        c.del_timer(Direction::Write);
+        r.connection().del_timer(Direction::Write);
+        if plan.peer.is_none() {
+            match plan.route.take() {
+                Some(Route::Peers(source)) => match UpstreamPeer::new(r, &source) {
+                    Ok(peer) => plan.peer = Some(peer),
+                    Err(e) => {
+                        log_connect_failure(r, &ClientError::Internal(e));
+                        return Next::Fail(HTTP_INTERNAL_SERVER_ERROR);
+                    }
+                },
+                Some(Route::Dns { host, port }) => return self.resolve(r, plan, host, port),
+                None => return Next::Fail(NGX_ERROR as ngx_int_t),
+            }
+        }
+        let Some(peer) = plan.peer.as_mut() else {
+            return Next::Fail(NGX_ERROR as ngx_int_t);
+        };
+        match peer.pick() {
+            Pick::Picked => {}
+            Pick::NoLivePeers => {
+                log_connect_failure(r, &ClientError::NoLivePeers);
+                return Next::Fail(HTTP_BAD_GATEWAY);
+            }
+            Pick::Error => return Next::Fail(HTTP_INTERNAL_SERVER_ERROR),
+        }
         if let Some(keepalive) = plan.keepalive.as_mut().filter(|k| k.slot.is_none()) {
-            match keepalive
-                .pool
-                .acquire(keepalive.fingerprint, keepalive.settings, keepalive.me)
-            {
+            match keepalive.pool.acquire(
+                &keepalive.handshake,
+                peer.address(),
+                keepalive.settings,
+                keepalive.me,
+            ) {
                 Acquired::Reused { conn, slot, agreed } => {
                     keepalive.slot = Some(slot);
+                    let Some(peer) = plan.peer.take() else {
+                        return Next::Fail(NGX_ERROR as ngx_int_t);
+                    };
+                    let Some(conn) = peer.reuse(conn) else {
+                        return Next::Fail(HTTP_INTERNAL_SERVER_ERROR);
+                    };
                     return self.upgrade(r, plan, conn, agreed, &[], true);
                 }
                 Acquired::Connect(slot) => keepalive.slot = Some(slot),
                 Acquired::Wait => {
-                    c.add_timer(Direction::Write, plan.connect_timeout);
+                    r.connection()
+                        .add_timer(Direction::Write, plan.connect_timeout);
                     self.state = State::Waiting(plan);
                     return Next::Wait;
                 }
@@ -671,53 +691,51 @@ impl PassSession {
                 }
             }
         }
-        match plan.route.take() {
-            Some(Route::Peers(source)) => {
-                let Some(opts) = plan.opts.take() else {
-                    return Next::Fail(NGX_ERROR as ngx_int_t);
-                };
-                let data = ForeignTypeRef::as_ptr(&*r).cast();
-                match Connector::start(r, &source, opts, data, upstream_event) {
-                    Ok(connector) => {
-                        self.state = State::Connecting(Box::new(Handshaking { connector, plan }));
-                        Next::Wait
-                    }
-                    Err(e) => {
-                        log_connect_failure(r, &e);
-                        Next::Fail(e.status())
-                    }
-                }
+        let (Some(peer), Some(opts)) = (plan.peer.take(), plan.opts.take()) else {
+            return Next::Fail(NGX_ERROR as ngx_int_t);
+        };
+        let data = ForeignTypeRef::as_ptr(&*r).cast();
+        match Connector::start(peer, opts, data, upstream_event) {
+            Ok(connector) => {
+                self.state = State::Connecting(Box::new(Handshaking { connector, plan }));
+                Next::Wait
             }
-            Some(Route::Dns { host, port }) => {
-                self.state = State::Resolving(Box::new(Resolving {
-                    plan,
-                    port,
-                    query: None,
-                    answer: None,
-                }));
-                let data = ForeignTypeRef::as_ptr(&*r).cast();
-                match ngx_resolve::start(r, &host, on_resolved, data) {
-                    Ok(query) => {
-                        match &mut self.state {
-                            State::Resolving(resolving) if resolving.answer.is_none() => {
-                                resolving.query = Some(query)
-                            }
-                            // Answered from the cache: the handler freed the query.
-                            _ => query.forget(),
-                        }
-                        Next::Wait
-                    }
-                    Err(e) => {
-                        ngx_log_error!(
-                            NGX_LOG_ERR,
-                            r.log(),
-                            "websocket: cannot resolve \"{host}\": {e}"
-                        );
-                        Next::Fail(HTTP_BAD_GATEWAY)
-                    }
-                }
+            Err(e) => {
+                log_connect_failure(r, &e);
+                Next::Fail(e.status())
             }
-            None => Next::Fail(NGX_ERROR as ngx_int_t),
+        }
+    }
+
+    /// Resolves the upstream's host name; the answer comes back to
+    /// [`PassSession::step`].
+    fn resolve(&mut self, r: &mut RequestRef, plan: Box<Plan>, host: String, port: u16) -> Next {
+        self.state = State::Resolving(Box::new(Resolving {
+            plan,
+            port,
+            query: None,
+            answer: None,
+        }));
+        let data = ForeignTypeRef::as_ptr(&*r).cast();
+        match ngx_resolve::start(r, &host, on_resolved, data) {
+            Ok(query) => {
+                match &mut self.state {
+                    State::Resolving(resolving) if resolving.answer.is_none() => {
+                        resolving.query = Some(query)
+                    }
+                    // Answered from the cache: the handler freed the query.
+                    _ => query.forget(),
+                }
+                Next::Wait
+            }
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    r.log(),
+                    "websocket: cannot resolve \"{host}\": {e}"
+                );
+                Next::Fail(HTTP_BAD_GATEWAY)
+            }
         }
     }
 

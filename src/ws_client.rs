@@ -106,7 +106,7 @@ impl WsClient {
         };
         keepalive
             .pool
-            .release(conn, slot, keepalive.fingerprint, agreed, settings);
+            .release(conn, slot, &keepalive.handshake, agreed, settings);
         Ok(())
     }
 }
