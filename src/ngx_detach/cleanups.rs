@@ -30,8 +30,8 @@ use core::ffi::{c_void, CStr};
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_connection_t, ngx_cycle, ngx_http_request_t, ngx_module_t, ngx_palloc,
-    ngx_pool_cleanup_t, ngx_shm_zone_t, ngx_str_t, sockaddr, socklen_t,
+    ngx_connection_t, ngx_cycle, ngx_http_request_t, ngx_module_t, ngx_palloc, ngx_pool_cleanup_t,
+    ngx_shm_zone_t, ngx_str_t, sockaddr, socklen_t,
 };
 
 /// A cleanup handler as nginx stores it.
@@ -179,7 +179,9 @@ impl Plan {
 ///
 /// # Safety
 /// `c` must be a live connection.
-unsafe fn copy_client_addr(c: *mut ngx_connection_t) -> Option<(*mut ngx_connection_t, *mut sockaddr)> {
+unsafe fn copy_client_addr(
+    c: *mut ngx_connection_t,
+) -> Option<(*mut ngx_connection_t, *mut sockaddr)> {
     // SAFETY: guaranteed by the caller; `sockaddr` holds `socklen` bytes.
     unsafe {
         let len = (*c).socklen as usize;
