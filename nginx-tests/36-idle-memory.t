@@ -10,7 +10,9 @@
 # to a session without its request (a close we start is not lost to a
 # reset while the client keeps sending).
 # Sessions that limit_conn counts, behind realip, drop their request too:
-# they only carry limit_conn's and realip's cleanups to their end.
+# they only carry limit_conn's and realip's cleanups to their end. One with
+# a cleanup that cannot be carried (open_file_cache's, from an `if -f`)
+# keeps its request.
 
 use strict;
 use warnings;
@@ -56,6 +58,19 @@ $ECHOES
         websocket_timeout 1s;
     }
 }
+
+server {
+    listen 127.0.0.1:%%PORT_1%%;
+    root %%TESTDIR%%;
+    open_file_cache max=10;
+    if (-f \$document_root/nginx.conf) {
+        set \$found 1;
+    }
+    location /lean-kept {
+        websocket_echo;
+        access_log off;
+    }
+}
 EOF
 my ($worker) = @workers;
 
@@ -89,19 +104,22 @@ my ($lean, @lean) = idle_sessions($port, $worker, $N, '/lean');
 my ($logged, @logged) = idle_sessions($port, $worker, $N, '/logged');
 my ($counted, @counted) = idle_sessions($port, $worker, $N, '/lean-counted',
     headers => { 'X-Real-IP' => '10.1.2.3' });
+my ($kept, @kept) = idle_sessions($t->port(1), $worker, $N, '/lean-kept');
 note sprintf('worker RSS per idle session: %.2f KiB with access_log off, %.2f KiB with it on, '
-    . '%.2f KiB with it off, limit_conn and realip', $lean, $logged, $counted);
+    . '%.2f KiB with it off, limit_conn and realip, %.2f KiB with it off and an open file cached',
+    $lean, $logged, $counted, $kept);
 SKIP: {
-    skip 'memory is not measurable under valgrind or ASan', 3 if WsValgrind::checking();
+    skip 'memory is not measurable under valgrind or ASan', 4 if WsValgrind::checking();
     cmp_ok($lean, '<=', 4, 'access_log off: at most 4 KiB per idle session (request and buffers freed)');
     cmp_ok($counted, '<=', 4, 'access_log off, limit_conn and realip: at most 4 KiB per idle session');
+    cmp_ok($kept - $lean, '>=', 4, 'access_log off, a cleanup that cannot be carried: the request is kept');
     cmp_ok($logged - $lean, '>=', 4,
         'access_log on: the request kept for the log line costs 4 KiB or more per session');
 }
 
 # Idle sessions of both kinds still work, and close cleanly.
 my ($ok, $bye) = (0, 0);
-for my $ws (@lean, @logged, @counted) {
+for my $ws (@lean, @logged, @counted, @kept) {
     $ws->send_text('again');
     my $m = $ws->recv_message(timeout => 5);
     $ok++ if $m && $m->{payload} eq 'again';
@@ -109,8 +127,8 @@ for my $ws (@lean, @logged, @counted) {
     my ($code) = $ws->recv_close(timeout => 5);
     $bye++ if ($code // 0) == 1000 && $ws->wait_eof(5);
 }
-is($ok, @lean + @logged + @counted, 'every idle session echoes again');
-is($bye, @lean + @logged + @counted, 'every session closes with 1000, then TCP closes');
+is($ok, @lean + @logged + @counted + @kept, 'every idle session echoes again');
+is($bye, @lean + @logged + @counted + @kept, 'every session closes with 1000, then TCP closes');
 
 # A session without its request that the server closes (idle timeout,
 # 1001) while the client keeps sending: the close frame arrives intact and
