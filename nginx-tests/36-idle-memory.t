@@ -9,6 +9,10 @@
 # The sessions then still echo, and nginx's lingering close still applies
 # to a session without its request (a close we start is not lost to a
 # reset while the client keeps sending).
+# Sessions that limit_conn counts, behind realip, drop their request too:
+# they only carry limit_conn's and realip's cleanups to their end. One with
+# a cleanup that cannot be carried (open_file_cache's, from an `if -f`)
+# keeps its request.
 
 use strict;
 use warnings;
@@ -36,31 +40,54 @@ my $ECHOES = <<'EOF';
 EOF
 
 my ($t, $port, @workers) = start_nginx(worker_connections => 4096, conf => <<"EOF");
+limit_conn_zone \$binary_remote_addr zone=perip:1m;
+
 server {
     listen 127.0.0.1:%%PORT_0%%;
 $ECHOES
+    location /lean-counted {
+        websocket_echo;
+        access_log off;
+        set_real_ip_from 127.0.0.1;
+        real_ip_header X-Real-IP;
+        limit_conn perip 1000;
+    }
     location /lean-timeout {
         websocket_echo;
         access_log off;
         websocket_timeout 1s;
     }
 }
+
+server {
+    listen 127.0.0.1:%%PORT_1%%;
+    root %%TESTDIR%%;
+    open_file_cache max=10;
+    if (-f \$document_root/nginx.conf) {
+        set \$found 1;
+    }
+    location /lean-kept {
+        websocket_echo;
+        access_log off;
+    }
+}
 EOF
 my ($worker) = @workers;
 
-# idle_sessions($port, $worker, $n, $path) -> (KiB per session, @sessions):
-# opens $n/4 sessions to $path, then $n more, each echoing one 4 KiB message,
-# and measures the worker's RSS growth over the $n once all are idle (the
-# first ones take the one-off costs: allocator arenas, free lists).
+# idle_sessions($port, $worker, $n, $path, %ws_open_options) -> (KiB per
+# session, @sessions): opens $n/4 sessions to $path, then $n more, each
+# echoing one 4 KiB message, and measures the worker's RSS growth over the
+# $n once all are idle (the first ones take the one-off costs: allocator
+# arenas, free lists).
 sub idle_sessions {
-    my ($port, $worker, $N, $path) = @_;
+    my ($port, $worker, $N, $path, %o) = @_;
     my ($before, @open, $echoed);
     for my $i (1 .. $N + $N / 4) {
         if ($i == $N / 4 + 1) {
             sleep 0.3;
             $before = rss_kib($worker);
         }
-        my $ws = ws_open($port, $path);
+        my $ws = ws_open($port, $path, %o);
         my $payload = sprintf('%05d', $i) x 820;
         $ws->send_frame(opcode => 2, payload => $payload);
         my $m = $ws->recv_message(timeout => 5);
@@ -75,18 +102,24 @@ sub idle_sessions {
 
 my ($lean, @lean) = idle_sessions($port, $worker, $N, '/lean');
 my ($logged, @logged) = idle_sessions($port, $worker, $N, '/logged');
-note sprintf('worker RSS per idle session: %.2f KiB with access_log off, %.2f KiB with it on',
-    $lean, $logged);
+my ($counted, @counted) = idle_sessions($port, $worker, $N, '/lean-counted',
+    headers => { 'X-Real-IP' => '10.1.2.3' });
+my ($kept, @kept) = idle_sessions($t->port(1), $worker, $N, '/lean-kept');
+note sprintf('worker RSS per idle session: %.2f KiB with access_log off, %.2f KiB with it on, '
+    . '%.2f KiB with it off, limit_conn and realip, %.2f KiB with it off and an open file cached',
+    $lean, $logged, $counted, $kept);
 SKIP: {
-    skip 'memory is not measurable under valgrind or ASan', 2 if WsValgrind::checking();
+    skip 'memory is not measurable under valgrind or ASan', 4 if WsValgrind::checking();
     cmp_ok($lean, '<=', 4, 'access_log off: at most 4 KiB per idle session (request and buffers freed)');
+    cmp_ok($counted, '<=', 4, 'access_log off, limit_conn and realip: at most 4 KiB per idle session');
+    cmp_ok($kept - $lean, '>=', 4, 'access_log off, a cleanup that cannot be carried: the request is kept');
     cmp_ok($logged - $lean, '>=', 4,
         'access_log on: the request kept for the log line costs 4 KiB or more per session');
 }
 
 # Idle sessions of both kinds still work, and close cleanly.
 my ($ok, $bye) = (0, 0);
-for my $ws (@lean, @logged) {
+for my $ws (@lean, @logged, @counted, @kept) {
     $ws->send_text('again');
     my $m = $ws->recv_message(timeout => 5);
     $ok++ if $m && $m->{payload} eq 'again';
@@ -94,8 +127,8 @@ for my $ws (@lean, @logged) {
     my ($code) = $ws->recv_close(timeout => 5);
     $bye++ if ($code // 0) == 1000 && $ws->wait_eof(5);
 }
-is($ok, scalar(@lean) + scalar(@logged), 'every idle session echoes again');
-is($bye, scalar(@lean) + scalar(@logged), 'every session closes with 1000, then TCP closes');
+is($ok, @lean + @logged + @counted + @kept, 'every idle session echoes again');
+is($bye, @lean + @logged + @counted + @kept, 'every session closes with 1000, then TCP closes');
 
 # A session without its request that the server closes (idle timeout,
 # 1001) while the client keeps sending: the close frame arrives intact and

@@ -7,6 +7,14 @@
 //! most of what an idle session would otherwise cost. The connection then
 //! carries the session in `c->data`, and this module closes it (with
 //! nginx's lingering close where asked) since no request will.
+//!
+//! To nginx's other modules the session stays one request until it ends:
+//! the request's cleanups that count it (limit_conn) or that it must keep
+//! (realip's client address) are carried to the connection and run when it
+//! closes, on every way a session ends; a request with any cleanup that
+//! cannot be carried is kept. [`cleanups`] lists those of nginx's modules.
+
+mod cleanups;
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
@@ -20,6 +28,7 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
 use crate::ngx_io::{CloseRequest, ConnectionRef, Direction, Io, RequestRef};
+use cleanups::{Carried, Plan};
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::NGX_LOG_INFO;
 use ngx::ngx_log_error;
@@ -54,6 +63,16 @@ impl RequestRef {
         }
     }
 
+    /// Whether nothing but the session holds the request: no subrequest in
+    /// flight, no blocked operation.
+    fn only_held(&self) -> bool {
+        // SAFETY: the main request of a live request.
+        unsafe {
+            let main = &*(*self.as_ptr()).main;
+            main.count() == 1 && main.blocked() == 0
+        }
+    }
+
     /// Gives the request ownership of `value` as its module context: it is
     /// dropped when the request pool is destroyed (after the access log was
     /// written), unless [`RequestRef::take_owned_ctx`] took it back first.
@@ -71,8 +90,9 @@ impl RequestRef {
             data.write(OwnedCtx {
                 r,
                 ctx_index: module.ctx_index,
+                drop: drop_ctx_box::<T>,
             });
-            (*cln).handler = Some(drop_owned_ctx::<T>);
+            (*cln).handler = Some(drop_owned_ctx);
             *(*r).ctx.add(module.ctx_index) = Box::into_raw(value).cast();
         }
         Ok(())
@@ -100,18 +120,31 @@ unsafe fn take_ctx_box<T>(r: *mut ngx_http_request_t, ctx_index: usize) -> Optio
     }
 }
 
+/// Drops the box in a module context slot, as [`take_ctx_box`].
+///
+/// # Safety
+/// As for [`take_ctx_box`].
+unsafe fn drop_ctx_box<T>(r: *mut ngx_http_request_t, ctx_index: usize) {
+    // SAFETY: guaranteed by the caller.
+    drop(unsafe { take_ctx_box::<T>(r, ctx_index) });
+}
+
 #[repr(C)]
 struct OwnedCtx {
     r: *mut ngx_http_request_t,
     ctx_index: usize,
+    /// `drop_ctx_box` of the context's type.
+    drop: unsafe fn(*mut ngx_http_request_t, usize),
 }
 
-unsafe extern "C" fn drop_owned_ctx<T>(data: *mut c_void) {
-    // SAFETY: `data` is the `OwnedCtx` written by `set_owned_ctx::<T>`; its
+/// The request pool cleanup of every owned context: one function, so that
+/// a detaching session knows it among the request's cleanups.
+unsafe extern "C" fn drop_owned_ctx(data: *mut c_void) {
+    // SAFETY: `data` is the `OwnedCtx` written by `set_owned_ctx`; its
     // request is being destroyed, its memory still readable.
     unsafe {
         let owned: &OwnedCtx = &*data.cast();
-        drop(take_ctx_box::<T>(owned.r, owned.ctx_index));
+        (owned.drop)(owned.r, owned.ctx_index);
     }
 }
 
@@ -124,14 +157,15 @@ struct Lingering {
     timeout_ms: ngx_msec_t,
 }
 
-/// Whether a session may drop its request, and how its connection
-/// lingers at the close once it did.
-#[derive(Debug, Clone, Copy)]
+/// Whether a session may drop its request, how its connection lingers at
+/// the close once it did, and the request's cleanups it carries.
 pub struct Detach {
     /// `access_log off`: nothing needs the request once the 101 is out.
     wanted: bool,
     /// Set once the request is detached.
     lingering: Option<Lingering>,
+    /// Run once the connection closes.
+    carried: Carried,
 }
 
 impl Detach {
@@ -139,6 +173,7 @@ impl Detach {
         Detach {
             wanted: r.access_log_off(),
             lingering: None,
+            carried: Carried::default(),
         }
     }
 }
@@ -155,7 +190,8 @@ pub trait DetachedSession {
 /// request's module context, given by [`RequestRef::set_owned_ctx`]) and
 /// moves the session onto the connection, whose events then go to
 /// `handler`. Returns the session, now the connection's, or `None` when
-/// the request stays.
+/// the request stays: nginx is still busy with it (a subrequest), or it has
+/// a cleanup that cannot be carried.
 ///
 /// # Safety
 /// As for [`detach_request`]; the session must not be referenced elsewhere.
@@ -166,10 +202,19 @@ pub unsafe fn detach_session<T: DetachedSession>(
 ) -> Option<&'static mut T> {
     let mut ctx = r.ctx::<T>(module)?;
     // SAFETY: guaranteed by the caller.
-    if !unsafe { ctx.as_mut() }.detach().wanted || r.output_pending() {
+    let detach = unsafe { ctx.as_mut() }.detach();
+    if !detach.wanted || r.output_pending() || !r.only_held() {
         return None;
     }
+    // SAFETY: a live main request (guaranteed by the caller).
+    let Some(plan) = (unsafe { Plan::for_request(r.as_ptr(), drop_owned_ctx) }) else {
+        // Its cleanups stay as they are: it is kept for good.
+        detach.wanted = false;
+        return None;
+    };
     let mut session = r.take_owned_ctx::<T>(module)?;
+    // SAFETY: the request is still live; it is freed right after.
+    session.detach().carried = unsafe { plan.take() };
     let raw: *mut T = &mut *session;
     // SAFETY: guaranteed by the caller.
     let lingering = unsafe { detach_request(r, raw.cast(), handler) };
@@ -390,21 +435,25 @@ pub unsafe fn serve_close_request<T: DetachedSession>(c: &ConnectionRef, session
 /// `session` must be the one leaked into `c->data`; neither is used again.
 pub unsafe fn end_detached<T: DetachedSession>(c: &ConnectionRef, session: &mut T, linger: bool) {
     let lingering = session.detach().lingering.filter(|_| linger);
+    let carried = core::mem::take(&mut session.detach().carried);
     // SAFETY: guaranteed by the caller: a box its owner leaked.
     drop(unsafe { Box::from_raw(session as *mut T) });
     // SAFETY: the session is gone; the connection is closed here.
-    unsafe { close_detached(c.as_ptr(), lingering) };
+    unsafe { close_detached(c.as_ptr(), lingering, carried) };
 }
 
 /// Closes a connection whose request was detached, once its session was
 /// dropped: at once, or (`linger`) after half-closing it and draining what
 /// the peer still sends, so that a close frame just sent is not lost to a
 /// TCP reset. A TLS connection closes at once, after its TLS shutdown.
+/// The request's `carried` cleanups run right before the close, as nginx
+/// runs them when it frees a request before closing its connection (after
+/// a lingering close too).
 ///
 /// # Safety
 /// `c` must be a live connection of this worker returned by
 /// [`detach_request`] whose `c->data` is no longer used.
-unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>) {
+unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>, carried: Carried) {
     // SAFETY: guaranteed by the caller.
     let conn = unsafe { ConnectionRef::from_ptr(c) };
     conn.del_timer(Direction::Read);
@@ -413,17 +462,22 @@ unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>) {
     // SAFETY: a live connection; `ssl` is null for plain TCP.
     let tls = unsafe { !(*c).ssl.is_null() };
     match linger {
-        Some(linger) if !tls => unsafe { start_lingering(c, linger) },
-        // SAFETY: nginx closes the socket and destroys the connection pool.
-        _ => unsafe { ngx_http_close_connection(c) },
+        Some(linger) if !tls => unsafe { start_lingering(c, linger, carried) },
+        _ => {
+            drop(carried);
+            // SAFETY: nginx closes the socket and destroys the connection pool.
+            unsafe { ngx_http_close_connection(c) }
+        }
     }
 }
 
 /// What a lingering connection waits for: until when it may drain, and
-/// the longest pause between the peer's bytes.
+/// the longest pause between the peer's bytes; and the request's cleanups,
+/// run at the close.
 struct Drain {
     until_sec: i64,
     timeout_ms: ngx_msec_t,
+    carried: Carried,
 }
 
 /// nginx's cached current time in seconds.
@@ -432,10 +486,11 @@ fn now_sec() -> i64 {
     unsafe { (*ngx::ffi::ngx_cached_time).sec }
 }
 
-unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering) {
+unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering, carried: Carried) {
     let drain = Box::new(Drain {
         until_sec: now_sec() + (linger.time_ms / 1000) as i64,
         timeout_ms: linger.timeout_ms,
+        carried,
     });
     // SAFETY: a live connection of this worker; its data slot is free.
     unsafe {
@@ -496,9 +551,10 @@ unsafe fn finish_lingering(c: *mut ngx_connection_t) {
     // SAFETY: `c->data` is the `Drain` box of `start_lingering`; the
     // connection is closed and never touched again.
     unsafe {
-        drop(Box::from_raw((*c).data.cast::<Drain>()));
+        let drain = Box::from_raw((*c).data.cast::<Drain>());
         (*c).data = ptr::null_mut();
         ConnectionRef::from_ptr(c).del_timer(Direction::Read);
+        drop(drain.carried);
         ngx_http_close_connection(c);
     }
 }
