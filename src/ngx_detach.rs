@@ -28,7 +28,7 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
 use crate::ngx_io::{CloseRequest, ConnectionRef, Direction, Io, RequestRef};
-use cleanups::{Carried, Plan};
+use cleanups::{Carried, Handler, Plan};
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::NGX_LOG_INFO;
 use ngx::ngx_log_error;
@@ -206,8 +206,11 @@ pub unsafe fn detach_session<T: DetachedSession>(
     if !detach.wanted || r.output_pending() || !r.only_held() {
         return None;
     }
+    // Ours run as the request is freed: the session's slot is emptied first,
+    // and the upstream connection holds its own share of the balancer memory.
+    let own: [Handler; 2] = [drop_owned_ctx, crate::ngx_peer::release_balancer_memory];
     // SAFETY: a live main request (guaranteed by the caller).
-    let Some(plan) = (unsafe { Plan::for_request(r.as_ptr(), drop_owned_ctx) }) else {
+    let Some(plan) = (unsafe { Plan::for_request(r.as_ptr(), &own) }) else {
         // Its cleanups stay as they are: it is kept for good.
         detach.wanted = false;
         return None;

@@ -121,7 +121,7 @@ impl Drop for BalancerMemory {
 
 /// Drops the request's share of its balancer memory (a request pool
 /// cleanup).
-unsafe extern "C" fn release_balancer_memory(data: *mut c_void) {
+pub(crate) unsafe extern "C" fn release_balancer_memory(data: *mut c_void) {
     // SAFETY: `data` holds the pointer `UpstreamPeer::new` leaked from its
     // `Rc`; each cleanup runs once.
     unsafe {

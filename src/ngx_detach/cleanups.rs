@@ -35,7 +35,7 @@ use ngx::ffi::{
 };
 
 /// A cleanup handler as nginx stores it.
-type Handler = unsafe extern "C" fn(*mut c_void);
+pub type Handler = unsafe extern "C" fn(*mut c_void);
 
 /// `ngx_http_limit_conn_cleanup_t`: the zone and the node whose count the
 /// request holds; both in shared memory.
@@ -105,12 +105,12 @@ pub struct Plan {
 
 impl Plan {
     /// Finds the cleanups of `r` to carry; `None` when one of them cannot
-    /// be (the request must then be kept). `own` is the handler of this
-    /// module's own cleanup, which is emptied before the request is freed.
+    /// be (the request must then be kept). `own` are the handlers of this
+    /// module's own cleanups, which may run when the request is freed.
     ///
     /// # Safety
     /// `r` must be a live main request of this worker.
-    pub unsafe fn for_request(r: *mut ngx_http_request_t, own: Handler) -> Option<Plan> {
+    pub unsafe fn for_request(r: *mut ngx_http_request_t, own: &[Handler]) -> Option<Plan> {
         // SAFETY: guaranteed by the caller; nginx's lists end with null.
         unsafe {
             let mut cln = (*(*r).main).cleanup;
@@ -135,7 +135,7 @@ impl Plan {
                 cln = (*cur).next;
                 let (handler, data) = ((*cur).handler, (*cur).data);
                 let Some(handler) = handler else { continue };
-                if handler as usize == own as usize {
+                if own.iter().any(|&h| h as usize == handler as usize) {
                     continue;
                 }
                 let data = if realip == Some(data) {
