@@ -6,6 +6,17 @@
 //! first out, closes them after the idle timeout or when the upstream sends
 //! anything but a ping, and with a backlog it also bounds the open
 //! connections and queues the sessions that wait for one.
+//!
+//! The upstream does not know where one client's session ends and the next
+//! begins, so a message it sends for the old session must never reach the
+//! next. The relay therefore fences a connection before it gives it back
+//! (see [`Fence`]): the upstream gets a ping with a random payload, and the
+//! connection comes here only if the matching pong arrived with no data or
+//! close before it. TCP keeps the upstream's frames in order, so all it sent
+//! for the old session was seen (and relayed to that session's client) by
+//! then. Here, what arrives afterwards but a ping closes the connection: on
+//! release, while pooled, and when a session is about to reuse it (the
+//! socket is read once more first, reported or not).
 
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
@@ -19,6 +30,7 @@ use crate::client::Agreed;
 use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
 use crate::ngx_peer::UpstreamConn;
 use crate::protocol::frame::{build_frame, parse_header, OpCode, ParseConfig};
+use crate::session::{random_mask, WebSocket, WsError};
 
 /// `websocket_keepalive*` of a location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +115,29 @@ pub fn pool(name: &str) -> Rc<Pool> {
     })
 }
 
+/// The ping that fences an upstream connection before it goes back to its
+/// pool (see the module's notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence([u8; 8]);
+
+impl Fence {
+    /// Queues the fencing ping on the upstream leg.
+    pub fn send(upstream: &mut WebSocket) -> Result<Fence, WsError> {
+        let mut token = [0; 8];
+        for chunk in token.chunks_mut(4) {
+            chunk.copy_from_slice(&random_mask());
+        }
+        upstream.send_ping(&token)?;
+        Ok(Fence(token))
+    }
+
+    /// Whether a pong with `payload` answers this fence: an answer to an
+    /// earlier ping of the session does not pass for it.
+    pub fn answered_by(&self, payload: &[u8]) -> bool {
+        self.0[..] == *payload
+    }
+}
+
 /// What a session gets from [`Pool::acquire`].
 pub enum Acquired {
     /// A pooled connection, already handshaken, with what it agreed to.
@@ -143,12 +178,7 @@ impl Pool {
             None => !self.waiters.borrow().is_empty(),
         };
         if !(settings.backlog.is_some() && queued_ahead) {
-            let reusable = {
-                let mut idle = self.idle.borrow_mut();
-                let found = idle.iter().rposition(|i| i.fingerprint == fingerprint);
-                found.and_then(|i| idle.remove(i))
-            };
-            if let Some(idle) = reusable {
+            if let Some(idle) = self.take_reusable(fingerprint) {
                 self.leave_line(me);
                 let Idle {
                     conn, slot, agreed, ..
@@ -182,6 +212,26 @@ impl Pool {
         Acquired::Wait
     }
 
+    /// The most recently released connection for `fingerprint` that has
+    /// still received nothing but pings; others found on the way are closed.
+    fn take_reusable(&self, fingerprint: u64) -> Option<Box<Idle>> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.borrow_mut();
+                let found = idle.iter().rposition(|i| i.fingerprint == fingerprint);
+                found.and_then(|i| idle.remove(i))
+            }?;
+            // What arrived since the last read event, reported or not, is
+            // read before the connection changes hands; half a ping cannot
+            // be handed over either.
+            candidate.conn.connection().assume_readable();
+            if answer_pings(&candidate) && candidate.partial.borrow().is_empty() {
+                return Some(candidate);
+            }
+            log_closing(&candidate, "it received more than pings");
+        }
+    }
+
     /// Removes a session from the line (it got a connection, or gave up).
     pub fn leave_line(&self, me: WaiterId) {
         let mut waiters = self.waiters.borrow_mut();
@@ -196,8 +246,10 @@ impl Pool {
         }
     }
 
-    /// Keeps an idle, handshaken connection for a later session; the least
-    /// recently used one is closed when the pool is full.
+    /// Keeps an idle, handshaken connection, fenced by the relay, for a
+    /// later session; the least recently used one is closed when the pool is
+    /// full. False when the connection was closed instead: the upstream sent
+    /// more than pings after the fence.
     pub fn release(
         self: &Rc<Self>,
         conn: UpstreamConn,
@@ -205,7 +257,7 @@ impl Pool {
         fingerprint: u64,
         agreed: Agreed,
         settings: PoolSettings,
-    ) {
+    ) -> bool {
         let mut idle = Box::new(Idle {
             conn,
             slot,
@@ -217,8 +269,11 @@ impl Pool {
         idle.conn.attach(data, idle_event, cycle_log());
         idle.conn.set_idle(true);
         let c = idle.conn.connection();
-        if c.handle_event(Direction::Read).is_err() {
-            return; // dropping `idle` closes it
+        // The relay stopped reading at the fence's pong: what came since is
+        // in the socket, maybe reported to the relay and left unread.
+        c.assume_readable();
+        if !answer_pings(&idle) || c.handle_event(Direction::Read).is_err() {
+            return false; // dropping `idle` closes it
         }
         c.add_timer(Direction::Read, settings.idle_timeout);
         let evicted = {
@@ -232,6 +287,7 @@ impl Pool {
         };
         drop(evicted);
         self.wake_first();
+        true
     }
 
     /// Takes a pooled connection out (to close it).
@@ -250,22 +306,31 @@ unsafe extern "C" fn idle_event(ev: *mut ngx_event_t) {
     let idle: *const Idle = unsafe { (*(*ev).data.cast::<ngx_connection_t>()).data.cast() };
     let idle_ref = unsafe { &*idle };
     let c = idle_ref.conn.connection();
-    let keep = !c.take_timedout(Direction::Read)
-        && !idle_ref.conn.close_requested()
-        && answer_pings(idle_ref);
-    if keep && c.handle_event(Direction::Read).is_ok() {
+    let why = if c.take_timedout(Direction::Read) {
+        "idle timeout"
+    } else if idle_ref.conn.close_requested() {
+        "worker is exiting"
+    } else if !answer_pings(idle_ref) {
+        "the upstream closed it or sent more than pings"
+    } else if c.handle_event(Direction::Read).is_err() {
+        "cannot wait for its events"
+    } else {
         return;
-    }
+    };
     let pool = Rc::clone(&idle_ref.slot.pool);
+    log_closing(idle_ref, why);
+    let removed = pool.remove(idle);
+    drop(removed);
+}
+
+fn log_closing(idle: &Idle, why: &str) {
     ngx_log_error!(
         NGX_LOG_INFO,
         cycle_log(),
-        "websocket: closing pooled upstream connection to {} (pool \"{}\")",
-        idle_ref.conn.name(),
-        pool.name
+        "websocket: closing pooled upstream connection to {} (pool \"{}\"): {why}",
+        idle.conn.name(),
+        idle.slot.pool.name
     );
-    let removed = pool.remove(idle);
-    drop(removed);
 }
 
 /// Reads what a pooled connection received; answers pings, also ones that
@@ -307,3 +372,4 @@ fn answer_pings(idle: &Idle) -> bool {
         pending.drain(..at);
     }
 }
+

@@ -1,0 +1,226 @@
+#!/usr/bin/perl
+# The websocket_pass keepalive pool against careless and hostile peers.
+#
+# One client's data must never reach the next client through a pooled
+# upstream connection. The upstream does not know where one client's
+# session ends, so when a client closes normally nginx fences the upstream
+# first: it sends a ping with a random payload and answers the client's
+# close only once the matching pong arrived with nothing else before it.
+# Whatever the upstream still sent for the session before the pong reaches
+# that session's client, and then the connection is closed, not pooled.
+# The scripted upstream (WsUpstream::Conn::serve) makes the races
+# deterministic: "cmd:burst:N:SIZE:SECONDS:LAST" sends N messages, reads
+# nothing for SECONDS (so nginx's fencing ping waits in its socket), then
+# sends LAST. Checked: a client that does not read the burst and closes
+# (`listen ... sndbuf=16k`, the race of issue 15), a client that read it
+# and closes before LAST, a quiet upstream (the fence passes, the next
+# session reuses the connection), an upstream that sends something right
+# behind the pong (closed on release), an upstream that never answers pings
+# (closed after websocket_timeout).
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time sleep);
+use WsClient;
+use WsTest;
+use WsUpstream;
+use WsValgrind qw(scaled);
+
+my $up = WsUpstream->new(handler => sub {
+    my ($c) = @_;
+    $c->handshake;
+    my $path = $c->path // '';
+    if ($path =~ m{^/deaf/}) {
+        $c->echo_loop(timeout => 20);    # never answers a ping
+    } elsif ($path =~ m{^/chatty/}) {
+        # answers a ping with its pong and a message in the same write
+        while (my $f = $c->recv_frame(timeout => 20)) {
+            $c->push_note(frames => $f);
+            if ($f->{opcode} == 9) {
+                $c->send_raw(WsUpstream::Conn::frame(opcode => 10, payload => $f->{payload})
+                    . WsUpstream::Conn::frame(opcode => 1, payload => 'right behind the pong'));
+                next;
+            }
+            last if $f->{opcode} == 8;
+            $c->send_text($f->{payload}) if $f->{opcode} == 1;
+        }
+        $c->wait_eof(timeout => 5);
+        $c->note(end => 'eof');
+    } else {
+        $c->serve(idle => 30);
+    }
+});
+my $UP = $up->port;
+
+my ($t, $port, @workers) = start_nginx(worker_processes => 1, worker_connections => 4096,
+    conf => <<"EOF_CONF");
+server {
+    listen 127.0.0.1:%%PORT_0%% sndbuf=16k;
+
+    location / {
+        websocket_pass ws://127.0.0.1:$UP;
+        websocket_keepalive 4;
+        websocket_keepalive_pool \$uri;
+        websocket_timeout 1s;
+    }
+
+    location /echo {
+        websocket_echo;
+    }
+}
+EOF_CONF
+
+sub recs { my ($path) = @_; grep { ($_->{path} // '') eq $path } $up->records }
+sub nconn { scalar recs(@_) }
+
+# Waits until the record of $path with $pred is there; undef after $timeout.
+sub wait_rec {
+    my ($path, $pred, $timeout) = @_;
+    my $deadline = time + scaled($timeout // 3);
+    while (1) {
+        my ($r) = grep { $pred->($_) } recs($path);
+        return $r if $r || time > $deadline;
+        sleep 0.02;
+    }
+}
+
+# Reads data messages until the close: (\@payloads, $code), $code undef
+# when no close came.
+sub read_to_close {
+    my ($ws) = @_;
+    my @got;
+    while (my $m = $ws->recv_message(timeout => 5)) {
+        if ($m->{opcode} == 8) {
+            my $code = length $m->{payload} >= 2 ? unpack('n', $m->{payload}) : undef;
+            return (\@got, $code);
+        }
+        push @got, $m->{payload} if $m->{opcode} < 8;
+    }
+    return (\@got, undef);
+}
+
+# The next session on $path: its first message is its own echo, and its
+# close is answered with $code (1000). 4 tests.
+sub next_session_ok {
+    my ($path, $name, $want) = @_;
+    my $ws = WsClient->connect(port => $port, path => $path);
+    is($ws->status, 101, "$name: the next session gets 101");
+    $ws->send_text('mine');
+    my $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{payload}, 'mine', "$name: the next session's first message is its own")
+        or diag 'got ' . ($m ? "'$m->{payload}'" : 'nothing');
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    is($code, $want // 1000, "$name: the next session's close is answered");
+    is_deeply($got, [], "$name: ... and nothing else reached it");
+}
+
+sub burst { map { my $m = "burst $_ "; $m . '.' x ($_[1] - length $m) } 1 .. $_[0] }
+
+# --- the race of issue 15: a client that does not read, then closes --------------------
+{
+    my $path = '/race/unread';
+    my $ws = WsClient->connect(port => $port, path => $path, rcvbuf => 8192);
+    is($ws->status, 101, 'unread burst: 101');
+    $ws->send_text('cmd:burst:40:4000:0.3:late');
+    sleep 0.15;
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    # compared by their first words: the messages are 4,000 bytes long
+    my $words = sub { [ map { /\A(burst \d+) / ? $1 : $_ } @_ ] };
+    is_deeply($words->(@$got), $words->('cmd:burst:40:4000:0.3:late', burst(40, 4000), 'late'),
+        'unread burst: the client that closed still gets every message the upstream sent it, in order');
+    is($code, 1000, '... then the answer to its close');
+    ok($ws->wait_eof(3), '... then TCP closes');
+    next_session_ok($path, 'unread burst');
+    is(nconn($path), 2, 'unread burst: the upstream connection was not pooled');
+}
+
+# --- a message the upstream sends after the client's close -------------------------
+{
+    my $path = '/race/late';
+    my $ws = WsClient->connect(port => $port, path => $path);
+    is($ws->status, 101, 'late message: 101');
+    $ws->send_text('cmd:burst:3:20:0.5:late');
+    my @first = map { my $m = $ws->recv_message(timeout => 3); $m && $m->{payload} } 1 .. 4;
+    is_deeply(\@first, [ 'cmd:burst:3:20:0.5:late', burst(3, 20) ], 'late message: the echo and the burst arrive');
+    my $t0 = time;
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    is_deeply($got, ['late'], 'late message: it reaches the client that closed, not the next one');
+    is($code, 1000, '... then the answer to its close');
+    cmp_ok(time - $t0, '>=', 0.3, '... which waited for the upstream') or diag sprintf '%.2fs', time - $t0;
+    ok($ws->wait_eof(3), '... then TCP closes');
+    next_session_ok($path, 'late message');
+    is(nconn($path), 2, 'late message: the upstream connection was not pooled');
+    my ($r) = recs($path);
+    is(($r // {})->{close_code}, 1000, "late message: the upstream got the client's close after all");
+}
+
+# --- a quiet upstream: the fence passes and the connection is reused ----------------------
+{
+    my $path = '/quiet/x';
+    my $ws = WsClient->connect(port => $port, path => $path);
+    is($ws->status, 101, 'quiet upstream: 101');
+    $ws->send_text('one');
+    my $m = $ws->recv_message(timeout => 3);
+    is($m && $m->{payload}, 'one', 'quiet upstream: echo');
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    is($code, 1000, 'quiet upstream: the close is answered');
+    is_deeply($got, [], '... with nothing before it');
+    ok($ws->wait_eof(3), '... then TCP closes');
+    next_session_ok($path, 'quiet upstream');
+    is(nconn($path), 1, 'quiet upstream: the next session reused the pooled connection');
+    my ($r) = recs($path);
+    my @pings = grep { $_->{opcode} == 9 } @{ ($r // {})->{frames} // [] };
+    is(scalar @pings, 2, 'quiet upstream: it got a fencing ping at each client close');
+    ok(!grep({ !$_->{masked} || $_->{length} != 8 } @pings), '... masked, with 8 bytes of payload');
+    isnt($pings[0]{payload}, $pings[1]{payload}, '... a different payload each time') if @pings == 2;
+    ok(!grep({ $_->{opcode} == 8 } @{ ($r // {})->{frames} // [] }), '... and no close frame');
+}
+
+# --- a message right behind the pong: the connection is not kept --------------------------
+{
+    my $path = '/chatty/x';
+    my $ws = WsClient->connect(port => $port, path => $path);
+    is($ws->status, 101, 'message behind the pong: 101');
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    is($code, 1000, 'message behind the pong: the close is answered');
+    ok(wait_rec($path, sub { exists $_[0]{end} }, 3), '... and the upstream connection is closed');
+    next_session_ok($path, 'message behind the pong');
+    is(nconn($path), 2, 'message behind the pong: the next session got a new connection');
+    ok(scalar $t->grep_error_log(qr/\[info\].*(closing pooled upstream connection|upstream connection closed: connection is not idle)/),
+        'error.log says why the connection was closed');
+}
+
+# --- an upstream that never answers the fence -----------------------------------------
+{
+    my $path = '/deaf/x';
+    my $ws = WsClient->connect(port => $port, path => $path);
+    is($ws->status, 101, 'deaf upstream: 101');
+    my $t0 = time;
+    $ws->send_close(1000);
+    my ($got, $code) = read_to_close($ws);
+    my $dt = time - $t0;
+    is($code, 1001, 'deaf upstream: the client gets 1001 when websocket_timeout passes');
+    cmp_ok($dt, '>=', 0.8, '... not before 1 s') or diag sprintf '%.2fs', $dt;
+    cmp_ok($dt, '<', scaled(3), '... soon after it') or diag sprintf '%.2fs', $dt;
+    my $r = wait_rec($path, sub { exists $_[0]{eof} }, 3) // {};
+    is($r->{close_code}, 1001, '... the upstream too');
+    ok($r->{eof}, '... and its connection is closed');
+    next_session_ok($path, 'deaf upstream', 1001);
+    is(nconn($path), 2, 'deaf upstream: the next session got a new connection');
+}
+
+is(scalar(grep { $_->{handler_error} } $up->records), 0, 'the scripted upstream had no errors')
+    or diag join "\n", map { $_->{handler_error} // () } $up->records;
+
+finish($t, $port, \@workers, '/echo');
+$up->stop;
+
+done_testing;
