@@ -17,11 +17,15 @@
 //! then. Here, what arrives afterwards but a ping closes the connection: on
 //! release, while pooled, and when a session is about to reuse it (the
 //! socket is read once more first, reported or not).
+//!
+//! A pool that holds no connection and serves no session leaves the
+//! worker's map, so names chosen by clients (`websocket_keepalive_pool
+//! $arg_p`) cannot grow it.
 
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_msec_t, NGX_LOG_INFO};
 use ngx::ngx_log_error;
@@ -45,13 +49,31 @@ pub struct PoolSettings {
 /// is posted when it may try again.
 type WaiterId = NonNull<ngx_connection_t>;
 
-/// The shared state of one named pool.
+/// The shared state of one named pool. Its idle connections, sessions and
+/// waiters hold it (an `Rc` in every `Slot` and `Keepalive`); the last one
+/// to go drops it.
 pub struct Pool {
     name: String,
     idle: RefCell<VecDeque<Box<Idle>>>,
     /// Connections counted against the backlog limit: in use or idle.
     open: Cell<usize>,
     waiters: RefCell<VecDeque<WaiterId>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // `try_*`: the map is gone while the thread's locals are destroyed,
+        // and `pool()` holds it only to replace an entry, which drops a
+        // `Weak`, never a pool. A dead entry left behind is replaced by the
+        // next `pool()` of that name.
+        let _ = POOLS.try_with(|pools| {
+            if let Ok(mut pools) = pools.try_borrow_mut() {
+                if pools.get(&self.name).is_some_and(|p| p.strong_count() == 0) {
+                    pools.remove(&self.name);
+                }
+            }
+        });
+    }
 }
 
 /// A session's place in a keepalive pool.
@@ -96,22 +118,26 @@ impl Drop for Slot {
 }
 
 thread_local! {
-    /// A worker's pools by name. nginx runs each worker on one thread.
-    static POOLS: RefCell<HashMap<String, Rc<Pool>>> = RefCell::new(HashMap::new());
+    /// A worker's pools in use, by name. nginx runs each worker on one
+    /// thread. The map does not keep a pool alive (see `Drop for Pool`).
+    static POOLS: RefCell<HashMap<String, Weak<Pool>>> = RefCell::new(HashMap::new());
 }
 
-/// The pool named `name`, made on first use.
+/// The pool named `name`, made when none is in use.
 pub fn pool(name: &str) -> Rc<Pool> {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        Rc::clone(pools.entry(name.to_owned()).or_insert_with(|| {
-            Rc::new(Pool {
-                name: name.to_owned(),
-                idle: RefCell::new(VecDeque::new()),
-                open: Cell::new(0),
-                waiters: RefCell::new(VecDeque::new()),
-            })
-        }))
+        if let Some(pool) = pools.get(name).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let pool = Rc::new(Pool {
+            name: name.to_owned(),
+            idle: RefCell::new(VecDeque::new()),
+            open: Cell::new(0),
+            waiters: RefCell::new(VecDeque::new()),
+        });
+        pools.insert(name.to_owned(), Rc::downgrade(&pool));
+        pool
     })
 }
 
