@@ -231,9 +231,9 @@ impl Relay {
                     return false;
                 }
             };
-            // The upstream's answer to the fence ends the session; anything
-            // but a pong shows it still talks to this session, which then
-            // closes as usual.
+            // The upstream's answer to the fence ends the session; data or
+            // a close show it still talks to this session, which then closes
+            // as usual (pings and other pongs are relayed and change nothing).
             let fence = self.fencing.filter(|_| way == Way::ToClient);
             if let Some((fence, code)) = fence {
                 if frame.typ == FrameType::Pong && fence.answered_by(frame.data()) {
@@ -242,7 +242,8 @@ impl Relay {
                     return false;
                 }
             }
-            let fence_broken = fence.filter(|_| frame.typ != FrameType::Pong);
+            let fence_broken =
+                fence.filter(|_| !matches!(frame.typ, FrameType::Ping | FrameType::Pong));
             let forwarded = match frame.typ {
                 FrameType::Ping => dst.send_ping(frame.data()),
                 FrameType::Pong => dst.send_pong(frame.data()),
