@@ -2,9 +2,9 @@
 //! both ways, unmasked from the upstream and re-masked towards it, every
 //! rule checked on both legs, with backpressure. A client that closes
 //! normally can leave its upstream connection to a keepalive pool, once the
-//! upstream is fenced (see `pool`): its close is answered when the upstream
-//! has answered a ping with nothing else before it, and what the upstream
-//! still sent for the session before that reaches this client, which then
+//! upstream is fenced (see `pool`): the client's close is answered when the
+//! upstream has answered a ping with no data or close before it; what the
+//! upstream still sent for the session reaches this client, which then
 //! closes the upstream connection as usual instead of pooling it.
 
 use ngx::ffi::{ngx_log_t, NGX_LOG_ERR, NGX_LOG_INFO};
