@@ -501,7 +501,7 @@ SKIP: {
     is(scalar @recs, 1, '3 sequential wss sessions with websocket_keepalive: one upstream connection')
         or diag 'connections: ' . ($up->count - $before);
     my $r = $recs[-1] // {};
-    is_deeply([ map { $_->{payload} } @{ $r->{frames} // [] } ],
+    is_deeply([ map { $_->{payload} } grep { $_->{opcode} != 9 } @{ $r->{frames} // [] } ],
         [ map { "pooled over TLS $_" } 1 .. 3 ], 'all three sessions went over it, no close frame');
 
     # a ping from the upstream while the TLS connection is pooled

@@ -322,6 +322,18 @@ impl ConnectionRef {
         }
     }
 
+    /// Makes the next read really read the socket: data may be there that
+    /// the event loop has not reported yet, or that it reported to a handler
+    /// that did not read it.
+    pub fn assume_readable(&self) {
+        let rev = self.event(Direction::Read);
+        // SAFETY: the read event of a live connection of this worker.
+        unsafe {
+            (*rev).set_ready(1);
+            (*rev).available = -1;
+        }
+    }
+
     /// Handles both events of the connection with `handler` directly,
     /// instead of through the request's handlers.
     pub fn set_event_handler(&self, handler: unsafe extern "C" fn(*mut ngx::ffi::ngx_event_t)) {

@@ -6,11 +6,26 @@
 //! first out, closes them after the idle timeout or when the upstream sends
 //! anything but a ping, and with a backlog it also bounds the open
 //! connections and queues the sessions that wait for one.
+//!
+//! The upstream does not know where one client's session ends and the next
+//! begins, so a message it sends for the old session must never reach the
+//! next. The relay therefore fences a connection before it gives it back
+//! (see [`Fence`]): the upstream gets a ping with a random payload, and the
+//! connection comes here only if the matching pong arrived with no data or
+//! close before it. TCP keeps the upstream's frames in order, so all it sent
+//! for the old session was seen (and relayed to that session's client) by
+//! then. Here, what arrives afterwards but a ping closes the connection: on
+//! release, while pooled, and when a session is about to reuse it (the
+//! socket is read once more first, reported or not).
+//!
+//! A pool that holds no connection and serves no session leaves the
+//! worker's map, so names chosen by clients (`websocket_keepalive_pool
+//! $arg_p`) cannot grow it.
 
 use core::cell::{Cell, RefCell};
 use core::ptr::NonNull;
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use ngx::ffi::{ngx_connection_t, ngx_event_t, ngx_msec_t, NGX_LOG_INFO};
 use ngx::ngx_log_error;
@@ -20,6 +35,7 @@ use crate::ngx_io::{cycle_log, post_write_event, Direction, Io};
 use crate::ngx_peer::UpstreamConn;
 use crate::protocol::frame::{build_frame, parse_header, OpCode, ParseConfig};
 use crate::random;
+use crate::session::{WebSocket, WsError};
 
 /// `websocket_keepalive*` of a location.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +50,31 @@ pub struct PoolSettings {
 /// is posted when it may try again.
 type WaiterId = NonNull<ngx_connection_t>;
 
-/// The shared state of one named pool.
+/// The shared state of one named pool. Its idle connections, sessions and
+/// waiters hold it (an `Rc` in every `Slot` and `Keepalive`); the last one
+/// to go drops it.
 pub struct Pool {
     name: String,
     idle: RefCell<VecDeque<Box<Idle>>>,
     /// Connections counted against the backlog limit: in use or idle.
     open: Cell<usize>,
     waiters: RefCell<VecDeque<WaiterId>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // `try_*`: the map is gone while the thread's locals are destroyed,
+        // and `pool()` holds it only to replace an entry, which drops a
+        // `Weak`, never a pool. A dead entry left behind is replaced by the
+        // next `pool()` of that name.
+        let _ = POOLS.try_with(|pools| {
+            if let Ok(mut pools) = pools.try_borrow_mut() {
+                if pools.get(&self.name).is_some_and(|p| p.strong_count() == 0) {
+                    pools.remove(&self.name);
+                }
+            }
+        });
+    }
 }
 
 /// A session's place in a keepalive pool.
@@ -86,23 +120,48 @@ impl Drop for Slot {
 }
 
 thread_local! {
-    /// A worker's pools by name. nginx runs each worker on one thread.
-    static POOLS: RefCell<HashMap<String, Rc<Pool>>> = RefCell::new(HashMap::new());
+    /// A worker's pools in use, by name. nginx runs each worker on one
+    /// thread. The map does not keep a pool alive (see `Drop for Pool`).
+    static POOLS: RefCell<HashMap<String, Weak<Pool>>> = RefCell::new(HashMap::new());
 }
 
-/// The pool named `name`, made on first use.
+/// The pool named `name`, made when none is in use.
 pub fn pool(name: &str) -> Rc<Pool> {
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        Rc::clone(pools.entry(name.to_owned()).or_insert_with(|| {
-            Rc::new(Pool {
-                name: name.to_owned(),
-                idle: RefCell::new(VecDeque::new()),
-                open: Cell::new(0),
-                waiters: RefCell::new(VecDeque::new()),
-            })
-        }))
+        if let Some(pool) = pools.get(name).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let pool = Rc::new(Pool {
+            name: name.to_owned(),
+            idle: RefCell::new(VecDeque::new()),
+            open: Cell::new(0),
+            waiters: RefCell::new(VecDeque::new()),
+        });
+        pools.insert(name.to_owned(), Rc::downgrade(&pool));
+        pool
     })
+}
+
+/// The ping that fences an upstream connection before it goes back to its
+/// pool (see the module's notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence([u8; 8]);
+
+impl Fence {
+    /// Queues the fencing ping on the upstream leg.
+    pub fn send(upstream: &mut WebSocket) -> Result<Fence, WsError> {
+        let mut token = [0; 8];
+        random::fill(&mut token)?;
+        upstream.send_ping(&token)?;
+        Ok(Fence(token))
+    }
+
+    /// Whether a pong with `payload` answers this fence: an answer to an
+    /// earlier ping of the session does not pass for it.
+    pub fn answered_by(&self, payload: &[u8]) -> bool {
+        self.0[..] == *payload
+    }
 }
 
 /// What a session gets from [`Pool::acquire`].
@@ -148,14 +207,7 @@ impl Pool {
             None => !self.waiters.borrow().is_empty(),
         };
         if !(settings.backlog.is_some() && queued_ahead) {
-            let reusable = {
-                let mut idle = self.idle.borrow_mut();
-                let found = idle
-                    .iter()
-                    .rposition(|i| i.conn.address() == address && i.handshake == handshake);
-                found.and_then(|i| idle.remove(i))
-            };
-            if let Some(idle) = reusable {
+            if let Some(idle) = self.take_reusable(handshake, address) {
                 self.leave_line(me);
                 let Idle {
                     conn, slot, agreed, ..
@@ -189,6 +241,29 @@ impl Pool {
         Acquired::Wait
     }
 
+    /// The most recently released connection to `address` for `handshake`
+    /// that has still received nothing but pings; others found on the way
+    /// are closed.
+    fn take_reusable(&self, handshake: &[u8], address: &[u8]) -> Option<Box<Idle>> {
+        loop {
+            let candidate = {
+                let mut idle = self.idle.borrow_mut();
+                let found = idle
+                    .iter()
+                    .rposition(|i| i.conn.address() == address && i.handshake == handshake);
+                found.and_then(|i| idle.remove(i))
+            }?;
+            // What arrived since the last read event, reported or not, is
+            // read before the connection changes hands; half a ping cannot
+            // be handed over either.
+            candidate.conn.connection().assume_readable();
+            if answer_pings(&candidate) && candidate.partial.borrow().is_empty() {
+                return Some(candidate);
+            }
+            log_closing(&candidate, "it received more than pings");
+        }
+    }
+
     /// Removes a session from the line (it got a connection, or gave up).
     pub fn leave_line(&self, me: WaiterId) {
         let mut waiters = self.waiters.borrow_mut();
@@ -203,9 +278,11 @@ impl Pool {
         }
     }
 
-    /// Keeps an idle, handshaken connection for a later session; the least
-    /// recently used one is closed when the pool is full. The balancer
-    /// hears that the session is done with the peer.
+    /// Keeps an idle, handshaken connection, fenced by the relay, for a
+    /// later session; the least recently used one is closed when the pool is
+    /// full. False when the connection was closed instead: the upstream sent
+    /// more than pings after the fence.
+    /// Either way the balancer hears that the session is done with the peer.
     pub fn release(
         self: &Rc<Self>,
         mut conn: UpstreamConn,
@@ -213,7 +290,7 @@ impl Pool {
         handshake: &[u8],
         agreed: Agreed,
         settings: PoolSettings,
-    ) {
+    ) -> bool {
         conn.release_peer();
         let mut idle = Box::new(Idle {
             conn,
@@ -226,8 +303,11 @@ impl Pool {
         idle.conn.attach(data, idle_event, cycle_log());
         idle.conn.set_idle(true);
         let c = idle.conn.connection();
-        if c.handle_event(Direction::Read).is_err() {
-            return; // dropping `idle` closes it
+        // The relay stopped reading at the fence's pong: what came since is
+        // in the socket, maybe reported to the relay and left unread.
+        c.assume_readable();
+        if !answer_pings(&idle) || c.handle_event(Direction::Read).is_err() {
+            return false; // dropping `idle` closes it
         }
         c.add_timer(Direction::Read, settings.idle_timeout);
         let evicted = {
@@ -241,6 +321,7 @@ impl Pool {
         };
         drop(evicted);
         self.wake_first();
+        true
     }
 
     /// Takes a pooled connection out (to close it).
@@ -259,22 +340,31 @@ unsafe extern "C" fn idle_event(ev: *mut ngx_event_t) {
     let idle: *const Idle = unsafe { (*(*ev).data.cast::<ngx_connection_t>()).data.cast() };
     let idle_ref = unsafe { &*idle };
     let c = idle_ref.conn.connection();
-    let keep = !c.take_timedout(Direction::Read)
-        && !idle_ref.conn.close_requested()
-        && answer_pings(idle_ref);
-    if keep && c.handle_event(Direction::Read).is_ok() {
+    let why = if c.take_timedout(Direction::Read) {
+        "idle timeout"
+    } else if idle_ref.conn.close_requested() {
+        "worker is exiting"
+    } else if !answer_pings(idle_ref) {
+        "the upstream closed it or sent more than pings"
+    } else if c.handle_event(Direction::Read).is_err() {
+        "cannot wait for its events"
+    } else {
         return;
-    }
+    };
     let pool = Rc::clone(&idle_ref.slot.pool);
+    log_closing(idle_ref, why);
+    let removed = pool.remove(idle);
+    drop(removed);
+}
+
+fn log_closing(idle: &Idle, why: &str) {
     ngx_log_error!(
         NGX_LOG_INFO,
         cycle_log(),
-        "websocket: closing pooled upstream connection to {} (pool \"{}\")",
-        idle_ref.conn.name(),
-        pool.name
+        "websocket: closing pooled upstream connection to {} (pool \"{}\"): {why}",
+        idle.conn.name(),
+        idle.slot.pool.name
     );
-    let removed = pool.remove(idle);
-    drop(removed);
 }
 
 /// Reads what a pooled connection received; answers pings, also ones that
@@ -318,3 +408,4 @@ fn answer_pings(idle: &Idle) -> bool {
         pending.drain(..at);
     }
 }
+

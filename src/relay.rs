@@ -1,12 +1,17 @@
 //! The frame relay of an upgraded `websocket_pass` session: frames move
 //! both ways, unmasked from the upstream and re-masked towards it, every
 //! rule checked on both legs, with backpressure. A client that closes
-//! normally can leave its upstream connection to a keepalive pool.
+//! normally can leave its upstream connection to a keepalive pool, once the
+//! upstream is fenced (see `pool`): the client's close is answered when the
+//! upstream has answered a ping with no data or close before it; what the
+//! upstream still sent for the session reaches this client, which then
+//! closes the upstream connection as usual instead of pooling it.
 
 use ngx::ffi::{ngx_log_t, NGX_LOG_ERR, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
 use crate::ngx_io::Direction;
+use crate::pool::Fence;
 use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Quiet, WebSocket, WsError};
@@ -42,8 +47,11 @@ enum Way {
 pub struct Relay {
     client: WebSocket,
     upstream: WsClient,
-    /// The client closed normally and the upstream connection goes to the
-    /// pool once the client has our close.
+    /// The client closed normally (with this code) on a clean upstream leg,
+    /// which was fenced: the close is answered at the fence's pong.
+    fencing: Option<(Fence, Option<u16>)>,
+    /// The fence passed and the upstream connection goes to the pool once
+    /// the client has our close.
     pooling: bool,
     /// The worker is exiting: relay what arrived, then close both with 1001.
     shutting_down: bool,
@@ -61,6 +69,7 @@ impl Relay {
         Relay {
             client,
             upstream,
+            fencing: None,
             pooling: false,
             shutting_down: false,
             closing: false,
@@ -141,6 +150,7 @@ impl Relay {
             if self.shutting_down
                 && !self.closing
                 && !self.pooling
+                && self.fencing.is_none()
                 && self.close_client_with.is_none()
                 && !self.client.in_message()
                 && !self.upstream.in_message()
@@ -221,6 +231,19 @@ impl Relay {
                     return false;
                 }
             };
+            // The upstream's answer to the fence ends the session; data or
+            // a close show it still talks to this session, which then closes
+            // as usual (pings and other pongs are relayed and change nothing).
+            let fence = self.fencing.filter(|_| way == Way::ToClient);
+            if let Some((fence, code)) = fence {
+                if frame.typ == FrameType::Pong && fence.answered_by(frame.data()) {
+                    self.fencing = None;
+                    self.pooling = dst.send_close(code, b"").is_ok();
+                    return false;
+                }
+            }
+            let fence_broken =
+                fence.filter(|_| !matches!(frame.typ, FrameType::Ping | FrameType::Pong));
             let forwarded = match frame.typ {
                 FrameType::Ping => dst.send_ping(frame.data()),
                 FrameType::Pong => dst.send_pong(frame.data()),
@@ -228,12 +251,10 @@ impl Relay {
                 // (sent by `step`), not the upstream's answer.
                 FrameType::Close if close_client_with.is_some() => Ok(()),
                 // A normal close from the client while the upstream leg is
-                // clean: answer it here and keep the upstream for later.
+                // clean: fence the upstream to keep it for later.
                 FrameType::Close if may_pool && dst.reusable() => {
                     let code = frame.close_code;
-                    let answered = src.send_close(code, b"");
-                    self.pooling = answered.is_ok();
-                    return false;
+                    Fence::send(dst).map(|fence| self.fencing = Some((fence, code)))
                 }
                 FrameType::Close => dst.send_close(frame.close_code, frame.data()),
                 FrameType::Text | FrameType::Binary | FrameType::Continuation => {
@@ -245,6 +266,10 @@ impl Relay {
                     dst.send_frame(!frame.again, opcode, frame.data())
                 }
             };
+            if let Some((_, code)) = fence_broken {
+                self.fencing = None;
+                let _ = src.send_close(code, b"");
+            }
             match forwarded {
                 // The destination already closed: what still comes is dropped.
                 Ok(()) | Err(WsError::Closed) => {}

@@ -26,8 +26,9 @@ pub enum KeepaliveError {
     /// The connection was opened without a pool (`websocket_keepalive` off).
     NoPool,
     /// A message is half sent or half received, output is queued, a close
-    /// frame went either way, or compression keeps state between messages:
-    /// the next session would inherit it.
+    /// frame went either way, compression keeps state between messages, or
+    /// the upstream sent more than pings after the relay's fence: the next
+    /// session would inherit it.
     Unclean,
 }
 
@@ -64,6 +65,9 @@ impl WsClient {
 
     /// Puts the connection into its pool for at most `max_idle_timeout`
     /// milliseconds, in a pool of at most `pool_size` idle connections.
+    /// The caller fences it first (`pool::Fence`), so that nothing the
+    /// upstream sent for this session reaches the next; what the upstream
+    /// keeps for the session in-band (a login, subscriptions) goes with it.
     /// The object is consumed either way, so no operation but a new connect
     /// can follow; on an error the connection is closed.
     ///
@@ -104,10 +108,10 @@ impl WsClient {
             idle_timeout: max_idle_timeout,
             ..keepalive.settings
         };
-        keepalive
+        let kept = keepalive
             .pool
             .release(conn, slot, &keepalive.handshake, agreed, settings);
-        Ok(())
+        kept.then_some(()).ok_or(KeepaliveError::Unclean)
     }
 }
 

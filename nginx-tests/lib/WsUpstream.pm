@@ -453,7 +453,8 @@ sub echo_loop {
 
 # serve(idle => 30): an echo loop for connections that may sit in nginx's
 # keepalive pool, where one upstream connection carries several client
-# sessions. Echoes every data frame as it came; records every frame it
+# sessions. Echoes every data frame as it came; answers a ping with a pong
+# (nginx fences a connection it pools with a ping); records every frame it
 # receives in `frames` and pongs also in `pongs` (with `at`); answers a
 # close with the same code and waits for EOF. Notes how it ended as `end`
 # ('eof', 'timeout', 'dropped' when it closed TCP itself) and `end_at`.
@@ -466,6 +467,9 @@ sub echo_loop {
 #       close - send a close frame with code ARG (default 1000)
 #       drop  - close TCP without a close frame
 #   "cmd:frag:ARG"  send ARG at once as a non-final text fragment
+#   "cmd:burst:N:SIZE:SECONDS:LAST"  after the echo, send N text messages of
+#       SIZE bytes ("burst 1 ...", padded with '.'), then read nothing for
+#       SECONDS, then send the text LAST (noted as `last_sent_at`)
 sub serve {
     my ($self, %o) = @_;
     my $idle = $o{idle} // 30;
@@ -523,7 +527,11 @@ sub serve {
             $self->push_note(pongs => { payload => $f->{payload}, masked => $f->{masked}, at => time });
             next;
         }
-        next if $op == 9;
+        if ($op == 9) {
+            $self->send_frame(opcode => 10, payload => $f->{payload})
+                or do { $self->note(end => 'write error', end_at => time); return };
+            next;
+        }
         if ($op == 1 && $f->{fin} && $f->{payload} =~ /\Acmd:after:([\d.]+):(\w+):?(.*)\z/s) {
             $pending = [ $1, $2, $3 ];
         }
@@ -531,6 +539,17 @@ sub serve {
         $self->send_frame(fin => $f->{fin}, opcode => $op, payload => $f->{payload})
             or do { $self->note(end => 'write error', end_at => time); return };
         $self->send_frame(fin => 0, opcode => 1, payload => $frag) if defined $frag;
+        if ($op == 1 && $f->{fin} && $f->{payload} =~ /\Acmd:burst:(\d+):(\d+):([\d.]+):(.*)\z/s) {
+            my ($n, $size, $quiet, $last) = ($1, $2, $3, $4);
+            for my $i (1 .. $n) {
+                my $m = "burst $i ";
+                $self->send_text($m . '.' x ($size - length $m))
+                    or do { $self->note(end => 'write error', end_at => time); return };
+            }
+            sleep $quiet;
+            $self->send_text($last);
+            $self->note(last_sent_at => time);
+        }
     }
 }
 
