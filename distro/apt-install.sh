@@ -10,7 +10,8 @@ missing=()
 for p in "$@"; do
     case "$p" in
         */*) missing+=("$p") ;;   # a .deb file: apt decides whether it is new
-        *) dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p") ;;
+        *) [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] ||
+               missing+=("$p") ;;
     esac
 done
 [ "${#missing[@]}" -gt 0 ] || exit 0

@@ -4,12 +4,13 @@
 #   distro/test-deb.sh                   all of it, with the whole integration suite
 #   distro/test-deb.sh nginx-tests/02-echo.t ...   only these test files of the suite
 #
-# Builds the package (distro/deb.sh), installs it with apt (which brings Debian's nginx when
-# missing, its service not started), checks that nginx loads the module through
-# /etc/nginx/modules-enabled/ and serves websocket_echo with it, runs nginx-tests/ (distro/test.sh)
-# and the Autobahn|Testsuite cases AUTOBAHN_CASES (default 1-10) against /usr/sbin/nginx with
-# the installed module, then removes and purges the package and checks that nothing it installed
-# is left. Environment: TEST_DEB_NO_AUTOBAHN=1 skips Autobahn (while iterating).
+# Builds the package (distro/deb.sh), checks that apt refuses a copy of it made for another
+# nginx ABI, installs it with apt (which brings Debian's nginx when missing; its service is not
+# started), checks that nginx loads the module through /etc/nginx/modules-enabled/ and serves
+# websocket_echo with it, runs nginx-tests/ (distro/test.sh) and the Autobahn|Testsuite cases
+# AUTOBAHN_CASES (default 1-10) against /usr/sbin/nginx with the installed module, then removes
+# and purges the package and checks that nothing it installed is left.
+# Environment: TEST_DEB_NO_AUTOBAHN=1 skips Autobahn (while iterating).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +42,19 @@ fi
 service_running() { [ -f /run/nginx.pid ] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; }
 service_before=no; service_running && service_before=yes
 
+# 0. apt refuses the package next to an nginx of another ABI: the same package depending on an
+# ABI no nginx provides (a dpkg-deb copy with Depends edited) must not install.
+rm -rf "$WORK" && mkdir -p "$WORK/abi"
+dpkg-deb -R "$DEB" "$WORK/abi/root"
+abi="$(dpkg-deb -f "$DEB" Depends | grep -o 'nginx-abi-[^, ]*')" || fail "$DEB does not depend on an nginx ABI"
+sed -i "s/$abi/nginx-abi-0.0.0-0/" "$WORK/abi/root/DEBIAN/control"
+dpkg-deb -b --root-owner-group "$WORK/abi/root" "$WORK/abi/other-abi.deb" >/dev/null
+if apt-get install -s "$WORK/abi/other-abi.deb" >"$WORK/abi/apt.log" 2>&1 ||
+    ! grep -q 'nginx-abi-0.0.0-0' "$WORK/abi/apt.log"; then
+    cat "$WORK/abi/apt.log" >&2; fail "apt would install the package for another nginx ABI"
+fi
+log "ok: depends on $abi; apt refuses the package built for another ABI"
+
 # On a failure below, take the package away again (the checks of removal run only on success).
 trap 'dpkg -s "$PKG" >/dev/null 2>&1 && { log "purging $PKG after the failure"; apt-get purge -y -qq -o Dpkg::Use-Pty=0 "$PKG" >&2; }' EXIT
 
@@ -61,7 +75,7 @@ mapfile -t FILES < <(dpkg -L "$PKG")
 log "ok: $LINK loads the module into $NGINX (nginx -t, nginx -T)"
 
 # 2. a configuration that takes the module from modules-enabled serves websocket_echo
-rm -rf "$WORK" && mkdir -p "$WORK/logs"
+mkdir -p "$WORK/logs"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cat >"$WORK/nginx.conf" <<CONF
 include /etc/nginx/modules-enabled/*.conf;
