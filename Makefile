@@ -119,7 +119,7 @@ deb:
 	distro/deb.sh
 
 # The package installed with apt, tested in place and purged (distro/test-deb.sh):
-# about 5 minutes here (nginx-tests/ 2.5, Autobahn cases 1-10 1.5).
+# 3-5 minutes here, most of it nginx-tests/ and Autobahn cases 1-10.
 test-deb:
 	AUTOBAHN_CASES='$(AUTOBAHN_BASE)' distro/test-deb.sh
 
