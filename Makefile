@@ -3,13 +3,18 @@
 #   make          build nginx (vendored source) and the module
 #   make run      build, then serve conf/nginx.conf on 127.0.0.1:8080
 #   make test     install what is missing (as root), then run every test:
-#                 unit, fuzz-smoke, integration, autobahn
+#                 unit, fuzz-smoke, integration, test-deb, autobahn
 #   make -s paths print the nginx binary and module paths
 #   make autobahn run the Autobahn|Testsuite (cases 1-10, a subset of 12/13) against the module
 #   make autobahn-full  all of cases 1-10, 12 and 13 (30-45 minutes on 2 cores)
 #   make distro   build the module against the system's packaged nginx (Debian's
 #                 nginx-dev, installed as root) into target/distro/
 #   make test-distro  run the integration suite against /usr/sbin/nginx with it
+#   make deb      the Debian package libnginx-mod-http-websocket_<version>_amd64.deb
+#                 (debhelper, debian/; lintian clean) into target/deb/
+#   make test-deb as root on Debian (skipped elsewhere): apt-get install the package,
+#                 check nginx loads it through modules-enabled, run nginx-tests/ and
+#                 Autobahn 1-10 against /usr/sbin/nginx with it, remove and purge it
 #   make bench    benchmarks side by side (bench/run.sh), results in bench/results/
 #   make soak     SOAK_MINUTES (10) of 10,000 sessions: RSS, descriptors, no message lost
 #   make fuzz     fuzz the protocol code (FUZZ_SECONDS per target, default 300)
@@ -30,7 +35,7 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
 PY_PACKAGES  := websockets
 
 .PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro \
-	test-distro bench fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
+	test-distro deb test-deb bench fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
 
 all: build
 
@@ -98,7 +103,7 @@ autobahn-full: build
 	autobahn/against-nginx.sh $(AUTOBAHN_DIR)/py2/bin/wstest $(AUTOBAHN_DIR)/report-full \
 		'$(AUTOBAHN_BASE),12.*,13.*'
 
-test: deps build unit fuzz-smoke integration autobahn
+test: deps build unit fuzz-smoke integration test-deb autobahn
 
 # Debian's nginx-dev: configure its source with Debian's flags, build without the
 # vendored nginx (target/distro/, never touches target/$(PROFILE)).
@@ -107,6 +112,16 @@ distro:
 
 test-distro:
 	distro/test.sh
+
+# The Debian package, built with debhelper from debian/ around the module
+# distro/build.sh built (distro/deb.sh); output in target/deb/.
+deb:
+	distro/deb.sh
+
+# The package installed with apt, tested in place and purged (distro/test-deb.sh):
+# 3-5 minutes here, most of it nginx-tests/ and Autobahn cases 1-10.
+test-deb:
+	AUTOBAHN_CASES='$(AUTOBAHN_BASE)' distro/test-deb.sh
 
 # Side-by-side benchmarks (not in make test): see bench/README.md.
 bench: build

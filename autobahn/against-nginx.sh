@@ -2,11 +2,18 @@
 # Start the nginx built here with our module, run the Autobahn fuzzing client
 # against websocket_echo and websocket_pass -> websocket_echo, stop nginx by PID, and exit with run.sh's verdict.
 # Usage: autobahn/against-nginx.sh WSTEST OUTDIR CASES [EXCLUDE]
+# AUTOBAHN_NGINX and AUTOBAHN_MODULE name another nginx binary and module (make test-deb:
+# /usr/sbin/nginx and the module its package installed) instead of the ones built here.
 set -eu
 WSTEST=$1 OUTDIR=$2 CASES=$3 EXCLUDE=${4:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
-eval "$(make -s -C "$ROOT" paths | sed 's/^/NGX_/')"
+if [ -n "${AUTOBAHN_NGINX:-}" ]; then
+    NGX_nginx=$AUTOBAHN_NGINX
+    NGX_module=${AUTOBAHN_MODULE:?AUTOBAHN_NGINX needs AUTOBAHN_MODULE}
+else
+    eval "$(make -s -C "$ROOT" paths | sed 's/^/NGX_/')"
+fi
 RUN=$OUTDIR/nginx
 mkdir -p "$RUN/logs"
 RUN=$(cd "$RUN" && pwd)

@@ -25,20 +25,7 @@ PACKAGES=(nginx nginx-dev libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang)
 log() { echo "distro: $*" >&2; }
 
 # 1. packages
-if [ "${DISTRO_NO_APT:-}" != 1 ]; then
-    missing=()
-    for p in "${PACKAGES[@]}"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        if [ "$(id -u)" != 0 ]; then
-            log "missing packages: ${missing[*]} (run as root)"; exit 1
-        fi
-        log "installing: ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-    fi
-fi
+[ "${DISTRO_NO_APT:-}" = 1 ] || "$ROOT/distro/apt-install.sh" "${PACKAGES[@]}"
 [ -f "$NGX_SRC/conf_flags" ] || { log "$NGX_SRC/conf_flags not found (is nginx-dev installed?)"; exit 1; }
 
 # 2. configure a private copy of the packaged source tree, once per nginx-dev version

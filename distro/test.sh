@@ -6,13 +6,19 @@
 #
 # As root, installs libnginx-mod-stream when nginx has stream as a dynamic module and it is missing.
 # Environment: NGINX (default /usr/sbin/nginx), PROVE_ARGS (extra prove options, e.g. "-v -j2"),
-# DISTRO_NO_APT=1 to install nothing, DISTRO_NO_BUILD=1 to use the existing target/distro/ngx_http_websocket_module.so as is.
+# DISTRO_NO_APT=1 to install nothing, DISTRO_NO_BUILD=1 to use the existing target/distro/ngx_http_websocket_module.so as is,
+# DISTRO_MODULE=PATH to test that .so instead (make test-deb: the one the package installed).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 NGINX="${NGINX:-/usr/sbin/nginx}"
+# nginx reads an environment variable NGINX as the sockets a binary upgrade hands over.
+export -n NGINX
 
-if [ "${DISTRO_NO_BUILD:-}" = 1 ]; then
+if [ -n "${DISTRO_MODULE:-}" ]; then
+    MODULE="$DISTRO_MODULE"
+    [ -f "$MODULE" ] || { echo "distro: $MODULE missing" >&2; exit 1; }
+elif [ "${DISTRO_NO_BUILD:-}" = 1 ]; then
     MODULE="$ROOT/target/distro/ngx_http_websocket_module.so"
     [ -f "$MODULE" ] || { echo "distro: $MODULE missing; run distro/build.sh" >&2; exit 1; }
 else
@@ -26,12 +32,7 @@ fi
 if "$NGINX" -V 2>&1 | grep -q -- '--with-stream=dynamic'; then
     STREAM_SO="${STREAM_SO:-/usr/lib/nginx/modules/ngx_stream_module.so}"
     if [ ! -f "$STREAM_SO" ] && [ "$(id -u)" = 0 ] && [ "${DISTRO_NO_APT:-}" != 1 ]; then
-        echo "distro: installing libnginx-mod-stream" >&2
-        dpkg -s libnginx-mod-stream >/dev/null 2>&1 || {
-            apt-get update -qq
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-                libnginx-mod-stream >&2
-        }
+        "$ROOT/distro/apt-install.sh" libnginx-mod-stream
     fi
     if [ -f "$STREAM_SO" ]; then
         export TEST_NGINX_LOAD_MODULES="${TEST_NGINX_LOAD_MODULES:-} $STREAM_SO"
