@@ -11,12 +11,15 @@ import subprocess
 import sys
 from collections import defaultdict
 
-TARGETS = ["echo", "pass", "tunnel", "rust-echo"]
+TARGETS = ["echo", "pass", "tunnel", "rust-echo", "fws-echo"]
+# The standalone echo servers that websocket_echo is measured against.
+REFERENCES = ["rust-echo", "fws-echo"]
 LABEL = {
     "echo": "echo",
     "pass": "pass→echo",
     "tunnel": "tunnel→echo",
     "rust-echo": "rust-echo",
+    "fws-echo": "fastwebsockets",
     "passpool": "pass→echo, keepalive 16",
     "trivial": "trivial echo",
 }
@@ -147,17 +150,18 @@ def throughput_table(agg, skipped, window_note):
         cells.append((s, c, None))
     cells.sort(key=lambda x: (x[0], x[1]))
     lines = table_head(
-        "| target | size | conns | msgs/s | MB/s | p50 | p99 | vs tunnel | vs rust-echo | errors | CPU busy srv/gen |"
+        "| target | size | conns | msgs/s | MB/s | p50 | p99 | vs tunnel | vs rust-echo | vs fastwebsockets | errors | CPU busy srv/gen |"
     )
     for size, conns, window in cells:
         if window is None:
             lines.append(
                 f"| *all* | {human_size(size)} | {conns} | skipped: {human_size(size * conns)} in flight "
-                f"per direction would not fit the time and memory budget | | | | | | | |"
+                f"per direction would not fit the time and memory budget | | | | | | | | |"
             )
             continue
         tun = agg.get(("tunnel", size, conns, window), {}).get("rate")
         rust = agg.get(("rust-echo", size, conns, window), {}).get("rate")
+        fws = agg.get(("fws-echo", size, conns, window), {}).get("rate")
         for t in TARGETS:
             a = agg.get((t, size, conns, window))
             if not a:
@@ -171,7 +175,8 @@ def throughput_table(agg, skipped, window_note):
                 f"| {LABEL[t]} | {human_size(size)} | {conns} | {fmt_num(a['rate'])} | "
                 f"{fmt_num(a['mbps'], 1)} | {fmt_us(a['p50'])} | {fmt_us(a['p99'])} | "
                 f"{'' if t == 'tunnel' else ratio(a['rate'], tun)} | "
-                f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | {err} | {cpu_cell(a)} |"
+                f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | "
+                f"{'' if t == 'fws-echo' else ratio(a['rate'], fws)} | {err} | {cpu_cell(a)} |"
             )
     return "\n".join(lines)
 
@@ -298,7 +303,7 @@ def cpu_section(rows):
     ]
     per_msg = {}
     profiles = {}
-    for t in ["echo", "pass", "tunnel", "rust-echo"]:
+    for t in TARGETS:
         if t not in runs or len(runs[t]) < 2:
             continue
         delta = callgrind_delta(runs[t])
@@ -346,6 +351,17 @@ def capped_aggregate(rows):
     return agg
 
 
+def by_size_window(agg, t, size, w):
+    """A target's cell at a size and window, whatever its connection count (the capped section takes
+    fewer than 64 connections where 64 would put too much in flight)"""
+    return next((a for k, a in agg.items() if k[0] == t and k[1] == size and k[3] == w), None)
+
+
+def rate_spread(a):
+    """(max − min) / median of a cell's msgs/s over its repetitions (0 with one repetition)"""
+    return (max(a["rates"]) - min(a["rates"])) / a["rate"] if len(a["rates"]) > 1 and a["rate"] else 0
+
+
 def capped_how(setup):
     """How the server was capped, in words"""
     cap, q, p = setup["cap"], setup["quota_us"], setup["period_us"]
@@ -368,38 +384,47 @@ def capped_section(rows, meta, agg):
         return []
     cap = float(setup["cap"])
     out = section(
-        f"## Server-bound: echo and rust-echo with the server held to {setup['cap']} of one CPU",
-        "Uncapped, the load generator's one core saturates before either echo server at 64 connections (the † "
-        "cells above), so those figures and their ratio measure the load generator and swing from run to run. "
-        f"Here the server process (the nginx worker, or rust-echo) runs in a cgroup that gives it {capped_how(setup)}; "
+        f"## Server-bound: echo, rust-echo and fastwebsockets with the server held to {setup['cap']} of one CPU",
+        "Uncapped, the load generator's one core saturates before the echo servers at 64 connections with small "
+        "messages (the † cells above), so those figures and their ratios measure the load generator and swing "
+        "from run to run. "
+        f"Here the server process (the nginx worker, rust-echo or fastwebsockets) runs in a cgroup that gives it "
+        f"{capped_how(setup)}; "
         "the load generator, uncapped on CPU 1, has CPU to spare (*gen* well under 100%), so msgs/s is what each "
         "server does with the same CPU time, and *server CPU / msg* is its cost per message (user + system time "
-        "of the process, loopback TCP processed in its context included). 64 connections, "
+        "of the process, loopback TCP processed in its context included). 64 connections (fewer where 64 "
+        "would put more than `BENCH_CAP_MAX_INFLIGHT` in flight: *conns*), "
         f"{meta.get('reps')} repetitions interleaved, {meta.get('cap_warmup')} s warm-up then "
-        f"{meta.get('duration')} s measured, medians. The kernel enforces the quota at scheduler ticks, so the server "
+        f"{meta.get('duration')} s measured ({meta.get('duration_large', meta.get('duration'))} s with 64 KiB and "
+        "1 MiB messages), medians. The kernel enforces the quota at scheduler ticks, so the server "
         "runs in bursts and is then held until its next period: latencies include such waits of several "
-        "milliseconds, for both servers alike, and p99 compares how fast each works through its backlog rather "
+        "milliseconds, for all servers alike, and p99 compares how fast each works through its backlog rather "
         "than the uncapped latency. *process CPU srv/gen*: cores used by the server and the load generator; "
         f"**◊** marks a cell where the server used under 85% of its {setup['cap']} (the cap was not the limit) or "
         "the load generator used ≥ 0.85 cores (not clearly server-bound); ‡ as above (other processes lowered "
-        "both servers' figures here too, even SCHED_FIFO ones that they cannot preempt, so such measurements "
+        "all servers' figures here too, even SCHED_FIFO ones that they cannot preempt, so such measurements "
         "are redone as elsewhere).",
     )
     out.extend(table_head(
-        "| server | size | window | msgs/s | vs rust-echo | p50 | p99 | server CPU / msg | errors | process CPU srv/gen | CPU busy srv/gen |"
+        "| server | size | conns | window | msgs/s | vs rust-echo | vs fastwebsockets | p50 | p99 | server CPU / msg | errors | process CPU srv/gen | CPU busy srv/gen |"
     ))
     for w in sorted({k[3] for k in agg if k[3] is not None}):
         for size in sorted({k[1] for k in agg if k[3] == w}):
-            rust = agg.get(("rust-echo", size, 64, w), {}).get("rate")
+            rust = (by_size_window(agg, "rust-echo", size, w) or {}).get("rate")
+            fws = (by_size_window(agg, "fws-echo", size, w) or {}).get("rate")
             for t in TARGETS:
-                a = agg.get((t, size, 64, w))
+                conns = next((k[2] for k in agg if k[0] == t and k[1] == size and k[3] == w), None)
+                a = agg.get((t, size, conns, w))
                 if not a:
                     continue
                 err = str(a["errors"]) + (f" ({a['failed']} runs failed)" if a["failed"] else "")
+                if a["silent"]:
+                    err += f" ({a['silent']} silent conns)"
                 mark = " ◊" if (a["srv"] is not None and a["srv"] < 0.85 * cap) or (a["gen"] or 0) >= 0.85 else ""
                 out.append(
-                    f"| {LABEL[t]} | {human_size(size)} | {w} | {fmt_num(a['rate'])} | "
-                    f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | {fmt_us(a['p50'])} | {fmt_us(a['p99'])} | "
+                    f"| {LABEL[t]} | {human_size(size)} | {conns} | {w} | {fmt_num(a['rate'])} | "
+                    f"{'' if t == 'rust-echo' else ratio(a['rate'], rust)} | "
+                    f"{'' if t == 'fws-echo' else ratio(a['rate'], fws)} | {fmt_us(a['p50'])} | {fmt_us(a['p99'])} | "
                     f"{fmt_num(a['cpu_us'], 2)} µs | {err} | {fmt_num(a['srv'], 2)}/{fmt_num(a['gen'], 2)}{mark} | "
                     f"{cpu_cell(a)} |"
                 )
@@ -416,23 +441,37 @@ def capped_section(rows, meta, agg):
     return out
 
 
+ECHO_TARGET_SIZES = (16, 1024, 65536, 1048576)
+
+
+def echo_verdict(cells):
+    """websocket_echo against the faster of the references in one set of cells ({target: cell}): None
+    without echo or a reference, else (ratio, the faster reference, its cell, the other references'
+    text, met, the larger repetition spread of echo and that reference)"""
+    e = cells.get("echo")
+    refs = [(t, cells[t]) for t in REFERENCES if cells.get(t) and cells[t]["rate"]]
+    if not e or not e["rate"] or not refs:
+        return None
+    best, b = max(refs, key=lambda tr: tr[1]["rate"])
+    r = e["rate"] / b["rate"]
+    others = "; ".join(f"{LABEL[t]} {fmt_num(a['rate'])}, echo {e['rate'] / a['rate']:.2f}× that"
+                       for t, a in refs if t != best)
+    return r, best, b, others, r >= 1.0, max(rate_spread(e), rate_spread(b))
+
+
 def targets_summary(rows, matrix, pipe, window, capped=None):
-    """The issue's targets, measured (W = window of the main table); websocket_echo's verdict from the
+    """The issues' targets, measured (W = window of the main table); websocket_echo's verdict from the
     capped (server-bound) figures where there are any."""
-    out = ["## The targets of issue 6, as measured here", ""]
+    out = ["## The targets (issues 6 and 20), as measured here", ""]
     capped = capped or {}
     setup, cap_skipped = capped_setup(rows)
 
     def cell(agg, t, size, conns, w):
         return agg.get((t, size, conns, int(w)))
 
-    def flag(a):
-        return " (load generator saturated †)" if a and a["busy1"] is not None and a["busy1"] >= 0.95 and a["busy0"] < 0.90 else ""
-
-    def echo_vs_rust(e, s):
-        """ratio, p99 text, met"""
-        r = e["rate"] / s["rate"]
-        return r, f"p99 {fmt_us(e['p99'])} vs {fmt_us(s['p99'])}", r >= 1.0 and (e["p99"] or 0) < (s["p99"] or 0)
+    def flag(cells):
+        return " (load generator saturated †)" if any(
+            a and a["busy1"] is not None and a["busy1"] >= 0.95 and a["busy0"] < 0.90 for a in cells) else ""
 
     lines = []
     cap_name = f"capped at {setup['cap']} CPU" if setup else ""
@@ -445,28 +484,36 @@ def targets_summary(rows, matrix, pipe, window, capped=None):
                 f"- websocket_pass ≥ 0.9× the byte tunnel, 1 KiB × 64, window {w}: **{r:.2f}×** "
                 f"({fmt_num(p['rate'])} vs {fmt_num(t['rate'])} msgs/s): {'met' if r >= 0.9 else 'missed'}"
             )
-        for size in (16, 1024):
-            name = f"- websocket_echo ≥ 1.0× rust-echo with lower p99, {human_size(size)} × 64, window {w}: "
-            e, s = cell(agg, "echo", size, 64, w), cell(agg, "rust-echo", size, 64, w)
-            ce, cs = cell(capped, "echo", size, 64, w), cell(capped, "rust-echo", size, 64, w)
-            uncapped = None
-            if e and s and s["rate"]:
-                r, p99, ok = echo_vs_rust(e, s)
-                uncapped = (r, p99, ok, flag(e) or flag(s))
-            if ce and cs and cs["rate"]:
-                r, p99, ok = echo_vs_rust(ce, cs)
-                line = (f"{name}server-bound ({cap_name}) **{r:.2f}×** ({fmt_num(ce['rate'])} vs "
-                        f"{fmt_num(cs['rate'])} msgs/s), {p99}: **{'met' if ok else 'missed'}**")
-                sp = max(((max(a["rates"]) - min(a["rates"])) / a["rate"] for a in (ce, cs) if len(a["rates"]) > 1), default=0)
+    echo_lines = []
+    for w in (1, 16):
+        agg = matrix if w == int(window) else pipe if w == 16 else {}
+        for size in ECHO_TARGET_SIZES:
+            keys = ["echo", *REFERENCES]
+            uncapped = echo_verdict({t: cell(agg, t, size, 64, w) for t in keys})
+            capped_v = echo_verdict({t: by_size_window(capped, t, size, w) for t in keys})
+            if capped_v:
+                r, best, b, others, ok, sp = capped_v
+                e = by_size_window(capped, "echo", size, w)
+                conns = next((k[2] for k in capped if k[0] == "echo" and k[1] == size and k[3] == w), "?")
+                line = (f"  - {human_size(size)} × {conns}, window {w}: **{r:.2f}×** {LABEL[best]} ({fmt_num(e['rate'])} vs "
+                        f"{fmt_num(b['rate'])} msgs/s{'; ' + others if others else ''}), p99 {fmt_us(e['p99'])} vs "
+                        f"{fmt_us(b['p99'])}: **{'met' if ok else 'missed'}**")
                 if abs(r - 1) < sp:
                     line += f" (but within the repetitions' spread, {sp * 100:.0f}%)"
                 if uncapped:
-                    line += f"; uncapped {uncapped[0]:.2f}×, {uncapped[1]}{uncapped[3]}"
-                lines.append(line)
+                    line += (f"; uncapped (64 conns) {uncapped[0]:.2f}× {LABEL[uncapped[1]]}"
+                             f"{flag([agg.get(('echo', size, 64, w)), uncapped[2]])}")
+                echo_lines.append(line)
             elif uncapped:
+                r, best, b, others, ok, sp = uncapped
                 why = f"capped section skipped: {cap_skipped}" if cap_skipped else "no capped figure"
-                lines.append(f"{name}**{uncapped[0]:.2f}×**, {uncapped[1]}: {'met' if uncapped[2] else 'missed'}"
-                             f"{uncapped[3]} ({why})")
+                echo_lines.append(f"  - {human_size(size)} × 64, window {w}: uncapped **{r:.2f}×** {LABEL[best]}"
+                             f"{' (' + others + ')' if others else ''}: {'met' if ok else 'missed'}"
+                             f"{flag([agg.get(('echo', size, 64, w)), b])} ({why})")
+    if echo_lines:
+        lines.append("- websocket_echo ≥ 1.0× the faster of rust-echo and fastwebsockets, server-bound"
+                     f"{' (' + cap_name + ')' if capped else ''}, msgs/s:")
+        lines.extend(echo_lines)
     mem = {r["target"]: r for r in rows if r.get("kind") == "memory"}
     if "echo" in mem and mem["echo"].get("rounds"):
         m = mem["echo"]
@@ -489,8 +536,9 @@ def targets_summary(rows, matrix, pipe, window, capped=None):
         out.append(
             "The websocket_echo verdicts come from the server-bound figures (the server held to "
             f"{setup['cap']} of one CPU, see that section), because uncapped the load generator's one core "
-            "saturates before either echo server does, so the uncapped ratio measures the load generator, "
-            "not the servers."
+            "saturates before the echo servers do with small messages, so the uncapped ratio measures the load "
+            "generator, not the servers. Each names the faster of the two reference servers in that cell and "
+            "the ratio to it."
         )
         out.append("")
     out.append(
@@ -749,7 +797,7 @@ def runtime_section(rows):
     total = sum(r["seconds"] for r in secs)
     doc = section(
         "## Run time by section",
-        "Wall time of each part of this run (*start*: building, starting nginx and rust-echo; *cpu*: "
+        "Wall time of each part of this run (*start*: building, starting nginx, rust-echo and fastwebsockets; *cpu*: "
         "callgrind or perf stat), with the measurements redone because of other processes included.",
     )
     doc.extend(table_head("| section | wall time | share |"))
@@ -817,13 +865,13 @@ def main():
     )
     if meta.get("rt", "0") == "1":
         doc.append(
-            "- nginx's worker, the load generator and rust-echo ran SCHED_FIFO, priority 1 (`BENCH_RT=1`), so that "
+            "- nginx's worker, the load generator and the Rust echo servers ran SCHED_FIFO, priority 1 (`BENCH_RT=1`), so that "
             "other work on the machine could not delay their wakeups; the kernel's RT throttling "
             "(`sched_rt_runtime_us` 950000) caps each at 95% of a CPU, so server-bound figures are up to 5% below "
             "an idle machine's, for every target alike"
         )
     elif meta.get("nice", "0") != "0":
-        doc.append(f"- nginx's worker, the load generator and rust-echo ran at niceness {meta['nice']} (`BENCH_NICE`)")
+        doc.append(f"- nginx's worker, the load generator and the Rust echo servers ran at niceness {meta['nice']} (`BENCH_NICE`)")
     doc.append("")
     deflate_text, deflate_summary = deflate_section(rows, meta)
     capped = capped_aggregate(rows)
@@ -831,7 +879,7 @@ def main():
     if args.only:
         # One section alone: its setup line, its text, the run times.
         if args.only == "capped":
-            pinned = "rust-echo pinned to CPU 0; the load generator (`bench/loadgen`) pinned to CPU 1"
+            pinned = "rust-echo and fastwebsockets pinned to CPU 0; the load generator (`bench/loadgen`) pinned to CPU 1"
             body = targets_summary(rows, {}, {}, window, capped) + capped_text
             printed = capped_text
         else:
@@ -864,6 +912,9 @@ def main():
         "`proxy_http_version 1.1` and the Upgrade/Connection headers, to the same echo server\n"
         "- **rust-echo**: `bench/loadgen/src/bin/rust-echo.rs`, tokio-tungstenite on a current-thread runtime, "
         "`StreamExt::forward` echo loop, pinned to CPU 0 (nginx idle meanwhile)\n"
+        "- **fastwebsockets**: `bench/loadgen/src/bin/fws-echo.rs`, fastwebsockets 0.10 on a current-thread "
+        "runtime as its `echo_server` example sets it up (hyper 1 upgrade, `FragmentCollector`, auto pong and "
+        "close, one write per frame: `writev` above 1 KiB), pinned to CPU 0 (nginx and rust-echo idle meanwhile)\n"
     )
     doc.append(
         f"Each cell: {meta.get('reps')} repetitions, interleaved (repetition-major), {meta.get('warmup')} s warm-up "
@@ -872,7 +923,7 @@ def main():
         f"{window} message(s) in flight (1 = ping-pong), so conns × window messages are in flight in all. "
         "msgs/s counts echoed messages; MB/s is echoed payload per second in one direction (10⁶ B); p50/p99 are "
         "round-trip latencies (send to echo received) in the load generator. Ratios compare msgs/s with the "
-        "byte tunnel and with rust-echo at the same size and connection count. Every echo is checked for order, "
+        "byte tunnel, with rust-echo and with fastwebsockets at the same size and connection count. Every echo is checked for order, "
         "length and content; `errors` counts failed connects, I/O errors, closes, out-of-order or corrupt echoes "
         "and messages not echoed within 10 s after the end. *CPU busy srv/gen*: how busy CPU 0 (the server) and "
         "CPU 1 (the load generator) were during the measurement, softirq included (loopback TCP is processed "
@@ -951,7 +1002,7 @@ def main():
             "64 connections. *trivial echo*: `loadgen --serve-trivial`, a minimal unmask-and-send-back server "
             "(no validation, one write per read), pinned to CPU 0, load generator on CPU 1. When a row of the main "
             "table comes close to the trivial-echo figure of the same size and window, the load generator, not the "
-            "server, is the limit there (the server-bound section measures echo and rust-echo past that limit).",
+            "server, is the limit there (the server-bound section measures the echo servers past that limit).",
         ))
         doc.extend(table_head("| server | size | window | msgs/s | MB/s | p50 | p99 | CPU busy 0/1 |"))
         for r in ceil:

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Benchmarks ngx_http_websocket_module against nginx's own byte tunnel and a
-# standalone single-threaded Rust echo server, on this machine, in one run.
+# Benchmarks ngx_http_websocket_module against nginx's own byte tunnel and two
+# standalone single-threaded Rust echo servers (tokio-tungstenite: rust-echo;
+# fastwebsockets: fws-echo), on this machine, in one run.
 #
 #   bench/deps.sh && bench/run.sh
 #
 # One nginx, worker_processes 1, its worker pinned to CPU 0; the load
-# generator pinned to CPU 1; the Rust echo server pinned to CPU 0 (it is
-# measured while nginx is idle, and the other way round). Every combination
+# generator pinned to CPU 1; the Rust echo servers pinned to CPU 0 (each is
+# measured while nginx and the other idle, and the other way round). Every combination
 # is measured REPS times, interleaved (repetition-major order), and the
 # median is reported. Prints one markdown table and writes the full report
-# to bench/results/YYYY-MM-DD-<git rev>.md. The capped section measures echo
-# and rust-echo again with the server held to BENCH_CAP of one CPU by a
-# cgroup, so that the load generator has CPU to spare (server-bound).
+# to bench/results/YYYY-MM-DD-<git rev>.md. The capped section measures echo,
+# rust-echo and fws-echo again with the server held to BENCH_CAP of one CPU by
+# a cgroup, so that the load generator has CPU to spare (server-bound).
 #
 # Knobs (environment):
 #   BENCH_DURATION=2  BENCH_WARMUP=1  BENCH_REPS=3     seconds, seconds, count
@@ -20,8 +21,8 @@
 #   BENCH_WINDOW=1            messages in flight per connection in the matrix
 #   BENCH_MAX_INFLIGHT=268435456  skip a cell when size x conns x window is larger
 #   BENCH_IDLE=10000          idle connections for the memory measurement
-#   BENCH_PORT=28080          first of 8 consecutive ports used on 127.0.0.1
-#   BENCH_NICE=-10            run nginx's worker, the load generator and rust-echo
+#   BENCH_PORT=28080          first of 9 consecutive ports used on 127.0.0.1
+#   BENCH_NICE=-10            run nginx's worker, the load generator and the Rust servers
 #                             at this niceness (a shared machine; off by default)
 #   BENCH_RT=1                run them SCHED_FIFO (chrt -f 1) instead: on a machine
 #                             where other work runs, ping-pong latency needs the
@@ -30,7 +31,7 @@
 #   BENCH_SKIP="memory cpu ceiling sessions pipelined capped deflate"  parts to leave out
 #   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
 #                             2.5 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
-#   BENCH_ONLY=capped         only the capped section: about a minute, into .../<rev>-capped.md
+#   BENCH_ONLY=capped         only the capped section: about 3 minutes, into .../<rev>-capped.md
 #   BENCH_CAP=0.4             capped section: the server's share of one CPU (cgroup cpu
 #                             controller, v1 or v2), BENCH_CAP_PERIOD_US=10000 its period
 #   BENCH_CAP_MODE=auto       rt: the server stays SCHED_FIFO, capped by cpu.rt_runtime_us
@@ -38,7 +39,11 @@
 #                             SCHED_OTHER, capped by cpu.cfs_quota_us / cpu.max (a CFS
 #                             quota does not throttle SCHED_FIFO tasks); auto: rt with
 #                             BENCH_RT=1 where possible, else cfs
-#   BENCH_CAP_TARGETS="echo rust-echo"  servers measured capped (pass, tunnel possible)
+#   BENCH_CAP_TARGETS="echo rust-echo fws-echo"  servers measured capped (pass, tunnel possible)
+#   BENCH_CAP_SIZES="16 1024 65536 1048576"  message sizes of the capped section, each at
+#                             window 1 and 16 (64 KiB and 1 MiB measured BENCH_DURATION_LARGE)
+#   BENCH_CAP_MAX_INFLIGHT=67108864  capped section: fewer than 64 connections where
+#                             size x 64 x window is larger (1 MiB x window 16: 4)
 #   BENCH_CAP_WARMUP=0.5      seconds of warm-up in the capped section
 #   BENCH_DEFLATE_IDLE=2000   idle connections for its memory measurement
 #   BENCH_RETRIES=15          measurements redone (after waiting for a quiet
@@ -77,13 +82,15 @@ PRIO=(nice -n "$NICE")
 CAP=${BENCH_CAP:-0.4}
 CAP_PERIOD=${BENCH_CAP_PERIOD_US:-10000}
 CAP_MODE=${BENCH_CAP_MODE:-auto}
-CAP_TARGETS=${BENCH_CAP_TARGETS:-"echo rust-echo"}
+CAP_TARGETS=${BENCH_CAP_TARGETS:-"echo rust-echo fws-echo"}
+CAP_SIZES=${BENCH_CAP_SIZES:-"16 1024 65536 1048576"}
+CAP_MAX_INFLIGHT=${BENCH_CAP_MAX_INFLIGHT:-67108864}
 CAP_WARMUP=${BENCH_CAP_WARMUP:-0.5}
 if [ "${BENCH_QUICK:-0}" = 1 ]; then
     DURATION=1; DURATION_LARGE=1; WARMUP=0.3; REPS=1; SIZES="16 65536"; CONNS="1 64"; IDLE=${BENCH_IDLE:-1000}
-    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}; CAP_WARMUP=${BENCH_CAP_WARMUP:-0.3}
+    DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-500}; CAP_WARMUP=${BENCH_CAP_WARMUP:-0.3}; CAP_SIZES=${BENCH_CAP_SIZES:-"16 65536"}
 fi
-TARGETS="echo pass tunnel rust-echo"
+TARGETS="echo pass tunnel rust-echo fws-echo"
 
 P_MAIN=$PORT          # nginx: /echo /pass /passpool /tunnel
 P_BACK=$((PORT + 1))  # nginx: the websocket_echo upstream of /pass and /tunnel
@@ -93,6 +100,7 @@ P_MEM=$((PORT + 4))   # memory: measured nginx
 P_MEMB=$((PORT + 5))  # memory: backend nginx
 P_CG=$((PORT + 6))    # callgrind nginx
 P_CGB=$((PORT + 7))   # callgrind nginx, backend server
+P_FWS=$((PORT + 8))   # fws-echo
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 skipped() { [[ " $SKIP " == *" $1 "* ]]; }
@@ -109,6 +117,7 @@ if [ ! -x "$NGINX" ] || [ ! -f "$MODULE_SRC" ]; then echo "no nginx/module from 
 cargo build --release --quiet --manifest-path "$BENCH/loadgen/Cargo.toml"
 LOADGEN=$BENCH/loadgen/target/release/loadgen
 RUST_ECHO=$BENCH/loadgen/target/release/rust-echo
+FWS_ECHO=$BENCH/loadgen/target/release/fws-echo
 
 # One run at a time: a second one would share the ports and the run directory.
 exec 9>"${TMPDIR:-/tmp}/ngx-websocket-bench.lock"
@@ -143,9 +152,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 NOFILE=$(ulimit -n)
 log "open files limit: $NOFILE"
 
-for p in $(seq "$PORT" $((PORT + 7))); do
+for p in $(seq "$PORT" $((PORT + 8))); do
     if ss -Hltn "sport = :$p" | grep -q .; then
-        echo "port $p on 127.0.0.1 is in use; set BENCH_PORT to a free range of 8 ports" >&2
+        echo "port $p on 127.0.0.1 is in use; set BENCH_PORT to a free range of 9 ports" >&2
         exit 1
     fi
 done
@@ -394,10 +403,15 @@ PIDS+=($!)
 RUST_PID=$!
 TRIV_PID=$RUST_PID
 wait_listen "$P_RUST" 10
+"${PRIO[@]}" taskset -c 0 "$FWS_ECHO" "127.0.0.1:$P_FWS" 2>>"$RUN/fws-echo.log" &
+PIDS+=($!)
+FWS_PID=$!
+wait_listen "$P_FWS" 10
 
 url_of() {
     case $1 in
     rust-echo) echo "ws://127.0.0.1:$P_RUST/echo" ;;
+    fws-echo) echo "ws://127.0.0.1:$P_FWS/echo" ;;
     trivial) echo "ws://127.0.0.1:$P_TRIV/echo" ;;
     *) echo "ws://127.0.0.1:$P_MAIN/$1" ;;
     esac
@@ -442,6 +456,7 @@ measure_once() {
     shift 4
     local pin=("${PRIO[@]}" taskset -c "$cpus") spid=$WORKER
     [ "$target" = rust-echo ] && spid=$RUST_PID
+    [ "$target" = fws-echo ] && spid=$FWS_PID
     [ "$target" = trivial ] && spid=$TRIV_PID
     if out=$(timeout 300 "${pin[@]}" "$LOADGEN" --url "$(url_of "$target")" --server-pid "$spid" "$@" \
         2>>"$RUN/loadgen.log" | tail -1) &&
@@ -463,6 +478,7 @@ measure_once() {
         [ "$RT" = 1 ] && [ -n "$w" ] && chrt -f -p 1 "$w"
     fi
     kill -0 "$RUST_PID" 2>/dev/null || echo "$kind $target rep $rep: rust-echo died" >>"$EVENTS"
+    kill -0 "$FWS_PID" 2>/dev/null || echo "$kind $target rep $rep: fws-echo died" >>"$EVENTS"
     check_log "$MAIN" "$kind $target rep $rep ($*)"
     printf '%s\n' "$out" | sed 's/,"silent.*//; s/,"url":"[^"]*"//; s/,"duration".*"count"/,"count"/; s/^{"mode":"[a-z]*",/  /' >&2
 }
@@ -483,14 +499,15 @@ skipped pipelined || PIPE_CELLS=("16:64" "1024:64")
 skipped matrix && cells=() && PIPE_CELLS=()
 # cell_duration SIZE: the 64 KiB and 1 MiB cells are measured DURATION_LARGE
 cell_duration() { if [ "$1" -ge 65536 ]; then echo "$DURATION_LARGE"; else echo "$DURATION"; fi; }
-n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * 4 * REPS))
+n_targets=$(wc -w <<<"$TARGETS")
+n_runs=$(((${#cells[@]} + ${#PIPE_CELLS[@]}) * n_targets * REPS))
 est=0
 for cell in "${cells[@]}" "${PIPE_CELLS[@]}"; do
-    est=$(awk -v e="$est" -v d="$(cell_duration "${cell%:*}")" -v w="$WARMUP" -v n=$((4 * REPS)) \
+    est=$(awk -v e="$est" -v d="$(cell_duration "${cell%:*}")" -v w="$WARMUP" -v n=$((n_targets * REPS)) \
         'BEGIN { print e + n * (d + w + 0.2) }')
 done
 est=$(awk -v e="$est" 'BEGIN { printf "%.1f", e / 60 }')
-skipped matrix || log "matrix: ${#cells[@]} cells x 4 targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
+skipped matrix || log "matrix: ${#cells[@]} cells x $n_targets targets x $REPS reps (+ pipelined: ${#PIPE_CELLS[@]} cells) = $n_runs runs, about $est min"
 
 # quick sanity pass: every target answers
 if ! skipped sanity; then
@@ -524,10 +541,12 @@ for rep in $(seq "$REPS"); do
 done
 
 # ------------------------------------------------------------------ capped
-# Server-bound: echo and rust-echo again at 16 B and 1 KiB x 64, window 1 and
-# 16, each server process in a cgroup that holds it to CAP of one CPU (the
-# worker and rust-echo take turns, so one cgroup serves both). Uncapped, one
-# core is not enough for the load generator to saturate these servers.
+# Server-bound: echo, rust-echo and fws-echo again at CAP_SIZES x 64, window
+# 1 and 16, each server process in a cgroup that holds it to CAP of one CPU
+# (the worker and the Rust servers take turns, so one cgroup serves them all).
+# Uncapped, one core is not enough for the load generator to saturate these
+# servers. Fewer connections where 64 would put more than CAP_MAX_INFLIGHT
+# bytes in flight.
 if ! skipped capped; then
     section capped
     if cap_setup; then
@@ -536,12 +555,19 @@ if ! skipped capped; then
         log "capped: the server in $CAP_DIR, $CAP of one CPU (period $CAP_PERIOD us, $CAP_HOW), $policy"
         for rep in $(seq "$REPS"); do
             for w in 1 16; do
-                for size in 16 1024; do
+                for size in $CAP_SIZES; do
+                    c=64
+                    [ $((size * c * w)) -gt "$CAP_MAX_INFLIGHT" ] && c=$((CAP_MAX_INFLIGHT / (size * w)))
+                    [ "$c" -ge 1 ] || c=1
                     for t in $CAP_TARGETS; do
-                        if [ "$t" = rust-echo ]; then cap_join "$RUST_PID"; else cap_join "$WORKER"; fi
-                        log "capped: $t size=$size conns=64 window=$w, rep $rep"
-                        measure capped "$t" "$rep" 1 --connections 64 --size "$size" --window "$w" \
-                            --duration "$DURATION" --warmup "$CAP_WARMUP"
+                        case $t in
+                        rust-echo) cap_join "$RUST_PID" ;;
+                        fws-echo) cap_join "$FWS_PID" ;;
+                        *) cap_join "$WORKER" ;;
+                        esac
+                        log "capped: $t size=$size conns=$c window=$w, rep $rep"
+                        measure capped "$t" "$rep" 1 --connections "$c" --size "$size" --window "$w" \
+                            --duration "$(cell_duration "$size")" --warmup "$CAP_WARMUP"
                     done
                 done
             done
@@ -730,11 +756,13 @@ $DEFLATE_LOCATIONS
 # cg_run KIND TARGET MESSAGES_PER_CONNECTION [loadgen args...]: one
 # callgrind'ed server process, 64 connections x M messages of 1 KiB, ping-pong.
 cg_run() {
-    local kind=$1 target=$2 m=$3 out=$CG/$2.$3.callgrind url vg
+    local kind=$1 target=$2 m=$3 out=$CG/$2.$3.callgrind url vg bin
     shift 3
-    if [ "$target" = rust-echo ]; then
+    if [ "$target" = rust-echo ] || [ "$target" = fws-echo ]; then
+        bin=$RUST_ECHO
+        [ "$target" = fws-echo ] && bin=$FWS_ECHO
         taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$out" \
-            "$RUST_ECHO" "127.0.0.1:$P_CG" 2>>"$CG/valgrind.log" &
+            "$bin" "127.0.0.1:$P_CG" 2>>"$CG/valgrind.log" &
         vg=$!
         url="ws://127.0.0.1:$P_CG/echo"
     else
@@ -749,7 +777,7 @@ cg_run() {
     local res
     res=$(taskset -c 1 "$LOADGEN" --url "$url" --connections 64 --size 1024 --messages "$m" \
         --warmup 0 --duration 600 "$@" 2>>"$RUN/loadgen.log" | tail -1)
-    if [ "$target" = rust-echo ]; then kill -TERM "$vg"; else kill -QUIT "$vg"; fi
+    case $target in rust-echo | fws-echo) kill -TERM "$vg" ;; *) kill -QUIT "$vg" ;; esac
     wait "$vg" 2>/dev/null || true
     [ -n "$res" ] || res='{}'
     printf '{"kind":"%s","target":"%s","m":%s,"file":"%s","result":%s}\n' \
@@ -757,7 +785,7 @@ cg_run() {
     check_log "$CG" "callgrind $target $m"
 }
 CPU_TARGETS=""
-skipped cpu || CPU_TARGETS="echo pass tunnel rust-echo"
+skipped cpu || CPU_TARGETS="echo pass tunnel rust-echo fws-echo"
 skipped deflate || CPU_TARGETS="$CPU_TARGETS $DEFLATE_TARGETS"
 # cpu_kind METHOD TARGET: the result kind; cpu_args TARGET: loadgen arguments
 cpu_kind() { case $2 in deflate-*) echo "deflate-$1" ;; *) echo "$1" ;; esac; }
@@ -779,6 +807,7 @@ elif [ "$CPU_METHOD" = perf ]; then
         section "$(cpu_kind cpu "$t")"
         pid=$WORKER
         [ "$t" = rust-echo ] && pid=$RUST_PID
+        [ "$t" = fws-echo ] && pid=$FWS_PID
         log "perf stat: $t, 64 connections x 1 KiB"
         perf stat -x, -e instructions -p "$pid" -o "$RUN/perf.$t.csv" &
         pp=$!
