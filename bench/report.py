@@ -508,8 +508,8 @@ def targets_summary(rows, matrix, pipe, window, capped=None):
                 r, best, b, others, ok, sp = uncapped
                 why = f"capped section skipped: {cap_skipped}" if cap_skipped else "no capped figure"
                 echo_lines.append(f"  - {human_size(size)} × 64, window {w}: uncapped **{r:.2f}×** {LABEL[best]}"
-                             f"{' (' + others + ')' if others else ''}: {'met' if ok else 'missed'}"
-                             f"{flag([agg.get(('echo', size, 64, w)), b])} ({why})")
+                             f"{' (' + others + ')' if others else ''}: {'met' if ok else 'missed'} ({why})"
+                             f"{flag([agg.get(('echo', size, 64, w)), b])}")
     if echo_lines:
         lines.append("- websocket_echo ≥ 1.0× the faster of rust-echo and fastwebsockets, server-bound"
                      f"{' (' + cap_name + ')' if capped else ''}, msgs/s:")
