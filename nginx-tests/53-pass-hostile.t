@@ -2,10 +2,13 @@
 # websocket_pass against peers that push back or misbehave (issue 15).
 # Two-way backpressure: a client writes 239 messages of 60 KB without
 # reading, then reads while it writes the rest; through pass to the module's
-# own websocket_echo (every socket with 8 KiB buffers), and to a scripted
-# upstream that echoes but reads slowly. Every echo must arrive, intact and
-# in order: reading one leg may wait only for the other leg's output, never
-# for its own, or the relay and the echo wait for each other for good.
+# own websocket_echo (8 KiB socket buffers), and to a scripted upstream that
+# echoes but reads slowly (8 KiB send buffer). The client's receive buffer
+# is large (4 MiB), so the relay goes on reading it while the echo falls
+# behind: both the relay's output to the echo and the echo's answers back
+# up. Every echo must arrive, intact and in order: reading one leg may wait
+# only for the other leg's output, never for its own, or the relay and the
+# echo wait for each other for good.
 # Then an upstream that breaks the protocol: the upstream gets the RFC code
 # it earned, the client 1014 (Bad Gateway), then TCP close. Then an upstream
 # that stops reading: after websocket_timeout the client gets close 1011 and
@@ -126,7 +129,7 @@ sub rec_of { my ($tag, %o) = @_; $up->wait_record(path => $tag, %o) // {} }
 # two_way($path, $name): writes all messages without reading for as long as
 # the relay takes them (until no byte goes out for 1 s), then reads and
 # writes the rest at once; every echo must come back intact and in order,
-# with no pause of 10 s. 4 tests.
+# with no pause of 10 s. 5 tests.
 sub two_way {
     my ($path, $name) = @_;
     my $ws = ws_open($port, $path, rcvbuf => 4 << 20);
@@ -143,12 +146,11 @@ sub two_way {
     }
     note sprintf '%s: %d of %d bytes written before reading', $name, $off, length $out;
 
-    my ($got, @bad) = (0);
+    my ($got, $closed, @bad) = (0, 0);
     my $last_progress = time;
     my $sel = IO::Select->new($fh);
-    while ($got < $MESSAGES && time - $last_progress < scaled(10)) {
-        my @w = $off < length $out ? ($sel) : ();
-        my ($r, $w) = IO::Select->select($sel, @w ? $sel : undef, undef, 0.1);
+    while ($got < $MESSAGES && !$closed && time - $last_progress < scaled(10)) {
+        my ($r, $w) = IO::Select->select($sel, $off < length $out ? $sel : undef, undef, 0.1);
         if ($w && @$w && $off < length $out) {
             my $n = syswrite($fh, $out, length($out) - $off, $off);
             if (defined $n && $n > 0) { $off += $n; $last_progress = time }
@@ -157,11 +159,15 @@ sub two_way {
         $ws->pump;
         while (my $f = $ws->try_recv_frame) {
             $last_progress = time;
+            if ($f->{opcode} == 8) {
+                push @bad, 'a close frame after ' . $got . ' echoes';
+                $closed = 1;
+                last;
+            }
             $got++;
             if ($f->{opcode} != 2 || !$f->{fin} || $f->{payload} ne payload($got)) {
                 my $seq = length $f->{payload} >= 4 ? unpack('N', $f->{payload}) : -1;
                 push @bad, "echo $got: opcode $f->{opcode}, length $f->{length}, number $seq";
-                $got = $MESSAGES if $f->{opcode} == 8;
             }
         }
         last if $ws->is_eof;
@@ -172,7 +178,6 @@ sub two_way {
         or diag 'stalled' . ($ws->is_eof ? ' and closed: ' . ($ws->error // '') : '');
     is_deeply([ @bad[0 .. ($#bad < 4 ? $#bad : 4)] ], [], "$name: every echo intact and in order");
     bye($ws, $name);
-    return $ws;
 }
 
 # --- two-way backpressure -----------------------------------------------------------
@@ -236,7 +241,7 @@ like($t->error_log, qr/\[error\].*websocket: upstream: protocol error.*closing w
     $ws->close;
     SKIP: {
         skip 'no /proc/<worker>/fd', 1 unless $base > 0;
-        ok(defined sockets_back_to($t, $base, 3), '... and both legs are released')
+        ok(defined sockets_back_to($t, $base, scaled(3)), '... and both legs are released')
             or diag 'the worker holds ' . worker_sockets($t) . " sockets, $base when idle";
     }
 }
