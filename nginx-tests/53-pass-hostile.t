@@ -12,7 +12,8 @@
 # Then an upstream that breaks the protocol: the upstream gets the RFC code
 # it earned, the client 1014 (Bad Gateway), then TCP close. Then an upstream
 # that stops reading: after websocket_timeout the client gets close 1011 and
-# a TCP close (FIN, not a reset), and error.log says why at error level.
+# a TCP close (FIN, not a reset), and error.log says why at error level; and
+# a client that stops reading: the upstream gets close 1001 (info level).
 
 use strict;
 use warnings;
@@ -68,6 +69,24 @@ my %mode = (
         $c->handshake;
         sleep scaled($TIMEOUT + 5);
     },
+    # sends until nginx takes nothing for 0.5 s, then reads what comes
+    flood => sub {
+        my $c = shift;
+        $c->handshake;
+        my $fh = $c->socket;
+        $fh->blocking(0);
+        my $frame = frame(opcode => 2, payload => 'F' x 60_000);
+        my ($pos, $last_write) = (0, time);
+        while (time - $last_write < 0.5) {
+            my $n = syswrite($fh, $frame, length($frame) - $pos, $pos);
+            if ($n) { $pos = ($pos + $n) % length $frame; $last_write = time; next }
+            IO::Select->new($fh)->can_write(0.05);
+        }
+        $c->note(stalled_at => $last_write);
+        $c->wait_close(timeout => $TIMEOUT + 5);
+        $c->note(close_at => time);
+        $c->wait_eof(timeout => 5);
+    },
 );
 # protocol violations, each after one good message
 my %violation = (
@@ -107,7 +126,7 @@ server {
         websocket_pass ws://127.0.0.1:$UP;
     }
 
-    location /u/deaf {
+    location ~ ^/u/(deaf|flood) {
         websocket_pass ws://127.0.0.1:$UP;
         websocket_timeout ${TIMEOUT}s;
     }
@@ -233,7 +252,7 @@ like($t->error_log, qr/\[error\].*websocket: upstream: protocol error.*closing w
     note sprintf 'the client wrote %d bytes before the upstream leg stalled', $written;
     is($code, 1011, 'upstream stops reading: the client gets close 1011');
     my $took = ($closed_at // 99) - $last_write;
-    ok($took > $TIMEOUT - 0.6 && $took < scaled($TIMEOUT + 1.5),
+    ok($took > $TIMEOUT - 0.8 && $took < scaled($TIMEOUT + 1.5),
         sprintf('... websocket_timeout after the relay stopped taking data (%.2fs)', $took));
     ok($eof && !$reset, '... then a TCP close, not a reset');
     ok($t->grep_error_log(qr/\[error\].*websocket: upstream timed out while we were sending, closing with 1011/),
@@ -244,6 +263,19 @@ like($t->error_log, qr/\[error\].*websocket: upstream: protocol error.*closing w
         ok(defined sockets_back_to($t, $base, scaled(3)), '... and both legs are released')
             or diag 'the worker holds ' . worker_sockets($t) . " sockets, $base when idle";
     }
+}
+
+# --- a client that stops reading: close 1001 to the upstream -----------------------
+{
+    my ($ws, $tag) = tagged_session($port, '/u/flood', rcvbuf => 8192);
+    my $r = rec_of($tag, until => 'eof', timeout => $TIMEOUT + 8);
+    is($r->{close_code}, 1001, 'client stops reading: the upstream gets close 1001');
+    my $took = ($r->{close_at} // 99) - ($r->{stalled_at} // 0);
+    ok($took < scaled($TIMEOUT + 1.5), sprintf('... websocket_timeout after the relay stopped taking data (%.2fs)', $took));
+    is($r->{eof}, 1, '... then a TCP close');
+    ok($t->grep_error_log(qr/\[info\].*websocket: client timed out while we were sending, closing the upstream with 1001/),
+        '... and an [info] line saying why');
+    $ws->close;
 }
 
 finish($t, $port, \@workers, '/pass');

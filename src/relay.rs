@@ -121,15 +121,17 @@ impl Relay {
         }
         if self.upstream.take_timedout(Direction::Write) {
             // RFC 6455 §7.4.1: 1011, the proxy met a condition that keeps it
-            // from serving the session; 1001 would say it is going away.
+            // from serving the session; 1001 would say it is going away. A
+            // client already being closed hears the code it was due.
+            let code = self.close_client_with.unwrap_or(INTERNAL);
             ngx_log_error!(
                 NGX_LOG_ERR,
                 log,
-                "websocket: upstream timed out while we were sending, closing with {INTERNAL}"
+                "websocket: upstream timed out while we were sending, closing with {code}"
             );
             self.closing = true;
             self.upstream.discard_output();
-            let _ = self.client.send_close(Some(INTERNAL), b"");
+            let _ = self.client.send_close(Some(code), b"");
         }
         for way in [Way::ToUpstream, Way::ToClient] {
             let (leg, side) = match way {
