@@ -194,7 +194,7 @@ sub info_once {
         my $m = mark();
         my $ws = ws_open($port, "/pass/$mode");
         $ws->send_text('provoke');
-        expect_close($ws, "upstream $mode violation: the client", 1002);
+        expect_close($ws, "upstream $mode violation: the client gets 1014", 1014);
         $ws->close;
         my $r = $up->wait_record(path => qr{^/pass/$mode}, until => 'close_code') // {};
         is($r->{close_code}, 1002, "upstream $mode violation: the upstream gets close 1002");

@@ -6,8 +6,8 @@
 # back to the idle count well before websocket_timeout), pass closes the
 # upstream connection too (the scripted upstream hears close 1001 and EOF,
 # or just EOF before the upgrade). Then the upstream resets in the middle of
-# a message: the client gets close 1011 (the module's choice; RFC 6455 would
-# allow 1014 too), then EOF, and error.log an [error] line.
+# a message: the client gets close 1011 (the upstream went away; 1014 is for
+# an upstream that breaks the protocol), then EOF, and error.log an [error] line.
 
 use strict;
 use warnings;

@@ -12,15 +12,18 @@ use ngx::ngx_log_error;
 
 use crate::ngx_io::Direction;
 use crate::pool::Fence;
-use crate::protocol::close::{GOING_AWAY, INTERNAL, TOO_BIG};
+use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
+/// Room above what the relay queues towards a leg (see `Relay::new`) for
+/// frames a leg queues of its own accord: a close, a heartbeat ping.
+const OWN_FRAMES_ROOM: usize = 64 * 1024;
 
-/// A leg failed (a socket error or a timeout while sending): close both.
+/// A leg failed (a socket error): close both.
 const FAILED: Outcome = Outcome::Finish {
     linger: false,
     error: true,
@@ -62,10 +65,27 @@ pub struct Relay {
     /// client broke the protocol, or the worker is exiting): the upstream
     /// was asked to close, and what it still sends reaches the client first.
     close_client_with: Option<u16>,
+    /// The client stopped reading for `websocket_timeout`: it is closed
+    /// without a close frame (none could reach it) and without lingering.
+    client_given_up: bool,
 }
 
 impl Relay {
-    pub fn new(client: WebSocket, upstream: WsClient) -> Relay {
+    pub fn new(mut client: WebSocket, mut upstream: WsClient) -> Relay {
+        // A leg's reading waits only for the other leg's queue (`pump`),
+        // which backs up to the peer that is slow: waiting for its own queue
+        // too would make a cycle, the relay not reading the upstream because
+        // the upstream does not read because it cannot write its answers
+        // (issue 15). A leg's own queue holds at most what `pump` puts there,
+        // one frame over the high water mark, and frames of its own.
+        for leg in [&mut client, &mut *upstream] {
+            let frame = usize::try_from(leg.max_send_len()).unwrap_or(usize::MAX);
+            leg.pause_reading_above(
+                RELAY_HIGH_WATER
+                    .saturating_add(frame)
+                    .saturating_add(OWN_FRAMES_ROOM),
+            );
+        }
         Relay {
             client,
             upstream,
@@ -74,6 +94,7 @@ impl Relay {
             shutting_down: false,
             closing: false,
             close_client_with: None,
+            client_given_up: false,
         }
     }
 
@@ -93,21 +114,33 @@ impl Relay {
     }
 
     pub fn step(&mut self, log: *mut ngx_log_t) -> Outcome {
+        // A leg that took nothing for websocket_timeout is given up (what is
+        // queued for it cannot be cut short by a close frame); the other leg
+        // gets a close frame and the session ends once it is out.
         if self.client.take_timedout(Direction::Write) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,
-                "websocket: client timed out while we were sending"
+                "websocket: client timed out while we were sending, closing the upstream with {GOING_AWAY}"
             );
-            return FAILED;
+            self.closing = true;
+            self.client_given_up = true;
+            self.client.discard_output();
+            let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
         }
         if self.upstream.take_timedout(Direction::Write) {
+            // RFC 6455 §7.4.1: 1011, the proxy met a condition that keeps it
+            // from serving the session; 1001 would say it is going away. A
+            // client already being closed hears the code it was due.
+            let code = self.close_client_with.unwrap_or(INTERNAL);
             ngx_log_error!(
                 NGX_LOG_ERR,
                 log,
-                "websocket: upstream timed out while we were sending"
+                "websocket: upstream timed out while we were sending, closing with {code}"
             );
-            return FAILED;
+            self.closing = true;
+            self.upstream.discard_output();
+            let _ = self.client.send_close(Some(code), b"");
         }
         for way in [Way::ToUpstream, Way::ToClient] {
             let (leg, side) = match way {
@@ -136,12 +169,13 @@ impl Relay {
             self.close_both(code);
         }
         loop {
-            let mut throttled = false;
+            // Which ways stopped for queued output.
+            let (mut up_waited, mut down_waited) = (false, false);
             if !self.closing && !self.pooling {
                 if self.close_client_with.is_none() {
-                    throttled |= self.pump(Way::ToUpstream, log);
+                    up_waited = self.pump(Way::ToUpstream, log);
                 }
-                throttled |= self.pump(Way::ToClient, log);
+                down_waited = self.pump(Way::ToClient, log);
             }
             // What arrived is relayed and a message under way either way is
             // waited for (worker_shutdown_timeout bounds it); then the
@@ -183,22 +217,29 @@ impl Relay {
                 && (self.client.close_received() || self.close_client_with.is_some());
             if flushed && (self.closing || (upstream_done && client_done)) {
                 return Outcome::Finish {
-                    linger: !self.client.close_received(),
-                    error: false,
+                    linger: !self.client_given_up && !self.client.close_received(),
+                    error: self.client_given_up,
                 };
             }
-            // Reading paused for output that has now drained: go on at once,
-            // the sockets will not signal again for data already there.
-            if !(flushed && throttled) {
+            // Reading paused for output that has drained enough since: go on
+            // at once, the source will not signal again for data already
+            // there, and the leg still writing may wait for it.
+            let resume = (up_waited && !self.blocked(Way::ToUpstream))
+                || (down_waited && !self.blocked(Way::ToClient));
+            if !resume {
                 break;
             }
         }
         let read_client =
             !self.closing && self.close_client_with.is_none() && !self.client.close_received();
         let read_upstream = !self.closing && !self.upstream.close_received();
-        // A leg whose reading waits for the other leg to drain is not idle.
-        let read_client = read_client && self.upstream.queued() <= RELAY_HIGH_WATER;
-        let read_upstream = read_upstream && self.client.queued() <= RELAY_HIGH_WATER;
+        // A leg whose reading waits for the other leg to drain is not idle,
+        // nor is one with output waiting: its write deadline times it, so
+        // that a peer that stopped reading is told apart from an idle one.
+        let read_client =
+            read_client && !self.blocked(Way::ToUpstream) && self.client.queued() == 0;
+        let read_upstream =
+            read_upstream && !self.blocked(Way::ToClient) && self.upstream.queued() == 0;
         match (
             self.client.arm(read_client),
             self.upstream.arm(read_upstream),
@@ -206,6 +247,16 @@ impl Relay {
             (Ok(()), Ok(())) => Outcome::Wait,
             _ => FAILED,
         }
+    }
+
+    /// Whether moving frames `way` waits for queued output: the
+    /// destination's, or (see `new`) the source's own.
+    fn blocked(&self, way: Way) -> bool {
+        let (src, dst): (&WebSocket, &WebSocket) = match way {
+            Way::ToUpstream => (&self.client, &self.upstream),
+            Way::ToClient => (&self.upstream, &self.client),
+        };
+        dst.queued() > RELAY_HIGH_WATER || src.reading_paused()
     }
 
     /// Moves frames from one side to the other until the source has nothing
@@ -295,6 +346,24 @@ impl Relay {
                 .close_client_with
                 .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
         };
+        // An upstream that broke the protocol (or sent what the client leg
+        // cannot carry) is a bad gateway to the client: 1014 in IANA's
+        // registry of close codes. A client closing its own violation hears
+        // its own code.
+        let upstream_fault =
+            !from_client && matches!(e, WsError::Protocol(_) | WsError::TooBig { .. });
+        if upstream_fault {
+            let client_code = self.close_client_with.unwrap_or(BAD_GATEWAY);
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "websocket: upstream: {e}, closing with {code}, the client with {client_code}"
+            );
+            self.closing = true;
+            let _ = self.upstream.send_close(Some(code), b"");
+            let _ = self.client.send_close(Some(client_code), b"");
+            return;
+        }
         let (side, level) = if from_client {
             ("client", NGX_LOG_INFO)
         } else {

@@ -31,7 +31,8 @@ use foreign_types::ForeignTypeRef;
 const HEARTBEAT: &[u8] = b"ngx_http_websocket_module heartbeat";
 /// The close code reported for a close frame without one (RFC 6455 §7.1.5).
 const NO_STATUS: u16 = 1005;
-/// Queued output above which the object stops reading from its peer.
+/// Queued output above which the object stops reading from its peer,
+/// unless told otherwise (`pause_reading_above`).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +234,8 @@ pub struct WebSocket {
     /// Reading stopped because too much output was queued; once it drains,
     /// the caller must read again (an edge-triggered event will not repeat).
     throttled: bool,
+    /// Queued output above which reading stops.
+    read_pause_above: usize,
     /// A fragmented message is being sent (its last frame not yet queued).
     sending_message: bool,
     /// permessage-deflate, when negotiated.
@@ -299,6 +302,7 @@ impl WebSocket {
             close_sent: false,
             close_received: false,
             throttled: false,
+            read_pause_above: WRITE_HIGH_WATER,
             sending_message: false,
             compression: None,
             last_received: now_msec(),
@@ -479,7 +483,7 @@ impl WebSocket {
                 self.rend -= self.rpos;
                 self.rpos = 0;
             }
-            if self.queued() > WRITE_HIGH_WATER {
+            if self.reading_paused() {
                 self.throttled = true;
                 return Ok(None);
             }
@@ -764,14 +768,34 @@ impl WebSocket {
             && !self.close_received
     }
 
-    /// Drops queued output: the peer is gone and will never read it.
-    /// Nothing may be written after it (as after a close frame): a TLS
-    /// write waiting for its retry could only be retried with the dropped
-    /// bytes.
+    /// Drops queued output and sends nothing more: the peer is gone, or
+    /// stopped reading for so long that it is given up. Nothing may be
+    /// written after it (as after a close frame): a TLS write waiting for
+    /// its retry could only be retried with the dropped bytes.
     pub fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
         self.close_sent = true;
+    }
+
+    /// Reading stops while more than `queued` bytes of output wait
+    /// (64 KiB unless set): right where what the peer sends makes the
+    /// output (an echo), so a peer that does not read cannot make us queue
+    /// its answers. A relay leg's output comes from the other leg instead,
+    /// and pausing its reading for it would make the legs wait on each
+    /// other; there the bound only guards against replies of its own.
+    pub fn pause_reading_above(&mut self, queued: usize) {
+        self.read_pause_above = queued;
+    }
+
+    /// Whether reading waits for queued output to drain.
+    pub fn reading_paused(&self) -> bool {
+        self.queued() > self.read_pause_above
+    }
+
+    /// The largest data frame payload this object sends.
+    pub fn max_send_len(&self) -> u64 {
+        self.limits.max_send_len
     }
 
     /// Whether reading stopped for queued output since the last call.
@@ -854,7 +878,7 @@ impl WebSocket {
         }
         // While reading waits for queued output to drain, the write timer
         // alone bounds the wait: the peer is slow, not idle.
-        if want_read && self.queued() <= WRITE_HIGH_WATER {
+        if want_read && !self.reading_paused() {
             c.add_timer(Direction::Read, self.read_deadline());
         } else {
             c.del_timer(Direction::Read);

@@ -222,7 +222,7 @@ impl Run<'_> {
                 [] => {}
                 [hi, lo, reason @ ..] => {
                     let code = u16::from_be_bytes([*hi, *lo]);
-                    assert!(matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999));
+                    assert!(matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999));
                     assert!(std::str::from_utf8(reason).is_ok());
                     assert!(parse_close_payload(payload).is_ok());
                 }

@@ -200,6 +200,15 @@ sub set_sndbuf {
     setsockopt($self->{fh}, SOL_SOCKET, SO_SNDBUF, pack('i', $n));
 }
 
+# read_slowly($bytes_per_read, $delay_seconds): later reads take at most
+# $bytes_per_read bytes and sleep $delay after each; read_slowly(0) undoes it.
+sub read_slowly {
+    my ($self, $bytes, $delay) = @_;
+    $self->{chunk} = $bytes || 0;
+    $self->{delay} = $bytes ? ($delay // 0) : 0;
+    return $self;
+}
+
 # Reads into the buffer until $deadline; false on timeout or EOF.
 sub _read_some {
     my ($self, $deadline) = @_;
@@ -207,7 +216,8 @@ sub _read_some {
     my $left = $deadline - time;
     $left = 0 if $left < 0;
     return 0 unless IO::Select->new($self->{fh})->can_read($left);
-    my $n = sysread($self->{fh}, $self->{buf}, 65536, length $self->{buf});
+    my $n = sysread($self->{fh}, $self->{buf}, $self->{chunk} || 65536, length $self->{buf});
+    sleep $self->{delay} if $self->{delay};
     if (!defined $n) {
         return 1 if $! == EAGAIN || $! == EWOULDBLOCK || $! == EINTR;
         $self->{eof} = 1;

@@ -9,16 +9,21 @@ pub const INVALID_DATA: u16 = 1007;
 pub const POLICY: u16 = 1008;
 pub const TOO_BIG: u16 = 1009;
 pub const INTERNAL: u16 = 1011;
+/// A gateway or proxy got an invalid response from its upstream (IANA's
+/// registry of RFC 6455 close codes).
+pub const BAD_GATEWAY: u16 = 1014;
 
 /// Largest payload of any control frame.
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 /// Whether `code` may appear in a close frame on the wire.
 ///
-/// 1004 is reserved, 1005/1006/1015 are for local reporting only, and the
-/// rest of 1000–2999 is unassigned; 3000–4999 belong to libraries and apps.
+/// 1000–1003 and 1007–1011 are RFC 6455's, 1012–1014 were registered with
+/// IANA since (service restart, try again later, bad gateway); 1004 is
+/// reserved, 1005/1006/1015 are for local reporting only, and the rest of
+/// 1000–2999 is unassigned; 3000–4999 belong to libraries and apps.
 pub fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// Splits a received close payload into code and reason; `None` for an empty payload.
@@ -62,10 +67,11 @@ mod tests {
     #[test]
     fn valid_codes_on_the_wire() {
         let valid = [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 3999,
+            4000, 4999,
         ];
         let invalid = [
-            0, 999, 1004, 1005, 1006, 1012, 1013, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
         ];
         for code in valid {
             assert!(is_valid_close_code(code), "{code} should be valid");
