@@ -606,9 +606,39 @@ impl PassSession {
                     None => Next::Fail(HTTP_BAD_GATEWAY),
                 },
             },
+            State::Relaying(relay) if r.output_pending() => self.finish_101(r, relay),
             State::Relaying(relay) => self.relay(relay, r.log()),
             State::Done => Next::Wait,
         }
+    }
+
+    /// Sends the rest of the 101 before any frame: the relay writes to the
+    /// socket itself and would overtake what nginx's filters still hold.
+    fn finish_101(&mut self, r: &mut RequestRef, relay: Box<Relay>) -> Next {
+        let failed = Next::Finish {
+            linger: false,
+            error: true,
+        };
+        if r.connection().take_timedout(Direction::Write) {
+            ngx_log_error!(
+                NGX_LOG_INFO,
+                r.log(),
+                "websocket: client timed out while the 101 response was sent"
+            );
+            return failed;
+        }
+        if r.flush_output().is_err() {
+            return failed;
+        }
+        if !r.output_pending() {
+            r.connection().del_timer(Direction::Write);
+            return self.relay(relay, r.log());
+        }
+        if relay.await_client_writable().is_err() {
+            return failed;
+        }
+        self.state = State::Relaying(relay);
+        Next::Wait
     }
 
     /// One round of relaying; at its end the upstream goes to its pool when

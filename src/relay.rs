@@ -109,6 +109,12 @@ impl Relay {
     }
 
     /// The worker is exiting (see `step`).
+    /// Waits until the client's connection can take more of the bytes
+    /// nginx still holds for it (the 101 response).
+    pub fn await_client_writable(&self) -> Result<(), WsError> {
+        self.client.await_writable()
+    }
+
     pub fn shut_down(&mut self) {
         self.shutting_down = true;
     }

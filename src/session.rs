@@ -863,6 +863,15 @@ impl WebSocket {
         wait.saturating_sub(elapsed).max(1)
     }
 
+    /// Waits until the connection takes bytes written outside this object
+    /// (the rest of the 101 response): the write timer bounds the wait.
+    pub fn await_writable(&self) -> Result<(), WsError> {
+        let c = self.conn();
+        c.handle_event(Direction::Write).map_err(|_| WsError::Io)?;
+        c.add_timer(Direction::Write, self.limits.timeout_ms);
+        Ok(())
+    }
+
     /// Registers for the events the object now waits on, with
     /// `websocket_timeout` as the write deadline and [`Self::read_deadline`]
     /// for reads.
