@@ -130,6 +130,8 @@ impl fmt::Display for ClientError {
     }
 }
 
+impl std::error::Error for ClientError {}
+
 /// The upstream handshake request of `opts` with the key `key`.
 fn request_bytes(opts: &ClientOptions, key: &str) -> Vec<u8> {
     let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();

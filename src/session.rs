@@ -202,6 +202,8 @@ impl fmt::Display for WsError {
     }
 }
 
+impl std::error::Error for WsError {}
+
 impl From<EntropyError> for WsError {
     fn from(e: EntropyError) -> Self {
         WsError::Entropy(e)

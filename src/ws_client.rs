@@ -41,6 +41,8 @@ impl fmt::Display for KeepaliveError {
     }
 }
 
+impl std::error::Error for KeepaliveError {}
+
 impl WsClient {
     /// `agreed` is what the upstream's handshake (or the pooled
     /// connection's) settled.
