@@ -70,6 +70,10 @@ fn is_key(key: &[u8]) -> bool {
 
 fn model<'a>(req: &HandshakeRequest<'a>) -> Result<ValidRequest<'a>, HandshakeError> {
     let h = req.headers.as_slice();
+    // HTTP/2 and later first, whatever the method: RFC 6455 upgrades HTTP/1.1 only.
+    if req.http_version >= 2000 {
+        return Err(HandshakeError::NotHttp1(req.http_version / 1000));
+    }
     if req.method != b"GET" {
         return Err(HandshakeError::MethodNotGet);
     }
