@@ -17,7 +17,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsNginx;
-use WsClient qw(OP_TEXT OP_CLOSE);
+use WsClient qw(OP_TEXT OP_CLOSE http_request);
 use WsTest;
 use WsValgrind qw(slowdown);
 
@@ -31,10 +31,24 @@ server {
     location /ws {
         websocket_echo;
     }
+
+    location /metrics {
+        websocket_status;
+    }
 }
 EOF_CONF
 $t->start;
 my $port = $t->port(0);
+
+# nginx_websocket_sessions_draining, summed over the workers (the zone is
+# shared; the new worker answers).
+sub draining {
+    my (undef, undef, $body) = http_request($port,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    return ($body // '') =~ /^nginx_websocket_sessions_draining (\d+)$/m ? $1 : undef;
+}
+
+is(draining(), 0, 'nginx_websocket_sessions_draining 0 before the reload');
 
 my $N = 100;
 my @s;
@@ -53,8 +67,11 @@ my $reload_at = time;
 my %by_fh = map { ($_->{ws}->socket . '' => $_) } @s;
 my $sel = IO::Select->new(map { $_->{ws}->socket } @s);
 my $deadline = $reload_at + 4 + 6 * slowdown();
-my ($self_code, $self_at);
+my ($self_code, $self_at, $draining_mid);
 while ($sel->count && time < $deadline) {
+    if (!defined $draining_mid && time - $reload_at >= 2) {
+        $draining_mid = draining();
+    }
     if (!defined $self_at && time - $reload_at >= 1) {
         $self_ending->send_close(1000);
         ($self_code) = $self_ending->recv_close(timeout => 2);
@@ -80,6 +97,8 @@ while ($sel->count && time < $deadline) {
         if ($ws->is_eof) {
             $s->{eof} = 1;
             $sel->remove($fh);
+            # so that nginx's lingering close ends the session now
+            $ws->close;
         }
     }
 }
@@ -106,6 +125,17 @@ is(scalar @unanswered, 0, 'every session got its message back before its close')
 is(scalar(grep { @{ $_->{bad} } } @s), 0, 'nothing after a close');
 is($self_code, 1000, 'a session that closed by itself during the spread just ended (1000)');
 ok($self_ending->wait_eof(2), '... and TCP closed');
+
+# Halfway through the spread about half of the sessions wait for their turn.
+ok(defined $draining_mid && $draining_mid >= 0.3 * $N && $draining_mid <= 0.7 * $N + 1,
+    'nginx_websocket_sessions_draining halfway through: ' . ($draining_mid // 'none'));
+my $drained = draining();
+for (1 .. 50) {
+    last if !$drained;
+    sleep 0.1;
+    $drained = draining();
+}
+is($drained, 0, 'nginx_websocket_sessions_draining 0 once they ended');
 
 my @alerts = $t->check_error_log;
 is(scalar @alerts, 0, 'no alerts in error.log') or diag join "\n", @alerts;

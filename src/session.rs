@@ -16,6 +16,7 @@ use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
 use crate::config::Limits;
 use crate::drain;
+use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
 use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
@@ -252,6 +253,8 @@ pub struct WebSocket {
     /// When the exiting worker's turn for this session comes
     /// (`websocket_shutdown_spread`).
     drains_at: Option<ngx_msec_t>,
+    /// Counted in `nginx_websocket_sessions_draining` until dropped.
+    draining: bool,
     stats: Stats,
 }
 
@@ -345,6 +348,7 @@ impl WebSocket {
                 .filter(|_| role == Role::Server)
                 .map(|ms| now_msec().wrapping_add(ms)),
             drains_at: None,
+            draining: false,
             stats: Stats::default(),
         }
         .counted()
@@ -362,7 +366,9 @@ impl WebSocket {
     /// The worker is exiting: the session is due to close once its turn
     /// in `websocket_shutdown_spread` comes (at once without a spread).
     pub fn drain(&mut self) {
-        if self.drains_at.is_none() {
+        if !self.draining {
+            self.draining = true;
+            metrics::draining_started();
             let delay = drain::delay(self.limits.shutdown_spread_ms);
             self.drains_at = Some(now_msec().wrapping_add(delay));
         }
@@ -991,6 +997,9 @@ impl Drop for WebSocket {
     fn drop(&mut self) {
         if self.role == Role::Server {
             drain::session_ended();
+        }
+        if self.draining {
+            metrics::draining_ended();
         }
         buffers::give(core::mem::take(&mut self.rbuf));
         buffers::give_scratch(core::mem::take(&mut self.message));
