@@ -14,6 +14,8 @@ my $valid = <<'EOF_CONF';
 websocket_max_payload_len 128k;
 websocket_timeout 30s;
 websocket_send_masked off;
+websocket_shutdown_spread 10s;
+websocket_max_session_time 1h;
 
 server {
     listen 127.0.0.1:%%PORT_0%%;
@@ -33,6 +35,8 @@ server {
         websocket_send_masked on;
         websocket_protocols chat superchat;
         websocket_origins http://example.com https://example.org;
+        websocket_max_session_time off;
+        websocket_shutdown_spread 0;
     }
 
     location /deflate {
@@ -106,6 +110,21 @@ my @bad = (
     [ 'websocket_origins without arguments',
       conf_server("    location /ws {\n        websocket_echo;\n        websocket_origins;\n    }"),
       'websocket_origins', 'websocket_origins;' ],
+    [ 'websocket_max_session_time with a bad time',
+      conf_server("    websocket_max_session_time forever;\n    location /ws { websocket_echo; }"),
+      'websocket_max_session_time', 'websocket_max_session_time forever' ],
+    [ 'websocket_max_session_time without a time',
+      conf_location("        websocket_echo;\n        websocket_max_session_time;"),
+      'websocket_max_session_time', 'websocket_max_session_time;' ],
+    [ 'websocket_max_session_time twice',
+      conf_location("        websocket_echo;\n        websocket_max_session_time 1h;\n        websocket_max_session_time 2h;"),
+      'websocket_max_session_time', 'websocket_max_session_time 2h' ],
+    [ 'websocket_shutdown_spread with a bad time',
+      conf_server("    websocket_shutdown_spread -1s;\n    location /ws { websocket_echo; }"),
+      'websocket_shutdown_spread', 'websocket_shutdown_spread -1s' ],
+    [ 'websocket_shutdown_spread with two times',
+      conf_location("        websocket_echo;\n        websocket_shutdown_spread 1s 2s;"),
+      'websocket_shutdown_spread', 'websocket_shutdown_spread 1s 2s' ],
 );
 
 config_rejected(@$_) for @bad;

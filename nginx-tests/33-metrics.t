@@ -93,6 +93,7 @@ for my $d ('in', 'out') {
 }
 $exp{"nginx_websocket_handshake_rejects_total{status=\"$_\"}"} = 0 for 400, 403, 405, 426, 502, 503, 504;
 $exp{"nginx_websocket_upstream_connects_total{reused=\"$_\"}"} = 0 for 0, 1;
+$exp{nginx_websocket_sessions_draining} = 0;
 
 sub add {
     my (%kv) = @_;
@@ -161,12 +162,12 @@ sub session {
     is($h->{'content-type'}, 'text/plain; version=0.0.4', 'Content-Type: text/plain; version=0.0.4');
     for my $f (['sessions_active', 'gauge'], ['sessions_total', 'counter'], ['messages_total', 'counter'],
         ['bytes_total', 'counter'], ['closes_total', 'counter'], ['handshake_rejects_total', 'counter'],
-        ['upstream_connects_total', 'counter'])
+        ['upstream_connects_total', 'counter'], ['sessions_draining', 'gauge'])
     {
         like($body, qr/^# TYPE nginx_websocket_$f->[0] $f->[1]$/m, "# TYPE nginx_websocket_$f->[0] $f->[1]");
     }
-    my @bad = grep { !/^#/ && !/^nginx_websocket_\w+\{\w+="[^"]*"\} \d+$/ } split /\n/, $body;
-    is_deeply(\@bad, [], 'every sample is name{label="value"} integer');
+    my @bad = grep { !/^#/ && !/^nginx_websocket_\w+(?:\{\w+="[^"]*"\})? \d+$/ } split /\n/, $body;
+    is_deeply(\@bad, [], 'every sample is name{label="value"} integer, or name integer');
     metrics_are('all zero on a fresh nginx');
 }
 

@@ -85,6 +85,9 @@ pub struct LocConf {
     pub deflate_window_bits: ngx_int_t,
     pub deflate_context_takeover: ngx_flag_t,
     pub deflate_min_length: usize,
+    /// 0 = off.
+    pub max_session_time: ngx_msec_t,
+    pub shutdown_spread: ngx_msec_t,
 }
 
 /// Where `websocket_pass` connects.
@@ -146,6 +149,8 @@ impl Default for LocConf {
             deflate_window_bits: UNSET_INT,
             deflate_context_takeover: UNSET_FLAG,
             deflate_min_length: UNSET_SIZE,
+            max_session_time: UNSET_MSEC,
+            shutdown_spread: UNSET_MSEC,
         }
     }
 }
@@ -238,6 +243,13 @@ impl Merge for LocConf {
         self.keepalive_pool = self.keepalive_pool.or(prev.keepalive_pool);
         merge_value(&mut self.ping_interval, prev.ping_interval, UNSET_MSEC, 0);
         merge_value(
+            &mut self.max_session_time,
+            prev.max_session_time,
+            UNSET_MSEC,
+            0,
+        );
+        merge_value(&mut self.shutdown_spread, prev.shutdown_spread, UNSET_MSEC, 0);
+        merge_value(
             &mut self.ping_timeout,
             prev.ping_timeout,
             UNSET_MSEC,
@@ -283,6 +295,10 @@ pub struct Limits {
     /// `websocket_ping_interval`, when heartbeats are on.
     pub ping_interval_ms: Option<ngx_msec_t>,
     pub ping_timeout_ms: ngx_msec_t,
+    /// `websocket_max_session_time`, when set.
+    pub max_session_ms: Option<ngx_msec_t>,
+    /// `websocket_shutdown_spread`.
+    pub shutdown_spread_ms: ngx_msec_t,
 }
 
 impl LocConf {
@@ -330,6 +346,8 @@ impl LocConf {
             timeout_ms: self.timeout,
             ping_interval_ms: (self.ping_interval > 0).then_some(self.ping_interval),
             ping_timeout_ms: self.ping_timeout,
+            max_session_ms: (self.max_session_time > 0).then_some(self.max_session_time),
+            shutdown_spread_ms: self.shutdown_spread,
         }
     }
 }
@@ -353,7 +371,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 33] = [
+pub static mut COMMANDS: [ngx_command_t; 35] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -503,6 +521,18 @@ pub static mut COMMANDS: [ngx_command_t; 33] = [
         ANY_LEVEL | NGX_CONF_TAKE1,
         ngx_conf_set_msec_slot,
         core::mem::offset_of!(LocConf, ping_timeout),
+    ),
+    slot(
+        ngx_string!("websocket_max_session_time"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        cmd_msec_or_off,
+        core::mem::offset_of!(LocConf, max_session_time),
+    ),
+    slot(
+        ngx_string!("websocket_shutdown_spread"),
+        ANY_LEVEL | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        core::mem::offset_of!(LocConf, shutdown_spread),
     ),
     slot(
         ngx_string!("websocket_status"),

@@ -15,7 +15,7 @@ use crate::ngx_io::{
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
-use crate::session::{Quiet, Received, Role, WebSocket, WsError};
+use crate::session::{Due, Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
 use crate::variables::SessionLog;
 use foreign_types::ForeignTypeRef;
@@ -28,7 +28,9 @@ struct EchoSession {
     /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     ws: WebSocket,
-    /// The worker is exiting: finish the message under way, then close 1001.
+    /// The session is due to close (the worker is exiting, or it reached
+    /// `websocket_max_session_time`): finish the message under way, then
+    /// close 1001.
     shutting_down: bool,
     /// Whether the request is dropped after its 101 (`access_log off`).
     detach: Detach,
@@ -113,7 +115,7 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
         CloseRequest::Graceful => {
             if let Some(mut session) = r.ctx::<EchoSession>(Module::module()) {
                 // SAFETY: see `on_event`.
-                unsafe { session.as_mut() }.shutting_down = true;
+                unsafe { session.as_mut() }.ws.drain();
             }
         }
         CloseRequest::Now => {
@@ -188,7 +190,7 @@ impl DetachedSession for EchoSession {
     }
 
     fn shut_down(&mut self) {
-        self.shutting_down = true;
+        self.ws.drain();
     }
 }
 
@@ -210,7 +212,7 @@ impl EchoSession {
         }
         if c.take_timedout(Direction::Read) && !self.ws.close_sent() {
             let code = match self.ws.on_read_timeout() {
-                Quiet::Pinged => None,
+                Quiet::Pinged | Quiet::Due => None,
                 Quiet::Idle => {
                     ngx_log_error!(
                         NGX_LOG_INFO,
@@ -231,6 +233,18 @@ impl EchoSession {
             if let Some(code) = code {
                 let _ = self.ws.send_close(Some(code), b"");
             }
+        }
+        // After the read timeout: a deadline that passed is its to tell
+        // from a quiet peer's.
+        while let Some(due) = self.ws.take_due() {
+            if due == Due::MaxSessionTime {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "websocket: session reached websocket_max_session_time, closing"
+                );
+            }
+            self.shutting_down = true;
         }
         loop {
             if !self.ws.close_sent() {

@@ -13,6 +13,7 @@ pub mod buffers;
 pub mod client;
 pub mod compression;
 pub mod config;
+pub mod drain;
 pub mod echo;
 pub mod metrics;
 pub mod module;

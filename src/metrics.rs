@@ -36,6 +36,7 @@ struct Counters {
     closes: [AtomicU64; CODES + 1],
     rejects: [AtomicU64; REJECT_STATUSES.len()],
     upstream_connects: [AtomicU64; 2],
+    sessions_draining: AtomicU64,
 }
 
 /// The zone's counters, set when nginx maps the zone (in the master, before
@@ -133,6 +134,20 @@ pub fn session_ended(kind: Kind, close_code: Option<u16>) {
     }
 }
 
+/// A session was told to close because its worker exits
+/// (`websocket_shutdown_spread`): it drains until it ends.
+pub fn draining_started() {
+    if let Some(c) = counters() {
+        add(&c.sessions_draining, 1);
+    }
+}
+
+pub fn draining_ended() {
+    if let Some(c) = counters() {
+        c.sessions_draining.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub fn handshake_rejected(status: ngx_int_t) {
     let Some(c) = counters() else { return };
     if let Some(i) = REJECT_STATUSES
@@ -158,7 +173,10 @@ pub fn render() -> String {
         |name: &str, kind: &str, help: &str, samples: &mut dyn Iterator<Item = (String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (labels, value) in samples {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                let _ = match labels.is_empty() {
+                    true => writeln!(out, "{name} {value}"),
+                    false => writeln!(out, "{name}{{{labels}}} {value}"),
+                };
             }
         };
     family(
@@ -225,6 +243,12 @@ pub fn render() -> String {
         "counter",
         "websocket_pass upstream connections: new (reused=\"0\") or from the keepalive pool.",
         &mut (0..2).map(|i| (format!("reused=\"{i}\""), get(&c.upstream_connects[i]))),
+    );
+    family(
+        "nginx_websocket_sessions_draining",
+        "gauge",
+        "Sessions of exiting workers waiting for their turn to close or closing.",
+        &mut core::iter::once((String::new(), get(&c.sessions_draining))),
     );
     out
 }

@@ -226,6 +226,9 @@ fn plan(
         limits,
         upstream_limits: Limits {
             send_masked: conf.pass_send_unmasked != 1,
+            // The session's age and drain are the client leg's (the relay
+            // closes both legs).
+            max_session_ms: None,
             ..limits
         },
         connect_timeout: conf.connect_timeout,

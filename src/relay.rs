@@ -14,7 +14,7 @@ use crate::ngx_io::Direction;
 use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::session::{FrameType, Quiet, WebSocket, WsError};
+use crate::session::{Due, FrameType, Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
@@ -56,7 +56,9 @@ pub struct Relay {
     /// The fence passed and the upstream connection goes to the pool once
     /// the client has our close.
     pooling: bool,
-    /// The worker is exiting: relay what arrived, then close both with 1001.
+    /// The worker is exiting or the session reached
+    /// `websocket_max_session_time`: relay what arrived, then close both
+    /// with 1001.
     shutting_down: bool,
     /// Both legs are being closed at once (a dead peer, a timeout, an
     /// upstream violation): only flushing is left.
@@ -116,7 +118,7 @@ impl Relay {
     }
 
     pub fn shut_down(&mut self) {
-        self.shutting_down = true;
+        self.client.drain();
     }
 
     pub fn step(&mut self, log: *mut ngx_log_t) -> Outcome {
@@ -158,7 +160,7 @@ impl Relay {
             }
             let quiet = leg.on_read_timeout();
             let (code, why) = match quiet {
-                Quiet::Pinged => continue,
+                Quiet::Pinged | Quiet::Due => continue,
                 Quiet::Idle => (
                     self.close_client_with.unwrap_or(GOING_AWAY),
                     "idle for too long",
@@ -173,6 +175,18 @@ impl Relay {
             };
             ngx_log_error!(level, log, "websocket: {side} {why}, closing with {code}");
             self.close_both(code);
+        }
+        // After the read timeouts: a deadline that passed is theirs to
+        // tell from a quiet peer's.
+        while let Some(due) = self.client.take_due() {
+            if due == Due::MaxSessionTime {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "websocket: session reached websocket_max_session_time, closing"
+                );
+            }
+            self.shutting_down = true;
         }
         loop {
             // Which ways stopped for queued output.
@@ -198,7 +212,7 @@ impl Relay {
                 ngx_log_error!(
                     NGX_LOG_INFO,
                     log,
-                    "websocket: worker is exiting, closing with {GOING_AWAY}"
+                    "websocket: session is due to close, closing with {GOING_AWAY}"
                 );
                 self.close_client_with = Some(GOING_AWAY);
                 let _ = self.upstream.send_close(Some(GOING_AWAY), b"");

@@ -15,6 +15,8 @@ use ngx::ffi::{ngx_connection_t, ngx_msec_t};
 use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
 use crate::config::Limits;
+use crate::drain;
+use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
 use crate::protocol::decoder::{ControlFrame, DecodeEvent, Decoder, DecoderConfig};
@@ -246,6 +248,13 @@ pub struct WebSocket {
     /// out (`websocket_ping_interval`).
     last_received: ngx_msec_t,
     ping_sent_at: Option<ngx_msec_t>,
+    /// When the session reaches `websocket_max_session_time`.
+    ends_at: Option<ngx_msec_t>,
+    /// When the exiting worker's turn for this session comes
+    /// (`websocket_shutdown_spread`).
+    drains_at: Option<ngx_msec_t>,
+    /// Counted in `nginx_websocket_sessions_draining` until dropped.
+    draining: bool,
     stats: Stats,
 }
 
@@ -274,6 +283,31 @@ pub enum Quiet {
     Pinged,
     /// It did not answer a ping within `websocket_ping_timeout`.
     Dead,
+    /// Not quiet: the session is due to close (see [`WebSocket::take_due`]).
+    Due,
+}
+
+/// Why a session is due to close with 1001 after the message under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// It lasted `websocket_max_session_time`.
+    MaxSessionTime,
+    /// The worker is exiting and the session's turn came.
+    Drain,
+}
+
+/// Whether the worker's clock reached `at`.
+fn reached(at: ngx_msec_t, now: ngx_msec_t) -> bool {
+    (now.wrapping_sub(at) as isize) >= 0
+}
+
+/// Milliseconds from `now` to `at`, at least 1.
+fn until(at: ngx_msec_t, now: ngx_msec_t) -> ngx_msec_t {
+    if reached(at, now) {
+        1
+    } else {
+        at.wrapping_sub(now)
+    }
 }
 
 impl WebSocket {
@@ -309,8 +343,50 @@ impl WebSocket {
             compression: None,
             last_received: now_msec(),
             ping_sent_at: None,
+            ends_at: limits
+                .max_session_ms
+                .filter(|_| role == Role::Server)
+                .map(|ms| now_msec().wrapping_add(ms)),
+            drains_at: None,
+            draining: false,
             stats: Stats::default(),
         }
+        .counted()
+    }
+
+    /// A client-facing session counts among the worker's live sessions
+    /// (see `drain`).
+    fn counted(self) -> Self {
+        if self.role == Role::Server {
+            drain::session_began();
+        }
+        self
+    }
+
+    /// The worker is exiting: the session is due to close once its turn
+    /// in `websocket_shutdown_spread` comes (at once without a spread).
+    pub fn drain(&mut self) {
+        if !self.draining {
+            self.draining = true;
+            metrics::draining_started();
+            let delay = drain::delay(self.limits.shutdown_spread_ms);
+            self.drains_at = Some(now_msec().wrapping_add(delay));
+        }
+    }
+
+    /// Whether the session became due to close since the last call
+    /// (each reason is told once).
+    pub fn take_due(&mut self) -> Option<Due> {
+        let now = now_msec();
+        if self.ends_at.is_some_and(|at| reached(at, now)) {
+            self.ends_at = None;
+            return Some(Due::MaxSessionTime);
+        }
+        if self.drains_at.is_some_and(|at| reached(at, now)) {
+            self.drains_at = None;
+            return Some(Due::Drain);
+        }
+        None
     }
 
     fn conn(&self) -> &ConnectionRef {
@@ -838,6 +914,14 @@ impl WebSocket {
 
     /// The read deadline passed: what to do about a quiet peer.
     pub fn on_read_timeout(&mut self) -> Quiet {
+        let now = now_msec();
+        if [self.ends_at, self.drains_at]
+            .into_iter()
+            .flatten()
+            .any(|at| reached(at, now))
+        {
+            return Quiet::Due;
+        }
         let Some(_) = self.limits.ping_interval_ms else {
             return Quiet::Idle;
         };
@@ -851,9 +935,20 @@ impl WebSocket {
         }
     }
 
-    /// Milliseconds until the read deadline: the heartbeat's when
-    /// `websocket_ping_interval` is set, else `websocket_timeout`.
+    /// Milliseconds until the read deadline: the quiet peer's (see
+    /// [`Self::quiet_deadline`]), or sooner when the session is due to close.
     fn read_deadline(&self) -> ngx_msec_t {
+        let now = now_msec();
+        [self.ends_at, self.drains_at]
+            .into_iter()
+            .flatten()
+            .map(|at| until(at, now))
+            .fold(self.quiet_deadline(), ngx_msec_t::min)
+    }
+
+    /// Milliseconds until a quiet peer is dealt with: the heartbeat's when
+    /// `websocket_ping_interval` is set, else `websocket_timeout`.
+    fn quiet_deadline(&self) -> ngx_msec_t {
         let Some(interval) = self.limits.ping_interval_ms else {
             return self.limits.timeout_ms;
         };
@@ -900,6 +995,12 @@ impl WebSocket {
 
 impl Drop for WebSocket {
     fn drop(&mut self) {
+        if self.role == Role::Server {
+            drain::session_ended();
+        }
+        if self.draining {
+            metrics::draining_ended();
+        }
         buffers::give(core::mem::take(&mut self.rbuf));
         buffers::give_scratch(core::mem::take(&mut self.message));
         buffers::give_scratch(core::mem::take(&mut self.wbuf));
