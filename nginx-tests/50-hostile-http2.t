@@ -27,10 +27,16 @@ plan skip_all => 'nginx without http_v2_module and http_ssl_module'
 plan skip_all => 'IO::Socket::SSL with ALPN is needed'
     unless eval { require IO::Socket::SSL; IO::Socket::SSL->can_alpn };
 
-my $t = WsNginx->new(worker_processes => 1, conf => <<'EOF_CONF');
+# nginx 1.25.1 made HTTP/2 a server directive; before it, a listen parameter
+# (which makes a cleartext port HTTP/2 only: HTTP/1.1 has a port of its own).
+my ($major, $minor, $patch) = $V =~ m{nginx/(\d+)\.(\d+)\.(\d+)};
+my $h2_directive = sprintf('%03d%03d%03d', $major, $minor, $patch) ge '001025001';
+my $H2_LISTEN = $h2_directive ? '' : ' http2';
+my $H2_ON = $h2_directive ? "    http2 on;\n" : '';
+
+my $t = WsNginx->new(worker_processes => 1, conf => <<"EOF_CONF");
 server {
     listen 127.0.0.1:%%PORT_0%%;
-    http2 on;
 
     location = /metrics {
         websocket_status;
@@ -46,9 +52,24 @@ server {
 }
 
 server {
-    listen 127.0.0.1:%%PORT_1%% ssl;
-    http2 on;
-    ssl_certificate %%TESTDIR%%/h2.crt;
+    listen 127.0.0.1:%%PORT_2%%$H2_LISTEN;
+$H2_ON
+    location = /metrics {
+        websocket_status;
+    }
+
+    location /echo {
+        websocket_echo;
+    }
+
+    location /pass {
+        websocket_pass ws://127.0.0.1:%%PORT_0%%/echo;
+    }
+}
+
+server {
+    listen 127.0.0.1:%%PORT_1%% ssl$H2_LISTEN;
+$H2_ON    ssl_certificate %%TESTDIR%%/h2.crt;
     ssl_certificate_key %%TESTDIR%%/h2.key;
 
     location /echo {
@@ -73,6 +94,7 @@ my $D = $t->testdir;
 my ($port, @workers);
 ($t, $port, @workers) = start_nginx($t);
 my $tls_port = $t->port(1);
+my $h2c_port = $t->port(2);
 
 # 'name{labels}' => value from websocket_status (over HTTP/1.1).
 sub metrics {
@@ -107,9 +129,9 @@ sub h2_upgrade_refused {
     my ($rejects, $connects, $sessions) = (rejects_400(), upstream_connects(), sessions());
     my $logged = () = $t->grep_error_log($REJECTED);
 
-    my $h2 = WsHttp2->connect(port => $tls ? $tls_port : $port, tls => $tls);
+    my $h2 = WsHttp2->connect(port => $tls ? $tls_port : $h2c_port, tls => $tls);
     is($h2->alpn, 'h2', "$name: ALPN chose h2") if $tls;
-    my $authority = '127.0.0.1:' . ($tls ? $tls_port : $port);
+    my $authority = '127.0.0.1:' . ($tls ? $tls_port : $h2c_port);
     my $res = $h2->request([
         ':method' => 'GET', ':scheme' => $tls ? 'https' : 'http',
         ':path' => $path, ':authority' => $authority,
@@ -147,9 +169,9 @@ for my $tls (0, 1) {
 # HTTP/2 is really spoken on both ports (the 400 above is not nginx refusing
 # a preface it does not understand).
 {
-    my $h2 = WsHttp2->connect(port => $port);
+    my $h2 = WsHttp2->connect(port => $h2c_port);
     my $res = $h2->request([':method' => 'GET', ':scheme' => 'http', ':path' => '/metrics',
-        ':authority' => "127.0.0.1:$port"]);
+        ':authority' => "127.0.0.1:$h2c_port"]);
     is($res->{status}, 200, 'cleartext HTTP/2: GET /metrics is 200');
     like($res->{body}, qr/^nginx_websocket_handshake_rejects_total\{status="400"\} 8$/m,
         'the 4 upgrades and the 4 plain GETs over HTTP/2 were counted as rejects');
