@@ -15,7 +15,7 @@ use crate::ngx_io::{
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
-use crate::session::{Due, Quiet, Received, Role, WebSocket, WsError};
+use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
 use crate::variables::SessionLog;
 use foreign_types::ForeignTypeRef;
@@ -236,14 +236,7 @@ impl EchoSession {
         }
         // After the read timeout: a deadline that passed is its to tell
         // from a quiet peer's.
-        while let Some(due) = self.ws.take_due() {
-            if due == Due::MaxSessionTime {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    log,
-                    "websocket: session reached websocket_max_session_time, closing"
-                );
-            }
+        if self.ws.due_to_close(log) {
             self.shutting_down = true;
         }
         loop {

@@ -14,7 +14,7 @@ use crate::ngx_io::Direction;
 use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::session::{Due, FrameType, Quiet, WebSocket, WsError};
+use crate::session::{FrameType, Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
@@ -178,14 +178,7 @@ impl Relay {
         }
         // After the read timeouts: a deadline that passed is theirs to
         // tell from a quiet peer's.
-        while let Some(due) = self.client.take_due() {
-            if due == Due::MaxSessionTime {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    log,
-                    "websocket: session reached websocket_max_session_time, closing"
-                );
-            }
+        if self.client.due_to_close(log) {
             self.shutting_down = true;
         }
         loop {

@@ -10,7 +10,8 @@
 use core::fmt;
 use core::ptr::NonNull;
 
-use ngx::ffi::{ngx_connection_t, ngx_msec_t};
+use ngx::ffi::{ngx_connection_t, ngx_log_t, ngx_msec_t, NGX_LOG_INFO};
+use ngx::ngx_log_error;
 
 use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
@@ -289,7 +290,7 @@ pub enum Quiet {
 
 /// Why a session is due to close with 1001 after the message under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+enum Due {
     /// It lasted `websocket_max_session_time`.
     MaxSessionTime,
     /// The worker is exiting and the session's turn came.
@@ -374,9 +375,27 @@ impl WebSocket {
         }
     }
 
+    /// Whether the session became due to close since the last call (its
+    /// age, or its turn while the worker exits): it then closes with 1001
+    /// after the message under way. Reaching the age is logged at info.
+    pub fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
+        let mut due = false;
+        while let Some(reason) = self.take_due() {
+            if reason == Due::MaxSessionTime {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    log,
+                    "websocket: session reached websocket_max_session_time, closing"
+                );
+            }
+            due = true;
+        }
+        due
+    }
+
     /// Whether the session became due to close since the last call
     /// (each reason is told once).
-    pub fn take_due(&mut self) -> Option<Due> {
+    fn take_due(&mut self) -> Option<Due> {
         let now = now_msec();
         if self.ends_at.is_some_and(|at| reached(at, now)) {
             self.ends_at = None;
