@@ -53,7 +53,8 @@ is(scalar @workers, 1, 'one worker');
 my $old = $workers[0];
 
 # metrics() -> (\%series, $status, $content_type, @malformed_lines): the
-# body parsed into 'name{labels}' => value; lines that are not HELP, TYPE
+# body parsed into 'name{labels}' => value ('name' => value for a family
+# without labels); lines that are not HELP, TYPE
 # or a sample with an integer value, and samples of a family without TYPE,
 # are returned as malformed.
 sub metrics {
@@ -65,6 +66,12 @@ sub metrics {
         if ($l =~ /^(nginx_websocket_\w+)\{(\w+)="([\w]+)"\} (\d+)$/ && $type{$1}) {
             push @bad, "duplicate: $l" if exists $m{"$1\{$2=\"$3\"}"};
             $m{"$1\{$2=\"$3\"}"} = $4;
+            next;
+        }
+        # A family without labels (a gauge such as sessions_draining).
+        if ($l =~ /^(nginx_websocket_\w+) (\d+)$/ && $type{$1}) {
+            push @bad, "duplicate: $l" if exists $m{$1};
+            $m{$1} = $2;
             next;
         }
         push @bad, $l;
