@@ -119,20 +119,11 @@ while (time < $end && grep { !$_->{eof} && !$_->{keep} } @s) {
             $s->{at_sent} = 1;
         }
         $ws->pump;
-        while (my $f = $ws->try_recv_frame) {
-            if (exists $s->{close_at}) {
-                push @{ $s->{bad} }, "frame opcode $f->{opcode} after the close";
-                next;
-            }
-            if ($f->{opcode} == OP_CLOSE) {
-                $s->{close_at} = time - $start;
-                $s->{close_code} = length $f->{payload} >= 2 ? unpack('n', $f->{payload}) : undef;
-                $ws->send_close($s->{close_code});
-                next;
-            }
+        $ws->take_frames($s, since => $start, on_data => sub {
+            my ($f) = @_;
             if ($f->{opcode} != OP_TEXT || !$f->{fin}) {
                 push @{ $s->{bad} }, "unexpected frame opcode $f->{opcode} fin $f->{fin}";
-                next;
+                return;
             }
             push @{ $s->{got} }, $f->{payload};
             if ($s->{talk} && @{ $s->{got} } == @{ $s->{sent} } && !length $ws->buffer) {
@@ -140,7 +131,7 @@ while (time < $end && grep { !$_->{eof} && !$_->{keep} } @s) {
                 push @{ $s->{sent} }, $m;
                 $ws->send_text($m);
             }
-        }
+        });
         $s->{eof} = 1 if $ws->is_eof;
     }
     sleep 0.01;

@@ -17,7 +17,7 @@ use Test::More;
 use IO::Select;
 use Time::HiRes qw(time sleep);
 use WsNginx;
-use WsClient qw(OP_TEXT OP_CLOSE http_request);
+use WsClient qw(http_request);
 use WsTest;
 use WsValgrind qw(slowdown);
 
@@ -81,19 +81,7 @@ while ($sel->count && time < $deadline) {
         my $s = $by_fh{"$fh"};
         my $ws = $s->{ws};
         $ws->pump;
-        while (my $f = $ws->try_recv_frame) {
-            if (exists $s->{close_at}) {
-                push @{ $s->{bad} }, "frame opcode $f->{opcode} after the close";
-                next;
-            }
-            if ($f->{opcode} == OP_CLOSE) {
-                $s->{close_at} = time - $reload_at;
-                $s->{close_code} = length $f->{payload} >= 2 ? unpack('n', $f->{payload}) : undef;
-                $ws->send_close($s->{close_code});
-                next;
-            }
-            push @{ $s->{got} }, $f->{payload};
-        }
+        $ws->take_frames($s, since => $reload_at);
         if ($ws->is_eof) {
             $s->{eof} = 1;
             $sel->remove($fh);

@@ -552,6 +552,33 @@ sub recv_close {
 
 sub skipped { @{ $_[0]{skipped} // [] } }
 
+# take_frames($record, since => $t0, on_data => sub { my ($frame) = @_ })
+# reads the frames already buffered into a session record, for tests that
+# watch many sessions at once: data frames go to on_data (by default their
+# payloads are pushed to $record->{got}); the first close sets close_at
+# (seconds since `since`) and close_code and is answered with the same
+# code; any frame after it is noted in $record->{bad}.
+sub take_frames {
+    my ($self, $rec, %o) = @_;
+    while (my $f = $self->try_recv_frame) {
+        if (exists $rec->{close_at}) {
+            push @{ $rec->{bad} }, "frame opcode $f->{opcode} after the close";
+            next;
+        }
+        if ($f->{opcode} == OP_CLOSE) {
+            $rec->{close_at} = time - ($o{since} // 0);
+            $rec->{close_code} = length $f->{payload} >= 2 ? unpack('n', $f->{payload}) : undef;
+            $self->send_close($rec->{close_code});
+            next;
+        }
+        if ($o{on_data}) {
+            $o{on_data}->($f);
+        } else {
+            push @{ $rec->{got} }, $f->{payload};
+        }
+    }
+}
+
 # wait_eof($timeout) -> true when the server closed the TCP connection (FIN
 # or RST) within $timeout seconds. Bytes read meanwhile stay in the buffer.
 sub wait_eof {
