@@ -28,7 +28,7 @@
 #                             where other work runs, ping-pong latency needs the
 #                             wakeups to preempt it (RT throttling leaves others 5%)
 #   BENCH_QUICK=1             one short repetition of a reduced matrix (smoke test)
-#   BENCH_SKIP="memory cpu ceiling sessions pipelined capped deflate"  parts to leave out
+#   BENCH_SKIP="memory cpu copies ceiling sessions pipelined capped deflate"  parts to leave out
 #   BENCH_ONLY=deflate        only the compressed (permessage-deflate) section: about
 #                             2.5 minutes; its report goes to .../YYYY-MM-DD-<rev>-deflate.md
 #   BENCH_ONLY=capped         only the capped section: about 3 minutes, into .../<rev>-capped.md
@@ -69,8 +69,8 @@ SKIP=${BENCH_SKIP:-}
 ONLY=${BENCH_ONLY:-}
 case $ONLY in
 "") ;;
-deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu capped" ;;
-capped) SKIP="$SKIP matrix sanity sessions ceiling memory cpu deflate" ;;
+deflate) SKIP="$SKIP matrix sanity sessions ceiling memory cpu copies capped" ;;
+capped) SKIP="$SKIP matrix sanity sessions ceiling memory cpu copies deflate" ;;
 *) echo "BENCH_ONLY: 'deflate' or 'capped'" >&2; exit 1 ;;
 esac
 DEFLATE_IDLE=${BENCH_DEFLATE_IDLE:-2000}
@@ -689,9 +689,9 @@ if ! skipped memory; then
         location / { websocket_echo; }
     }"
     nginx_start "$MEMB"
-    for kind in echo pass tunnel; do
+    for kind in echo echo-log pass tunnel; do
         n=$idle_echo
-        [ "$kind" != echo ] && n=$idle_proxy
+        case $kind in pass | tunnel) n=$idle_proxy ;; esac
         # nginx starts closing reusable connections when fewer than 1/16 of
         # worker_connections are free: leave more than that. (It may exceed
         # the open files limit; nginx only warns.)
@@ -700,6 +700,8 @@ if ! skipped memory; then
     server {
         listen 127.0.0.1:$P_MEM backlog=4096;
 $(proxied_locations "$P_MEMB")
+        # nginx's default: the session's line is written when it ends
+        location /echo-log { websocket_echo; access_log $MEM/access.log; }
     }"
         idle_rss memory "$kind" "$n"
     done
@@ -823,6 +825,71 @@ elif [ "$CPU_METHOD" = perf ]; then
             "$(cpu_kind perf "$t")" "$t" "$ins" "$res" >>"$RESULTS"
     done
     nginx_stop "$MAIN"
+fi
+
+# ------------------------------------------------------------------ copies
+# Bytes copied in user space per byte echoed: the server runs with
+# bench/copycount (an LD_PRELOAD shim counting what memcpy and memmove
+# copy), one connection echoes COPIES_MESSAGES messages of COPIES_SIZE,
+# and the counter's growth over that run is divided by the bytes echoed.
+# pass runs in its own nginx, its upstream echo in another (not counted).
+COPIES_SIZE=${BENCH_COPIES_SIZE:-1048576}
+COPIES_MESSAGES=${BENCH_COPIES_MESSAGES:-20}
+CC_DIR=$RUN/copies
+copies_read() { od -An -tu8 "$CC_DIR/count.$1" | tr -d ' '; }
+# copies_run TARGET: one measurement, appended to the results
+copies_run() {
+    local t=$1 pid url before after res
+    case $t in
+    rust-echo | fws-echo)
+        local bin=$RUST_ECHO
+        [ "$t" = fws-echo ] && bin=$FWS_ECHO
+        COPYCOUNT_FILE=$CC_DIR/count.$t LD_PRELOAD=$CC_DIR/copycount.so taskset -c 0 \
+            "$bin" "127.0.0.1:$P_CG" 2>>"$CC_DIR/$t.log" &
+        pid=$!
+        url="ws://127.0.0.1:$P_CG/echo"
+        ;;
+    *)
+        COPYCOUNT_FILE=$CC_DIR/count.$t LD_PRELOAD=$CC_DIR/copycount.so taskset -c 0 \
+            "$NGINX" -p "$CC_DIR/" -e "$CC_DIR/error.log" -c "$CC_DIR/nginx.conf" \
+            -g 'daemon off; master_process off;' 2>>"$CC_DIR/nginx.stderr" &
+        pid=$!
+        url="ws://127.0.0.1:$P_CG/$t"
+        ;;
+    esac
+    wait_listen "$P_CG" 30
+    before=$(copies_read "$t")
+    res=$(taskset -c 1 "$LOADGEN" --url "$url" --connections 1 --size "$COPIES_SIZE" \
+        --messages "$COPIES_MESSAGES" --warmup 0 --duration 600 2>>"$RUN/loadgen.log" | tail -1)
+    after=$(copies_read "$t")
+    case $t in rust-echo | fws-echo) kill -TERM "$pid" ;; *) kill -QUIT "$pid" ;; esac
+    wait "$pid" 2>/dev/null || true
+    [ -n "$res" ] || res='{}'
+    printf '{"kind":"copies","target":"%s","size":%s,"messages":%s,"copied":%s,"result":%s}\n' \
+        "$t" "$COPIES_SIZE" "$COPIES_MESSAGES" "$((after - before))" "$res" >>"$RESULTS"
+    log "copies: $t: $(((after - before) / COPIES_MESSAGES)) bytes copied per $COPIES_SIZE-byte message echoed"
+}
+if ! skipped copies; then
+    section copies
+    mkdir -p "$CC_DIR"
+    cc -O2 -shared -fPIC -o "$CC_DIR/copycount.so" "$BENCH/copycount/copycount.c"
+    nginx_conf "$CC_DIR" 1024 "" "
+    server {
+        listen 127.0.0.1:$P_CG;
+        location /echo { websocket_echo; $WS_LIMITS }
+        location /pass { websocket_pass ws://127.0.0.1:$P_CGB/echo; $WS_LIMITS }
+    }"
+    nginx_conf "$CC_DIR/backend" 1024 "" "
+    server {
+        listen 127.0.0.1:$P_CGB;
+        location / { websocket_echo; $WS_LIMITS }
+    }"
+    nginx_start "$CC_DIR/backend"
+    for t in echo pass rust-echo fws-echo; do
+        copies_run "$t"
+    done
+    nginx_stop "$CC_DIR/backend"
+    check_log "$CC_DIR" copies
 fi
 
 # ------------------------------------------------------------------ report
