@@ -4,7 +4,7 @@
 //   DEMO_URL=http://127.0.0.1:8080/ node --test browser/demo.test.mjs    # against `make run`
 //
 // Environment:
-//   DEMO_URL         the page (required); its /echo and /proxy endpoints are used
+//   DEMO_URL         the page (required); its /echo, /proxy and /status endpoints are used
 //   DEMO_SCREENSHOT  where to save a PNG of the page at the end (optional)
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 //
@@ -131,6 +131,17 @@ test('Chromium offers permessage-deflate and the module declines it', async () =
   assert.equal(hs[0].accepted, undefined, 'no Sec-WebSocket-Extensions in the 101');
 });
 
+// The live panel polls websocket_status every second.
+const liveSessions = (kind) => page.waitForFunction(
+  (k) => Number(document.querySelector(`#live-kinds li[data-kind="${k}"]`)?.dataset.value) >= 1,
+  kind, { timeout: STEP });
+
+test('the live panel shows the echo session', async () => {
+  await liveSessions('echo');
+  assert.equal(await text('#live-error'), '');
+  assert.match(await page.textContent('#live-kinds'), /echo [1-9]/);
+});
+
 test('/echo: two messages are echoed', async () => {
   await sendAndWaitEcho('hello from Chromium');
   await sendAndWaitEcho('second message: héllo ✓ ünïcödé');
@@ -138,6 +149,14 @@ test('/echo: two messages are echoed', async () => {
     ['out', 'hello from Chromium'], ['in', 'hello from Chromium'],
     ['out', 'second message: héllo ✓ ünïcödé'], ['in', 'second message: héllo ✓ ünïcödé'],
   ]);
+});
+
+test('the live panel charts those messages per second', async () => {
+  await page.waitForFunction(() => Number(document.getElementById('live-chart').dataset.max) > 0,
+    null, { timeout: STEP });
+  const points = await page.getAttribute('#live-chart polyline', 'points');
+  assert.match(points, /^[\d.]+,[\d.]+( [\d.]+,[\d.]+)*$/, `chart points: ${points}`);
+  assert.equal(await text('#live-error'), '');
 });
 
 test('switching to /proxy closes the echo session with 1000 and connects through websocket_pass', async () => {
@@ -160,6 +179,7 @@ test('switching to /proxy closes the echo session with 1000 and connects through
   assert.equal(hs[0].status, 101);
   assert.match(hs[0].offered ?? '', /permessage-deflate/);
   assert.equal(hs[0].accepted, agreed, 'the 101 accepts permessage-deflate');
+  await liveSessions('pass');
 });
 
 // The third message is over websocket_deflate_min_length (64 bytes), so

@@ -3,7 +3,9 @@
 # (the page from conf/html, /echo, and /proxy -> a second server's echo, on
 # free ports), and browser/demo.test.mjs drives the page in headless Chromium
 # through playwright-core: two messages on /echo, two on /proxy, Disconnect
-# shows close 1000, permessage-deflate offered by Chromium: declined on /echo,
+# shows close 1000, the live panel (websocket_status polled every second)
+# shows the sessions by kind and charts messages per second,
+# permessage-deflate offered by Chromium: declined on /echo,
 # accepted on /proxy (websocket_deflate on), where the access log's
 # $websocket_compressed_* counts show compressed messages both ways.
 # Each of its tests is a test here; the access log confirms from the server
@@ -69,6 +71,7 @@ my $conf = conf_from_repo();
 like($conf, qr/listen\s+127\.0\.0\.1:%%PORT_0%%;/, 'conf/nginx.conf: the demo server (port 8080 -> a free port)');
 like($conf, qr{location\s*=\s*/\s*\{\s*root\s+\Q$root\E/conf/html;}, 'conf/nginx.conf: the page from conf/html');
 like($conf, qr{location\s+/echo\s*\{[^\}]*\bwebsocket_echo;}, 'conf/nginx.conf: /echo');
+like($conf, qr{location\s*=\s*/status\s*\{[^\}]*\bwebsocket_status;}, 'conf/nginx.conf: /status for the live panel');
 like($conf, qr{location\s+/proxy\s*\{[^\}]*\bwebsocket_pass\s+ws://127\.0\.0\.1:%%PORT_1%%/echo;},
     'conf/nginx.conf: /proxy passes to the second server (8081 -> a free port)');
 like($conf, qr/listen\s+127\.0\.0\.1:%%PORT_1%%;/, 'conf/nginx.conf: the backend server');
@@ -124,7 +127,9 @@ for my $name (@order) {
 }
 for my $want (qr{^the page loads and connects to /echo$},
               qr{permessage-deflate},
+              qr{^the live panel shows the echo session$},
               qr{^/echo: two messages are echoed$},
+              qr{^the live panel charts those messages per second$},
               qr{^switching to /proxy },
               qr{^/proxy: three messages are echoed},
               qr{^Disconnect: the page shows close code 1000$},
