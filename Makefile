@@ -57,6 +57,7 @@ run: build
 	@echo "echo:   ws://127.0.0.1:8080/echo"
 	@echo "proxy:  ws://127.0.0.1:8080/proxy (websocket_pass to an echo on 127.0.0.1:8081)"
 	@echo "demo:   http://127.0.0.1:8080/"
+	@echo "status: http://127.0.0.1:8080/status (websocket_status metrics)"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
 	exec $$(cat $(TARGET)/nginx-path) -p $(RUN_DIR)/ -e $(RUN_DIR)/logs/error.log \
 		-c $(CURDIR)/conf/nginx.conf -g 'daemon off;'
