@@ -26,6 +26,7 @@ pub mod pool;
 pub use ngx_websocket_protocol as protocol;
 pub mod proxy;
 pub mod random;
+pub mod redis;
 pub mod relay;
 pub mod session;
 pub mod upgrade;
