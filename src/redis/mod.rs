@@ -6,8 +6,13 @@
 //! - [`url`]: the `redis=` URL;
 //! - [`backoff`]: reconnect delays;
 //! - [`conn`]: connections on nginx's event loop (non-blocking, pipelined,
-//!   reconnecting with backoff).
+//!   reconnecting with backoff);
+//! - `probe` (cargo feature `redis-probe`, tests only): the client on an
+//!   HTTP location, for nginx-tests/61-redis-client.t.
 
 pub mod backoff;
+pub mod conn;
+#[cfg(feature = "redis-probe")]
+pub mod probe;
 pub mod resp;
 pub mod url;

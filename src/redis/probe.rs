@@ -1,0 +1,293 @@
+//! A test-only nginx module (cargo feature `redis-probe`, never in the
+//! module that ships) that puts the Redis client on an HTTP location, so
+//! that nginx-tests can drive it on nginx's event loop before the channels
+//! use it:
+//!
+//! ```nginx
+//! location /redis  { websocket_redis_probe redis://127.0.0.1:6379/2; }
+//! location /reader { websocket_redis_probe redis://127.0.0.1:6379/2 reader; }
+//! ```
+//!
+//! `GET /redis?XADD&ch&*&d&hello` sends the command made of the
+//! percent-decoded arguments on the worker's link of that location
+//! (`reader`: a second link, for `XREAD BLOCK`), then answers 200 with the
+//! reply rendered as JSON-ish text (bulk strings quoted, nil as `null`,
+//! `+OK` and `-ERR ...` bare), 503 at once while the link is down, 502 when
+//! the command failed (connection lost, timeout, bad reply).
+
+use core::ffi::{c_char, c_void};
+use core::ptr::{self, addr_of};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    ngx_pcalloc, NGX_CONF_TAKE12, NGX_DONE, NGX_ERROR, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MODULE,
+};
+use ngx::ngx_string;
+
+use super::conn::{self, Link, RedisError, Settings};
+use super::resp::Value;
+use crate::ngx_io::{conf_args, conf_error, run_posted_requests, set_content_handler, RequestRef};
+
+/// A location's probe: its link's settings (leaked: test-only, one per
+/// configuration load).
+struct ProbeConf {
+    settings: *const Settings,
+    reader: bool,
+}
+
+thread_local! {
+    /// The worker's links, one per probe location.
+    static LINKS: RefCell<HashMap<usize, Link>> = RefCell::new(HashMap::new());
+}
+
+static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(create_loc_conf),
+    merge_loc_conf: None,
+};
+
+static mut COMMANDS: [ngx_command_t; 2] = [
+    ngx_command_t {
+        name: ngx_string!("websocket_redis_probe"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE12) as _,
+        set: Some(cmd_probe),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+#[used]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_http_websocket_redis_probe_module: ngx_module_t = ngx_module_t {
+    ctx: addr_of!(MODULE_CTX) as _,
+    // SAFETY: nginx only reads the command table; it ends with a null command.
+    commands: unsafe { addr_of!(COMMANDS[0]) as *mut _ },
+    type_: NGX_HTTP_MODULE as _,
+    ..ngx_module_t::default()
+};
+
+extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: nginx's configuration pool; zeroed memory is "no probe".
+    unsafe { ngx_pcalloc((*cf).pool, core::mem::size_of::<ProbeConf>()) }
+}
+
+unsafe extern "C" fn cmd_probe(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes this module's location conf and the directive's
+    // arguments of the configuration being parsed.
+    unsafe {
+        let args: Vec<&[u8]> = conf_args(cf).collect();
+        let fail = |msg: &str| {
+            conf_error(cf, msg);
+            ngx::core::NGX_CONF_ERROR as *mut c_char
+        };
+        let text = String::from_utf8_lossy(args[0]).into_owned();
+        let url = match super::url::parse(&text) {
+            Ok(url) => url,
+            Err(e) => return fail(&e),
+        };
+        let reader = match args.get(1) {
+            None => false,
+            Some(&b"reader") => true,
+            Some(_) => {
+                return fail("the second argument of websocket_redis_probe must be \"reader\"")
+            }
+        };
+        let addrs = match conn::resolve(cf, &url) {
+            Ok(addrs) => addrs,
+            Err(e) => return fail(&e),
+        };
+        let mut settings = Settings::new(url.to_string(), addrs, url.db);
+        // Short enough for the tests to see a timeout.
+        settings.command_timeout_ms = 2000;
+        let pc = conf.cast::<ProbeConf>();
+        (*pc).settings = Box::into_raw(Box::new(settings));
+        (*pc).reader = reader;
+        if set_content_handler(cf, handler).is_err() {
+            return fail("cannot set the content handler");
+        }
+        ptr::null_mut()
+    }
+}
+
+fn decode(arg: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(arg.len());
+    let mut i = 0;
+    while i < arg.len() {
+        match arg[i] {
+            b'%' if i + 2 < arg.len() => match (hex(arg[i + 1]), hex(arg[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn render(v: &Value, out: &mut String) {
+    match v {
+        Value::Simple(s) => {
+            out.push('+');
+            out.push_str(&String::from_utf8_lossy(s));
+        }
+        Value::Error(s) => {
+            out.push('-');
+            out.push_str(&String::from_utf8_lossy(s));
+        }
+        Value::Integer(n) => out.push_str(&n.to_string()),
+        Value::Bulk(b) => {
+            out.push('"');
+            for &c in b {
+                match c {
+                    b'"' | b'\\' => {
+                        out.push('\\');
+                        out.push(c as char);
+                    }
+                    0x20..=0x7e => out.push(c as char),
+                    _ => out.push_str(&format!("\\x{c:02x}")),
+                }
+            }
+            out.push('"');
+        }
+        Value::Nil => out.push_str("null"),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                render(item, out);
+            }
+            out.push(']');
+        }
+    }
+}
+
+fn link_for(conf: &ProbeConf) -> Link {
+    let key = conf.settings as usize * 2 + conf.reader as usize;
+    LINKS.with(|links| {
+        links
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                // SAFETY: leaked at configuration time, never freed.
+                let settings = unsafe { (*conf.settings).clone() };
+                Link::new(Rc::new(settings))
+            })
+            .clone()
+    })
+}
+
+unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls the content handler with a live request; the
+    // probe's location conf is in `loc_conf` at the module's index.
+    let (req, conf) = unsafe {
+        let module = &*addr_of!(ngx_http_websocket_redis_probe_module);
+        let conf = &*(*(*r).loc_conf.add(module.ctx_index)).cast::<ProbeConf>();
+        (RequestRef::from_raw(r), conf)
+    };
+    if conf.settings.is_null() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    let uri = req.unparsed_uri().to_vec();
+    let query = uri.splitn(2, |&b| b == b'?').nth(1).unwrap_or(b"");
+    let args: Vec<Vec<u8>> = query
+        .split(|&b| b == b'&')
+        .filter(|a| !a.is_empty())
+        .map(decode)
+        .collect();
+    if args.is_empty() {
+        req.set_status(400, None);
+        return req.send_small_response(b"no command\n");
+    }
+    let link = link_for(conf);
+    // SAFETY: as above; the settings live forever.
+    let mut timeout = unsafe { (*conf.settings).command_timeout_ms };
+    if args.len() > 2
+        && args[0].eq_ignore_ascii_case(b"XREAD")
+        && args[1].eq_ignore_ascii_case(b"BLOCK")
+    {
+        timeout += String::from_utf8_lossy(&args[2])
+            .parse::<u64>()
+            .unwrap_or(0);
+    }
+    let c = req.connection_ptr();
+    let sent = link.command_with_timeout(&args, timeout, move |reply| {
+        // SAFETY: the request was held until this finalizes it.
+        let req = unsafe { RequestRef::from_raw(r) };
+        let (status, body) = match reply {
+            Ok(v) => {
+                let mut s = String::new();
+                render(&v, &mut s);
+                s.push('\n');
+                (200, s)
+            }
+            Err(e) => (502, format!("{e}\n")),
+        };
+        req.set_status(status, None);
+        let rc = req.send_small_response(body.as_bytes());
+        req.finalize_status(rc);
+        // SAFETY: `c` is the request's client connection, in this worker.
+        unsafe { run_posted_requests(c) };
+    });
+    match sent {
+        Ok(()) => {
+            req.hold();
+            NGX_DONE as ngx_int_t
+        }
+        Err(e) => {
+            debug_assert_eq!(e, RedisError::Down);
+            req.set_status(503, None);
+            req.send_small_response(format!("{e}\n").as_bytes())
+        }
+    }
+}
+
+/// The `ngx_modules` tables of a module file that holds both modules (what
+/// `ngx::ngx_modules!` makes for one).
+#[cfg(all(feature = "export-modules", not(test)))]
+macro_rules! export_modules {
+    () => {
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static mut ngx_modules: [*const ngx::ffi::ngx_module_t; 3] = [
+            core::ptr::addr_of!(ngx_http_websocket_module),
+            core::ptr::addr_of!(crate::redis::probe::ngx_http_websocket_redis_probe_module),
+            core::ptr::null(),
+        ];
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static mut ngx_module_names: [*const core::ffi::c_char; 3] = [
+            c"ngx_http_websocket_module".as_ptr(),
+            c"ngx_http_websocket_redis_probe_module".as_ptr(),
+            core::ptr::null(),
+        ];
+        #[no_mangle]
+        #[allow(non_upper_case_globals)]
+        pub static mut ngx_module_order: [*const core::ffi::c_char; 1] = [core::ptr::null()];
+    };
+}
+#[cfg(all(feature = "export-modules", not(test)))]
+pub(crate) use export_modules;
