@@ -14,7 +14,9 @@
 # link reconnects (backoff under 5 s) with one [notice]; a server that
 # never answers (502 after the command timeout), one that announces a
 # 2^36-byte bulk or 2^31 elements (refused from the header, the link
-# closes and reconnects), an address nobody listens on.
+# closes and reconnects), an address nobody listens on; CLIENT UNBLOCK of
+# the reader (by the id it asked at connect) from the command link; a
+# reload with the links up: the old worker exits at once.
 
 use strict;
 use warnings;
@@ -276,6 +278,28 @@ is((get('/dead?PING'))[0], 503, 'nobody listening: 503');
 my @dead = $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$DEAD\/0 unreachable/);
 is(scalar @dead, 1, '... one [error] line for several attempts');
 like($dead[0] // '', qr/Connection refused/, '... naming the reason');
+
+# --- CLIENT UNBLOCK, and the worker's exit ---------------------------------------------
+
+$waiting = start_get('/r?XREAD&BLOCK&8000&STREAMS&ch4&$');
+sleep 0.3;
+my ($reader) = grep { $_->{cmd} eq 'xread' } $redis->clients;
+ok($reader, 'the reader blocks in XREAD');
+is_deeply([get("/c?CLIENT&UNBLOCK&$reader->{id}")], [200, '1'],
+    'CLIENT UNBLOCK from the command link');
+$t0 = time;
+is_deeply([finish_get($waiting, 3)], [200, 'null'], '... ends the XREAD with nil');
+cmp_ok(time - $t0, '<', 1, '... at once');
+is((get('/r?PING'))[0], 200, '... and the reader goes on');
+
+$waiting = start_get('/r?XREAD&BLOCK&8000&STREAMS&ch4&$');
+sleep 0.3;
+$t0 = time;
+ok($t->reload, 'reload with the links up and an XREAD waiting');
+cmp_ok(time - $t0, '<', 3, '... the old worker exits without waiting for Redis');
+is((finish_get($waiting, 3))[0], 502, '... the waiting XREAD gets 502');
+ok(defined until_up('/c', 3), 'the new worker connects');
+@workers = $t->worker_pids;
 
 finish($t, $port, \@workers);
 $redis->stop;
