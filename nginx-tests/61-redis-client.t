@@ -14,7 +14,11 @@
 # link reconnects (backoff under 5 s) with one [notice]; a server that
 # never answers (502 after the command timeout), one that announces a
 # 2^36-byte bulk or 2^31 elements (refused from the header, the link
-# closes and reconnects), an address nobody listens on; CLIENT UNBLOCK of
+# closes and reconnects), an address nobody listens on. The stream reader
+# (`stream`): a backlog delivered in order two per XREAD, a key watched
+# while an XREAD blocks read at once (CLIENT UNBLOCK), what is added while
+# its connection is down delivered after the reconnect once each, unwatch,
+# and on to a restarted server. CLIENT UNBLOCK of
 # the reader (by the id it asked at connect) from the command link; a
 # reload with the links up: the old worker exits at once.
 
@@ -105,6 +109,7 @@ server {
     listen 127.0.0.1:%%PORT_0%%;
     location /c      { websocket_redis_probe redis://127.0.0.1:$R/3; }
     location /r      { websocket_redis_probe redis://127.0.0.1:$R/3 reader; }
+    location /s      { websocket_redis_probe redis://127.0.0.1:$R/3 stream; }
     location /dead   { websocket_redis_probe redis://127.0.0.1:$DEAD; }
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
@@ -214,8 +219,61 @@ my $id2 = $redis->command('XADD', 'ch2', '*', 'd', 'x');
 ($status, $body) = finish_get($waiting, 3);
 is($body, qq{[["ch2",[["$id2",["d","x"]]]]]}, 'the blocked XREAD gets the entry added');
 
+# --- following streams (src/redis/streams.rs) -----------------------------------------
+
+sub delivered { my ($s, $b) = get('/s?log'); return grep { length } split /\n/, $b }
+
+# Polls the log until it has $n lines (or 3 s pass); the lines.
+sub wait_delivered {
+    my ($n) = @_;
+    my $deadline = time + 3;
+    my @lines;
+    while (time < $deadline) {
+        @lines = delivered();
+        last if @lines >= $n;
+        sleep 0.05;
+    }
+    return @lines;
+}
+
+my @want;
+my @a = map { $redis->command('XADD', 'sa', '*', 'd', "a$_") } 1 .. 3;
+is_deeply([get('/s?watch&sa&0-0')], [200, 'ok'], 'watch a stream from its start');
+push @want, map { "sa $a[$_] d=a" . ($_ + 1) } 0 .. 2;
+is_deeply([wait_delivered(3)], \@want, '... its 3 entries delivered in order (2 per XREAD)');
+is_deeply([get('/s?watch&sb&new')], [200, 'ok 0-0'], 'watch an empty stream from now on');
+sleep 0.3;
+$t0 = time;
+my $b1 = $redis->command('XADD', 'sb', '*', 'd', 'b1');
+push @want, "sb $b1 d=b1";
+is_deeply([wait_delivered(4)], \@want, '... an entry added there delivered');
+cmp_ok(time - $t0, '<', 1, '... at once, though the XREAD blocked for 5 s (CLIENT UNBLOCK)');
+
+my $sreader;
+for (1 .. 20) {
+    ($sreader) = grep { $_->{cmd} eq 'xread' && $_->{flags} =~ /b/ } $redis->clients;
+    last if $sreader;
+    sleep 0.05;
+}
+is($redis->command('CLIENT', 'KILL', 'ID', $sreader->{id}), 1, "the reader's connection killed");
+my @more = map { $redis->command('XADD', 'sa', '*', 'd', "m$_") } 1 .. 3;
+push @want, map { "sa $more[$_] d=m" . ($_ + 1) } 0 .. 2;
+is_deeply([wait_delivered(7)], \@want,
+    '... what was added meanwhile arrives after the reconnect, once each, in order');
+
+is_deeply([get('/s?unwatch&sa')], [200, 'ok'], 'unwatch');
+$redis->command('XADD', 'sa', '*', 'd', 'ignored');
+my $b2 = $redis->command('XADD', 'sb', '*', 'd', 'b2');
+push @want, "sb $b2 d=b2";
+is_deeply([wait_delivered(8)], \@want, '... only the stream still watched is read');
+sleep 0.3;
+is_deeply([delivered()], \@want, '... and nothing else comes');
+
 # --- Redis killed and started again --------------------------------------------------
 
+my $re_down = qr/\[error\].*redis redis:\/\/127\.0\.0\.1:$R\/3 unreachable/;
+my $re_back = qr/\[notice\].*redis redis:\/\/127\.0\.0\.1:$R\/3 reachable again/;
+my ($down0, $back0) = map { scalar $t->grep_error_log($_) } $re_down, $re_back;
 $waiting = start_get('/r?XREAD&BLOCK&8000&STREAMS&ch2&$');
 sleep 0.2;
 $redis->kill;
@@ -229,8 +287,8 @@ is((get('/c?PING'))[0], 503, 'while Redis is down, a command gets 503');
 cmp_ok(time - $t0, '<', 0.3, '... at once');
 sleep 2;    # reconnects after 0.1, 0.2, 0.4, 0.8 s
 is((get('/c?XADD&ch&*&d&lost'))[0], 503, 'still 503 after several reconnects');
-my @down = $t->grep_error_log(qr/\[error\].*redis redis:\/\/127\.0\.0\.1:$R\/3 unreachable/);
-is(scalar @down, 2, 'one [error] per link for the outage') or diag explain \@down;
+# Four links to it: /c, /r, and the stream reader's two.
+is(scalar($t->grep_error_log($re_down)) - $down0, 4, 'one [error] per link for the outage');
 is_deeply([$t->grep_error_log(qr/connect\(\) to 127\.0\.0\.1:$R failed/)], [],
     "none of nginx's own connect() lines");
 
@@ -240,12 +298,14 @@ ok(defined $took, 'Redis back: the link reconnects');
 cmp_ok($took // 99, '<', 5.5, '... within the backoff cap');
 ok(defined until_up('/r', 6), '... the reader too');
 is_deeply([get('/c?GET&k')], [200, 'null'], '... to the new (empty) server');
-my @back = $t->grep_error_log(qr/\[notice\].*redis redis:\/\/127\.0\.0\.1:$R\/3 reachable again/);
-is(scalar @back, 2, 'one [notice] per link when it is back');
+is(scalar($t->grep_error_log($re_back)) - $back0, 4, 'one [notice] per link when it is back');
 $waiting = start_get('/r?XREAD&BLOCK&5000&STREAMS&ch3&$');
 sleep 0.2;
 $id = $redis->command('XADD', 'ch3', '*', 'd', 'again');
 is((finish_get($waiting, 3))[1], qq{[["ch3",[["$id",["d","again"]]]]]}, 'the reader reads again');
+my $b3 = $redis->command('XADD', 'sb', '*', 'd', 'b3');
+push @want, "sb $b3 d=b3";
+is_deeply([wait_delivered(scalar @want)], \@want, 'the stream reader goes on on the new server');
 
 # --- servers that misbehave -------------------------------------------------------------
 
@@ -281,11 +341,12 @@ like($dead[0] // '', qr/Connection refused/, '... naming the reason');
 
 # --- CLIENT UNBLOCK, and the worker's exit ---------------------------------------------
 
+my ($reader_id) = (get('/r?CLIENT&ID'))[1];
 $waiting = start_get('/r?XREAD&BLOCK&8000&STREAMS&ch4&$');
 sleep 0.3;
-my ($reader) = grep { $_->{cmd} eq 'xread' } $redis->clients;
-ok($reader, 'the reader blocks in XREAD');
-is_deeply([get("/c?CLIENT&UNBLOCK&$reader->{id}")], [200, '1'],
+my ($reader) = grep { $_->{id} eq $reader_id } $redis->clients;
+is($reader->{cmd}, 'xread', 'the reader blocks in XREAD');
+is_deeply([get("/c?CLIENT&UNBLOCK&$reader_id")], [200, '1'],
     'CLIENT UNBLOCK from the command link');
 $t0 = time;
 is_deeply([finish_get($waiting, 3)], [200, 'null'], '... ends the XREAD with nil');

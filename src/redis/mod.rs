@@ -7,6 +7,8 @@
 //! - [`backoff`]: reconnect delays;
 //! - [`conn`]: connections on nginx's event loop (non-blocking, pipelined,
 //!   reconnecting with backoff);
+//! - [`streams`]: following streams with `XREAD BLOCK` on a reader link,
+//!   from the last ids delivered;
 //! - `probe` (cargo feature `redis-probe`, tests only): the client on an
 //!   HTTP location, for nginx-tests/61-redis-client.t.
 
@@ -15,4 +17,5 @@ pub mod conn;
 #[cfg(feature = "redis-probe")]
 pub mod probe;
 pub mod resp;
+pub mod streams;
 pub mod url;

@@ -14,6 +14,13 @@
 //! reply rendered as JSON-ish text (bulk strings quoted, nil as `null`,
 //! `+OK` and `-ERR ...` bare), 503 at once while the link is down, 502 when
 //! the command failed (connection lost, timeout, bad reply).
+//!
+//! `websocket_redis_probe URL stream;` drives a [`StreamReader`] of the
+//! worker (a reader link and a command link of its own, `XREAD BLOCK 5000`,
+//! `COUNT 2` so that a backlog takes several reads): `?watch&KEY&ID` follows
+//! KEY after ID (`new`: after its newest entry), `?unwatch&KEY`, `?log`
+//! answers every entry delivered so far, one `KEY ID FIELD=VALUE...` line
+//! each.
 
 use core::ffi::{c_char, c_void};
 use core::ptr::{self, addr_of};
@@ -28,20 +35,28 @@ use ngx::ffi::{
 };
 use ngx::ngx_string;
 
+use foreign_types::ForeignTypeRef;
+
 use super::conn::{self, Link, RedisError, Settings};
-use super::resp::Value;
+use super::resp::{StreamId, Value};
+use super::streams::{self, StreamReader};
 use crate::ngx_io::{conf_args, conf_error, run_posted_requests, set_content_handler, RequestRef};
 
 /// A location's probe: its link's settings (leaked: test-only, one per
 /// configuration load).
 struct ProbeConf {
     settings: *const Settings,
-    reader: bool,
+    /// 0: commands, 1: `reader`, 2: `stream`.
+    mode: usize,
 }
 
 thread_local! {
     /// The worker's links, one per probe location.
     static LINKS: RefCell<HashMap<usize, Link>> = RefCell::new(HashMap::new());
+    /// The worker's stream readers, one per `stream` location.
+    static READERS: RefCell<HashMap<usize, StreamReader>> = RefCell::new(HashMap::new());
+    /// What the stream readers delivered.
+    static DELIVERED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
@@ -100,13 +115,15 @@ unsafe extern "C" fn cmd_probe(
             Ok(url) => url,
             Err(e) => return fail(&e),
         };
-        let reader = match args.get(1) {
-            None => false,
-            Some(&b"reader") => true,
-            Some(_) => {
-                return fail("the second argument of websocket_redis_probe must be \"reader\"")
-            }
-        };
+        let mode =
+            match args.get(1) {
+                None => 0,
+                Some(&b"reader") => 1,
+                Some(&b"stream") => 2,
+                Some(_) => return fail(
+                    "the second argument of websocket_redis_probe must be \"reader\" or \"stream\"",
+                ),
+            };
         let addrs = match conn::resolve(cf, &url) {
             Ok(addrs) => addrs,
             Err(e) => return fail(&e),
@@ -116,7 +133,7 @@ unsafe extern "C" fn cmd_probe(
         settings.command_timeout_ms = 2000;
         let pc = conf.cast::<ProbeConf>();
         (*pc).settings = Box::into_raw(Box::new(settings));
-        (*pc).reader = reader;
+        (*pc).mode = mode;
         if set_content_handler(cf, handler).is_err() {
             return fail("cannot set the content handler");
         }
@@ -185,8 +202,8 @@ fn render(v: &Value, out: &mut String) {
     }
 }
 
-fn link_for(conf: &ProbeConf) -> Link {
-    let key = conf.settings as usize * 2 + conf.reader as usize;
+fn link_for(conf: &ProbeConf, mode: usize) -> Link {
+    let key = conf.settings as usize * 4 + mode;
     LINKS.with(|links| {
         links
             .borrow_mut()
@@ -222,7 +239,10 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         req.set_status(400, None);
         return req.send_small_response(b"no command\n");
     }
-    let link = link_for(conf);
+    if conf.mode == 2 {
+        return stream_request(req, conf, &args);
+    }
+    let link = link_for(conf, conf.mode);
     // SAFETY: as above; the settings live forever.
     let mut timeout = unsafe { (*conf.settings).command_timeout_ms };
     if args.len() > 2
@@ -291,3 +311,96 @@ macro_rules! export_modules {
 }
 #[cfg(all(feature = "export-modules", not(test)))]
 pub(crate) use export_modules;
+
+fn reader_for(conf: &ProbeConf) -> StreamReader {
+    let key = conf.settings as usize;
+    READERS.with(|readers| {
+        readers
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                StreamReader::new(
+                    link_for(conf, 2),
+                    link_for(conf, 3),
+                    5000,
+                    2,
+                    |key, entries| {
+                        DELIVERED.with(|log| {
+                            let mut log = log.borrow_mut();
+                            for e in entries {
+                                let mut line = format!("{} {}", String::from_utf8_lossy(key), e.id);
+                                for (f, v) in &e.fields {
+                                    line.push_str(&format!(
+                                        " {}={}",
+                                        String::from_utf8_lossy(f),
+                                        String::from_utf8_lossy(v)
+                                    ));
+                                }
+                                log.push(line);
+                            }
+                        })
+                    },
+                )
+            })
+            .clone()
+    })
+}
+
+fn stream_request(req: &mut RequestRef, conf: &ProbeConf, args: &[Vec<u8>]) -> ngx_int_t {
+    let reader = reader_for(conf);
+    let body = match args {
+        [op] if op == b"log" => DELIVERED.with(|log| {
+            let log = log.borrow();
+            let mut text = log.join("\n");
+            text.push('\n');
+            text
+        }),
+        [op, key] if op == b"unwatch" => {
+            reader.unwatch(key);
+            String::from("ok\n")
+        }
+        [op, key, id] if op == b"watch" && id == b"new" => {
+            let key = key.clone();
+            let r = req.as_ptr();
+            let c = req.connection_ptr();
+            let sent = streams::newest_id(&link_for(conf, 3), &key.clone(), move |id| {
+                // SAFETY: the request was held until this finalizes it.
+                let req = unsafe { RequestRef::from_raw(r) };
+                let body = match id {
+                    Some(id) => {
+                        reader.watch(&key, id);
+                        format!("ok {id}\n")
+                    }
+                    None => String::from("failed\n"),
+                };
+                req.set_status(if id.is_some() { 200 } else { 502 }, None);
+                let rc = req.send_small_response(body.as_bytes());
+                req.finalize_status(rc);
+                // SAFETY: `c` is the request's client connection, in this worker.
+                unsafe { run_posted_requests(c) };
+            });
+            if sent.is_ok() {
+                req.hold();
+                return NGX_DONE as ngx_int_t;
+            }
+            req.set_status(503, None);
+            return req.send_small_response(b"down\n");
+        }
+        [op, key, id] if op == b"watch" => match StreamId::parse(id) {
+            Some(id) => {
+                reader.watch(key, id);
+                String::from("ok\n")
+            }
+            None => {
+                req.set_status(400, None);
+                return req.send_small_response(b"bad id\n");
+            }
+        },
+        _ => {
+            req.set_status(400, None);
+            return req.send_small_response(b"watch&KEY&ID, unwatch&KEY or log\n");
+        }
+    };
+    req.set_status(200, None);
+    req.send_small_response(body.as_bytes())
+}
