@@ -52,6 +52,8 @@ pub struct Settings {
     /// How long a reply may take (`XREAD BLOCK` adds its block time).
     pub command_timeout_ms: u64,
     pub limits: Limits,
+    /// Bytes of commands that may wait for the socket (see `Busy`).
+    pub max_unsent: usize,
     pub backoff_first_ms: u64,
     pub backoff_max_ms: u64,
 }
@@ -65,6 +67,7 @@ impl Settings {
             connect_timeout_ms: 1000,
             command_timeout_ms: 5000,
             limits: Limits::default(),
+            max_unsent: 16 << 20,
             backoff_first_ms: Backoff::DEFAULT_FIRST_MS,
             backoff_max_ms: Backoff::DEFAULT_MAX_MS,
         }
@@ -82,6 +85,9 @@ pub enum RedisError {
     Timeout,
     /// The server sent something that is not RESP.
     Protocol(RespError),
+    /// More than `max_unsent` bytes of commands wait for the socket (Redis
+    /// reads slower than commands come): refused, like `Down`.
+    Busy,
 }
 
 impl core::fmt::Display for RedisError {
@@ -91,6 +97,7 @@ impl core::fmt::Display for RedisError {
             RedisError::Closed => f.write_str("connection to redis lost"),
             RedisError::Timeout => f.write_str("redis timed out"),
             RedisError::Protocol(e) => write!(f, "bad reply from redis: {e}"),
+            RedisError::Busy => f.write_str("too many commands waiting for redis"),
         }
     }
 }
@@ -254,6 +261,9 @@ impl Link {
         let mut inner = self.0.borrow_mut();
         if inner.state != State::Up {
             return Err(RedisError::Down);
+        }
+        if inner.out.len() > inner.settings.max_unsent {
+            return Err(RedisError::Busy);
         }
         inner.queue(args, Waiting::User(Box::new(done)), timeout_ms);
         Ok(())
@@ -421,6 +431,9 @@ impl Inner {
             }
         }
         self.out.drain(..sent);
+        if self.out.is_empty() && self.out.capacity() > 256 * 1024 {
+            self.out = Vec::new();
+        }
         if self.out.is_empty() {
             c.del_timer(Direction::Write);
         } else {
@@ -493,6 +506,10 @@ impl Inner {
         };
         if ok {
             self.input.drain(..used);
+            // A large reply's buffer is not kept for the small ones.
+            if self.input.is_empty() && self.input.capacity() > 256 * 1024 {
+                self.input = Vec::new();
+            }
             self.arm_reply_timer();
         }
         ok
