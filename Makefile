@@ -49,7 +49,7 @@ build:
 
 # The module with a second, test-only nginx module that puts the Redis client
 # on an HTTP location (cargo feature redis-probe, src/redis/probe.rs), for
-# nginx-tests/61-redis-client.t; built in target/redis-probe/ (never the
+# nginx-tests/63-redis-client.t; built in target/redis-probe/ (never the
 # module that ships), brought up to date on each call, paths printed as by
 # `make -s paths`.
 REDIS_PROBE_DIR := $(CURDIR)/target/redis-probe

@@ -86,7 +86,7 @@ sub new {
     croak "WsNginx->new: conf => TEXT is required" unless defined $o{conf};
 
     my ($nginx, $module) = $class->locate;
-    # nginx => PATH, module => PATH: another build (61-redis-client.t's probe)
+    # nginx => PATH, module => PATH: another build (63-redis-client.t's probe)
     ($nginx, $module) = @o{qw(nginx module)} if defined $o{nginx} && defined $o{module};
 
     my $dir = tempdir('wsnginx-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});

@@ -10,7 +10,7 @@
 //! - [`streams`]: following streams with `XREAD BLOCK` on a reader link,
 //!   from the last ids delivered;
 //! - `probe` (cargo feature `redis-probe`, tests only): the client on an
-//!   HTTP location, for nginx-tests/61-redis-client.t.
+//!   HTTP location, for nginx-tests/63-redis-client.t.
 
 pub mod backoff;
 pub mod conn;
