@@ -18,7 +18,11 @@
 # (`stream`): a backlog delivered in order two per XREAD, a key watched
 # while an XREAD blocks read at once (CLIENT UNBLOCK), what is added while
 # its connection is down delivered after the reconnect once each, unwatch,
-# and on to a restarted server. CLIENT UNBLOCK of
+# and on to a restarted server. A channel zone in Redis (`channels`):
+# publish (503 before the links are up and while Redis is down, 201 with
+# the id), the stream's entries, describe and history bounded by `history`,
+# follow from now or from an id (text and binary delivered once), unfollow,
+# delete, publishing and delivery again after Redis restarts. CLIENT UNBLOCK of
 # the reader (by the id it asked at connect) from the command link; a
 # reload with the links up: the old worker exits at once.
 
@@ -110,6 +114,7 @@ server {
     location /c      { websocket_redis_probe redis://127.0.0.1:$R/3; }
     location /r      { websocket_redis_probe redis://127.0.0.1:$R/3 reader; }
     location /s      { websocket_redis_probe redis://127.0.0.1:$R/3 stream; }
+    location /z      { websocket_redis_probe redis://127.0.0.1:$R/3 channels; }
     location /dead   { websocket_redis_probe redis://127.0.0.1:$DEAD; }
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
@@ -269,6 +274,65 @@ is_deeply([wait_delivered(8)], \@want, '... only the stream still watched is rea
 sleep 0.3;
 is_deeply([delivered()], \@want, '... and nothing else comes');
 
+# --- a channel zone in Redis (src/redis/channels.rs) ------------------------------------
+
+sub zlog { my ($s, $b) = get('/z?log'); return grep { length } split /\n/, $b }
+
+sub wait_zlog {
+    my ($n) = @_;
+    my $deadline = time + 3;
+    my @lines;
+    while (time < $deadline) {
+        @lines = zlog();
+        last if @lines >= $n;
+        sleep 0.05;
+    }
+    return @lines;
+}
+
+is((get('/z?publish&c1&early'))[0], 503, 'a publish before the links are up: 503');
+my $deadline = time + 3;
+my @ids;
+while (time < $deadline) {
+    my ($s, $b) = get('/z?publish&c1&m1');
+    if ($s == 201) { push @ids, $b; last }
+    sleep 0.05;
+}
+is(scalar @ids, 1, 'then 201 with the id');
+for my $i (2 .. 5) {
+    my ($s, $b) = get("/z?publish&c1&m$i");
+    push @ids, $b if $s == 201;
+}
+is(scalar @ids, 5, 'five messages published');
+is_deeply([sort @ids], \@ids, '... ids in order');
+is($redis->command('XLEN', 'websocket:z:c1'), 5, '... one stream entry each (MAXLEN ~ keeps at least 1000)');
+is_deeply($redis->command('XRANGE', 'websocket:z:c1', '-', '+', 'COUNT', 1),
+    [[$ids[0], ['d', 'm1', 'b', '0']]], '... fields d and b');
+is_deeply([get('/z?describe&c1')], [200, "3 $ids[4]"], 'describe: 3 stored (history 3), the last id');
+is_deeply([get('/z?describe&none')], [200, '0 -'], '... a channel without messages');
+is_deeply([get("/z?history&c1&0-0")], [200, join("\n", map { "$ids[$_] t m" . ($_ + 1) } 2 .. 4)],
+    'history: the 3 newest');
+is_deeply([get("/z?history&c1&$ids[3]")], [200, "$ids[4] t m5"], 'history after an id: only what is newer');
+is_deeply([get("/z?history&c1&$ids[4]")], [200, ''], '... none after the last');
+
+is_deeply([get('/z?follow&c1&new')], [200, "ok $ids[4]"], 'follow a channel from now on');
+is_deeply([get('/z?follow&c2&0-0')], [200, 'ok'], 'follow another from its start');
+my ($s6, $id6) = get('/z?publish&c1&m6');
+my ($sb, $idb) = get('/z?publish&c2&%00%ff&binary');
+is_deeply([$s6, $sb], [201, 201], 'publish to both');
+is_deeply([wait_zlog(2)], ["c1 $id6 t m6", "c2 $idb b \x00\xef\xbf\xbd"],
+    '... each delivered once, text and binary') or diag explain [zlog()];
+is_deeply($redis->command('XRANGE', 'websocket:z:c2', '-', '+'), [[$idb, ['d', "\x00\xff", 'b', '1']]],
+    '... binary data stored byte for byte');
+is_deeply([get('/z?unfollow&c1')], [200, 'ok'], 'unfollow');
+get('/z?publish&c1&m7');
+my ($s8, $id8) = get('/z?publish&c2&m8');
+is_deeply([wait_zlog(3)], ["c1 $id6 t m6", "c2 $idb b \x00\xef\xbf\xbd", "c2 $id8 t m8"],
+    '... only the channel followed is delivered');
+is((get('/z?delete&c1'))[0], 204, 'delete: 204');
+is($redis->command('EXISTS', 'websocket:z:c1'), 0, '... the stream is gone');
+is_deeply([get('/z?describe&c1')], [200, '0 -'], '... nothing stored');
+
 # --- Redis killed and started again --------------------------------------------------
 
 my $re_down = qr/\[error\].*redis redis:\/\/127\.0\.0\.1:$R\/3 unreachable/;
@@ -287,8 +351,11 @@ is((get('/c?PING'))[0], 503, 'while Redis is down, a command gets 503');
 cmp_ok(time - $t0, '<', 0.3, '... at once');
 sleep 2;    # reconnects after 0.1, 0.2, 0.4, 0.8 s
 is((get('/c?XADD&ch&*&d&lost'))[0], 503, 'still 503 after several reconnects');
-# Four links to it: /c, /r, and the stream reader's two.
-is(scalar($t->grep_error_log($re_down)) - $down0, 4, 'one [error] per link for the outage');
+$t0 = time;
+is((get('/z?publish&c2&lost'))[0], 503, 'a channel publish: 503');
+cmp_ok(time - $t0, '<', 0.3, '... at once');
+# Six links to it: /c, /r, and the two each of the stream reader and the channels.
+is(scalar($t->grep_error_log($re_down)) - $down0, 6, 'one [error] per link for the outage');
 is_deeply([$t->grep_error_log(qr/connect\(\) to 127\.0\.0\.1:$R failed/)], [],
     "none of nginx's own connect() lines");
 
@@ -298,7 +365,7 @@ ok(defined $took, 'Redis back: the link reconnects');
 cmp_ok($took // 99, '<', 5.5, '... within the backoff cap');
 ok(defined until_up('/r', 6), '... the reader too');
 is_deeply([get('/c?GET&k')], [200, 'null'], '... to the new (empty) server');
-is(scalar($t->grep_error_log($re_back)) - $back0, 4, 'one [notice] per link when it is back');
+is(scalar($t->grep_error_log($re_back)) - $back0, 6, 'one [notice] per link when it is back');
 $waiting = start_get('/r?XREAD&BLOCK&5000&STREAMS&ch3&$');
 sleep 0.2;
 $id = $redis->command('XADD', 'ch3', '*', 'd', 'again');
@@ -306,6 +373,15 @@ is((finish_get($waiting, 3))[1], qq{[["ch3",[["$id",["d","again"]]]]]}, 'the rea
 my $b3 = $redis->command('XADD', 'sb', '*', 'd', 'b3');
 push @want, "sb $b3 d=b3";
 is_deeply([wait_delivered(scalar @want)], \@want, 'the stream reader goes on on the new server');
+my ($s9, $id9);
+$deadline = time + 6;
+while (time < $deadline) {
+    ($s9, $id9) = get('/z?publish&c2&m9');
+    last if $s9 == 201;
+    sleep 0.1;
+}
+is($s9, 201, 'channel publishes work again');
+is((wait_zlog(4))[3], "c2 $id9 t m9", '... and a followed channel delivers again');
 
 # --- servers that misbehave -------------------------------------------------------------
 

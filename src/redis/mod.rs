@@ -9,10 +9,13 @@
 //!   reconnecting with backoff);
 //! - [`streams`]: following streams with `XREAD BLOCK` on a reader link,
 //!   from the last ids delivered;
+//! - [`channels`]: a channel zone's data in Redis streams (keys, messages,
+//!   history), and the store's operations on a worker's links;
 //! - `probe` (cargo feature `redis-probe`, tests only): the client on an
 //!   HTTP location, for nginx-tests/63-redis-client.t.
 
 pub mod backoff;
+pub mod channels;
 pub mod conn;
 #[cfg(feature = "redis-probe")]
 pub mod probe;

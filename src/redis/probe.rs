@@ -15,6 +15,13 @@
 //! `+OK` and `-ERR ...` bare), 503 at once while the link is down, 502 when
 //! the command failed (connection lost, timeout, bad reply).
 //!
+//! `websocket_redis_probe URL channels;` drives a [`RedisChannels`] of
+//! zone `z` (history 3, history_time 60 s): `?publish&CH&DATA[&binary]`
+//! answers the id, `?describe&CH` `MESSAGES LAST_ID`, `?delete&CH`,
+//! `?history&CH&AFTER` one `ID b|t DATA` line per message, `?follow&CH&AFTER`
+//! (`new`: from its newest), `?unfollow&CH`, `?log` what followed channels
+//! delivered, one `CH ID b|t DATA` line each.
+//!
 //! `websocket_redis_probe URL stream;` drives a [`StreamReader`] of the
 //! worker (a reader link and a command link of its own, `XREAD BLOCK 5000`,
 //! `COUNT 2` so that a backlog takes several reads): `?watch&KEY&ID` follows
@@ -37,6 +44,7 @@ use ngx::ngx_string;
 
 use foreign_types::ForeignTypeRef;
 
+use super::channels::{History, RedisChannels};
 use super::conn::{self, Link, Settings};
 use super::resp::{StreamId, Value};
 use super::streams::{self, StreamReader};
@@ -55,6 +63,10 @@ thread_local! {
     static LINKS: RefCell<HashMap<usize, Link>> = RefCell::new(HashMap::new());
     /// The worker's stream readers, one per `stream` location.
     static READERS: RefCell<HashMap<usize, StreamReader>> = RefCell::new(HashMap::new());
+    /// The worker's channel stores, one per `channels` location.
+    static CHANNELS: RefCell<HashMap<usize, RedisChannels>> = RefCell::new(HashMap::new());
+    /// What the channel stores delivered.
+    static CHANNEL_LOG: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// What the stream readers delivered.
     static DELIVERED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
@@ -120,8 +132,9 @@ unsafe extern "C" fn cmd_probe(
                 None => 0,
                 Some(&b"reader") => 1,
                 Some(&b"stream") => 2,
+                Some(&b"channels") => 4,
                 Some(_) => return fail(
-                    "the second argument of websocket_redis_probe must be \"reader\" or \"stream\"",
+                    "the second argument of websocket_redis_probe must be \"reader\", \"stream\" or \"channels\"",
                 ),
             };
         let addrs = match conn::resolve(cf, &url) {
@@ -203,7 +216,7 @@ fn render(v: &Value, out: &mut String) {
 }
 
 fn link_for(conf: &ProbeConf, mode: usize) -> Link {
-    let key = conf.settings as usize * 4 + mode;
+    let key = conf.settings as usize * 8 + mode;
     LINKS.with(|links| {
         links
             .borrow_mut()
@@ -241,6 +254,9 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     if conf.mode == 2 {
         return stream_request(req, conf, &args);
+    }
+    if conf.mode == 4 {
+        return channels_request(req, conf, &args);
     }
     let link = link_for(conf, conf.mode);
     // SAFETY: as above; the settings live forever.
@@ -402,4 +418,171 @@ fn stream_request(req: &mut RequestRef, conf: &ProbeConf, args: &[Vec<u8>]) -> n
     };
     req.set_status(200, None);
     req.send_small_response(body.as_bytes())
+}
+
+/// Answers a held request later (once).
+fn answer_later(req: &mut RequestRef) -> impl FnOnce(u32, String) + 'static {
+    let r = req.as_ptr();
+    let c = req.connection_ptr();
+    move |status, body| {
+        // SAFETY: the request was held until this finalizes it.
+        let req = unsafe { RequestRef::from_raw(r) };
+        req.set_status(status, None);
+        // nginx refuses an empty body buffer ("zero size buf").
+        let body = if body.is_empty() { "\n".into() } else { body };
+        let rc = req.send_small_response(body.as_bytes());
+        req.finalize_status(rc);
+        // SAFETY: `c` is the request's client connection, in this worker.
+        unsafe { run_posted_requests(c) };
+    }
+}
+
+fn channels_for(conf: &ProbeConf) -> RedisChannels {
+    let key = conf.settings as usize;
+    CHANNELS.with(|all| {
+        all.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                let history = History {
+                    count: 3,
+                    time_ms: 60_000,
+                };
+                RedisChannels::new(
+                    "z",
+                    history,
+                    link_for(conf, 4),
+                    link_for(conf, 5),
+                    5000,
+                    |channel, m| {
+                        let line = format!(
+                            "{} {} {} {}",
+                            String::from_utf8_lossy(channel),
+                            m.id,
+                            if m.binary { "b" } else { "t" },
+                            String::from_utf8_lossy(&m.data)
+                        );
+                        CHANNEL_LOG.with(|log| log.borrow_mut().push(line));
+                    },
+                )
+            })
+            .clone()
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn channels_request(req: &mut RequestRef, conf: &ProbeConf, args: &[Vec<u8>]) -> ngx_int_t {
+    let store = channels_for(conf);
+    let now = now_ms();
+    let done = |req: &mut RequestRef, sent: Result<(), super::channels::Failed>| match sent {
+        Ok(()) => {
+            req.hold();
+            NGX_DONE as ngx_int_t
+        }
+        Err(e) => {
+            req.set_status(503, None);
+            req.send_small_response(format!("{e}\n").as_bytes())
+        }
+    };
+    let fail = |e: super::channels::Failed| (502, format!("{e}\n"));
+    match args {
+        [op, ch, data, rest @ ..] if op == b"publish" && rest.len() <= 1 => {
+            let answer = answer_later(req);
+            let binary = rest.first().is_some_and(|b| b == b"binary");
+            let sent = store.publish(ch, data, binary, move |r| {
+                let (status, body) = r.map_or_else(fail, |id| (201, format!("{id}\n")));
+                answer(status, body)
+            });
+            done(req, sent)
+        }
+        [op, ch] if op == b"describe" => {
+            let answer = answer_later(req);
+            let sent = store.describe(ch, now, move |r| {
+                let (status, body) = r.map_or_else(fail, |s| {
+                    let last = s.last_id.map_or(String::from("-"), |id| id.to_string());
+                    (200, format!("{} {last}\n", s.messages))
+                });
+                answer(status, body)
+            });
+            done(req, sent)
+        }
+        [op, ch] if op == b"delete" => {
+            let answer = answer_later(req);
+            let sent = store.delete(ch, move |r| {
+                let (status, body) = r.map_or_else(fail, |()| (204, String::new()));
+                answer(status, body)
+            });
+            done(req, sent)
+        }
+        [op, ch, after] if op == b"history" => {
+            let Some(after) = StreamId::parse(after) else {
+                req.set_status(400, None);
+                return req.send_small_response(b"bad id\n");
+            };
+            let answer = answer_later(req);
+            let sent = store.history_after(ch, after, now, move |r| {
+                let (status, body) = r.map_or_else(fail, |messages| {
+                    let lines: Vec<String> = messages
+                        .iter()
+                        .map(|m| {
+                            format!(
+                                "{} {} {}\n",
+                                m.id,
+                                if m.binary { "b" } else { "t" },
+                                String::from_utf8_lossy(&m.data)
+                            )
+                        })
+                        .collect();
+                    (200, lines.concat())
+                });
+                answer(status, body)
+            });
+            done(req, sent)
+        }
+        [op, ch, after] if op == b"follow" && after == b"new" => {
+            let answer = answer_later(req);
+            let ch = ch.clone();
+            let follower = store.clone();
+            let sent = store.newest_id(&ch.clone(), move |id| match id {
+                Some(id) => {
+                    follower.follow(&ch, id);
+                    answer(200, format!("ok {id}\n"))
+                }
+                None => answer(502, String::from("failed\n")),
+            });
+            done(req, sent)
+        }
+        [op, ch, after] if op == b"follow" => match StreamId::parse(after) {
+            Some(id) => {
+                store.follow(ch, id);
+                req.set_status(200, None);
+                req.send_small_response(b"ok\n")
+            }
+            None => {
+                req.set_status(400, None);
+                req.send_small_response(b"bad id\n")
+            }
+        },
+        [op, ch] if op == b"unfollow" => {
+            store.unfollow(ch);
+            req.set_status(200, None);
+            req.send_small_response(b"ok\n")
+        }
+        [op] if op == b"log" => {
+            let mut text = CHANNEL_LOG.with(|log| log.borrow().join("\n"));
+            text.push('\n');
+            req.set_status(200, None);
+            req.send_small_response(text.as_bytes())
+        }
+        _ => {
+            req.set_status(400, None);
+            req.send_small_response(
+                b"publish, describe, delete, history, follow, unfollow or log\n",
+            )
+        }
+    }
 }
