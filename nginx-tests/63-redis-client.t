@@ -274,6 +274,17 @@ is_deeply([wait_delivered(8)], \@want, '... only the stream still watched is rea
 sleep 0.3;
 is_deeply([delivered()], \@want, '... and nothing else comes');
 
+$redis->command('SET', 'sx', 'not a stream');
+is_deeply([get('/s?watch&sx&0-0')], [200, 'ok'], 'watch a key that holds no stream');
+sleep 0.3;
+like(join("\n", $t->grep_error_log(qr/\[error\].*XREAD of 2 streams failed/)), qr/WRONGTYPE/,
+    '... the XREAD fails, logged, reading stops');
+is_deeply([get('/s?unwatch&sx')], [200, 'ok'], '... unwatched');
+my $b2b = $redis->command('XADD', 'sb', '*', 'd', 'b2b');
+push @want, "sb $b2b d=b2b";
+is_deeply([wait_delivered(scalar @want)], \@want, '... reading goes on');
+is(scalar($t->grep_error_log(qr/XREAD of \d+ streams failed/)), 1, '... one failed XREAD, no loop');
+
 # --- a channel zone in Redis (src/redis/channels.rs) ------------------------------------
 
 sub zlog { my ($s, $b) = get('/z?log'); return grep { length } split /\n/, $b }

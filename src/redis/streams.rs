@@ -182,10 +182,20 @@ impl StreamReader {
                 // back up (its state hook), from the same ids.
                 return;
             };
-            let Ok(streams) = resp::xread(&value) else {
-                drop(s);
-                self.pump();
-                return;
+            let streams = match resp::xread(&value) {
+                Ok(streams) => streams,
+                Err(e) => {
+                    // Another XREAD now would get the same answer (a key
+                    // holding something else than a stream): the next one
+                    // waits for a change of keys or a reconnect.
+                    ngx::ngx_log_error!(
+                        ngx::ffi::NGX_LOG_ERR as usize,
+                        crate::ngx_io::cycle_log(),
+                        "websocket: redis XREAD of {} streams failed, reading stops until they change: {e}",
+                        s.streams.len()
+                    );
+                    return;
+                }
             };
             // Keep what is new for keys still watched, move the ids on.
             let mut fresh = Vec::new();
