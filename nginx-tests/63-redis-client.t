@@ -116,6 +116,7 @@ server {
     location /s      { websocket_redis_probe redis://127.0.0.1:$R/3 stream; }
     location /z      { websocket_redis_probe redis://127.0.0.1:$R/3 channels; }
     location /dead   { websocket_redis_probe redis://127.0.0.1:$DEAD; }
+    location /baddb  { websocket_redis_probe redis://127.0.0.1:$R/99; }
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
     location /wide   { websocket_redis_probe redis://127.0.0.1:$W; }
@@ -418,6 +419,12 @@ sleep 0.5;
 is((get('/wide?PING'))[0], 503, 'a handshake answered with 2^31 elements: never up');
 like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$W\/0 unreachable/)),
     qr/array over the element limit/, '... logged');
+
+get('/baddb?PING');
+sleep 0.5;
+is((get('/baddb?PING'))[0], 503, 'a db Redis does not have: never up');
+like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$R\/99 unreachable/)),
+    qr/SELECT failed: redis answered "ERR DB index is out of range"/, '... the SELECT error logged');
 
 get('/dead?PING');
 sleep 1.5;
