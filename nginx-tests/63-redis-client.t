@@ -43,6 +43,8 @@ use WsRedis;
 
 plan skip_all => 'redis-server is not installed (make deps)' unless WsRedis->available;
 plan skip_all => 'the probe build is not instrumented' if WsValgrind::checking();
+# distro/test.sh, make test-deb: another nginx; the probe is a build of the vendored one.
+plan skip_all => 'TEST_NGINX_BINARY names another nginx' if defined $ENV{TEST_NGINX_BINARY};
 
 # The probe build's nginx and module.
 my $root = WsNginx::repo_root();
