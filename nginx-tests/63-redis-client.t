@@ -362,12 +362,12 @@ cmp_ok(time - $t0, '<', 1, '... at once');
 sleep 0.2;
 $t0 = time;
 is((get('/c?PING'))[0], 503, 'while Redis is down, a command gets 503');
-cmp_ok(time - $t0, '<', 0.3, '... at once');
+cmp_ok(time - $t0, '<', 0.5, '... at once');
 sleep 2;    # reconnects after 0.1, 0.2, 0.4, 0.8 s
 is((get('/c?XADD&ch&*&d&lost'))[0], 503, 'still 503 after several reconnects');
 $t0 = time;
 is((get('/z?publish&c2&lost'))[0], 503, 'a channel publish: 503');
-cmp_ok(time - $t0, '<', 0.3, '... at once');
+cmp_ok(time - $t0, '<', 0.5, '... at once');
 # Six links to it: /c, /r, and the two each of the stream reader and the channels.
 is(scalar($t->grep_error_log($re_down)) - $down0, 6, 'one [error] per link for the outage');
 is_deeply([$t->grep_error_log(qr/connect\(\) to 127\.0\.0\.1:$R failed/)], [],
