@@ -29,6 +29,20 @@ impl Backoff {
         delay
     }
 
+    /// `next_delay` less up to a fifth, by `random` (any value): the
+    /// workers of every server that lost the same Redis do not all come
+    /// back in the same millisecond.
+    pub fn next_delay_jittered(&mut self, random: u32) -> u64 {
+        let delay = self.next_delay();
+        let span = delay / 5;
+        delay
+            - if span == 0 {
+                0
+            } else {
+                u64::from(random) % (span + 1)
+            }
+    }
+
     /// A connection worked: the next outage starts from `first` again.
     pub fn reset(&mut self) {
         self.next = self.first;
@@ -53,6 +67,24 @@ mod tests {
         b.reset();
         assert_eq!(b.next_delay(), 100);
         assert_eq!(b.next_delay(), 200);
+    }
+
+    #[test]
+    fn jitter_takes_up_to_a_fifth() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay_jittered(0), 100);
+        assert_eq!(
+            b.next_delay_jittered(u32::MAX),
+            200 - (u32::MAX as u64 % 41)
+        );
+        let mut b = Backoff::default();
+        for r in [1u32, 7, 19, 20, 21, 1000, u32::MAX] {
+            let d = b.next_delay_jittered(r);
+            b.reset();
+            assert!((80..=100).contains(&d), "{r}: {d}");
+        }
+        let mut b = Backoff::new(1, 1);
+        assert_eq!(b.next_delay_jittered(u32::MAX), 1);
     }
 
     #[test]

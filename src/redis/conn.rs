@@ -8,7 +8,7 @@
 //! command still waiting (a FIFO of callbacks). A reply that does not come
 //! within the command's timeout, a malformed reply, or a closed connection
 //! fails every command waiting on it and starts the reconnect: after
-//! 100 ms, doubling up to 5 s. The outage is logged once at [error], the
+//! 100 ms, doubling up to 5 s (less up to a fifth, at random). The outage is logged once at [error], the
 //! return at [notice]. While the link is not up, [`Link::command`] fails at
 //! once (a publish answers 503 instead of waiting).
 //!
@@ -596,7 +596,9 @@ impl Inner {
                 effects.state = Some((Rc::clone(hook), false));
             }
         }
-        let delay = self.backoff.next_delay();
+        let mut random = [0u8; 4];
+        let _ = crate::random::fill(&mut random);
+        let delay = self.backoff.next_delay_jittered(u32::from_ne_bytes(random));
         self.state = State::Waiting;
         // SAFETY: the timer lives in this object; nothing else arms it.
         unsafe { ngx::ffi::ngx_add_timer(&mut *self.timer, delay as ngx_msec_t) };
