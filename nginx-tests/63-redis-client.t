@@ -379,6 +379,14 @@ ok(defined $took, 'Redis back: the link reconnects');
 cmp_ok($took // 99, '<', 5.5, '... within the backoff cap');
 ok(defined until_up('/r', 6), '... the reader too');
 is_deeply([get('/c?GET&k')], [200, 'null'], '... to the new (empty) server');
+my $back;
+$deadline = time + 6;
+while (time < $deadline) {
+    $back = scalar($t->grep_error_log($re_back)) - $back0;
+    last if $back >= 6;
+    sleep 0.1;
+}
+sleep 0.3;
 is(scalar($t->grep_error_log($re_back)) - $back0, 6, 'one [notice] per link when it is back');
 $waiting = start_get('/r?XREAD&BLOCK&5000&STREAMS&ch3&$');
 sleep 0.2;
