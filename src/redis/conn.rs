@@ -8,9 +8,10 @@
 //! command still waiting (a FIFO of callbacks). A reply that does not come
 //! within the command's timeout, a malformed reply, or a closed connection
 //! fails every command waiting on it and starts the reconnect: after
-//! 100 ms, doubling up to 5 s (less up to a fifth, at random). The outage is logged once at [error], the
-//! return at [notice]. While the link is not up, [`Link::command`] fails at
-//! once (a publish answers 503 instead of waiting).
+//! 100 ms, doubling up to 5 s (less up to a fifth, at random). The outage
+//! is logged once at [error], the return at [notice]. While the link is not
+//! up, [`Link::command`] fails at once (a publish answers 503 instead of
+//! waiting).
 //!
 //! The channels use two links per worker and zone: one for commands
 //! (`XADD`, `XRANGE`, ...) and one for `XREAD BLOCK`, which holds its
