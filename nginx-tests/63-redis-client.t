@@ -14,7 +14,8 @@
 # link reconnects (backoff under 5 s) with one [notice]; a server that
 # never answers (502 after the command timeout), one that announces a
 # 2^36-byte bulk or 2^31 elements (refused from the header, the link
-# closes and reconnects), an address nobody listens on. The stream reader
+# closes and reconnects), an address nobody listens on, one whose connect
+# hangs (the 1 s connect timeout). The stream reader
 # (`stream`): a backlog delivered in order two per XREAD, a key watched
 # while an XREAD blocks read at once (CLIENT UNBLOCK), what is added while
 # its connection is down delivered after the reconnect once each, unwatch,
@@ -109,6 +110,13 @@ my $huge = FakeRedis->new(":6\r\n", "+PONG\r\n", "\$68719476736\r\n");
 # The handshake itself answered with 2^31 elements.
 my $wide = FakeRedis->new("*2147483648\r\n");
 my ($S, $H, $W) = ($silent->port, $huge->port, $wide->port);
+# A listening socket whose accept queue is full: connects to it hang.
+my $full = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1)
+    or die "listen: $!";
+my $B = $full->sockport;
+my @fillers = map {
+    IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $B, Blocking => 0)
+} 1 .. 3;
 
 my $t = WsNginx->new(nginx => $probe{nginx}, module => $probe{module}, conf => <<"EOF");
 server {
@@ -119,6 +127,7 @@ server {
     location /z      { websocket_redis_probe redis://127.0.0.1:$R/3 channels; }
     location /dead   { websocket_redis_probe redis://127.0.0.1:$DEAD; }
     location /baddb  { websocket_redis_probe redis://127.0.0.1:$R/99; }
+    location /hang   { websocket_redis_probe redis://127.0.0.1:$B; }
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
     location /wide   { websocket_redis_probe redis://127.0.0.1:$W; }
@@ -429,6 +438,14 @@ sleep 0.5;
 is((get('/wide?PING'))[0], 503, 'a handshake answered with 2^31 elements: never up');
 like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$W\/0 unreachable/)),
     qr/array over the element limit/, '... logged');
+
+$t0 = time;
+is((get('/hang?PING'))[0], 503, 'a connect that hangs: 503 at once');
+cmp_ok(time - $t0, '<', 0.5, '... without waiting for it');
+sleep 1.5;
+my @hang = $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$B\/0 unreachable/);
+is(scalar @hang, 1, '... one [error] line');
+like($hang[0] // '', qr/connect timed out/, '... after the 1 s connect timeout');
 
 get('/baddb?PING');
 sleep 0.5;
