@@ -101,6 +101,9 @@ fn check_value(limits: Limits, v: &Value) {
             for e in entries {
                 let _ = e.field(b"d");
                 assert!(resp::StreamId::parse(e.id.to_string().as_bytes()) == Some(e.id));
+                if let Some(p) = e.id.pack() {
+                    assert!(resp::StreamId::unpack(p) == e.id);
+                }
             }
         }
     }

@@ -380,6 +380,31 @@ impl StreamId {
     }
 }
 
+impl StreamId {
+    /// Bits of `seq` in [`StreamId::pack`].
+    pub const PACK_SEQ_BITS: u32 = 20;
+
+    /// The id as one `u64` that orders as the id does (`ms` in the high 44
+    /// bits, `seq` in the low 20), for a store that numbers its messages
+    /// with a `u64`: `None` past year 2527 or beyond 2^20 entries in one
+    /// millisecond of one stream.
+    pub fn pack(self) -> Option<u64> {
+        let seq_max = (1u64 << Self::PACK_SEQ_BITS) - 1;
+        if self.ms >> (64 - Self::PACK_SEQ_BITS) != 0 || self.seq > seq_max {
+            return None;
+        }
+        Some(self.ms << Self::PACK_SEQ_BITS | self.seq)
+    }
+
+    /// The id that [`StreamId::pack`] gave `packed`.
+    pub fn unpack(packed: u64) -> StreamId {
+        StreamId {
+            ms: packed >> Self::PACK_SEQ_BITS,
+            seq: packed & ((1u64 << Self::PACK_SEQ_BITS) - 1),
+        }
+    }
+}
+
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -714,6 +739,52 @@ mod tests {
         }
         assert_eq!(StreamId { ms: 5, seq: 9 }.to_string(), "5-9");
         assert!(StreamId { ms: 1, seq: 9 } < StreamId { ms: 2, seq: 0 });
+    }
+
+    #[test]
+    fn packed_ids_order_as_ids() {
+        let ids = [
+            StreamId::ZERO,
+            StreamId { ms: 0, seq: 1 },
+            StreamId { ms: 1, seq: 0 },
+            StreamId {
+                ms: 1_796_447_255_718,
+                seq: 0,
+            },
+            StreamId {
+                ms: 1_796_447_255_718,
+                seq: (1 << 20) - 1,
+            },
+            StreamId {
+                ms: 1_796_447_255_719,
+                seq: 0,
+            },
+            StreamId {
+                ms: (1 << 44) - 1,
+                seq: (1 << 20) - 1,
+            },
+        ];
+        let packed: Vec<u64> = ids.iter().map(|id| id.pack().unwrap()).collect();
+        assert!(packed.windows(2).all(|w| w[0] < w[1]));
+        for (id, p) in ids.iter().zip(&packed) {
+            assert_eq!(StreamId::unpack(*p), *id);
+        }
+        assert_eq!(
+            StreamId {
+                ms: 1 << 44,
+                seq: 0
+            }
+            .pack(),
+            None
+        );
+        assert_eq!(
+            StreamId {
+                ms: 5,
+                seq: 1 << 20
+            }
+            .pack(),
+            None
+        );
     }
 
     fn reply(input: &[u8]) -> Value {
