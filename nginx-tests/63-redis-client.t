@@ -23,7 +23,8 @@
 # publish (503 before the links are up and while Redis is down, 201 with
 # the id), the stream's entries, describe and history bounded by `history`,
 # follow from now or from an id (text and binary delivered once), unfollow,
-# delete, publishing and delivery again after Redis restarts. CLIENT UNBLOCK of
+# delete (a tombstone the follower gets, the stream trimmed to it, no
+# history before it), publishing and delivery again after Redis restarts. CLIENT UNBLOCK of
 # the reader (by the id it asked at connect) from the command link; a
 # reload with the links up: the old worker exits at once.
 
@@ -343,18 +344,29 @@ is_deeply([get('/z?follow&c2&0-0')], [200, 'ok'], 'follow another from its start
 my ($s6, $id6) = get('/z?publish&c1&m6');
 my ($sb, $idb) = get('/z?publish&c2&%00%ff&binary');
 is_deeply([$s6, $sb], [201, 201], 'publish to both');
-is_deeply([wait_zlog(2)], ["c1 $id6 t m6", "c2 $idb b \x00\xef\xbf\xbd"],
-    '... each delivered once, text and binary') or diag explain [zlog()];
+my @zwant = ("c1 $id6 t m6", "c2 $idb b \x00\xef\xbf\xbd");
+is_deeply([wait_zlog(2)], \@zwant, '... each delivered once, text and binary') or diag explain [zlog()];
 is_deeply($redis->command('XRANGE', 'websocket:z:c2', '-', '+'), [[$idb, ['d', "\x00\xff", 'b', '1']]],
     '... binary data stored byte for byte');
 is_deeply([get('/z?unfollow&c1')], [200, 'ok'], 'unfollow');
 get('/z?publish&c1&m7');
 my ($s8, $id8) = get('/z?publish&c2&m8');
-is_deeply([wait_zlog(3)], ["c1 $id6 t m6", "c2 $idb b \x00\xef\xbf\xbd", "c2 $id8 t m8"],
-    '... only the channel followed is delivered');
-is((get('/z?delete&c1'))[0], 204, 'delete: 204');
-is($redis->command('EXISTS', 'websocket:z:c1'), 0, '... the stream is gone');
-is_deeply([get('/z?describe&c1')], [200, '0 -'], '... nothing stored');
+push @zwant, "c2 $id8 t m8";
+is_deeply([wait_zlog(3)], \@zwant, '... only the channel followed is delivered');
+
+is((get('/z?delete&c2'))[0], 204, 'delete: 204');
+my $tomb = $redis->command('XRANGE', 'websocket:z:c2', '-', '+');
+is(scalar @$tomb, 1, '... the stream is trimmed to one entry');
+is_deeply($tomb->[0][1], ['e', 'deleted'], '... the tombstone');
+push @zwant, "c2 $tomb->[0][0] deleted";
+is_deeply([wait_zlog(4)], \@zwant, '... which the follower gets (close the subscribers)');
+is_deeply([get('/z?describe&c2')], [200, '0 -'], '... nothing stored');
+is_deeply([get('/z?history&c2&0-0')], [200, ''], '... no history');
+my ($s10, $id10) = get('/z?publish&c2&m10');
+push @zwant, "c2 $id10 t m10";
+is_deeply([wait_zlog(5)], \@zwant, 'a publish after the delete is delivered');
+is_deeply([get('/z?describe&c2')], [200, "1 $id10"], '... and is all the history');
+is_deeply([get('/z?history&c2&0-0')], [200, "$id10 t m10"], '... from any id');
 
 # --- Redis killed and started again --------------------------------------------------
 
@@ -412,7 +424,8 @@ while (time < $deadline) {
     sleep 0.1;
 }
 is($s9, 201, 'channel publishes work again');
-is((wait_zlog(4))[3], "c2 $id9 t m9", '... and a followed channel delivers again');
+push @zwant, "c2 $id9 t m9";
+is_deeply([wait_zlog(scalar @zwant)], \@zwant, '... and a followed channel delivers again');
 
 # --- servers that misbehave -------------------------------------------------------------
 

@@ -15,7 +15,13 @@
 //!   [`StreamReader`] (one `XREAD BLOCK` for all of them), from the id each
 //!   started at.
 //! - Describe: `XREVRANGE key + - COUNT history` gives the stored count and
-//!   the last id in one command; delete: `DEL key`.
+//!   the last id in one command.
+//! - Delete must reach the subscribers of every server, and `DEL` would
+//!   only make the stream vanish under their readers: a delete appends a
+//!   tombstone (an entry with the field `e` = `deleted`), which every
+//!   reader delivers as [`Event::Deleted`] (close the channel's
+//!   subscribers with 1000), then trims the stream to it (`XTRIM key MINID
+//!   id`). Whatever precedes the newest tombstone is not history.
 
 use std::rc::Rc;
 
@@ -60,9 +66,43 @@ pub struct Message {
     pub data: Vec<u8>,
 }
 
-/// The message an entry holds; `None` for an entry that is not one of
-/// ours (written by someone else into the key).
+/// What an entry of a channel's stream means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Message(Message),
+    /// The channel was deleted (its subscribers are closed with 1000).
+    Deleted(StreamId),
+}
+
+/// The event an entry holds; `None` for an entry that is not one of ours
+/// (written by someone else into the key).
+pub fn event(entry: &Entry) -> Option<Event> {
+    if entry.field(b"e") == Some(b"deleted") {
+        return Some(Event::Deleted(entry.id));
+    }
+    message(entry).map(Event::Message)
+}
+
+/// The tombstone a delete appends.
+pub fn tombstone_args(key: &[u8], history: usize) -> Vec<Vec<u8>> {
+    vec![
+        b"XADD".to_vec(),
+        key.to_vec(),
+        b"MAXLEN".to_vec(),
+        b"~".to_vec(),
+        history.max(MIN_KEEP).to_string().into_bytes(),
+        b"*".to_vec(),
+        b"e".to_vec(),
+        b"deleted".to_vec(),
+    ]
+}
+
+/// The message an entry holds; `None` for a tombstone or an entry that is
+/// not one of ours.
 pub fn message(entry: &Entry) -> Option<Message> {
+    if entry.field(b"e").is_some() {
+        return None;
+    }
     let data = entry.field(b"d")?;
     let binary = match entry.field(b"b") {
         Some(b"1") => true,
@@ -92,13 +132,18 @@ impl History {
     }
 
     /// Of `entries` (oldest first), the messages that are history now: the
-    /// `count` newest not older than `time_ms`.
+    /// `count` newest after the newest tombstone, not older than `time_ms`.
     pub fn select(&self, entries: &[Entry], now_ms: u64) -> Vec<Message> {
-        let skip = entries.len().saturating_sub(self.count);
-        entries[skip..]
+        let since_delete = entries
             .iter()
-            .filter(|e| self.keeps(e.id, now_ms))
-            .filter_map(message)
+            .rposition(|e| matches!(event(e), Some(Event::Deleted(_))))
+            .map_or(0, |at| at + 1);
+        let messages: Vec<Message> = entries[since_delete..].iter().filter_map(message).collect();
+        let skip = messages.len().saturating_sub(self.count);
+        messages
+            .into_iter()
+            .skip(skip)
+            .filter(|m| self.keeps(m.id, now_ms))
             .collect()
     }
 }
@@ -108,14 +153,24 @@ impl History {
 pub struct Stored {
     /// Messages that are history now.
     pub messages: u64,
-    /// The newest message's id, also when it is no longer history.
+    /// The newest message's id since the last delete, also when it is no
+    /// longer history.
     pub last_id: Option<StreamId>,
 }
 
 /// Reads an `XREVRANGE key + - COUNT n` reply (newest first).
 pub fn stored(reply: &Value, history: History, now_ms: u64) -> Result<Stored, resp::ReplyError> {
     let mut entries = resp::entries(reply)?;
-    let last_id = entries.first().map(|e| e.id);
+    let last_id = entries
+        .iter()
+        .map_while(|e| match event(e) {
+            Some(Event::Deleted(_)) => None,
+            other => Some(other),
+        })
+        .find_map(|ev| match ev {
+            Some(Event::Message(m)) => Some(m.id),
+            _ => None,
+        });
     entries.reverse();
     Ok(Stored {
         messages: history.select(&entries, now_ms).len() as u64,
@@ -160,15 +215,15 @@ fn checked<T>(
 
 impl RedisChannels {
     /// `commands` and `reader` are two links to the zone's Redis; the
-    /// reader's XREADs block for `block_ms`; `on_message` gets each new
-    /// message of the channels followed, in order, once.
+    /// reader's XREADs block for `block_ms`; `on_event` gets each new
+    /// message (and delete) of the channels followed, in order, once.
     pub fn new(
         zone: &str,
         history: History,
         commands: Link,
         reader: Link,
         block_ms: u64,
-        on_message: impl Fn(&[u8], &Message) + 'static,
+        on_event: impl Fn(&[u8], &Event) + 'static,
     ) -> RedisChannels {
         let prefix = stream_key(zone, b"");
         let reader = StreamReader::new(
@@ -180,8 +235,8 @@ impl RedisChannels {
                 let Some(channel) = key.strip_prefix(prefix.as_slice()) else {
                     return;
                 };
-                for m in entries.iter().filter_map(message) {
-                    on_message(channel, &m);
+                for ev in entries.iter().filter_map(event) {
+                    on_event(channel, &ev);
                 }
             },
         );
@@ -234,17 +289,26 @@ impl RedisChannels {
             .map_err(Failed::Redis)
     }
 
-    /// Drops a channel's stored messages.
+    /// Deletes a channel on every server: appends the tombstone (`done`
+    /// gets its id once Redis has it), then trims what precedes it.
     pub fn delete(
         &self,
         channel: &[u8],
-        done: impl FnOnce(Result<(), Failed>) + 'static,
+        done: impl FnOnce(Result<StreamId, Failed>) + 'static,
     ) -> Result<(), Failed> {
         let key = self.key(channel);
-        let args: [&[u8]; 2] = [b"DEL", &key];
+        let commands = self.commands.clone();
+        let args = tombstone_args(&key, self.history.count);
         self.commands
             .command(&args, move |reply| {
-                done(checked(reply, |v| resp::integer(v).map(|_| ())))
+                let id = checked(reply, resp::xadd_id);
+                if let Ok(id) = &id {
+                    let minid = id.to_string();
+                    let args: [&[u8]; 4] = [b"XTRIM", &key, b"MINID", minid.as_bytes()];
+                    // Readers skip what precedes a tombstone anyway.
+                    let _ = commands.command(&args, |_| {});
+                }
+                done(id)
             })
             .map_err(Failed::Redis)
     }
@@ -282,8 +346,8 @@ impl RedisChannels {
             .map_err(Failed::Redis)
     }
 
-    /// Delivers the channel's messages after `after` to `on_message` from
-    /// now on (the worker's first subscriber of the channel).
+    /// Delivers the channel's events after `after` to `on_event` from now
+    /// on (the worker's first subscriber of the channel).
     pub fn follow(&self, channel: &[u8], after: StreamId) {
         self.reader.watch(&self.key(channel), after);
     }
@@ -370,6 +434,19 @@ mod tests {
             Some(false)
         );
         assert_eq!(message(&entry(5, 4, &[("x", b"y")])), None);
+        assert_eq!(message(&entry(5, 6, &[("e", b"deleted")])), None);
+        assert_eq!(
+            event(&entry(5, 6, &[("e", b"deleted")])),
+            Some(Event::Deleted(StreamId { ms: 5, seq: 6 }))
+        );
+        assert!(matches!(
+            event(&entry(5, 7, &[("d", b"x")])),
+            Some(Event::Message(_))
+        ));
+        assert_eq!(event(&entry(5, 8, &[("e", b"other")])), None);
+        let args = tombstone_args(b"k", 3);
+        assert_eq!(args[4], b"1000");
+        assert_eq!(&args[5..], [&b"*"[..], b"e", b"deleted"]);
         assert_eq!(message(&entry(5, 5, &[("d", b"x"), ("b", b"yes")])), None);
     }
 
@@ -401,6 +478,21 @@ mod tests {
             time_ms: 0,
         };
         assert!(none.select(&entries, 0).is_empty());
+        // A tombstone ends the history before it; count is of messages.
+        let mut with_delete = entries.clone();
+        with_delete.insert(3, entry(3500, 0, &[("e", b"deleted")]));
+        let h = History {
+            count: 5,
+            time_ms: 0,
+        };
+        assert_eq!(data(&h.select(&with_delete, 9000)), ["m4", "m5"]);
+        let h = History {
+            count: 1,
+            time_ms: 0,
+        };
+        assert_eq!(data(&h.select(&with_delete, 9000)), ["m5"]);
+        with_delete.push(entry(6000, 0, &[("e", b"deleted")]));
+        assert!(h.select(&with_delete, 9000).is_empty());
     }
 
     #[test]
@@ -445,5 +537,26 @@ mod tests {
             })
         );
         assert!(stored(&Value::Error(b"WRONGTYPE x".to_vec()), h, 0).is_err());
+        // Newest first: a tombstone, then older messages: nothing stored.
+        let deleted = Value::Array(vec![
+            Value::Array(vec![
+                Value::Bulk(b"4000-0".to_vec()),
+                Value::Array(vec![
+                    Value::Bulk(b"e".to_vec()),
+                    Value::Bulk(b"deleted".to_vec()),
+                ]),
+            ]),
+            match &reply {
+                Value::Array(items) => items[0].clone(),
+                _ => unreachable!(),
+            },
+        ]);
+        assert_eq!(
+            stored(&deleted, h, 4000),
+            Ok(Stored {
+                messages: 0,
+                last_id: None
+            })
+        );
     }
 }

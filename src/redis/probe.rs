@@ -17,7 +17,8 @@
 //!
 //! `websocket_redis_probe URL channels;` drives a [`RedisChannels`] of
 //! zone `z` (history 3, history_time 60 s): `?publish&CH&DATA[&binary]`
-//! answers the id, `?describe&CH` `MESSAGES LAST_ID`, `?delete&CH`,
+//! answers the id, `?describe&CH` `MESSAGES LAST_ID`, `?delete&CH` (a
+//! follower logs `CH ID deleted`),
 //! `?history&CH&AFTER` one `ID b|t DATA` line per message, `?follow&CH&AFTER`
 //! (`new`: from its newest), `?unfollow&CH`, `?log` what followed channels
 //! delivered, one `CH ID b|t DATA` line each.
@@ -44,7 +45,7 @@ use ngx::ngx_string;
 
 use foreign_types::ForeignTypeRef;
 
-use super::channels::{History, RedisChannels};
+use super::channels::{Event, History, RedisChannels};
 use super::conn::{self, Link, Settings};
 use super::resp::{StreamId, Value};
 use super::streams::{self, StreamReader};
@@ -453,14 +454,19 @@ fn channels_for(conf: &ProbeConf) -> RedisChannels {
                     link_for(conf, 4),
                     link_for(conf, 5),
                     5000,
-                    |channel, m| {
-                        let line = format!(
-                            "{} {} {} {}",
-                            String::from_utf8_lossy(channel),
-                            m.id,
-                            if m.binary { "b" } else { "t" },
-                            String::from_utf8_lossy(&m.data)
-                        );
+                    |channel, ev| {
+                        let line = match ev {
+                            Event::Message(m) => format!(
+                                "{} {} {} {}",
+                                String::from_utf8_lossy(channel),
+                                m.id,
+                                if m.binary { "b" } else { "t" },
+                                String::from_utf8_lossy(&m.data)
+                            ),
+                            Event::Deleted(id) => {
+                                format!("{} {id} deleted", String::from_utf8_lossy(channel))
+                            }
+                        };
                         CHANNEL_LOG.with(|log| log.borrow_mut().push(line));
                     },
                 )
@@ -513,7 +519,7 @@ fn channels_request(req: &mut RequestRef, conf: &ProbeConf, args: &[Vec<u8>]) ->
         [op, ch] if op == b"delete" => {
             let answer = answer_later(req);
             let sent = store.delete(ch, move |r| {
-                let (status, body) = r.map_or_else(fail, |()| (204, String::new()));
+                let (status, body) = r.map_or_else(fail, |_| (204, String::new()));
                 answer(status, body)
             });
             done(req, sent)
