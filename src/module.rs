@@ -38,10 +38,43 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
 // not keep the module (and through it every nginx symbol) alive.
 #[cfg(all(feature = "export-modules", not(test), not(feature = "redis-probe")))]
 ngx::ngx_modules!(ngx_http_websocket_module);
-// Tests only: the Redis client on an HTTP location (src/redis/probe.rs).
-// The tables ngx_modules! makes, by hand: its count! fails for two.
+
 #[cfg(all(feature = "export-modules", not(test), feature = "redis-probe"))]
-crate::redis::probe::export_modules!();
+mod exported {
+    //! What `ngx::ngx_modules!` exports, by hand: its counting macro in
+    //! 0.5.1 does not take two modules. With the cargo feature
+    //! `redis-probe` (tests only, src/redis/probe.rs) a second module.
+    use core::ffi::c_char;
+    use core::ptr::{addr_of, null};
+
+    use ngx::ffi::ngx_module_t;
+
+    use super::ngx_http_websocket_module;
+
+    const N: usize = 3;
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_modules: [*const ngx_module_t; N] = [
+        addr_of!(ngx_http_websocket_module),
+        #[cfg(feature = "redis-probe")]
+        addr_of!(crate::redis::probe::ngx_http_websocket_redis_probe_module),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_names: [*const c_char; N] = [
+        c"ngx_http_websocket_module".as_ptr(),
+        #[cfg(feature = "redis-probe")]
+        c"ngx_http_websocket_redis_probe_module".as_ptr(),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_order: [*const c_char; 1] = [null()];
+}
 
 #[cfg_attr(not(test), used)]
 #[allow(non_upper_case_globals)]

@@ -301,33 +301,6 @@ unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
 }
 
-/// The `ngx_modules` tables of a module file that holds both modules (what
-/// `ngx::ngx_modules!` makes for one).
-#[cfg(all(feature = "export-modules", not(test)))]
-macro_rules! export_modules {
-    () => {
-        #[no_mangle]
-        #[allow(non_upper_case_globals)]
-        pub static mut ngx_modules: [*const ngx::ffi::ngx_module_t; 3] = [
-            core::ptr::addr_of!(ngx_http_websocket_module),
-            core::ptr::addr_of!(crate::redis::probe::ngx_http_websocket_redis_probe_module),
-            core::ptr::null(),
-        ];
-        #[no_mangle]
-        #[allow(non_upper_case_globals)]
-        pub static mut ngx_module_names: [*const core::ffi::c_char; 3] = [
-            c"ngx_http_websocket_module".as_ptr(),
-            c"ngx_http_websocket_redis_probe_module".as_ptr(),
-            core::ptr::null(),
-        ];
-        #[no_mangle]
-        #[allow(non_upper_case_globals)]
-        pub static mut ngx_module_order: [*const core::ffi::c_char; 1] = [core::ptr::null()];
-    };
-}
-#[cfg(all(feature = "export-modules", not(test)))]
-pub(crate) use export_modules;
-
 fn reader_for(conf: &ProbeConf) -> StreamReader {
     let key = conf.settings as usize;
     READERS.with(|readers| {
