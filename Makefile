@@ -57,6 +57,7 @@ run: build
 	@ln -sfn $(CURDIR)/conf/html $(RUN_DIR)/html
 	@echo "echo:   ws://127.0.0.1:8080/echo"
 	@echo "proxy:  ws://127.0.0.1:8080/proxy (websocket_pass to an echo on 127.0.0.1:8081)"
+	@echo "room:   http://127.0.0.1:8080/?endpoint=room in two tabs (websocket_subscribe chat room)"
 	@echo "demo:   http://127.0.0.1:8080/"
 	@echo "status: http://127.0.0.1:8080/status (websocket_status metrics)"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
