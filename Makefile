@@ -89,8 +89,9 @@ integration: build
 	prove -r nginx-tests/
 	TEST_NGINX_ACCESS_LOG=off prove $(DETACHED_TESTS)
 
-# The Autobahn|Testsuite fuzzing client against websocket_echo and
-# websocket_pass -> websocket_echo (websocket_deflate on): cases 1-10 and, of
+# The Autobahn|Testsuite fuzzing client against websocket_echo,
+# websocket_pass -> websocket_echo and websocket_subscribe with publish on (one
+# subscriber per channel: an echo) (websocket_deflate on): cases 1-10 and, of
 # the compression cases 12/13, the smallest message and the fragmented one of
 # each data set and parameter set (48 cases). autobahn-full: all of 12 and 13.
 AUTOBAHN_DIR   := $(CURDIR)/target/autobahn
