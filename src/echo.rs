@@ -71,7 +71,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(p) => p,
         Err(rc) => return rc,
     };
-    let mut ws = WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined);
+    // SAFETY: the session that owns the object is dropped before the
+    // request's connection closes (by the request's pool, or by
+    // `end_detached`).
+    let mut ws = unsafe { WebSocket::new(r.connection(), Role::Server, conf.limits(), &pipelined) };
     if let (Some((agreed, _)), Some((_, settings))) = (&handshake.deflate, conf.deflate()) {
         ws.enable_compression(agreed, settings);
     }

@@ -790,13 +790,21 @@ impl PassSession {
             Err(rc) => return Next::Fail(rc),
         };
         conn.attach(ForeignTypeRef::as_ptr(&*r).cast(), upstream_event, r.log());
-        let mut client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
-        let mut upstream = WebSocket::new(
-            conn.connection(),
-            Role::Client,
-            plan.upstream_limits,
-            leftover,
-        );
+        // SAFETY: the relay owns both objects and is dropped before either
+        // connection closes: the client's with its request or by
+        // `end_detached`, the upstream's by `UpstreamConn`, which the relay
+        // owns too and drops after the object (`WsClient` field order).
+        let (mut client, mut upstream) = unsafe {
+            (
+                WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined),
+                WebSocket::new(
+                    conn.connection(),
+                    Role::Client,
+                    plan.upstream_limits,
+                    leftover,
+                ),
+            )
+        };
         // Each leg compresses as it agreed; the relay sees plain messages.
         if let Some(settings) = plan.deflate_settings {
             if let Some((with_client, _)) = &plan.deflate {

@@ -14,7 +14,7 @@ use crate::ngx_io::Direction;
 use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::session::{FrameType, Quiet, WebSocket, WsError};
+use crate::session::{Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
@@ -300,34 +300,29 @@ impl Relay {
             // as usual (pings and other pongs are relayed and change nothing).
             let fence = self.fencing.filter(|_| way == Way::ToClient);
             if let Some((fence, code)) = fence {
-                if frame.typ == FrameType::Pong && fence.answered_by(frame.data()) {
+                if frame.typ == OpCode::Pong && fence.answered_by(frame.data()) {
                     self.fencing = None;
                     self.pooling = dst.send_close(code, b"").is_ok();
                     return false;
                 }
             }
             let fence_broken =
-                fence.filter(|_| !matches!(frame.typ, FrameType::Ping | FrameType::Pong));
+                fence.filter(|_| !matches!(frame.typ, OpCode::Ping | OpCode::Pong));
             let forwarded = match frame.typ {
-                FrameType::Ping => dst.send_ping(frame.data()),
-                FrameType::Pong => dst.send_pong(frame.data()),
+                OpCode::Ping => dst.send_ping(frame.data()),
+                OpCode::Pong => dst.send_pong(frame.data()),
                 // After a client violation the client hears its own code
                 // (sent by `step`), not the upstream's answer.
-                FrameType::Close if close_client_with.is_some() => Ok(()),
+                OpCode::Close if close_client_with.is_some() => Ok(()),
                 // A normal close from the client while the upstream leg is
                 // clean: fence the upstream to keep it for later.
-                FrameType::Close if may_pool && dst.reusable() => {
+                OpCode::Close if may_pool && dst.reusable() => {
                     let code = frame.close_code;
                     Fence::send(dst).map(|fence| self.fencing = Some((fence, code)))
                 }
-                FrameType::Close => dst.send_close(frame.close_code, frame.data()),
-                FrameType::Text | FrameType::Binary | FrameType::Continuation => {
-                    let opcode = match frame.typ {
-                        FrameType::Text => OpCode::Text,
-                        FrameType::Binary => OpCode::Binary,
-                        _ => OpCode::Continuation,
-                    };
-                    dst.send_frame(!frame.again, opcode, frame.data())
+                OpCode::Close => dst.send_close(frame.close_code, frame.data()),
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    dst.send_frame(!frame.again, frame.typ, frame.data())
                 }
             };
             if let Some((_, code)) = fence_broken {

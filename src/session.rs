@@ -53,51 +53,18 @@ pub enum Received {
     /// A complete text or binary message. Hand `data` back with
     /// [`WebSocket::recycle`] to reuse its allocation.
     Message {
+        /// [`OpCode::Text`] or [`OpCode::Binary`].
         opcode: OpCode,
+        /// The whole message, unmasked and (for text) valid UTF-8.
         data: Vec<u8>,
     },
+    /// A ping; the library does not answer it (the handler does, with
+    /// [`WebSocket::send_pong`]).
     Ping(ControlFrame),
+    /// A pong.
     Pong(ControlFrame),
     /// The peer's close frame: its code and reason, if it sent any.
     Close(Option<(u16, String)>),
-}
-
-/// The type of a frame, as the seed's `recv_frame` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameType {
-    Continuation,
-    Text,
-    Binary,
-    Close,
-    Ping,
-    Pong,
-}
-
-impl From<OpCode> for FrameType {
-    fn from(op: OpCode) -> Self {
-        match op {
-            OpCode::Continuation => FrameType::Continuation,
-            OpCode::Text => FrameType::Text,
-            OpCode::Binary => FrameType::Binary,
-            OpCode::Close => FrameType::Close,
-            OpCode::Ping => FrameType::Ping,
-            OpCode::Pong => FrameType::Pong,
-        }
-    }
-}
-
-impl FrameType {
-    /// The seed's name: "continuation", "text", "binary", "close", "ping", "pong".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FrameType::Continuation => "continuation",
-            FrameType::Text => "text",
-            FrameType::Binary => "binary",
-            FrameType::Close => "close",
-            FrameType::Ping => "ping",
-            FrameType::Pong => "pong",
-        }
-    }
 }
 
 /// What [`WebSocket::recv_frame`] delivers: the seed's `data, typ, err`.
@@ -105,7 +72,8 @@ impl FrameType {
 pub struct RecvFrame {
     /// The payload; for a close frame, its reason.
     pub data: Vec<u8>,
-    pub typ: FrameType,
+    /// The seed's `typ`: continuation, text, binary, close, ping or pong.
+    pub typ: OpCode,
     /// The seed's `err == "again"`: more fragments of this message follow.
     pub again: bool,
     /// For a close frame with a status, the seed's `err == code`.
@@ -116,8 +84,11 @@ pub struct RecvFrame {
 /// [`RecvFrame`], with the payload borrowed from the object instead of
 /// moved out of it.
 pub struct FrameRef<'a> {
-    pub typ: FrameType,
+    /// As [`RecvFrame::typ`].
+    pub typ: OpCode,
+    /// As [`RecvFrame::again`].
     pub again: bool,
+    /// As [`RecvFrame::close_code`].
     pub close_code: Option<u16>,
     payload: Payload<'a>,
 }
@@ -177,7 +148,12 @@ pub enum WsError {
     /// A socket error, already logged by nginx.
     Io,
     /// A send larger than `max_send_len`; nothing was queued.
-    TooBig { len: usize, limit: u64 },
+    TooBig {
+        /// The payload's length.
+        len: usize,
+        /// `max_send_len`.
+        limit: u64,
+    },
     /// A send after our close frame was queued.
     Closed,
     /// zlib failed to compress a message; nothing of it was queued.
@@ -262,13 +238,17 @@ pub struct WebSocket {
 /// What crossed this connection, for the access log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Data messages received and sent, and their payload bytes.
+    /// Data messages received.
     pub messages_in: u64,
+    /// Data messages sent.
     pub messages_out: u64,
+    /// Payload bytes of the data messages received.
     pub bytes_in: u64,
+    /// Payload bytes of the data messages sent.
     pub bytes_out: u64,
-    /// Of those messages, the ones that went compressed (permessage-deflate).
+    /// Of the messages received, the ones that came compressed (permessage-deflate).
     pub compressed_in: u64,
+    /// Of the messages sent, the ones that went compressed.
     pub compressed_out: u64,
     /// Code of the first close frame, received or sent (1005 for one
     /// without a code).
@@ -314,7 +294,12 @@ fn until(at: ngx_msec_t, now: ngx_msec_t) -> ngx_msec_t {
 impl WebSocket {
     /// Wraps an upgraded connection. `pipelined` are bytes the peer sent
     /// right after its handshake.
-    pub fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
+    ///
+    /// # Safety
+    /// The object keeps a pointer to `conn` beyond the borrow: `conn` must
+    /// stay open (not closed or reused by nginx) until the object is
+    /// dropped, and the object must be used on this worker's thread only.
+    pub(crate) unsafe fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
         let decoder = Decoder::new(decoder_config(role, &limits));
         let mut rbuf = if pipelined.is_empty() {
             Vec::new()
@@ -366,7 +351,7 @@ impl WebSocket {
 
     /// The worker is exiting: the session is due to close once its turn
     /// in `websocket_shutdown_spread` comes (at once without a spread).
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         if !self.draining {
             self.draining = true;
             metrics::draining_started();
@@ -378,7 +363,7 @@ impl WebSocket {
     /// Whether the session became due to close since the last call (its
     /// age, or its turn while the worker exits): it then closes with 1001
     /// after the message under way. Reaching the age is logged at info.
-    pub fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
+    pub(crate) fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
         let mut due = false;
         while let Some(reason) = self.take_due() {
             if reason == Due::MaxSessionTime {
@@ -416,7 +401,7 @@ impl WebSocket {
 
     /// Turns permessage-deflate on as the handshake agreed; before anything
     /// was received or sent.
-    pub fn enable_compression(&mut self, agreed: &NegotiatedDeflate, settings: DeflateSettings) {
+    pub(crate) fn enable_compression(&mut self, agreed: &NegotiatedDeflate, settings: DeflateSettings) {
         let role = self.role;
         self.decoder = Decoder::new(DecoderConfig {
             compression: true,
@@ -427,14 +412,16 @@ impl WebSocket {
     }
 
     /// Whether the connection's read or write deadline passed (and clears it).
-    pub fn take_timedout(&self, dir: Direction) -> bool {
+    pub(crate) fn take_timedout(&self, dir: Direction) -> bool {
         self.conn().take_timedout(dir)
     }
 
+    /// Whether our close frame was queued (nothing more can be sent).
     pub fn close_sent(&self) -> bool {
         self.close_sent
     }
 
+    /// Whether the peer's close frame arrived.
     pub fn close_received(&self) -> bool {
         self.close_received
     }
@@ -450,7 +437,7 @@ impl WebSocket {
     /// returned as soon as they arrive.
     ///
     /// ```no_run
-    /// # use ngx_http_websocket_module::session::{Received, WebSocket, WsError};
+    /// # use ngx_http_websocket_module::{Received, WebSocket, WsError};
     /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
     /// while let Some(received) = wb.recv()? {
     ///     match received {
@@ -482,18 +469,18 @@ impl WebSocket {
     /// a close frame carries its code and, as data, its reason.
     ///
     /// ```no_run
-    /// # use ngx_http_websocket_module::session::{FrameType, WebSocket, WsError};
+    /// # use ngx_http_websocket_module::{protocol::OpCode, WebSocket, WsError};
     /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
     /// // local data, typ, err = wb:recv_frame()
     /// while let Some(frame) = wb.recv_frame()? {
     ///     match frame.typ {
-    ///         FrameType::Close => {
+    ///         OpCode::Close => {
     ///             // typ == "close", err == code, data == reason
     ///             let code = frame.close_code.unwrap_or(1000);
     ///             return wb.send_close(Some(code), b"");
     ///         }
-    ///         FrameType::Ping => wb.send_pong(&frame.data)?,
-    ///         FrameType::Pong => {}
+    ///         OpCode::Ping => wb.send_pong(&frame.data)?,
+    ///         OpCode::Pong => {}
     ///         // err == "again": more fragments of this message follow
     ///         _ if frame.again => {}
     ///         _ => wb.send_text(&frame.data)?,
@@ -519,7 +506,7 @@ impl WebSocket {
         }
         match self.read_until(Unit::Frame)? {
             Some(Got::InPlace { header, range }) => Ok(Some(FrameRef {
-                typ: FrameType::from(header.opcode),
+                typ: header.opcode,
                 again: !header.fin,
                 close_code: None,
                 payload: Payload::Data(&self.rbuf[range]),
@@ -527,7 +514,7 @@ impl WebSocket {
             Some(Got::Data { header, .. }) => {
                 self.frame_in_message = true;
                 Ok(Some(FrameRef {
-                    typ: FrameType::from(header.opcode),
+                    typ: header.opcode,
                     again: !header.fin,
                     close_code: None,
                     payload: Payload::Data(&self.message),
@@ -536,7 +523,7 @@ impl WebSocket {
             Some(Got::Control(frame)) => {
                 self.note_control(&frame);
                 Ok(Some(FrameRef {
-                    typ: FrameType::from(frame.opcode),
+                    typ: frame.opcode,
                     again: false,
                     close_code: frame.close().map(|(code, _)| code),
                     payload: Payload::Control(frame),
@@ -715,18 +702,23 @@ impl WebSocket {
         buffers::give_scratch(data);
     }
 
+    /// Queues a text message of one frame (`data` must be UTF-8 for the
+    /// peer to accept it).
     pub fn send_text(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Text, data)
     }
 
+    /// Queues a binary message of one frame.
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Binary, data)
     }
 
+    /// Queues a ping (at most 125 bytes of payload).
     pub fn send_ping(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Ping, data)
     }
 
+    /// Queues a pong (at most 125 bytes of payload).
     pub fn send_pong(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Pong, data)
     }
@@ -856,7 +848,7 @@ impl WebSocket {
 
     /// Whether the connection could serve another session as it is: nothing
     /// queued or buffered, no message half sent or half received, no close.
-    pub fn reusable(&self) -> bool {
+    pub(crate) fn reusable(&self) -> bool {
         self.queued() == 0
             && self.rpos == self.rend
             && !self.decoder.in_message()
@@ -869,7 +861,7 @@ impl WebSocket {
     /// stopped reading for so long that it is given up. Nothing may be
     /// written after it (as after a close frame): a TLS write waiting for
     /// its retry could only be retried with the dropped bytes.
-    pub fn discard_output(&mut self) {
+    pub(crate) fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
         self.close_sent = true;
@@ -881,12 +873,12 @@ impl WebSocket {
     /// its answers. A relay leg's output comes from the other leg instead,
     /// and pausing its reading for it would make the legs wait on each
     /// other; there the bound only guards against replies of its own.
-    pub fn pause_reading_above(&mut self, queued: usize) {
+    pub(crate) fn pause_reading_above(&mut self, queued: usize) {
         self.read_pause_above = queued;
     }
 
     /// Whether reading waits for queued output to drain.
-    pub fn reading_paused(&self) -> bool {
+    pub(crate) fn reading_paused(&self) -> bool {
         self.queued() > self.read_pause_above
     }
 
@@ -896,7 +888,7 @@ impl WebSocket {
     }
 
     /// Whether reading stopped for queued output since the last call.
-    pub fn take_throttled(&mut self) -> bool {
+    pub(crate) fn take_throttled(&mut self) -> bool {
         core::mem::take(&mut self.throttled)
     }
 
@@ -908,7 +900,7 @@ impl WebSocket {
     /// Writes queued frames; `Ok(true)` once everything is on the wire.
     /// A write that must wait is retried from the same first byte with at
     /// least as many bytes, as [`ConnectionRef::send`] requires.
-    pub fn flush(&mut self) -> Result<bool, WsError> {
+    pub(crate) fn flush(&mut self) -> Result<bool, WsError> {
         while self.wpos < self.wbuf.len() {
             match self.conn().send(&self.wbuf[self.wpos..]) {
                 Io::Done(n) => self.wpos += n,
@@ -932,7 +924,7 @@ impl WebSocket {
     }
 
     /// The read deadline passed: what to do about a quiet peer.
-    pub fn on_read_timeout(&mut self) -> Quiet {
+    pub(crate) fn on_read_timeout(&mut self) -> Quiet {
         let now = now_msec();
         if [self.ends_at, self.drains_at]
             .into_iter()
@@ -981,7 +973,7 @@ impl WebSocket {
 
     /// Waits until the connection takes bytes written outside this object
     /// (the rest of the 101 response): the write timer bounds the wait.
-    pub fn await_writable(&self) -> Result<(), WsError> {
+    pub(crate) fn await_writable(&self) -> Result<(), WsError> {
         let c = self.conn();
         c.handle_event(Direction::Write).map_err(|_| WsError::Io)?;
         c.add_timer(Direction::Write, self.limits.timeout_ms);
@@ -991,7 +983,7 @@ impl WebSocket {
     /// Registers for the events the object now waits on, with
     /// `websocket_timeout` as the write deadline and [`Self::read_deadline`]
     /// for reads.
-    pub fn arm(&self, want_read: bool) -> Result<(), WsError> {
+    pub(crate) fn arm(&self, want_read: bool) -> Result<(), WsError> {
         let c = self.conn();
         let timeout = self.limits.timeout_ms;
         c.handle_event(Direction::Read).map_err(|_| WsError::Io)?;
