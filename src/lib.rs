@@ -68,6 +68,7 @@ mod pool;
 mod proxy;
 mod random;
 mod relay;
+mod serve;
 mod session;
 mod upgrade;
 mod url;
@@ -77,4 +78,6 @@ mod ws_client;
 pub use ngx_websocket_protocol as protocol;
 
 pub use ngx_io::{ConnectionRef, Direction, RequestRef};
+pub use serve::{serve, Context, Handler, Next, Origin, Waker};
+pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, Stats, WebSocket, WsError};

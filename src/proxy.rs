@@ -37,7 +37,7 @@ use crate::session::{Role, WebSocket};
 use crate::upgrade::ClientHandshake;
 use crate::upgrade::{self, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
-use crate::variables::SessionLog;
+use crate::variables::{LoggedSession, SessionCtx, SessionLog};
 use crate::ws_client::WsClient;
 
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
@@ -49,9 +49,7 @@ const HTTP_CLIENT_CLOSED_REQUEST: ngx_int_t = 499;
 /// Per-session state. The request owns it (as its module context) while
 /// the access log still needs it; with `access_log off` the request is
 /// freed once the relay runs, and the client connection owns it.
-#[repr(C)]
 struct PassSession {
-    /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     state: State,
     /// Whether the request is dropped after its 101 (`access_log off`).
@@ -151,21 +149,19 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     r.connection().set_log_action(c"connecting to upstream");
-    let session = Box::new(PassSession {
+    let session: SessionCtx = Box::new(PassSession {
         log: SessionLog::new(None, None),
         state: State::Done,
         detach: Detach::for_request(r),
     });
-    if r.set_owned_ctx(Module::module(), session).is_err() {
+    if r.set_owned_ctx(Module::module(), Box::new(session)).is_err() {
         return NGX_ERROR as ngx_int_t;
     }
-    let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
+    // SAFETY: an event handler of the request, run alone from the event loop.
+    let Some(session) = (unsafe { pass_of(r) }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_event_handlers(client_event, client_event);
-    // SAFETY: the request owns the session; this handler is the only user
-    // until it returns (the resolver's handler only posts an event).
-    let session = unsafe { session.as_mut() };
     match session.proceed(r, plan) {
         Next::Fail(rc) => {
             session.state = State::Done;
@@ -367,8 +363,8 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
         let r = RequestRef::from_raw((*ctx).data.cast());
         let pool = (*ForeignTypeRef::as_ptr(&*r)).pool;
         let (_, answer) = ngx_resolve::finish(pool, ctx);
-        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
-            if let State::Resolving(resolving) = &mut session.as_mut().state {
+        if let Some(session) = pass_of(r) {
+            if let State::Resolving(resolving) = &mut session.state {
                 if let Some(query) = resolving.query.take() {
                     query.forget();
                 }
@@ -394,10 +390,8 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
     let r = unsafe { RequestRef::from_raw(r) };
     let request = r.connection().take_close_request();
     if request != CloseRequest::None {
-        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
-            // SAFETY: the session lives in the request pool; nothing else
-            // references it during this event.
-            let session = unsafe { session.as_mut() };
+        // SAFETY: an event handler of the request, run alone from the event loop.
+        if let Some(session) = unsafe { pass_of(r) } {
             if request == CloseRequest::Now {
                 ngx_log_error!(
                     NGX_LOG_INFO,
@@ -417,10 +411,10 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
     }
     // SAFETY: the pipelined bytes were taken, and this runs from the event
     // loop: nothing else uses the request or the session.
-    let detached =
-        unsafe { detach_session::<PassSession>(r, Module::module(), detached_client_event) };
+    let detached = unsafe { detach_session::<SessionCtx>(r, detached_client_event) };
     if let Some(session) = detached {
-        if let State::Relaying(relay) = &session.state {
+        let pass = session.as_any_mut().downcast_mut::<PassSession>();
+        if let Some(State::Relaying(relay)) = pass.map(|p| &p.state) {
             relay
                 .upstream()
                 .redirect_events(c.cast(), detached_upstream_event);
@@ -438,7 +432,7 @@ unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
 unsafe extern "C" fn detached_client_event(ev: *mut ngx_event_t) {
     // SAFETY: the connection's data is the session `relay_client_event`
     // leaked into it.
-    let (c, session) = unsafe { detached_session::<PassSession>(ev) };
+    let (c, session) = unsafe { detached_session::<SessionCtx>(ev) };
     // SAFETY: as above.
     if unsafe { serve_close_request(c, session) } {
         run_detached(c, session);
@@ -455,13 +449,16 @@ unsafe extern "C" fn detached_upstream_event(ev: *mut ngx_event_t) {
         let c: *mut ngx_connection_t = (*upstream).data.cast();
         (
             ConnectionRef::from_ptr(c),
-            &mut *(*c).data.cast::<PassSession>(),
+            &mut *(*c).data.cast::<SessionCtx>(),
         )
     };
     run_detached(c, session);
 }
 
-fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
+fn run_detached(c: &ConnectionRef, ctx: &mut SessionCtx) {
+    let Some(session) = ctx.as_any_mut().downcast_mut::<PassSession>() else {
+        return;
+    };
     let next = match core::mem::replace(&mut session.state, State::Done) {
         State::Relaying(relay) => session.relay(relay, c.log()),
         _ => Next::Finish {
@@ -478,7 +475,31 @@ fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
         Next::Fail(_) => false,
     };
     // SAFETY: the connection owns the session, which is not used again.
-    unsafe { end_detached(c, session, linger) };
+    unsafe { end_detached(c, ctx, linger) };
+}
+
+impl LoggedSession for PassSession {
+    fn session_log(&self) -> &SessionLog {
+        &self.log
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}
+
+/// The session of a request that `websocket_pass` serves.
+///
+/// # Safety
+/// Nothing else may reference the session while the result is used, and it
+/// must not be used after the request is finalized.
+unsafe fn pass_of<'a>(r: &RequestRef) -> Option<&'a mut PassSession> {
+    let mut ctx = r.ctx::<SessionCtx>(Module::module())?;
+    // SAFETY: the request owns the session until it is freed; handlers run
+    // from the event loop, one at a time, and nothing else holds a
+    // reference to the session meanwhile.
+    let ctx = unsafe { ctx.as_mut() };
+    ctx.as_any_mut().downcast_mut::<PassSession>()
 }
 
 impl DetachedSession for PassSession {
@@ -513,13 +534,11 @@ unsafe extern "C" fn upstream_tls_done(c: *mut ngx_connection_t) {
 }
 
 fn run(r: &mut RequestRef, origin: Origin) {
-    let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
+    // SAFETY: an event handler of the request, run alone from the event loop.
+    let Some(session) = (unsafe { pass_of(r) }) else {
         r.finalize(false, true);
         return;
     };
-    // SAFETY: the session lives in the request pool until the request is
-    // finalized below; nothing else references it during this event.
-    let session = unsafe { session.as_mut() };
     let next = session.step(r, origin);
     if let State::Relaying(relay) = &session.state {
         session.log.update(relay.client_stats());

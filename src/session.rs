@@ -15,7 +15,6 @@ use ngx::ngx_log_error;
 
 use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
-use crate::config::Limits;
 use crate::drain;
 use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
@@ -193,6 +192,22 @@ impl From<ProtocolError> for WsError {
     fn from(e: ProtocolError) -> Self {
         WsError::Protocol(e)
     }
+}
+
+/// The limits and timers of one WebSocket object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_recv_len: u64,
+    pub max_send_len: u64,
+    pub send_masked: bool,
+    pub timeout_ms: ngx_msec_t,
+    /// `websocket_ping_interval`, when heartbeats are on.
+    pub ping_interval_ms: Option<ngx_msec_t>,
+    pub ping_timeout_ms: ngx_msec_t,
+    /// `websocket_max_session_time`, when set.
+    pub max_session_ms: Option<ngx_msec_t>,
+    /// `websocket_shutdown_spread`.
+    pub shutdown_spread_ms: ngx_msec_t,
 }
 
 /// One WebSocket endpoint over an nginx connection.
