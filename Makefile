@@ -85,6 +85,7 @@ deps:
 
 unit:
 	$(CARGO) test --profile $(PROFILE) --locked --workspace $(addprefix --exclude ,$(EXAMPLES))
+	tools/import-graph.sh
 	CARGO=$(CARGO) PROFILE=$(PROFILE) tools/check-dependent.sh
 
 # Twice: then again with the access log off, where sessions run without

@@ -18,7 +18,7 @@ use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
 use crate::compression::DeflateSettings;
-pub use crate::session::Limits;
+pub use crate::stats::Limits;
 use crate::upgrade::{Deflate, ServerOptions};
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
 use crate::ngx_ssl::{ClientTls, TlsSettings};

@@ -12,7 +12,7 @@ use ngx::ffi::{
     ngx_str_t, NGX_ERROR, NGX_OK,
 };
 
-use crate::session::Stats;
+use crate::stats::Stats;
 
 /// Which endpoint a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -140,7 +140,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(target) = conf.pass.as_ref() else {
         return NGX_ERROR as ngx_int_t;
     };
-    let handshake = match upgrade::validate(r, conf) {
+    let handshake = match upgrade::validate(r, &conf.server_options()) {
         Ok(h) => h,
         Err(rc) => return rc,
     };

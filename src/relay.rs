@@ -101,7 +101,7 @@ impl Relay {
     }
 
     /// What crossed the client leg so far.
-    pub fn client_stats(&self) -> crate::session::Stats {
+    pub fn client_stats(&self) -> crate::stats::Stats {
         self.client.stats()
     }
 

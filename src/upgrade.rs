@@ -4,7 +4,6 @@
 use ngx::ffi::{ngx_int_t, NGX_ERROR, NGX_HTTP_SWITCHING_PROTOCOLS, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
-use crate::config::LocConf;
 use crate::metrics;
 use crate::ngx_io::RequestRef;
 use crate::compression::DeflateSettings;
@@ -30,12 +29,20 @@ const HTTP_BAD_REQUEST: ngx_int_t = 400;
 const HTTP_UPGRADE_REQUIRED: u32 = 426;
 pub const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = 500;
 
-/// Checks the client's handshake (and `websocket_origins`). On failure the
-/// returned code is what the content handler returns to nginx.
-pub fn validate(r: &mut RequestRef, conf: &LocConf) -> Result<ClientHandshake, ngx_int_t> {
+/// Checks the client's handshake (and `origins`) against `opts`, for a
+/// session that answers later (`websocket_pass`, once the upstream agreed).
+/// On failure the returned code is what the content handler returns.
+pub fn validate(r: &mut RequestRef, opts: &ServerOptions) -> Result<ClientHandshake, ngx_int_t> {
+    let origins: Option<Vec<Vec<u8>>> = opts
+        .origins
+        .as_ref()
+        .map(|list| list.iter().map(|o| o.as_bytes().to_vec()).collect());
     let checks = Checks {
-        origins: conf.origins.as_deref(),
-        deflate: conf.deflate().map(|(cfg, _)| cfg),
+        origins: origins.as_deref(),
+        deflate: opts.deflate.map(|d| DeflateConfig {
+            window_bits: d.window_bits,
+            context_takeover: d.context_takeover,
+        }),
     };
     validate_with(r, &checks)
 }
@@ -320,18 +327,7 @@ pub fn upgrade<'r>(
     r: &'r mut RequestRef,
     opts: &ServerOptions,
 ) -> Result<Upgraded<'r>, ngx_int_t> {
-    let origins: Option<Vec<Vec<u8>>> = opts
-        .origins
-        .as_ref()
-        .map(|list| list.iter().map(|o| o.as_bytes().to_vec()).collect());
-    let checks = Checks {
-        origins: origins.as_deref(),
-        deflate: opts.deflate.map(|d| DeflateConfig {
-            window_bits: d.window_bits,
-            context_takeover: d.context_takeover,
-        }),
-    };
-    let handshake = validate_with(r, &checks)?;
+    let handshake = validate(r, opts)?;
     let offered: Vec<&str> = handshake.protocols.iter().map(String::as_str).collect();
     let ours: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
     let chosen = (!ours.is_empty())

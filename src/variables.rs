@@ -14,7 +14,7 @@ use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_detach::{Detach, DetachedSession};
 use crate::ngx_io::RequestRef;
-use crate::session::Stats;
+use crate::stats::Stats;
 
 /// A session of this module, as the request's module context holds it
 /// (boxed once more: a thin pointer fits the context slot): the variables
