@@ -78,7 +78,7 @@ mod ws_client;
 
 pub use ngx_websocket_protocol as protocol;
 
-pub use ngx_io::{ConnectionRef, Direction, RequestRef};
+pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use serve::{serve, Context, Handler, Next, Origin, Waker};
 pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};

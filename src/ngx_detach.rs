@@ -53,7 +53,7 @@ struct LogLocConfHead {
 impl RequestRef {
     /// Whether the location has `access_log off`, so that nothing reads the
     /// request after its response header.
-    pub fn access_log_off(&self) -> bool {
+    pub(crate) fn access_log_off(&self) -> bool {
         // SAFETY: the log module's loc conf exists in every location of a
         // live request and starts with the fields of `LogLocConfHead`.
         unsafe {
@@ -76,7 +76,7 @@ impl RequestRef {
     /// Gives the request ownership of `value` as its module context: it is
     /// dropped when the request pool is destroyed (after the access log was
     /// written), unless [`RequestRef::take_owned_ctx`] took it back first.
-    pub fn set_owned_ctx<T: 'static>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
+    pub(crate) fn set_owned_ctx<T: 'static>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
         let r = self.as_ptr();
         // SAFETY: the request pool lives until the request is freed; the
         // cleanup's data is the request, still valid when the pool's
@@ -101,7 +101,7 @@ impl RequestRef {
 
     /// The context that [`RequestRef::set_owned_ctx`] gave as a `T`, found
     /// among the request pool's cleanups, whatever the module.
-    pub fn owned_ctx<T: 'static>(&self) -> Option<NonNull<T>> {
+    pub(crate) fn owned_ctx<T: 'static>(&self) -> Option<NonNull<T>> {
         let index = self.owned_ctx_index::<T>()?;
         // SAFETY: the slot of a module index nginx assigned, in a live request.
         NonNull::new(unsafe { *(*self.as_ptr()).ctx.add(index) }.cast())

@@ -19,7 +19,8 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, NgxHttpCoreModule};
 
-/// An nginx call that failed; nginx has usually logged the cause already.
+/// An nginx call that failed (its name); nginx has usually logged the cause
+/// already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NgxError(pub &'static str);
 

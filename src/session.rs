@@ -195,7 +195,14 @@ impl From<ProtocolError> for WsError {
     }
 }
 
-/// One WebSocket endpoint over an nginx connection.
+/// One WebSocket endpoint over an nginx connection: the seed's `wb` object.
+///
+/// Only the library makes one ([`upgrade`](crate::upgrade)), over the
+/// connection it keeps open until the object is dropped. Code outside the
+/// crate only ever holds `&mut` to one object at a time (its own session's,
+/// through [`Upgraded::ws`](crate::Upgraded::ws) or
+/// [`Context::ws`](crate::Context::ws)), so it cannot swap objects between
+/// connections.
 pub struct WebSocket {
     conn: NonNull<ngx_connection_t>,
     role: Role,
