@@ -52,6 +52,7 @@
 #![cfg_attr(any(test, not(feature = "export-modules")), allow(dead_code))]
 
 mod buffers;
+mod clock;
 mod client;
 mod compression;
 mod config;

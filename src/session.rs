@@ -25,6 +25,8 @@ use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
 use crate::protocol::mask::apply_mask;
 use crate::protocol::ProtocolError;
 use crate::random::{self, EntropyError};
+pub use crate::clock::Quiet;
+use crate::clock::{Clock, Due};
 pub use crate::stats::{Limits, Stats};
 
 use foreign_types::ForeignTypeRef;
@@ -228,54 +230,11 @@ pub struct WebSocket {
     sending_message: bool,
     /// permessage-deflate, when negotiated.
     compression: Option<Box<Compression>>,
-    /// When bytes last arrived, and when an unanswered heartbeat ping went
-    /// out (`websocket_ping_interval`).
-    last_received: ngx_msec_t,
-    ping_sent_at: Option<ngx_msec_t>,
-    /// When the session reaches `websocket_max_session_time`.
-    ends_at: Option<ngx_msec_t>,
-    /// When the exiting worker's turn for this session comes
-    /// (`websocket_shutdown_spread`).
-    drains_at: Option<ngx_msec_t>,
+    /// The heartbeat and session-age timers.
+    clock: Clock,
     /// Counted in `nginx_websocket_sessions_draining` until dropped.
     draining: bool,
     stats: Stats,
-}
-
-/// What a quiet peer gets when its read deadline passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quiet {
-    /// No heartbeats configured: it was idle for `websocket_timeout`.
-    Idle,
-    /// A heartbeat ping was queued.
-    Pinged,
-    /// It did not answer a ping within `websocket_ping_timeout`.
-    Dead,
-    /// Not quiet: the session is due to close (see [`WebSocket::take_due`]).
-    Due,
-}
-
-/// Why a session is due to close with 1001 after the message under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
-    /// It lasted `websocket_max_session_time`.
-    MaxSessionTime,
-    /// The worker is exiting and the session's turn came.
-    Drain,
-}
-
-/// Whether the worker's clock reached `at`.
-fn reached(at: ngx_msec_t, now: ngx_msec_t) -> bool {
-    (now.wrapping_sub(at) as isize) >= 0
-}
-
-/// Milliseconds from `now` to `at`, at least 1.
-fn until(at: ngx_msec_t, now: ngx_msec_t) -> ngx_msec_t {
-    if reached(at, now) {
-        1
-    } else {
-        at.wrapping_sub(now)
-    }
 }
 
 impl WebSocket {
@@ -314,13 +273,7 @@ impl WebSocket {
             read_pause_above: WRITE_HIGH_WATER,
             sending_message: false,
             compression: None,
-            last_received: now_msec(),
-            ping_sent_at: None,
-            ends_at: limits
-                .max_session_ms
-                .filter(|_| role == Role::Server)
-                .map(|ms| now_msec().wrapping_add(ms)),
-            drains_at: None,
+            clock: Clock::new(now_msec(), limits, role == Role::Server),
             draining: false,
             stats: Stats::default(),
         }
@@ -343,7 +296,7 @@ impl WebSocket {
             self.draining = true;
             metrics::draining_started();
             let delay = drain::delay(self.limits.shutdown_spread_ms);
-            self.drains_at = Some(now_msec().wrapping_add(delay));
+            self.clock.drain(now_msec(), delay);
         }
     }
 
@@ -352,7 +305,7 @@ impl WebSocket {
     /// after the message under way. Reaching the age is logged at info.
     pub(crate) fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
         let mut due = false;
-        while let Some(reason) = self.take_due() {
+        while let Some(reason) = self.clock.take_due(now_msec()) {
             if reason == Due::MaxSessionTime {
                 ngx_log_error!(
                     NGX_LOG_INFO,
@@ -363,21 +316,6 @@ impl WebSocket {
             due = true;
         }
         due
-    }
-
-    /// Whether the session became due to close since the last call
-    /// (each reason is told once).
-    fn take_due(&mut self) -> Option<Due> {
-        let now = now_msec();
-        if self.ends_at.is_some_and(|at| reached(at, now)) {
-            self.ends_at = None;
-            return Some(Due::MaxSessionTime);
-        }
-        if self.drains_at.is_some_and(|at| reached(at, now)) {
-            self.drains_at = None;
-            return Some(Due::Drain);
-        }
-        None
     }
 
     fn conn(&self) -> &ConnectionRef {
@@ -416,6 +354,7 @@ impl WebSocket {
     /// The network timeout for reads and writes (`websocket_timeout`).
     pub fn set_timeout(&mut self, ms: ngx_msec_t) {
         self.limits.timeout_ms = ms;
+        self.clock.set_timeout(ms);
     }
 
     /// Returns the next complete message or control frame, `Ok(None)` when
@@ -575,8 +514,7 @@ impl WebSocket {
                 Io::Done(n) => {
                     self.rend += n;
                     // Anything from the peer shows it is alive.
-                    self.last_received = now_msec();
-                    self.ping_sent_at = None;
+                    self.clock.received(now_msec());
                 }
                 Io::Again => {
                     self.release_idle_buffers();
@@ -912,50 +850,13 @@ impl WebSocket {
 
     /// The read deadline passed: what to do about a quiet peer.
     pub(crate) fn on_read_timeout(&mut self) -> Quiet {
-        let now = now_msec();
-        if [self.ends_at, self.drains_at]
-            .into_iter()
-            .flatten()
-            .any(|at| reached(at, now))
-        {
-            return Quiet::Due;
+        match self.clock.on_read_timeout(now_msec()) {
+            Quiet::Pinged => match self.send_ping(HEARTBEAT) {
+                Ok(()) => Quiet::Pinged,
+                Err(_) => Quiet::Idle,
+            },
+            quiet => quiet,
         }
-        let Some(_) = self.limits.ping_interval_ms else {
-            return Quiet::Idle;
-        };
-        if self.ping_sent_at.is_some() {
-            return Quiet::Dead;
-        }
-        self.ping_sent_at = Some(now_msec());
-        match self.send_ping(HEARTBEAT) {
-            Ok(()) => Quiet::Pinged,
-            Err(_) => Quiet::Idle,
-        }
-    }
-
-    /// Milliseconds until the read deadline: the quiet peer's (see
-    /// [`Self::quiet_deadline`]), or sooner when the session is due to close.
-    fn read_deadline(&self) -> ngx_msec_t {
-        let now = now_msec();
-        [self.ends_at, self.drains_at]
-            .into_iter()
-            .flatten()
-            .map(|at| until(at, now))
-            .fold(self.quiet_deadline(), ngx_msec_t::min)
-    }
-
-    /// Milliseconds until a quiet peer is dealt with: the heartbeat's when
-    /// `websocket_ping_interval` is set, else `websocket_timeout`.
-    fn quiet_deadline(&self) -> ngx_msec_t {
-        let Some(interval) = self.limits.ping_interval_ms else {
-            return self.limits.timeout_ms;
-        };
-        let (since, wait) = match self.ping_sent_at {
-            Some(sent) => (sent, self.limits.ping_timeout_ms),
-            None => (self.last_received, interval),
-        };
-        let elapsed = now_msec().wrapping_sub(since);
-        wait.saturating_sub(elapsed).max(1)
     }
 
     /// Waits until the connection takes bytes written outside this object
@@ -983,7 +884,7 @@ impl WebSocket {
         // While reading waits for queued output to drain, the write timer
         // alone bounds the wait: the peer is slow, not idle.
         if want_read && !self.reading_paused() {
-            c.add_timer(Direction::Read, self.read_deadline());
+            c.add_timer(Direction::Read, self.clock.read_deadline(now_msec()));
         } else {
             c.del_timer(Direction::Read);
         }
