@@ -207,6 +207,9 @@ impl From<ProtocolError> for WsError {
 /// connections.
 pub struct WebSocket {
     conn: NonNull<ngx_connection_t>,
+    /// Unit tests: the socket the object reads and writes instead.
+    #[cfg(test)]
+    fake: std::rc::Rc<core::cell::RefCell<tests::Socket>>,
     role: Role,
     decoder: Decoder,
     rbuf: Vec<u8>,
@@ -246,6 +249,12 @@ impl WebSocket {
     /// stay open (not closed or reused by nginx) until the object is
     /// dropped, and the object must be used on this worker's thread only.
     pub(crate) unsafe fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
+        let conn = NonNull::new(conn.as_ptr()).expect("a connection reference is never null");
+        Self::over(conn, role, limits, pipelined)
+    }
+
+    /// The object over `conn` (see [`WebSocket::new`]).
+    fn over(conn: NonNull<ngx_connection_t>, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
         let decoder = Decoder::new(decoder_config(role, &limits));
         let mut rbuf = if pipelined.is_empty() {
             Vec::new()
@@ -256,7 +265,9 @@ impl WebSocket {
         };
         rbuf[..pipelined.len()].copy_from_slice(pipelined);
         WebSocket {
-            conn: NonNull::new(conn.as_ptr()).expect("a connection reference is never null"),
+            conn,
+            #[cfg(test)]
+            fake: Default::default(),
             role,
             decoder,
             rbuf,
@@ -322,6 +333,43 @@ impl WebSocket {
         // SAFETY: the session owning the object is dropped before its
         // connection is closed.
         unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
+    }
+
+    /// Whether the socket may have bytes to read.
+    #[cfg(not(test))]
+    fn io_ready(&self) -> bool {
+        self.conn().ready(Direction::Read)
+    }
+
+    /// Reads what the socket has into the free end of the read buffer.
+    #[cfg(not(test))]
+    fn io_recv(&mut self) -> Io {
+        let conn = self.conn.as_ptr();
+        // SAFETY: see `conn()`; the reference does not outlive this call.
+        unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..])
+    }
+
+    /// Writes queued bytes from the first unwritten one.
+    #[cfg(not(test))]
+    fn io_send(&self) -> Io {
+        self.conn().send(&self.wbuf[self.wpos..])
+    }
+
+    #[cfg(test)]
+    fn io_ready(&self) -> bool {
+        self.fake.borrow().ready()
+    }
+
+    #[cfg(test)]
+    fn io_recv(&mut self) -> Io {
+        let fake = self.fake.clone();
+        let io = fake.borrow_mut().recv(&mut self.rbuf[self.rend..]);
+        io
+    }
+
+    #[cfg(test)]
+    fn io_send(&self) -> Io {
+        self.fake.borrow_mut().send(&self.wbuf[self.wpos..])
     }
 
     /// Turns permessage-deflate on as the handshake agreed; before anything
@@ -500,16 +548,14 @@ impl WebSocket {
             // nginx keeps `ready` exact (a short read or EAGAIN clears it,
             // the next epoll event sets it): when it is clear there is
             // nothing to read, and no buffer to take for finding that out.
-            if !self.conn().ready(Direction::Read) {
+            if !self.io_ready() {
                 self.release_idle_buffers();
                 return Ok(None);
             }
             if self.rbuf.len() == self.rend {
                 self.grow_read_buffer();
             }
-            let conn = self.conn.as_ptr();
-            // SAFETY: see `conn()`; the reference does not outlive this call.
-            let io = unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..]);
+            let io = self.io_recv();
             match io {
                 Io::Done(n) => {
                     self.rend += n;
@@ -827,7 +873,7 @@ impl WebSocket {
     /// least as many bytes, as [`ConnectionRef::send`] requires.
     pub(crate) fn flush(&mut self) -> Result<bool, WsError> {
         while self.wpos < self.wbuf.len() {
-            match self.conn().send(&self.wbuf[self.wpos..]) {
+            match self.io_send() {
                 Io::Done(n) => self.wpos += n,
                 Io::Again => {
                     // Drop what was written once it is at least half of the
@@ -916,5 +962,270 @@ fn decoder_config(role: Role, limits: &Limits) -> DecoderConfig {
         parse,
         max_message_len: limits.max_recv_len,
         compression: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The object's state without nginx: bytes in through a fake socket,
+    //! decoded, validated and delivered; sends queued, limited, closed and
+    //! flushed through partial writes; reading paused for queued output.
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::protocol::build_frame;
+    use crate::protocol::close::NORMAL;
+
+    /// A socket: what the peer sent, and room for what we write.
+    #[derive(Default)]
+    pub struct Socket {
+        input: VecDeque<u8>,
+        eof: bool,
+        output: Vec<u8>,
+        /// Bytes a write may still take; `None`: any.
+        room: Option<usize>,
+    }
+
+    impl Socket {
+        pub fn ready(&self) -> bool {
+            !self.input.is_empty() || self.eof
+        }
+
+        pub fn recv(&mut self, buf: &mut [u8]) -> Io {
+            if self.input.is_empty() {
+                return if self.eof { Io::Eof } else { Io::Again };
+            }
+            let n = buf.len().min(self.input.len());
+            for (b, x) in buf.iter_mut().zip(self.input.drain(..n)) {
+                *b = x;
+            }
+            Io::Done(n)
+        }
+
+        pub fn send(&mut self, buf: &[u8]) -> Io {
+            let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
+            if n == 0 {
+                return Io::Again;
+            }
+            self.output.extend_from_slice(&buf[..n]);
+            if let Some(room) = &mut self.room {
+                *room -= n;
+            }
+            Io::Done(n)
+        }
+    }
+
+    fn limits(max: u64) -> Limits {
+        Limits {
+            max_recv_len: max,
+            max_send_len: max,
+            send_masked: false,
+            timeout_ms: 60_000,
+            ping_interval_ms: None,
+            ping_timeout_ms: 30_000,
+            max_session_ms: None,
+            shutdown_spread_ms: 0,
+        }
+    }
+
+    /// A server-side object whose peer sent `input` (then `eof`).
+    fn server(input: &[u8], eof: bool) -> WebSocket {
+        let ws = WebSocket::over(NonNull::dangling(), Role::Server, limits(100), &[]);
+        ws.fake.borrow_mut().input.extend(input);
+        ws.fake.borrow_mut().eof = eof;
+        ws
+    }
+
+    const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn masked(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        build_frame(fin, op, payload, KEY)
+    }
+
+    /// What `recv` delivered, as text.
+    fn delivered(ws: &mut WebSocket) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match ws.recv() {
+                Ok(Some(Received::Message { opcode, data })) => {
+                    out.push(format!("{opcode:?} {}", String::from_utf8_lossy(&data)))
+                }
+                Ok(Some(Received::Ping(p))) => {
+                    out.push(format!("ping {}", String::from_utf8_lossy(p.payload())))
+                }
+                Ok(Some(Received::Pong(_))) => out.push("pong".into()),
+                Ok(Some(Received::Close(c))) => out.push(format!("close {c:?}")),
+                Ok(None) => return out,
+                Err(WsError::Protocol(e)) => {
+                    out.push(format!("error {}", e.close_code()));
+                    return out;
+                }
+                Err(e) => {
+                    out.push(format!("{e}"));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn receiving() {
+        let text = |s: &str| masked(true, OpCode::Text, s.as_bytes());
+        let table: Vec<(&str, Vec<u8>, bool, Vec<&str>)> = vec![
+            ("one text message", text("hello"), false, vec!["Text hello"]),
+            (
+                "two messages in one read",
+                [text("a"), masked(true, OpCode::Binary, b"b")].concat(),
+                false,
+                vec!["Text a", "Binary b"],
+            ),
+            (
+                "fragments reassembled, a ping inside answered first",
+                [
+                    masked(false, OpCode::Text, b"hel"),
+                    masked(true, OpCode::Ping, b"p"),
+                    masked(true, OpCode::Continuation, b"lo"),
+                ]
+                .concat(),
+                false,
+                vec!["ping p", "Text hello"],
+            ),
+            (
+                "a close with code and reason",
+                masked(true, OpCode::Close, &build_close_payload(NORMAL, b"bye")),
+                false,
+                vec!["close Some((1000, \"bye\"))"],
+            ),
+            (
+                "an unmasked frame from a client",
+                build_frame(true, OpCode::Text, b"x", None),
+                false,
+                vec!["error 1002"],
+            ),
+            (
+                "a frame over max_recv_len",
+                masked(true, OpCode::Binary, &[0; 101]),
+                false,
+                vec!["error 1009"],
+            ),
+            (
+                "invalid UTF-8 across fragments",
+                [
+                    masked(false, OpCode::Text, &[0xe2, 0x82]),
+                    masked(true, OpCode::Continuation, &[0x28]),
+                ]
+                .concat(),
+                false,
+                vec!["error 1007"],
+            ),
+            (
+                "a half frame waits",
+                text("hello")[..4].to_vec(),
+                false,
+                vec![],
+            ),
+            (
+                "the peer goes away",
+                text("x"),
+                true,
+                vec!["Text x", "peer closed the connection without a close frame"],
+            ),
+        ];
+        for (name, input, eof, want) in table {
+            let mut ws = server(&input, eof);
+            assert_eq!(delivered(&mut ws), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn stats_and_close_state() {
+        let input = [
+            masked(true, OpCode::Text, b"abc"),
+            masked(true, OpCode::Close, &build_close_payload(4000, b"")),
+        ]
+        .concat();
+        let mut ws = server(&input, false);
+        assert_eq!(delivered(&mut ws).len(), 2);
+        assert!(ws.close_received());
+        assert!(!ws.close_sent());
+        ws.send_text(b"hello").unwrap();
+        ws.send_close(Some(NORMAL), b"").unwrap();
+        assert!(ws.close_sent());
+        assert!(matches!(ws.send_text(b"late"), Err(WsError::Closed)));
+        let stats = ws.stats();
+        assert_eq!((stats.messages_in, stats.bytes_in), (1, 3));
+        assert_eq!((stats.messages_out, stats.bytes_out), (1, 5));
+        assert_eq!(stats.close_code, Some(4000), "the first close frame's code");
+    }
+
+    #[test]
+    fn sending() {
+        let mut ws = server(&[], false);
+        // Over the limit: refused, nothing queued (the seed's rule).
+        assert!(matches!(
+            ws.send_binary(&[0; 101]),
+            Err(WsError::TooBig { len: 101, limit: 100 })
+        ));
+        assert!(matches!(ws.send_ping(&[0; 126]), Err(WsError::TooBig { .. })));
+        assert_eq!(ws.queued(), 0);
+        ws.send_text(b"hi").unwrap();
+        ws.send_frame(false, OpCode::Binary, b"a").unwrap();
+        ws.send_frame(true, OpCode::Continuation, b"b").unwrap();
+        ws.send_pong(b"p").unwrap();
+        let want = [
+            build_frame(true, OpCode::Text, b"hi", None),
+            build_frame(false, OpCode::Binary, b"a", None),
+            build_frame(true, OpCode::Continuation, b"b", None),
+            build_frame(true, OpCode::Pong, b"p", None),
+        ]
+        .concat();
+        assert_eq!(ws.queued(), want.len());
+        // Partial writes: the rest waits and goes out in order.
+        ws.fake.borrow_mut().room = Some(3);
+        assert!(!ws.flush().unwrap());
+        assert_eq!(ws.queued(), want.len() - 3);
+        ws.fake.borrow_mut().room = None;
+        assert!(ws.flush().unwrap());
+        assert_eq!(ws.queued(), 0);
+        assert_eq!(ws.fake.borrow().output, want, "server frames go out unmasked");
+    }
+
+    #[test]
+    fn reading_pauses_for_queued_output() {
+        let mut ws = server(&masked(true, OpCode::Text, b"1"), false);
+        ws.pause_reading_above(4);
+        ws.fake.borrow_mut().room = Some(0);
+        let Ok(Some(Received::Message { data, .. })) = ws.recv() else {
+            panic!("the first message is read")
+        };
+        // The next one is in the socket, not yet read.
+        let next = masked(true, OpCode::Text, b"2");
+        ws.fake.borrow_mut().input.extend(next);
+        ws.send_text(&data).unwrap();
+        ws.send_text(&data).unwrap();
+        assert!(ws.reading_paused());
+        assert!(matches!(ws.recv(), Ok(None)), "paused with a message waiting");
+        assert!(ws.take_throttled());
+        ws.fake.borrow_mut().room = None;
+        assert!(ws.flush().unwrap());
+        assert!(matches!(ws.recv(), Ok(Some(Received::Message { .. }))));
+    }
+
+    #[test]
+    fn recv_frame_reports_fragments() {
+        let input = [
+            masked(false, OpCode::Text, b"ab"),
+            masked(true, OpCode::Continuation, b"c"),
+        ]
+        .concat();
+        let mut ws = server(&input, false);
+        let f = ws.recv_frame().unwrap().unwrap();
+        assert_eq!((f.typ, f.again, f.data.as_slice()), (OpCode::Text, true, &b"ab"[..]));
+        let f = ws.recv_frame().unwrap().unwrap();
+        assert_eq!(
+            (f.typ, f.again, f.data.as_slice()),
+            (OpCode::Continuation, false, &b"c"[..])
+        );
+        assert!(ws.recv_frame().unwrap().is_none());
     }
 }
