@@ -290,7 +290,9 @@ impl ServerOptions {
 }
 
 /// An upgraded request: the 101 is on its way, the WebSocket is ready for
-/// [`serve`](crate::serve).
+/// [`serve`](crate::serve). It borrows the request: it cannot outlive the
+/// content handler unless served. Dropped instead, the content handler must
+/// return `NGX_ERROR` (the client was told 101; nginx closes the connection).
 pub struct Upgraded<'r> {
     /// The object may not outlive the request's handler unless served.
     request: &'r mut RequestRef,
