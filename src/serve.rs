@@ -4,14 +4,15 @@
 
 use core::any::Any;
 use core::cell::Cell;
+use core::ffi::CStr;
 use core::ptr::NonNull;
 use std::rc::Rc;
 
+use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
     ngx_connection_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_module_t,
     NGX_DONE, NGX_ERROR, NGX_LOG_INFO,
 };
-use foreign_types::ForeignTypeRef;
 use ngx::ngx_log_error;
 
 use crate::metrics::{self, Kind};
@@ -19,9 +20,10 @@ use crate::ngx_detach::{
     detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
-    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
+    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction, NgxError,
     RequestRef,
 };
+use crate::ngx_peer::{request_of, EventHandler};
 use crate::protocol::close::{GOING_AWAY, INTERNAL};
 use crate::session::{Quiet, Stats, WebSocket, WsError};
 use crate::upgrade::Upgraded;
@@ -81,6 +83,9 @@ pub enum Origin {
     Client,
     /// A [`Waker`] of the session was woken.
     Wake,
+    /// An event of the session's upstream connection (a relaying session,
+    /// as `websocket_pass` runs; a [`Handler`] never gets it).
+    Upstream,
 }
 
 /// What a [`Handler`] works with during one call.
@@ -160,26 +165,43 @@ impl Waker {
     }
 }
 
-/// An upgraded session and its handler; the request owns it (as its module
-/// context) while the access log still needs it, the connection after
-/// that (`access_log off`).
-struct Served {
+/// What a served session does with a round of work: a [`Handler`]'s
+/// session, or the relay of `websocket_pass`.
+pub(crate) trait Drive: 'static {
+    /// One round of work after an event; `request` while the request is
+    /// attached (its 101 may still be on its way out).
+    fn run(&mut self, c: &ConnectionRef, request: Option<&mut RequestRef>, origin: Origin) -> End;
+    /// The worker is exiting: finish what is under way, then close.
+    fn drain(&mut self);
+    /// What crossed the client leg so far.
+    fn stats(&self) -> Stats;
+    /// The request was detached: the client connection `c` owns the
+    /// session now, and an upstream connection's events go to `handler`
+    /// with `c` as their data.
+    fn detached(&mut self, c: *mut ngx_connection_t, handler: EventHandler) {
+        let _ = (c, handler);
+    }
+}
+
+/// An upgraded session; the request owns it (as its module context) while
+/// the access log still needs it, the connection after that (`access_log
+/// off`).
+pub(crate) struct Served {
     log: SessionLog,
-    ws: WebSocket,
-    handler: Box<dyn Handler>,
-    waker: Waker,
-    /// Due to close: finish the message under way, then close 1001.
-    shutting_down: bool,
-    /// `shut_down` was told.
-    told: bool,
+    drive: Box<dyn Drive>,
     detach: Detach,
+}
+
+impl Served {
+    /// A session that `drive` runs, logged in `log`.
+    pub(crate) fn new(log: SessionLog, drive: Box<dyn Drive>, detach: Detach) -> Served {
+        Served { log, drive, detach }
+    }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.waker.0.conn.set(None);
-        self.log.update(self.ws.stats());
-        self.handler.finish(&self.ws.stats());
+        self.log.update(self.drive.stats());
     }
 }
 
@@ -189,7 +211,7 @@ impl DetachedSession for Served {
     }
 
     fn shut_down(&mut self) {
-        self.ws.drain();
+        self.drive.drain();
     }
 }
 
@@ -203,8 +225,26 @@ impl LoggedSession for Served {
     }
 }
 
+/// A [`Handler`]'s session: the library's part of the work around it.
+struct HandlerSession {
+    ws: WebSocket,
+    handler: Box<dyn Handler>,
+    waker: Waker,
+    /// Due to close: finish the message under way, then close 1001.
+    shutting_down: bool,
+    /// `shut_down` was told.
+    told: bool,
+}
+
+impl Drop for HandlerSession {
+    fn drop(&mut self) {
+        self.waker.0.conn.set(None);
+        self.handler.finish(&self.ws.stats());
+    }
+}
+
 /// How a round of work ended.
-enum End {
+pub(crate) enum End {
     Wait,
     Finish { linger: bool, error: bool },
 }
@@ -241,34 +281,49 @@ pub(crate) unsafe fn serve_as(
         metrics::session_started(kind);
     }
     let c = r.connection();
-    let session: SessionCtx = Box::new(Served {
-        log: SessionLog::new(kind, subprotocol),
+    let drive = HandlerSession {
         ws,
         handler,
         waker: Waker::new(c),
         shutting_down: false,
         told: false,
-        detach: Detach::for_request(r),
-    });
+    };
+    let served = Served::new(
+        SessionLog::new(kind, subprotocol),
+        Box::new(drive),
+        Detach::for_request(r),
+    );
+    let session: SessionCtx = Box::new(served);
     if r.set_owned_ctx(module, Box::new(session)).is_err() {
         return NGX_ERROR as ngx_int_t;
     }
-    r.set_event_handlers(on_request_event, on_request_event);
     r.hold();
+    let action = match kind {
+        Some(Kind::Echo) => c"serving WebSocket echo",
+        _ => c"serving WebSocket",
+    };
+    if start(r, action).is_err() {
+        return NGX_ERROR as ngx_int_t;
+    }
+    NGX_DONE as ngx_int_t
+}
+
+/// Runs the session in the request's context (a [`Served`]) from the next
+/// event on: its events come to this module's trampolines.
+pub(crate) fn start(r: &mut RequestRef, action: &'static CStr) -> Result<(), NgxError> {
+    r.set_event_handlers(on_request_event, on_request_event);
     let c = r.connection();
     // Events come straight to the session (not through the request's
     // handlers), so that a worker that exits asks it to close gracefully.
     c.set_event_handler(on_connection_event);
     c.set_idle(true);
-    c.set_log_action(c"serving WebSocket");
-    if c.tcp_nodelay().is_err() {
-        return NGX_ERROR as ngx_int_t;
-    }
+    c.set_log_action(action);
+    c.tcp_nodelay()?;
     // Run the first step from the event loop, not from inside the content
     // phase, so every end of the session goes through one path (and the
     // request may be detached there, once nginx is done with it).
     c.post(Direction::Read);
-    NGX_DONE as ngx_int_t
+    Ok(())
 }
 
 /// The session of a request that [`serve`] serves.
@@ -296,7 +351,7 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
         CloseRequest::Graceful => {
             // SAFETY: an event handler of the request, run alone from the event loop.
             if let Some(session) = unsafe { served_of(r) } {
-                session.ws.drain();
+                session.drive.drain();
             }
         }
         CloseRequest::Now => {
@@ -315,20 +370,57 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
     // loop: nothing else uses the request or the session.
     let detached = unsafe { detach_session::<SessionCtx>(r, on_detached_event) };
     if let Some(session) = detached {
+        if let Some(served) = session.as_any_mut().downcast_mut::<Served>() {
+            served.drive.detached(c, on_detached_upstream_event);
+        }
         // SAFETY: `c` lives on, now owning the session.
-        run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
+        run_detached(
+            unsafe { ConnectionRef::from_ptr(c) },
+            session,
+            Origin::Client,
+        );
         return;
     }
-    // SAFETY: as above.
-    unsafe { on_request_event(r.as_ptr()) };
+    run_attached(r, Origin::Client);
     // SAFETY: `c` is the client connection; see run_posted_requests.
     unsafe { run_posted_requests(c) };
+}
+
+/// Event handler of a served session's upstream connection while the
+/// request is attached: its data is the request.
+pub(crate) unsafe extern "C" fn on_upstream_event(ev: *mut ngx_event_t) {
+    // SAFETY: the upstream connection was attached with the request as data.
+    let r = unsafe { RequestRef::from_raw(request_of(ev)) };
+    let c = r.connection_ptr();
+    run_attached(r, Origin::Upstream);
+    // SAFETY: `c` is the client connection; see run_posted_requests.
+    unsafe { run_posted_requests(c) };
+}
+
+/// Event handler of a served session's upstream connection once the
+/// request was detached: its data is the client connection.
+unsafe extern "C" fn on_detached_upstream_event(ev: *mut ngx_event_t) {
+    // SAFETY: `Drive::detached` redirected the upstream's events with the
+    // client connection as data; its data is the session.
+    let (c, session) = unsafe {
+        let upstream: *mut ngx_connection_t = (*ev).data.cast();
+        let c: *mut ngx_connection_t = (*upstream).data.cast();
+        (
+            ConnectionRef::from_ptr(c),
+            &mut *(*c).data.cast::<SessionCtx>(),
+        )
+    };
+    run_detached(c, session, Origin::Upstream);
 }
 
 /// Read and write event handler of a served request.
 unsafe extern "C" fn on_request_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let r = unsafe { RequestRef::from_raw(r) };
+    run_attached(r, Origin::Client);
+}
+
+fn run_attached(r: &mut RequestRef, origin: Origin) {
     // SAFETY: an event handler of the request, run alone from the event loop.
     let Some(session) = (unsafe { served_of(r) }) else {
         r.finalize(false, true);
@@ -336,8 +428,8 @@ unsafe extern "C" fn on_request_event(r: *mut ngx_http_request_t) {
     };
     // SAFETY: the request's connection outlives this event.
     let c = unsafe { ConnectionRef::from_ptr(r.connection_ptr()) };
-    let end = session.run(c, Some(r));
-    session.log.update(session.ws.stats());
+    let end = session.drive.run(c, Some(r), origin);
+    session.log.update(session.drive.stats());
     if let End::Finish { linger, error } = end {
         r.finalize(linger, error);
     }
@@ -350,16 +442,16 @@ unsafe extern "C" fn on_detached_event(ev: *mut ngx_event_t) {
     let (c, session) = unsafe { detached_session::<SessionCtx>(ev) };
     // SAFETY: as above.
     if unsafe { serve_close_request(c, session) } {
-        run_detached(c, session);
+        run_detached(c, session, Origin::Client);
     }
 }
 
-fn run_detached(c: &ConnectionRef, session: &mut SessionCtx) {
+fn run_detached(c: &ConnectionRef, session: &mut SessionCtx, origin: Origin) {
     let Some(served) = session.as_any_mut().downcast_mut::<Served>() else {
         return;
     };
-    let end = served.run(c, None);
-    served.log.update(served.ws.stats());
+    let end = served.drive.run(c, None, origin);
+    served.log.update(served.drive.stats());
     if let End::Finish { linger, .. } = end {
         // SAFETY: the connection owns the session, which is not used again.
         unsafe { end_detached(c, session, linger) };
@@ -371,10 +463,16 @@ const FINISH_ERROR: End = End::Finish {
     error: true,
 };
 
-impl Served {
-    /// One round of work; `request` while the request is attached (its
-    /// 101 may still be on its way out).
-    fn run(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>) -> End {
+impl Drive for HandlerSession {
+    fn drain(&mut self) {
+        self.ws.drain();
+    }
+
+    fn stats(&self) -> Stats {
+        self.ws.stats()
+    }
+
+    fn run(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>, _: Origin) -> End {
         let log = c.log();
         if c.take_timedout(Direction::Write) {
             ngx_log_error!(
@@ -450,7 +548,9 @@ impl Served {
             }
         }
     }
+}
 
+impl HandlerSession {
     /// Calls the handler and does what it asks; stops at a close.
     fn handle(&mut self, c: &ConnectionRef, woken: bool) -> Result<(), End> {
         let mut cx = Context {
