@@ -38,10 +38,14 @@
 //! Top to bottom, each uses only the ones below it (`tools/import-graph.sh`
 //! checks it):
 //! - `module` and `config`: the nginx module, its directives and their merge;
-//! - `echo`, `proxy` (with `relay`, `pool`): the directives' content handlers,
-//!   written against the public API below;
-//! - `serve`, `upgrade`, `client`: the public API, which drives a [`Handler`];
-//! - `session`: the WebSocket object over an nginx connection;
+//! - `echo`, `proxy` (with `relay`, `pool`): the directives' content handlers;
+//!   echo is a [`Handler`] on the public API, pass's relay a crate-private
+//!   `Drive` of the same served session;
+//! - `serve`, `upgrade`, `client`: [`upgrade`], [`serve`] (one generic set of
+//!   trampolines for every session), the client connect;
+//! - `session`: the WebSocket object over an nginx connection; below it
+//!   `clock` (heartbeat and session-age timers) and `stats` (`Stats`,
+//!   `Limits`), I/O-free and unit-tested;
 //! - `ngx_io`, `ngx_detach`, `ngx_peer`, `ngx_ssl`, `ngx_resolve`: thin
 //!   wrappers around nginx, the only places that dereference nginx pointers;
 //! - [`protocol`]: the pure RFC 6455 codec, free of nginx types (its own crate,
@@ -80,6 +84,7 @@ mod ws_client;
 pub use ngx_websocket_protocol as protocol;
 
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
+pub use random::EntropyError;
 pub use serve::{serve, Context, Handler, Next, Origin, Waker};
 pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
