@@ -13,7 +13,7 @@ use crate::ngx_io::{
     request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
     RequestRef,
 };
-use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, TOO_BIG};
+use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, POLICY, TOO_BIG};
 use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
@@ -75,6 +75,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if let (Some((agreed, _)), Some((_, settings))) = (&handshake.deflate, conf.deflate()) {
         ws.enable_compression(agreed, settings);
     }
+    // [limit] websocket_limit on the client's messages.
+    ws.limit_messages(crate::limit::Limiter::for_request(r, conf));
     let log = SessionLog::new(Some(Kind::Echo), chosen.map(str::to_owned));
     metrics::session_started(Kind::Echo);
     let session = Box::new(EchoSession {
@@ -298,6 +300,11 @@ impl EchoSession {
                         "websocket: client sent {e}, closing with {code}"
                     );
                     let _ = self.ws.send_close(Some(code), b"");
+                    return Ok(());
+                }
+                // [limit] past a `websocket_limit ... close` (logged there).
+                Err(WsError::RateExceeded) => {
+                    let _ = self.ws.send_close(Some(POLICY), crate::limit::CLOSE_REASON);
                     return Ok(());
                 }
                 Err(WsError::Eof) => {

@@ -15,6 +15,7 @@ pub mod compression;
 pub mod config;
 pub mod drain;
 pub mod echo;
+pub mod limit;
 pub mod metrics;
 pub mod module;
 pub mod ngx_detach;

@@ -408,4 +408,3 @@ fn answer_pings(idle: &Idle) -> bool {
         pending.drain(..at);
     }
 }
-

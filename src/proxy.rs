@@ -791,6 +791,10 @@ impl PassSession {
         };
         conn.attach(ForeignTypeRef::as_ptr(&*r).cast(), upstream_event, r.log());
         let mut client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
+        // [limit] websocket_limit on the client leg only.
+        if let Some(conf) = Module::location_conf(r) {
+            client.limit_messages(crate::limit::Limiter::for_request(r, conf));
+        }
         let mut upstream = WebSocket::new(
             conn.connection(),
             Role::Client,

@@ -12,7 +12,7 @@ use ngx::ngx_log_error;
 
 use crate::ngx_io::Direction;
 use crate::pool::Fence;
-use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
+use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, POLICY, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{FrameType, Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
@@ -350,6 +350,16 @@ impl Relay {
     /// destination cannot take.
     fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
         let from_client = way == Way::ToUpstream;
+        // [limit] a client past a `websocket_limit ... close` (logged there):
+        // 1008 to it, the upstream is left with 1001.
+        if let WsError::RateExceeded = e {
+            self.closing = true;
+            let _ = self
+                .client
+                .send_close(Some(POLICY), crate::limit::CLOSE_REASON);
+            let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
+            return;
+        }
         let code = match &e {
             WsError::Protocol(p) => p.close_code(),
             WsError::TooBig { .. } => TOO_BIG,

@@ -17,6 +17,7 @@ use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
 use crate::config::Limits;
 use crate::drain;
+use crate::limit::{self, Admission, Limiter};
 use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
@@ -184,6 +185,9 @@ pub enum WsError {
     Compression,
     /// No masking key could be drawn; nothing was queued.
     Entropy(EntropyError),
+    /// [limit] A data message past a `websocket_limit ... close`: close
+    /// with 1008 and `limit::CLOSE_REASON`.
+    RateExceeded,
 }
 
 impl fmt::Display for WsError {
@@ -201,6 +205,7 @@ impl fmt::Display for WsError {
             WsError::Closed => f.write_str("connection is closing"),
             WsError::Compression => f.write_str("compressing a message failed"),
             WsError::Entropy(e) => write!(f, "no masking key: {e}"),
+            WsError::RateExceeded => f.write_str("message rate exceeded"),
         }
     }
 }
@@ -257,6 +262,8 @@ pub struct WebSocket {
     /// Counted in `nginx_websocket_sessions_draining` until dropped.
     draining: bool,
     stats: Stats,
+    /// [limit] `websocket_limit` on the data messages received.
+    limiter: Option<Box<Limiter>>,
 }
 
 /// What crossed this connection, for the access log.
@@ -284,7 +291,8 @@ pub enum Quiet {
     Pinged,
     /// It did not answer a ping within `websocket_ping_timeout`.
     Dead,
-    /// Not quiet: the session is due to close (see [`WebSocket::take_due`]).
+    /// Not quiet: the session is due to close (see [`WebSocket::take_due`]),
+    /// or reading waited for a `websocket_limit` and may go on.
     Due,
 }
 
@@ -351,6 +359,7 @@ impl WebSocket {
             drains_at: None,
             draining: false,
             stats: Stats::default(),
+            limiter: None,
         }
         .counted()
     }
@@ -424,6 +433,47 @@ impl WebSocket {
         });
         let server = role == Role::Server;
         self.compression = Some(Box::new(Compression::new(agreed, server, settings)));
+    }
+
+    /// [limit] Applies `websocket_limit` to the data messages received:
+    /// each waits for its zones at its first frame (see `admit_message`).
+    pub fn limit_messages(&mut self, limiter: Option<Box<Limiter>>) {
+        self.limiter = limiter;
+    }
+
+    /// [limit] Whether the data message at the head of the read buffer may
+    /// be decoded: `Ok(false)` while reading waits for the buckets; past a
+    /// `close` limit, [`WsError::RateExceeded`]. Control frames before it
+    /// were handled; nothing behind it is read until it is admitted.
+    fn admit_message(&mut self) -> Result<bool, WsError> {
+        let Some(limiter) = self.limiter.as_mut() else {
+            return Ok(true);
+        };
+        if !self.decoder.between_messages()
+            || !limit::starts_data_message(&self.rbuf[self.rpos..self.rend])
+        {
+            return Ok(true);
+        }
+        let waited = limiter.waiting().is_some();
+        // SAFETY: see `conn()`.
+        let log = unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }.log();
+        match limiter.admit(now_msec(), log) {
+            Admission::Admit => {
+                if waited {
+                    // The client was not quiet, it was waited for.
+                    self.last_received = now_msec();
+                    self.ping_sent_at = None;
+                }
+                Ok(true)
+            }
+            Admission::Wait => Ok(false),
+            Admission::Close => Err(WsError::RateExceeded),
+        }
+    }
+
+    /// [limit] When reading may go on, while it waits for the buckets.
+    fn limit_wait(&self) -> Option<ngx_msec_t> {
+        self.limiter.as_ref().and_then(|l| l.waiting())
     }
 
     /// Whether the connection's read or write deadline passed (and clears it).
@@ -580,6 +630,10 @@ impl WebSocket {
                 self.rend -= self.rpos;
                 self.rpos = 0;
             }
+            // [limit] the client waits for the buckets: TCP backpressure.
+            if self.limit_wait().is_some() {
+                return Ok(None);
+            }
             if self.reading_paused() {
                 self.throttled = true;
                 return Ok(None);
@@ -638,8 +692,15 @@ impl WebSocket {
     fn decode_buffered(&mut self, unit: Unit) -> Result<Option<Got>, WsError> {
         let base = self.rbuf.as_ptr() as usize;
         while self.rpos < self.rend {
+            // [limit] a data message waits for its zones at its first frame.
+            if !self.admit_message()? {
+                break;
+            }
             let (n, event) = self.decoder.decode(&mut self.rbuf[self.rpos..self.rend])?;
             self.rpos += n;
+            if let Some(limiter) = self.limiter.as_mut().filter(|_| n > 0) {
+                limiter.consumed();
+            }
             match event {
                 DecodeEvent::NeedMore => {
                     if n == 0 {
@@ -934,6 +995,10 @@ impl WebSocket {
     /// The read deadline passed: what to do about a quiet peer.
     pub fn on_read_timeout(&mut self) -> Quiet {
         let now = now_msec();
+        // [limit] not quiet: reading waited for the buckets.
+        if self.limit_wait().is_some() {
+            return Quiet::Due;
+        }
         if [self.ends_at, self.drains_at]
             .into_iter()
             .flatten()
@@ -958,11 +1023,17 @@ impl WebSocket {
     /// [`Self::quiet_deadline`]), or sooner when the session is due to close.
     fn read_deadline(&self) -> ngx_msec_t {
         let now = now_msec();
+        // [limit] while reading waits for the buckets, the client is not
+        // quiet: the wait ends first.
+        let first = match self.limit_wait() {
+            Some(at) => until(at, now),
+            None => self.quiet_deadline(),
+        };
         [self.ends_at, self.drains_at]
             .into_iter()
             .flatten()
             .map(|at| until(at, now))
-            .fold(self.quiet_deadline(), ngx_msec_t::min)
+            .fold(first, ngx_msec_t::min)
     }
 
     /// Milliseconds until a quiet peer is dealt with: the heartbeat's when
