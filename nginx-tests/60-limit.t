@@ -278,16 +278,19 @@ sub two_workers {
     is($s->{close} && $s->{close}[0], 1008, 'own: then 1008');
 }
 
+# One session on /small per key: n messages at once; the echoes, and the
+# close code.
+sub small_session {
+    my ($key, $n, $p) = @_;
+    my ($s) = drive(5, { ws => ws_open($p // $port, "/small?k=$key"), sends => [[0, texts(1 .. $n)]], want => $n });
+    my $code = $s->{close} && $s->{close}[0];
+    $s->{ws}->send_close(1000) unless $s->{close};
+    return (scalar(payloads($s)), $code);
+}
+
 # --- a small zone filled by many keys ---------------------------------------------------------------
 {
-    # One session per key: n messages at once; the echoes, and the close code.
-    my $session = sub {
-        my ($key, $n) = @_;
-        my ($s) = drive(5, { ws => ws_open($port, "/small?k=$key"), sends => [[0, texts(1 .. $n)]], want => $n });
-        my $code = $s->{close} && $s->{close}[0];
-        $s->{ws}->send_close(1000) unless $s->{close};
-        return (scalar(payloads($s)), $code);
-    };
+    my $session = \&small_session;
     is_deeply([$session->('first', 4)], [3, 1008], 'small zone: a key gets 1 + burst 2, then 1008');
     is_deeply([$session->('first', 1)], [0, 1008], 'small zone: at 1 r/m it is still limited');
     my $ok = 0;
@@ -324,7 +327,43 @@ sub two_workers {
     is_deeply(\@bad, [], 'every sample well-formed');
 }
 
+# --- reload: a zone nginx keeps keeps its buckets and counters ----------------------------------------
+{
+    is_deeply([small_session('reload', 4)], [3, 1008], 'reload: a key past its limit before');
+    ok($t->reload, 'reload: new workers');
+    @workers = $t->worker_pids;
+    is_deeply([small_session('reload', 1)], [0, 1008], 'reload: the key is still limited after');
+    my (undef, undef, $body) = WsClient::http_request($port, "GET /status HTTP/1.0\r\nHost: x\r\n\r\n");
+    like($body, qr/^nginx_websocket_limited_total\{zone="small",action="close"\} 6$/m,
+        'reload: limited_total kept and counting');
+}
+
 finish($t, $port, \@workers);
+
+# --- a reload that changes a zone's key is refused -----------------------------------------------------
+{
+    my $conf = "websocket_limit_zone \$arg_k zone=small:32k rate=1r/m;\n"
+        . echo_server(0, '/small' => ['websocket_limit zone=small burst=2 close']);
+    my ($t2, $p2) = start_nginx(conf => $conf);
+    is_deeply([small_session('x', 4, $p2)], [3, 1008], 'key change: limited before');
+    my $path = $t2->conf_path;
+    open my $in, '<', $path or die $!;
+    my $text = do { local $/; <$in> };
+    close $in;
+    $text =~ s/\$arg_k zone=small/\$remote_addr zone=small/ or die 'test bug: key not found';
+    open my $out, '>', $path or die $!;
+    print $out $text;
+    close $out;
+    $t2->reload(wait => 0);
+    my $deadline = time + scaled(5);
+    sleep 0.1 until $t2->grep_error_log(qr/uses the/) || time > $deadline;
+    like(join('', $t2->grep_error_log(qr/uses the/)),
+        qr/\[emerg\].*websocket_limit_zone "small" uses the "\$remote_addr" key while previously it used the "\$arg_k" key/,
+        'key change: the reload is refused naming both keys');
+    is_deeply([small_session('x', 1, $p2)], [0, 1008], 'key change: the old configuration still limits');
+    $t2->stop;
+    is($t2->forced_stop, undef, 'key change: nginx stopped gracefully');
+}
 
 # --- nginx -t ---------------------------------------------------------------------------------------
 {
