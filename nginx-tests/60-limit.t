@@ -55,6 +55,7 @@ websocket_limit_zone \$arg_k zone=own:64k rate=1r/m;
 
 server {
     listen 127.0.0.1:%%PORT_0%% reuseport;
+    large_client_header_buffers 4 64k;
 
     location /delay {
         websocket_echo;
@@ -303,6 +304,13 @@ sub small_session {
     is_deeply([$session->('first', 4)], [3, 1008],
         'small zone: the oldest key was forgotten (a fresh bucket), a new key is still limited');
     is_deeply([$t->grep_error_log(qr/cannot hold/)], [], 'small zone: no key went unlimited');
+    # A key larger than the whole zone: nothing left to forget makes room,
+    # the session is not limited by the zone, and says so at warn.
+    is_deeply([$session->('x' x 40000, 5)], [5, undef], 'small zone: a 40000-byte key is not limited');
+    like(join('', $t->grep_error_log(qr/cannot hold/)),
+        qr/\[warn\].*websocket_limit: zone "small" cannot hold the key of this session/,
+        'small zone: ... with a [warn] line');
+    is_deeply([$session->('after', 4)], [3, 1008], 'small zone: the next key is limited again');
 }
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -321,7 +329,7 @@ sub small_session {
     is($m{'five/delay'}, 10, 'limited_total{zone="five",action="delay"} 10');
     is($m{'loose/delay'}, 0, 'limited_total{zone="loose",action="delay"} 0 (within its burst)');
     is($m{'passz/delay'}, 20, 'limited_total{zone="passz",action="delay"} 20');
-    is($m{'small/close'}, 4, 'limited_total{zone="small",action="close"} 4');
+    is($m{'small/close'}, 5, 'limited_total{zone="small",action="close"} 5');
     is(($m{'inh/close'} // 'none') . '/' . ($m{'own/close'} // 'none'), '1/1', 'limited_total of inh and own: 1 close each');
     my @bad = grep { !/^#/ && !/^nginx_websocket_\w+(?:\{\w+="[^"]*"(?:,\w+="[^"]*")*\})? \d+$/ } split /\n/, $body;
     is_deeply(\@bad, [], 'every sample well-formed');
@@ -334,7 +342,7 @@ sub small_session {
     @workers = $t->worker_pids;
     is_deeply([small_session('reload', 1)], [0, 1008], 'reload: the key is still limited after');
     my (undef, undef, $body) = WsClient::http_request($port, "GET /status HTTP/1.0\r\nHost: x\r\n\r\n");
-    like($body, qr/^nginx_websocket_limited_total\{zone="small",action="close"\} 6$/m,
+    like($body, qr/^nginx_websocket_limited_total\{zone="small",action="close"\} 7$/m,
         'reload: limited_total kept and counting');
 }
 
@@ -363,6 +371,8 @@ finish($t, $port, \@workers);
     is_deeply([small_session('x', 1, $p2)], [0, 1008], 'key change: the old configuration still limits');
     $t2->stop;
     is($t2->forced_stop, undef, 'key change: nginx stopped gracefully');
+    is_deeply([$t2->valgrind_errors], [], 'key change: no memcheck or ASan errors')
+        if WsValgrind::checking();
 }
 
 # --- nginx -t ---------------------------------------------------------------------------------------
