@@ -32,11 +32,14 @@ use WsTest;
 use WsUpstream;
 use WsValgrind qw(scaled);
 
-# The upstream of /pass: 40 messages at once, then echoes.
+# The upstream of /pass: 40 messages at once, then echoes; of
+# /passclose: echoes.
 my $up = WsUpstream->new(handler => sub {
     my ($c) = @_;
     $c->handshake;
-    $c->send_text("up-$_") or return for 1 .. 40;
+    if ($c->path eq '/up') {
+        $c->send_text("up-$_") or return for 1 .. 40;
+    }
     $c->echo_loop;
 });
 my $UP = $up->port;
@@ -49,6 +52,7 @@ websocket_limit_zone \$arg_k zone=slow:64k rate=30r/m;
 websocket_limit_zone \$arg_k zone=loose:64k rate=20r/s;
 websocket_limit_zone \$arg_k zone=five:64k rate=5r/s;
 websocket_limit_zone \$arg_k zone=passz:64k rate=20r/s;
+websocket_limit_zone \$arg_k zone=passc:64k rate=1r/m;
 websocket_limit_zone \$arg_k zone=small:32k rate=1r/m;
 websocket_limit_zone \$arg_k zone=inh:64k rate=1r/m;
 websocket_limit_zone \$arg_k zone=own:64k rate=1r/m;
@@ -88,6 +92,11 @@ server {
     location /pass {
         websocket_pass ws://127.0.0.1:$UP/up;
         websocket_limit zone=passz;
+    }
+
+    location /passclose {
+        websocket_pass ws://127.0.0.1:$UP/upc;
+        websocket_limit zone=passc burst=1 close;
     }
 
     location /small {
@@ -266,6 +275,16 @@ sub two_workers {
     is_deeply([payloads($s)], [map { "p$_" } 1 .. 21], 'pass: 21 client messages relayed and echoed in order');
     within(last_at($s), 1.0, 'pass: the client leg at 20 r/s');
     bye($ws, 'pass');
+
+    ($s) = drive(5, { ws => ws_open($port, '/passclose?k=pc'), sends => [[0, texts(map { "c$_" } 1 .. 4)]], want => 4 });
+    is_deeply([payloads($s)], ['c1', 'c2'], 'pass, close: 1 + burst 1 relayed and echoed');
+    is_deeply($s->{close} && [@{ $s->{close} }[0, 1]], [1008, 'message rate exceeded'],
+        'pass, close: then 1008 "message rate exceeded" to the client');
+    ok($s->{ws}->wait_eof(3), 'pass, close: TCP closed');
+    my $rec = $up->wait_record(path => qr{^/upc}, until => 'close_code');
+    is($rec && $rec->{close_code}, 1001, 'pass, close: the upstream gets 1001');
+    is_deeply($rec && [map { $_->{payload} } grep { $_->{opcode} == OP_TEXT } @{ $rec->{frames} }], ['c1', 'c2'],
+        'pass, close: the upstream got only the admitted messages');
 }
 
 # --- inheritance ------------------------------------------------------------------------------------
@@ -329,6 +348,7 @@ sub small_session {
     is($m{'five/delay'}, 10, 'limited_total{zone="five",action="delay"} 10');
     is($m{'loose/delay'}, 0, 'limited_total{zone="loose",action="delay"} 0 (within its burst)');
     is($m{'passz/delay'}, 20, 'limited_total{zone="passz",action="delay"} 20');
+    is($m{'passc/close'}, 1, 'limited_total{zone="passc",action="close"} 1');
     is($m{'small/close'}, 5, 'limited_total{zone="small",action="close"} 5');
     is(($m{'inh/close'} // 'none') . '/' . ($m{'own/close'} // 'none'), '1/1', 'limited_total of inh and own: 1 close each');
     my @bad = grep { !/^#/ && !/^nginx_websocket_\w+(?:\{\w+="[^"]*"(?:,\w+="[^"]*")*\})? \d+$/ } split /\n/, $body;
