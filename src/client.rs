@@ -13,10 +13,10 @@ use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError};
 use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
 use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
 use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
+use crate::random;
 use crate::protocol::handshake::{
     generate_key, parse_response, ClientRequest, HandshakeError, MAX_RESPONSE_HEAD_LEN,
 };
-use crate::random;
 
 /// What the client handshake sends.
 pub struct ClientOptions {

@@ -257,12 +257,7 @@ impl Merge for LocConf {
             UNSET_MSEC,
             0,
         );
-        merge_value(
-            &mut self.shutdown_spread,
-            prev.shutdown_spread,
-            UNSET_MSEC,
-            0,
-        );
+        merge_value(&mut self.shutdown_spread, prev.shutdown_spread, UNSET_MSEC, 0);
         merge_value(
             &mut self.ping_timeout,
             prev.ping_timeout,

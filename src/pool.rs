@@ -408,3 +408,4 @@ fn answer_pings(idle: &Idle) -> bool {
         pending.drain(..at);
     }
 }
+
