@@ -132,18 +132,27 @@ impl Limiter {
         let take = self.rules.len() == 1;
         let mut wait: u64 = 0;
         let mut over: Vec<(usize, u64)> = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
+        for (i, rule) in self.rules.iter_mut().enumerate() {
+            if rule.key.is_empty() {
+                continue;
+            }
             let verdict = rule
                 .zone
                 .check(&rule.key, rule.hash, rule.burst, now64, take, log);
-            if let Some(Verdict::Over { excess, wait_ms }) = verdict {
-                wait = wait.max(wait_ms);
-                over.push((i, excess));
+            match verdict {
+                Some(Verdict::Over { excess, wait_ms }) => {
+                    wait = wait.max(wait_ms);
+                    over.push((i, excess));
+                }
+                Some(Verdict::Admit(_)) => {}
+                // The zone cannot hold the key (logged): the session is
+                // not limited by it from now on (an empty key is skipped).
+                None => rule.key.clear(),
             }
         }
         if over.is_empty() {
             if !take {
-                for rule in &self.rules {
+                for rule in self.rules.iter().filter(|r| !r.key.is_empty()) {
                     rule.zone
                         .check(&rule.key, rule.hash, rule.burst, now64, true, log);
                 }
