@@ -446,17 +446,17 @@ impl WebSocket {
     /// `close` limit, [`WsError::RateExceeded`]. Control frames before it
     /// were handled; nothing behind it is read until it is admitted.
     fn admit_message(&mut self) -> Result<bool, WsError> {
-        let Some(limiter) = self.limiter.as_mut() else {
-            return Ok(true);
-        };
-        if !self.decoder.between_messages()
+        if self.limiter.is_none()
+            || !self.decoder.between_messages()
             || !limit::starts_data_message(&self.rbuf[self.rpos..self.rend])
         {
             return Ok(true);
         }
+        let log = self.conn().log();
+        let Some(limiter) = self.limiter.as_mut() else {
+            return Ok(true);
+        };
         let waited = limiter.waiting().is_some();
-        // SAFETY: see `conn()`.
-        let log = unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }.log();
         match limiter.admit(now_msec(), log) {
             Admission::Admit => {
                 if waited {
