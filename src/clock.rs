@@ -17,7 +17,8 @@ pub enum Quiet {
     Pinged,
     /// It did not answer a ping within `websocket_ping_timeout`.
     Dead,
-    /// Not quiet: the session is due to close (see [`Clock::take_due`]).
+    /// Not quiet: the session is due to close (see [`Clock::take_due`]),
+    /// or reading waited for a `websocket_limit` and may go on.
     Due,
 }
 
@@ -134,6 +135,16 @@ impl Clock {
             .flatten()
             .map(|at| until(at, now))
             .fold(self.quiet_deadline(now), ngx_msec_t::min)
+    }
+
+    /// [`Self::read_deadline`] while reading waits until `at` (for a
+    /// `websocket_limit`): the peer is not quiet, the wait ends first.
+    pub fn read_deadline_waiting(&self, now: ngx_msec_t, at: ngx_msec_t) -> ngx_msec_t {
+        [self.ends_at, self.drains_at]
+            .into_iter()
+            .flatten()
+            .map(|due| until(due, now))
+            .fold(until(at, now), ngx_msec_t::min)
     }
 
     /// Milliseconds until a quiet peer is dealt with: the heartbeat's when
@@ -295,6 +306,13 @@ mod tests {
                 &[(9_000, Deadline(1))],
             );
         }
+    }
+
+    #[test]
+    fn a_limit_wait_comes_first() {
+        let c = Clock::new(0, limits(Some(10_000), Some(5_000)), true);
+        assert_eq!(c.read_deadline_waiting(1_000, 1_300), 300);
+        assert_eq!(c.read_deadline_waiting(1_000, 9_000), 4_000, "the session age is sooner");
     }
 
     #[test]

@@ -11,8 +11,9 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
     ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
     ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
-    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_CONF_TAKE2,
+    NGX_CONF_TAKE3, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
@@ -90,6 +91,9 @@ pub struct LocConf {
     /// 0 = off.
     pub max_session_time: ngx_msec_t,
     pub shutdown_spread: ngx_msec_t,
+    /// [limit] `websocket_limit` rules; `None` inherits the enclosing
+    /// level's list (as `limit_req`).
+    pub rate_limits: Option<Vec<crate::limit::conf::Rule>>,
 }
 
 /// Where `websocket_pass` connects.
@@ -153,6 +157,7 @@ impl Default for LocConf {
             deflate_min_length: UNSET_SIZE,
             max_session_time: UNSET_MSEC,
             shutdown_spread: UNSET_MSEC,
+            rate_limits: None,
         }
     }
 }
@@ -197,6 +202,10 @@ impl Merge for LocConf {
         }
         if self.origins.is_none() {
             self.origins.clone_from(&prev.origins);
+        }
+        // [limit]
+        if self.rate_limits.is_none() {
+            self.rate_limits.clone_from(&prev.rate_limits);
         }
         merge_value(
             &mut self.connect_timeout,
@@ -386,7 +395,7 @@ const fn slot(
 }
 
 /// The directive table nginx reads; ends with a null command.
-pub static mut COMMANDS: [ngx_command_t; 35] = [
+pub static mut COMMANDS: [ngx_command_t; 37] = [
     slot(
         ngx_string!("websocket_echo"),
         NGX_HTTP_LOC_CONF | NGX_CONF_NOARGS,
@@ -591,6 +600,19 @@ pub static mut COMMANDS: [ngx_command_t; 35] = [
         ngx_conf_set_size_slot,
         core::mem::offset_of!(LocConf, deflate_min_length),
     ),
+    // [limit]
+    slot(
+        ngx_string!("websocket_limit_zone"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE3,
+        crate::limit::conf::cmd_limit_zone,
+        0,
+    ),
+    slot(
+        ngx_string!("websocket_limit"),
+        ANY_LEVEL | NGX_CONF_TAKE123,
+        crate::limit::conf::cmd_limit,
+        0,
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -664,6 +686,11 @@ pub unsafe extern "C" fn merge_loc_conf(
     // SAFETY: nginx passes the enclosing and the current level's conf.
     let (prev, conf) = unsafe { (&*prev.cast::<LocConf>(), &mut *conf.cast::<LocConf>()) };
     if conf.merge(prev).is_err() {
+        return NGX_CONF_ERROR;
+    }
+    // [limit] every zone of the http block is known by now.
+    // SAFETY: `cf` is the configuration being merged.
+    if !unsafe { crate::limit::conf::check_zones(cf, conf) } {
         return NGX_CONF_ERROR;
     }
     if !conf.pass.as_ref().is_some_and(PassTarget::may_use_tls) {

@@ -49,10 +49,13 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(conf) = Module::location_conf(r) else {
         return NGX_ERROR as ngx_int_t;
     };
-    let upgraded = match upgrade(r, &conf.server_options()) {
+    let mut upgraded = match upgrade(r, &conf.server_options()) {
         Ok(upgraded) => upgraded,
         Err(rc) => return rc,
     };
+    // [limit] websocket_limit on the client's messages.
+    let limiter = crate::limit::Limiter::for_request(upgraded.request(), conf);
+    upgraded.ws().limit_messages(limiter);
     // SAFETY: this module's own request context slot.
     unsafe { serve_as(upgraded, Module::module(), Box::new(Echo), Some(Kind::Echo)) }
 }

@@ -62,6 +62,7 @@ mod compression;
 mod config;
 mod drain;
 mod echo;
+mod limit;
 mod metrics;
 mod module;
 mod ngx_detach;

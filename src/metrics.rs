@@ -250,6 +250,8 @@ pub fn render() -> String {
         "Sessions of exiting workers waiting for their turn to close or closing.",
         &mut core::iter::once((String::new(), get(&c.sessions_draining))),
     );
+    // [limit] each zone keeps its own counters.
+    crate::limit::render_metrics(&mut out);
     out
 }
 

@@ -791,6 +791,10 @@ impl PassSession {
                 ),
             )
         };
+        // [limit] websocket_limit on the client leg only.
+        if let Some(conf) = Module::location_conf(r) {
+            client.limit_messages(crate::limit::Limiter::for_request(r, conf));
+        }
         // Each leg compresses as it agreed; the relay sees plain messages.
         if let Some(settings) = plan.deflate_settings {
             if let Some((with_client, _)) = &plan.deflate {

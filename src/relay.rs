@@ -12,7 +12,7 @@ use ngx::ngx_log_error;
 
 use crate::ngx_io::Direction;
 use crate::pool::Fence;
-use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, TOO_BIG};
+use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, POLICY, TOO_BIG};
 use crate::protocol::frame::OpCode;
 use crate::session::{Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
@@ -67,6 +67,8 @@ pub struct Relay {
     /// client broke the protocol, or the worker is exiting): the upstream
     /// was asked to close, and what it still sends reaches the client first.
     close_client_with: Option<u16>,
+    /// [limit] The reason sent with `close_client_with`.
+    close_client_reason: &'static [u8],
     /// The client stopped reading for `websocket_timeout`: it is closed
     /// without a close frame (none could reach it) and without lingering.
     client_given_up: bool,
@@ -96,6 +98,7 @@ impl Relay {
             shutting_down: false,
             closing: false,
             close_client_with: None,
+            close_client_reason: b"",
             client_given_up: false,
         }
     }
@@ -212,7 +215,7 @@ impl Relay {
             }
             if let Some(code) = self.close_client_with {
                 if self.upstream.close_received() && !self.client.close_sent() {
-                    let _ = self.client.send_close(Some(code), b"");
+                    let _ = self.client.send_close(Some(code), self.close_client_reason);
                 }
             }
             let flushed = match (self.client.flush(), self.upstream.flush()) {
@@ -341,6 +344,16 @@ impl Relay {
     /// destination cannot take.
     fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
         let from_client = way == Way::ToUpstream;
+        // [limit] a client past a `websocket_limit ... close` (logged there):
+        // the upstream is closed with 1001 first, so that its answers to the
+        // messages admitted before still reach the client, then the client
+        // gets 1008.
+        if let WsError::RateExceeded = e {
+            self.close_client_with = Some(POLICY);
+            self.close_client_reason = crate::limit::CLOSE_REASON;
+            let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
+            return;
+        }
         match on_failure(from_client, &e, self.close_client_with) {
             Failure::UpstreamFault { code, client_code } => {
                 ngx_log_error!(

@@ -24,7 +24,7 @@ use crate::ngx_io::{
     RequestRef,
 };
 use crate::ngx_peer::{request_of, EventHandler};
-use crate::protocol::close::{GOING_AWAY, INTERNAL};
+use crate::protocol::close::{GOING_AWAY, INTERNAL, POLICY};
 use crate::session::{Quiet, Stats, WebSocket, WsError};
 use crate::upgrade::Upgraded;
 use crate::variables::{LoggedSession, SessionCtx, SessionLog};
@@ -604,6 +604,13 @@ impl HandlerSession {
                 Ok(())
             }
             Next::Fail(WsError::Closed) => Ok(()),
+            // [limit] past a `websocket_limit ... close` (logged there).
+            Next::Fail(WsError::RateExceeded) => {
+                let _ = self
+                    .ws
+                    .send_close(Some(POLICY), crate::limit::CLOSE_REASON);
+                Ok(())
+            }
             Next::Fail(_) => Err(FINISH_ERROR),
         }
     }

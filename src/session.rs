@@ -16,6 +16,9 @@ use ngx::ngx_log_error;
 use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
 use crate::drain;
+use crate::limit::Limiter;
+#[cfg(not(test))]
+use crate::limit::{self, Admission};
 use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
@@ -162,6 +165,9 @@ pub enum WsError {
     Compression,
     /// No masking key could be drawn; nothing was queued.
     Entropy(EntropyError),
+    /// [limit] A data message past a `websocket_limit ... close`: close
+    /// with 1008 and `limit::CLOSE_REASON`.
+    RateExceeded,
 }
 
 impl fmt::Display for WsError {
@@ -179,6 +185,7 @@ impl fmt::Display for WsError {
             WsError::Closed => f.write_str("connection is closing"),
             WsError::Compression => f.write_str("compressing a message failed"),
             WsError::Entropy(e) => write!(f, "no masking key: {e}"),
+            WsError::RateExceeded => f.write_str("message rate exceeded"),
         }
     }
 }
@@ -238,6 +245,8 @@ pub struct WebSocket {
     /// Counted in `nginx_websocket_sessions_draining` until dropped.
     draining: bool,
     stats: Stats,
+    /// [limit] `websocket_limit` on the data messages received.
+    limiter: Option<Box<Limiter>>,
 }
 
 impl WebSocket {
@@ -287,6 +296,7 @@ impl WebSocket {
             clock: Clock::new(now_msec(), limits, role == Role::Server),
             draining: false,
             stats: Stats::default(),
+            limiter: None,
         }
         .counted()
     }
@@ -382,6 +392,53 @@ impl WebSocket {
         });
         let server = role == Role::Server;
         self.compression = Some(Box::new(Compression::new(agreed, server, settings)));
+    }
+
+    /// [limit] Applies `websocket_limit` to the data messages received:
+    /// each waits for its zones at its first frame (see `admit_message`).
+    pub(crate) fn limit_messages(&mut self, limiter: Option<Box<Limiter>>) {
+        self.limiter = limiter;
+    }
+
+    /// [limit] Whether the data message at the head of the read buffer may
+    /// be decoded: `Ok(false)` while reading waits for the buckets; past a
+    /// `close` limit, [`WsError::RateExceeded`]. Control frames before it
+    /// were handled; nothing behind it is read until it is admitted.
+    #[cfg(not(test))]
+    fn admit_message(&mut self) -> Result<bool, WsError> {
+        if self.limiter.is_none()
+            || !self.decoder.between_messages()
+            || !limit::starts_data_message(&self.rbuf[self.rpos..self.rend])
+        {
+            return Ok(true);
+        }
+        let log = self.conn().log();
+        let Some(limiter) = self.limiter.as_mut() else {
+            return Ok(true);
+        };
+        let waited = limiter.waiting().is_some();
+        match limiter.admit(now_msec(), log) {
+            Admission::Admit => {
+                if waited {
+                    // The client was not quiet, it was waited for.
+                    self.clock.received(now_msec());
+                }
+                Ok(true)
+            }
+            Admission::Wait => Ok(false),
+            Admission::Close => Err(WsError::RateExceeded),
+        }
+    }
+
+    /// Unit tests run without nginx, and without limit zones.
+    #[cfg(test)]
+    fn admit_message(&mut self) -> Result<bool, WsError> {
+        Ok(true)
+    }
+
+    /// [limit] When reading may go on, while it waits for the buckets.
+    fn limit_wait(&self) -> Option<ngx_msec_t> {
+        self.limiter.as_ref().and_then(|l| l.waiting())
     }
 
     /// Whether the connection's read or write deadline passed (and clears it).
@@ -541,6 +598,10 @@ impl WebSocket {
                 self.rend -= self.rpos;
                 self.rpos = 0;
             }
+            // [limit] the client waits for the buckets: TCP backpressure.
+            if self.limit_wait().is_some() {
+                return Ok(None);
+            }
             if self.reading_paused() {
                 self.throttled = true;
                 return Ok(None);
@@ -596,8 +657,15 @@ impl WebSocket {
     fn decode_buffered(&mut self, unit: Unit) -> Result<Option<Got>, WsError> {
         let base = self.rbuf.as_ptr() as usize;
         while self.rpos < self.rend {
+            // [limit] a data message waits for its zones at its first frame.
+            if !self.admit_message()? {
+                break;
+            }
             let (n, event) = self.decoder.decode(&mut self.rbuf[self.rpos..self.rend])?;
             self.rpos += n;
+            if let Some(limiter) = self.limiter.as_mut().filter(|_| n > 0) {
+                limiter.consumed();
+            }
             match event {
                 DecodeEvent::NeedMore => {
                     if n == 0 {
@@ -896,12 +964,27 @@ impl WebSocket {
 
     /// The read deadline passed: what to do about a quiet peer.
     pub(crate) fn on_read_timeout(&mut self) -> Quiet {
+        // [limit] not quiet: reading waited for the buckets.
+        if self.limit_wait().is_some() {
+            return Quiet::Due;
+        }
         match self.clock.on_read_timeout(now_msec()) {
             Quiet::Pinged => match self.send_ping(HEARTBEAT) {
                 Ok(()) => Quiet::Pinged,
                 Err(_) => Quiet::Idle,
             },
             quiet => quiet,
+        }
+    }
+
+    /// Milliseconds until the read deadline (see [`Clock::read_deadline`]).
+    fn read_deadline(&self) -> ngx_msec_t {
+        let now = now_msec();
+        // [limit] while reading waits for the buckets, the client is not
+        // quiet: the wait ends first.
+        match self.limit_wait() {
+            Some(at) => self.clock.read_deadline_waiting(now, at),
+            None => self.clock.read_deadline(now),
         }
     }
 
@@ -930,7 +1013,7 @@ impl WebSocket {
         // While reading waits for queued output to drain, the write timer
         // alone bounds the wait: the peer is slow, not idle.
         if want_read && !self.reading_paused() {
-            c.add_timer(Direction::Read, self.clock.read_deadline(now_msec()));
+            c.add_timer(Direction::Read, self.read_deadline());
         } else {
             c.del_timer(Direction::Read);
         }

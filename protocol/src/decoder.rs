@@ -177,6 +177,13 @@ impl Decoder {
         self.message.is_some()
     }
 
+    /// At a frame boundary with no data message under way: the next frame,
+    /// if it is a data frame, starts a new message (a rate limit checks each
+    /// message once, at its first frame).
+    pub fn between_messages(&self) -> bool {
+        matches!(self.state, State::Header) && self.message.is_none()
+    }
+
     /// Forgets everything received, including a failure.
     pub fn reset(&mut self) {
         *self = Self::new(self.cfg);
@@ -564,6 +571,40 @@ mod tests {
         // Unmasked in the caller's buffer.
         assert_eq!(rest, b"cdef");
         assert!(!decoder.in_message());
+    }
+
+    #[test]
+    fn between_messages_only_at_the_start_of_a_message() {
+        let mut decoder = Decoder::new(server(1000, 0));
+        assert!(decoder.between_messages());
+        // A single frame that arrives in two parts: not between messages
+        // once its header is taken, again once it ends.
+        let whole = build_frame(true, OpCode::Text, b"abcdef", Some(KEY));
+        let mut head = whole[..8].to_vec();
+        let (used, _) = decoder.decode(&mut head).unwrap();
+        assert_eq!(used, 8);
+        assert!(!decoder.between_messages());
+        let mut rest = whole[8..].to_vec();
+        decoder.decode(&mut rest).unwrap();
+        assert!(decoder.between_messages());
+        // A partial header is not consumed: still between messages.
+        let mut partial = whole[..1].to_vec();
+        assert_eq!(decoder.decode(&mut partial), Ok((0, DecodeEvent::NeedMore)));
+        assert!(decoder.between_messages());
+        // A fragmented message: a ping between its fragments is inside it.
+        let mut first = build_frame(false, OpCode::Binary, b"ab", Some(KEY));
+        decoder.decode(&mut first).unwrap();
+        assert!(!decoder.between_messages());
+        let mut ping = build_frame(true, OpCode::Ping, b"p", Some(KEY));
+        decoder.decode(&mut ping).unwrap();
+        assert!(!decoder.between_messages());
+        let mut last = build_frame(true, OpCode::Continuation, b"cd", Some(KEY));
+        decoder.decode(&mut last).unwrap();
+        assert!(decoder.between_messages());
+        // After a failure nothing starts.
+        let mut bad = build_frame(true, OpCode::Continuation, b"x", Some(KEY));
+        assert!(decoder.decode(&mut bad).is_err());
+        assert!(!decoder.between_messages());
     }
 
     #[test]
