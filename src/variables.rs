@@ -8,10 +8,8 @@ use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_int_t, ngx_pnalloc, ngx_str_t,
     ngx_variable_value_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
-use ngx::http::HttpModule;
 
 use crate::metrics::{self, Kind};
-use crate::module::Module;
 use crate::ngx_detach::{Detach, DetachedSession};
 use crate::ngx_io::RequestRef;
 use crate::stats::Stats;
@@ -143,9 +141,12 @@ unsafe extern "C" fn get_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx calls variable handlers with a live request.
     let r = unsafe { RequestRef::from_raw(r) };
-    let ctx: Option<NonNull<SessionCtx>> = r.ctx::<SessionCtx>(Module::module());
-    // SAFETY: the module's context, when set, is a `SessionCtx` that the
-    // request owns (`set_owned_ctx`); nothing else uses it during this call.
+    // Found by its type among the request's owned contexts: a context of
+    // another type (a session stored otherwise) reads as no session, never
+    // as a wrong one.
+    let ctx: Option<NonNull<SessionCtx>> = r.owned_ctx::<SessionCtx>();
+    // SAFETY: a `SessionCtx` that the request owns (`set_owned_ctx`);
+    // nothing else uses it during this call.
     let value = ctx.and_then(|ctx| (VARIABLES[data].1)(unsafe { ctx.as_ref() }.session_log()));
     // SAFETY: `v` is the value slot nginx passes; the text is copied into
     // the request pool.
