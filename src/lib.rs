@@ -10,6 +10,7 @@
 //! - [`protocol`]: the pure RFC 6455 codec, free of nginx types.
 
 pub mod buffers;
+pub mod channels;
 pub mod client;
 pub mod compression;
 pub mod config;
