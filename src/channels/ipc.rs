@@ -94,6 +94,9 @@ pub unsafe fn register(cycle: *mut ngx_cycle_t) -> Result<(), &'static str> {
             return Err("ngx_get_connection() failed");
         }
         let rev = (*c).read;
+        // As nginx's own channel to the master: not a client connection
+        // that an exiting worker waits for or reports as left open.
+        (*rev).set_channel(1);
         (*rev).handler = Some(on_wake);
         (*rev).log = (*cycle).log;
         (*(*c).write).log = (*cycle).log;

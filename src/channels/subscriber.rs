@@ -46,15 +46,31 @@ const FEED_HIGH_WATER: usize = 64 * 1024;
 /// The least unsent data a subscriber may have before it is closed.
 const MIN_BACKLOG: usize = 1024 * 1024;
 
-/// A subscriber's place in its channel; leaving it unsubscribes.
+/// A subscriber's place in its channel; leaving it (or dropping it)
+/// unsubscribes.
 struct Subscription {
     key: ChannelKey,
     inbox: Rc<RefCell<Inbox>>,
+    left: bool,
+}
+
+impl Subscription {
+    /// The session sent its close frame: it receives nothing more, and no
+    /// longer counts as a subscriber while its connection closes.
+    fn leave(&mut self) {
+        if !self.left {
+            self.left = true;
+            local::unsubscribe(self.key, &self.inbox);
+            let mut inbox = self.inbox.borrow_mut();
+            inbox.queue.clear();
+            inbox.bytes = 0;
+        }
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        local::unsubscribe(self.key, &self.inbox);
+        self.leave();
     }
 }
 
@@ -142,7 +158,11 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             return 503;
         }
     };
-    let sub = Subscription { key, inbox };
+    let sub = Subscription {
+        key,
+        inbox,
+        left: false,
+    };
     let offered: Vec<&str> = handshake.protocols.iter().map(String::as_str).collect();
     let chosen = conf
         .protocols
@@ -283,7 +303,9 @@ impl SubscriberSession {
     /// The worker is exiting: everything published so far is fetched now
     /// and sent before the 1001.
     fn shut_down(&mut self) {
-        local::fetch(self.sub.key);
+        if !self.sub.left {
+            local::fetch(self.sub.key);
+        }
         self.ws.drain();
     }
 
@@ -347,6 +369,9 @@ impl SubscriberSession {
                 if r.output_pending() {
                     return self.arm();
                 }
+            }
+            if self.ws.close_sent() {
+                self.sub.leave();
             }
             let more = !self.ws.close_sent() && !self.sub.inbox.borrow().queue.is_empty();
             match self.ws.flush() {
