@@ -119,6 +119,12 @@ server {
         websocket_max_payload_len 1m;
     }
     location /pub { websocket_publish chat \$arg_c; }
+    location /beat {
+        websocket_subscribe chat beat;
+        websocket_ping_interval 1s;
+        websocket_max_session_time 3s;
+        websocket_deflate on;
+    }
 
     location /race/sub {
         websocket_subscribe race r;
@@ -458,6 +464,24 @@ sub metric {
     $ro->send_text('not allowed');
     ($code) = $ro->recv_close;
     is($code, 1008, 'websocket_channel_publish off: a data message closes with 1008');
+}
+
+# --- heartbeats, max_session_time, compression on a subscriber ------------------
+
+{
+    my $t0 = time;
+    my $ws = ws_open($port, '/beat', headers => { 'Sec-WebSocket-Extensions' => 'permessage-deflate' });
+    like($ws->header('Sec-WebSocket-Extensions') // '', qr/permessage-deflate/, 'subscribe: deflate accepted');
+    my $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{opcode}, OP_PING, 'subscribe: a heartbeat ping after websocket_ping_interval');
+    $ws->send_pong($f->{payload}, mask => 1) if $f;
+    publish('/pub?c=beat', 'compress me ' x 20);
+    $f = $ws->recv_frame(timeout => 3);
+    is($f && $f->{rsv}, 4, 'a channel message goes compressed (RSV1)');
+    my ($code) = $ws->recv_close(timeout => 5);
+    my $age = time - $t0;
+    is($code, 1001, 'websocket_max_session_time: 1001');
+    ok($age >= 2.5 && $age < scaled(5), sprintf('after about 3 s (%.1f s)', $age));
 }
 
 # --- metrics ------------------------------------------------------------------------
