@@ -513,7 +513,19 @@ sub metric {
     my ($by, @subs) = subscribers_on_both('/sub?c=reload', 6);
     my @sent;
     for my $i (1 .. 30) { publish('/pub?c=reload', "r$i"); push @sent, "r$i" }
-    ok($t->reload, 'reload');
+    # Publishing goes on during the reload: the old workers' subscribers
+    # must still close, each after a gapless prefix of what followed.
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        my $end = time + scaled(6);
+        for (my $i = 1; time < $end; $i++) { publish('/pub?c=live', "x$i"); sleep 0.01 }
+        POSIX::_exit(0);
+    }
+    my @live = map { ws_open($port, '/sub?c=live') } 1 .. 4;
+    sleep 0.3;
+    my @old = $t->worker_pids;
+    my $t0 = time;
+    ok($t->reload(wait => 0), 'reload');
     my $all = 1;
     for my $s (@subs) {
         my ($code) = $s->recv_close(timeout => 10);
@@ -521,6 +533,20 @@ sub metric {
         $all &&= is_deeply(\@got, \@sent, 'an old worker\'s subscriber got everything published before the reload');
         is($code, 1001, 'then 1001');
     }
+    for my $s (@live) {
+        my ($code) = $s->recv_close(timeout => 10);
+        my @got = map { $_->{payload} } grep { $_->{opcode} == OP_TEXT } $s->skipped;
+        my $n = @got;
+        is_deeply(\@got, [map { "x$_" } ($n ? ($got[0] =~ /(\d+)/)[0] : 1) .. ($n ? ($got[0] =~ /(\d+)/)[0] + $n - 1 : 0)],
+            "while publishing goes on: $n messages in order, no gap");
+        is($code, 1001, 'and 1001');
+    }
+    my $closed = time - $t0;
+    cmp_ok($closed, '<', scaled(3), sprintf('every old subscriber closed within %.1f s of the reload', $closed));
+    waitpid($pid, 0);
+    my $deadline = time + scaled(10);
+    sleep 0.1 while time < $deadline && grep { kill 0, $_ } @old;
+    is(scalar(grep { kill 0, $_ } @old), 0, 'the old workers exited');
     my ($st, $h, $b) = req('GET', '/pub?c=reload');
     is($st, 200, 'the channel survived the reload');
     like($b, qr/"messages":30\b/, 'with its history');

@@ -44,6 +44,9 @@ pub struct Inbox {
     /// The last message given to it.
     pub last_seq: u64,
     pub end: Option<End>,
+    /// The session is closing (its worker exits, or it reached its
+    /// `websocket_max_session_time`): it takes no new message.
+    pub frozen: bool,
     conn: NonNull<ngx_connection_t>,
 }
 
@@ -56,13 +59,14 @@ impl Inbox {
             limit,
             last_seq: 0,
             end: None,
+            frozen: false,
             conn,
         }))
     }
 
     /// Takes a message (once); false when nothing changed.
     fn push(&mut self, m: &Shared) -> bool {
-        if m.seq <= self.last_seq || self.end.is_some() {
+        if m.seq <= self.last_seq || self.end.is_some() || self.frozen {
             return false;
         }
         self.last_seq = m.seq;

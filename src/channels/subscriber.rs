@@ -300,13 +300,21 @@ impl DetachedSession for SubscriberSession {
 }
 
 impl SubscriberSession {
-    /// The worker is exiting: everything published so far is fetched now
-    /// and sent before the 1001.
+    /// The worker is exiting: the session closes when its turn comes
+    /// (`websocket_shutdown_spread`), see [`Self::freeze`].
     fn shut_down(&mut self) {
+        self.ws.drain();
+    }
+
+    /// The session is due to close with 1001: what was published until now
+    /// (also what the other workers' wakes have not told this one yet) is
+    /// fetched and still sent; nothing later is taken.
+    fn freeze(&mut self) {
+        self.shutting_down = true;
         if !self.sub.left {
             local::fetch(self.sub.key);
+            self.sub.inbox.borrow_mut().frozen = true;
         }
-        self.ws.drain();
     }
 
     fn step(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>) -> Next {
@@ -344,7 +352,7 @@ impl SubscriberSession {
             }
         }
         if self.ws.due_to_close(log) {
-            self.shutting_down = true;
+            self.freeze();
         }
         loop {
             if !self.ws.close_sent() {
