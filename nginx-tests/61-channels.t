@@ -554,6 +554,18 @@ sub metric {
     my @got = map { $_->{payload} } messages_of($ws, 30);
     is_deeply(\@got, \@sent, 'a new worker resumes from the history');
     $ws->close;
+
+    # The new workers wake each other (their sockets replaced the old
+    # workers' in the zone), also on a channel the old workers were woken for.
+    my ($by2, @subs2) = subscribers_on_both('/sub?c=live', 6);
+    is(scalar keys %$by2, 2, 'after the reload: subscribers on both new workers');
+    my (@sent2, %pubw);
+    for my $i (1 .. 20) { my (undef, undef, undef, $w) = publish('/pub?c=live', "n$i"); $pubw{$w // '?'}++; push @sent2, "n$i" }
+    is(scalar keys %pubw, 2, 'both new workers published');
+    for my $s (@subs2) {
+        is_deeply([map { $_->{payload} } messages_of($s, 20)], \@sent2, 'after the reload: fan-out across the new workers');
+        $s->close;
+    }
     @workers = $t->worker_pids;
 }
 

@@ -1,96 +1,91 @@
-//! Waking another worker: one non-blocking datagram socketpair per worker,
-//! made in the master before the workers fork (`init_module`); each worker
-//! registers its own end in its event loop (`init_process`). A publish
-//! sends the channel's zone address to the workers with subscribers of it;
-//! a worker whose socket is full gets a flag in the zone instead and looks
-//! at all its channels. No polling, no timer.
+//! Waking another worker: each worker binds a non-blocking datagram socket
+//! of its own (Linux's abstract namespace, named by its pid) in
+//! `init_process`, registers it in its event loop, and writes its pid into
+//! every zone under its worker number. A publish sends the channel's zone
+//! address to the workers with subscribers of it, at the address the zone
+//! names for them, so a wake reaches the worker now holding that number:
+//! after a reload, the new one. A worker whose socket is full gets a flag
+//! in the zone instead and looks at all its channels. No polling, no timer.
 
-use core::cell::RefCell;
-use core::ffi::c_void;
+use core::cell::Cell;
 
 use ngx::ffi::{
     ngx_connection_t, ngx_cycle_t, ngx_event_t, ngx_get_connection, ngx_handle_read_event,
-    ngx_pool_cleanup_add, NGX_OK,
+    sockaddr_un, NGX_OK,
 };
 
 use super::local;
-
-/// (read end, write end) per worker.
-type Pairs = Vec<(i32, i32)>;
+use super::shm::ShmZone;
 
 thread_local! {
-    /// The pairs of the current cycle (a worker inherits the master's).
-    static PAIRS: RefCell<Pairs> = const { RefCell::new(Vec::new()) };
+    /// This worker's socket, once registered.
+    static SOCKET: Cell<i32> = const { Cell::new(-1) };
 }
 
 extern "C" {
-    fn socketpair(domain: i32, ty: i32, protocol: i32, sv: *mut i32) -> i32;
+    // The C prototypes, with the socket address as the pointer it is.
+    fn socket(domain: i32, ty: i32, protocol: i32) -> i32;
+    #[link_name = "bind"]
+    fn bind_un(fd: i32, addr: *const sockaddr_un, len: u32) -> i32;
+    #[link_name = "sendto"]
+    fn sendto_un(
+        fd: i32,
+        buf: *const core::ffi::c_void,
+        n: usize,
+        flags: i32,
+        addr: *const sockaddr_un,
+        len: u32,
+    ) -> isize;
 }
 
-/// Makes one pair per worker (in the master, for the cycle being loaded);
-/// the cycle's pool closes them when the cycle goes.
-///
-/// # Safety
-/// `cycle` is the cycle nginx is initialising.
-pub unsafe fn create(cycle: *mut ngx_cycle_t, workers: usize) -> Result<(), &'static str> {
-    let mut pairs = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let mut sv = [-1i32; 2];
-        let ty = ngx::ffi::__socket_type_SOCK_DGRAM
-            | ngx::ffi::__socket_type_SOCK_NONBLOCK
-            | ngx::ffi::__socket_type_SOCK_CLOEXEC;
-        // SAFETY: `sv` has room for the two descriptors.
-        if unsafe { socketpair(ngx::ffi::AF_UNIX as i32, ty as i32, 0, sv.as_mut_ptr()) } != 0 {
-            close_all(&pairs);
-            return Err("socketpair() failed");
-        }
-        pairs.push((sv[0], sv[1]));
+/// The abstract socket address of the worker with `pid`.
+fn address(pid: u32) -> (sockaddr_un, u32) {
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut sa: sockaddr_un = unsafe { core::mem::zeroed() };
+    sa.sun_family = ngx::ffi::AF_UNIX as _;
+    let name = format!("nginx-websocket-channels/{pid}");
+    // sun_path[0] stays 0: the abstract namespace, nothing on disk.
+    for (i, b) in name.bytes().enumerate() {
+        sa.sun_path[i + 1] = b as _;
     }
-    // SAFETY: the cycle's pool lives as long as the cycle.
-    let cln = unsafe { ngx_pool_cleanup_add((*cycle).pool, 0) };
-    if cln.is_null() {
-        close_all(&pairs);
-        return Err("ngx_pool_cleanup_add() failed");
-    }
-    let data = Box::into_raw(Box::new(pairs.clone()));
-    // SAFETY: a fresh cleanup; `close_pairs` frees the box.
-    unsafe {
-        (*cln).data = data.cast();
-        (*cln).handler = Some(close_pairs);
-    }
-    PAIRS.with(|p| *p.borrow_mut() = pairs);
-    Ok(())
+    let len = core::mem::size_of::<ngx::ffi::sa_family_t>() + 1 + name.len();
+    (sa, len as u32)
 }
 
-fn close_all(pairs: &Pairs) {
-    for (r, w) in pairs {
-        // SAFETY: descriptors this module opened.
-        unsafe {
-            ngx::ffi::close(*r);
-            ngx::ffi::close(*w);
-        }
-    }
+fn errno() -> i32 {
+    // SAFETY: the calling thread's errno.
+    unsafe { *ngx::ffi::__errno_location() }
 }
 
-unsafe extern "C" fn close_pairs(data: *mut c_void) {
-    // SAFETY: the box `create` leaked for this cleanup.
-    let pairs = unsafe { Box::from_raw(data.cast::<Pairs>()) };
-    close_all(&pairs);
-}
-
-/// Registers this worker's end in its event loop.
+/// Makes this worker's socket, registers it in the event loop and in
+/// every zone.
 ///
 /// # Safety
 /// Called from `init_process` with the worker's cycle.
-pub unsafe fn register(cycle: *mut ngx_cycle_t) -> Result<(), &'static str> {
-    let Some((fd, _)) = PAIRS.with(|p| p.borrow().get(local::me()).copied()) else {
-        return Ok(());
-    };
+pub unsafe fn register(cycle: *mut ngx_cycle_t, zones: &[&ShmZone]) -> Result<(), &'static str> {
+    // SAFETY: a plain read of the worker's pid.
+    let pid = unsafe { ngx::ffi::ngx_pid } as u32;
+    let ty = ngx::ffi::__socket_type_SOCK_DGRAM
+        | ngx::ffi::__socket_type_SOCK_NONBLOCK
+        | ngx::ffi::__socket_type_SOCK_CLOEXEC;
+    // SAFETY: plain socket calls; the address outlives the call.
+    let fd = unsafe { socket(ngx::ffi::AF_UNIX as i32, ty as i32, 0) };
+    if fd < 0 {
+        return Err("socket() failed");
+    }
+    let (sa, len) = address(pid);
+    // SAFETY: as above.
+    if unsafe { bind_un(fd, &sa, len) } != 0 {
+        // SAFETY: our descriptor.
+        unsafe { ngx::ffi::close(fd) };
+        return Err("bind() of the wake socket failed");
+    }
     // SAFETY: the worker's cycle; the connection and its events are
     // nginx's, owned by this worker until it exits.
     unsafe {
         let c = ngx_get_connection(fd, (*cycle).log);
         if c.is_null() {
+            ngx::ffi::close(fd);
             return Err("ngx_get_connection() failed");
         }
         let rev = (*c).read;
@@ -105,32 +100,41 @@ pub unsafe fn register(cycle: *mut ngx_cycle_t) -> Result<(), &'static str> {
             return Err("ngx_handle_read_event() failed");
         }
     }
+    SOCKET.with(|s| s.set(fd));
+    for zone in zones {
+        zone.set_wake_pid(local::me(), pid);
+    }
     Ok(())
 }
 
-/// Wakes worker `worker` about the channel at `key` (0: every channel).
-/// False when the wake could not be sent (the socket is full).
-pub fn send(worker: usize, key: usize) -> bool {
-    let Some(fd) = PAIRS.with(|p| p.borrow().get(worker).map(|p| p.1)) else {
-        return false;
-    };
+/// Wakes worker `worker` of `zone` about the channel at `key` (0: every
+/// channel). False when the wake could not be sent because its socket is
+/// full (a worker that is gone needs no wake).
+pub fn send(zone: &ShmZone, worker: usize, key: usize) -> bool {
+    let fd = SOCKET.with(Cell::get);
+    let pid = zone.wake_pid(worker);
+    if fd < 0 || pid == 0 {
+        return true;
+    }
+    let (sa, len) = address(pid);
     let bytes = key.to_ne_bytes();
-    // SAFETY: a datagram socket of this module; non-blocking.
+    // SAFETY: a datagram to a local address; non-blocking.
     let n = unsafe {
-        ngx::ffi::send(
+        sendto_un(
             fd,
             bytes.as_ptr().cast(),
             bytes.len(),
             ngx::ffi::MSG_DONTWAIT as i32,
+            &sa,
+            len,
         )
     };
-    n == bytes.len() as isize
+    n == bytes.len() as isize || errno() != ngx::ffi::EAGAIN as i32
 }
 
 unsafe extern "C" fn on_wake(rev: *mut ngx_event_t) {
     // SAFETY: the read event of the connection `register` made.
-    let c: *mut ngx_connection_t = unsafe { (*rev).data.cast() };
-    let fd = unsafe { (*c).fd };
+    let fd = unsafe { (*(*rev).data.cast::<ngx_connection_t>()).fd };
     let mut keys = Vec::new();
     let mut all = false;
     loop {
@@ -144,8 +148,11 @@ unsafe extern "C" fn on_wake(rev: *mut ngx_event_t) {
                 ngx::ffi::MSG_DONTWAIT as i32,
             )
         };
-        if n != buf.len() as isize {
+        if n < 0 {
             break;
+        }
+        if n != buf.len() as isize {
+            continue;
         }
         match usize::from_ne_bytes(buf) {
             0 => all = true,

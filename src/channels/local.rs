@@ -253,7 +253,7 @@ pub fn fetch_all(store: Option<&Store>) {
 /// Tells the other workers named in `wake` that `key` has news.
 pub fn wake(store: &Store, key: Option<ChannelKey>, wake: &[usize]) {
     for &w in wake {
-        if !ipc::send(w, key.map_or(0, |k| k.0)) {
+        if !ipc::send(store.zone(), w, key.map_or(0, |k| k.0)) {
             store.zone().set_overflow(w);
         }
     }

@@ -6,7 +6,7 @@
 //! - [`shm`]: a zone's channels and stored messages in shared memory;
 //! - [`store`]: the boundary a Redis backend plugs in at;
 //! - [`local`]: a worker's subscribers and their inboxes;
-//! - [`ipc`]: waking the other workers;
+//! - [`ipc`]: waking the other workers (a datagram socket per worker);
 //! - [`publish`]: the `websocket_publish` HTTP endpoint;
 //! - [`subscriber`]: the `websocket_subscribe` WebSocket session.
 
@@ -214,41 +214,34 @@ fn zones() -> &'static [Box<Store>] {
     ChannelModule::main_conf(cycle).map_or(&[], |m| &m.zones)
 }
 
-/// In the master, before the workers fork: their wake sockets.
+/// In the master: the zones tell workers apart by their number.
 extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx calls init_module with the new cycle.
-    let cycle_ref = unsafe { &*cycle };
-    let Some(main) = ChannelModule::main_conf(cycle_ref) else {
-        return NGX_OK as ngx_int_t;
-    };
-    if main.zones.is_empty() {
+    let cycle = unsafe { &*cycle };
+    if ChannelModule::main_conf(cycle).is_none_or(|m| m.zones.is_empty()) {
         return NGX_OK as ngx_int_t;
     }
     // SAFETY: the core module's configuration exists in every cycle.
     let workers = unsafe {
         let ccf: *const ngx_core_conf_t =
-            (*cycle_ref.conf_ctx.add(ngx::ffi::ngx_core_module.index)).cast();
+            (*cycle.conf_ctx.add(ngx::ffi::ngx_core_module.index)).cast();
         (*ccf).worker_processes.max(1) as usize
     };
     if workers > MAX_WORKERS {
         ngx_log_error!(
             NGX_LOG_EMERG,
-            cycle_ref.log,
+            cycle.log,
             "websocket_channel_zone supports at most {MAX_WORKERS} worker processes"
         );
-        return NGX_ERROR as ngx_int_t;
-    }
-    // SAFETY: the cycle being initialised.
-    if let Err(e) = unsafe { ipc::create(cycle, workers) } {
-        ngx_log_error!(NGX_LOG_EMERG, cycle_ref.log, "websocket channels: {e}");
         return NGX_ERROR as ngx_int_t;
     }
     NGX_OK as ngx_int_t
 }
 
-/// In each worker: its wake socket joins the event loop.
+/// In each worker: its wake socket joins the event loop and the zones.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    if zones().is_empty() {
+    let zones: Vec<&ShmZone> = zones().iter().map(|s| s.zone()).collect();
+    if zones.is_empty() {
         return NGX_OK as ngx_int_t;
     }
     // SAFETY: a plain read of the process type.
@@ -257,7 +250,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         return NGX_OK as ngx_int_t;
     }
     // SAFETY: the worker's cycle.
-    if let Err(e) = unsafe { ipc::register(cycle) } {
+    if let Err(e) = unsafe { ipc::register(cycle, &zones) } {
         // SAFETY: as above.
         ngx_log_error!(
             NGX_LOG_EMERG,

@@ -41,6 +41,9 @@ struct Header {
     /// A wake for the worker was lost (its socket was full): it must look
     /// at every channel it has subscribers of.
     overflow: [AtomicU32; MAX_WORKERS],
+    /// The pid of the process holding each worker number, whose wake
+    /// socket is named by it (see `ipc`).
+    wake_pid: [AtomicU32; MAX_WORKERS],
 }
 
 #[repr(C)]
@@ -229,6 +232,18 @@ impl ShmZone {
     pub fn take_overflow(&self, worker: usize) -> bool {
         self.header()
             .is_some_and(|h| h.overflow[worker % MAX_WORKERS].swap(0, Ordering::Relaxed) != 0)
+    }
+
+    pub fn set_wake_pid(&self, worker: usize, pid: u32) {
+        if let Some(h) = self.header() {
+            h.wake_pid[worker % MAX_WORKERS].store(pid, Ordering::Relaxed);
+        }
+    }
+
+    pub fn wake_pid(&self, worker: usize) -> u32 {
+        self.header().map_or(0, |h| {
+            h.wake_pid[worker % MAX_WORKERS].load(Ordering::Relaxed)
+        })
     }
 
     pub fn lock(&self) -> Option<Locked<'_>> {
@@ -552,6 +567,10 @@ impl Locked<'_> {
         unsafe {
             (*ch).subscribers += 1;
             (*ch).counts[me % MAX_WORKERS] += 1;
+            // The worker fetches from here on: a wake that went to a
+            // process gone since (a reload, a crash) must not keep it from
+            // being woken again.
+            (*ch).pending &= !(1u64 << (me % MAX_WORKERS));
             (*self.h()).subscribers.fetch_add(1, Ordering::Relaxed);
             Ok((ChannelKey(ch as usize), (*ch).last_seq, (*ch).generation))
         }
