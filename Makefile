@@ -16,6 +16,7 @@
 #                 check nginx loads it through modules-enabled, run nginx-tests/ and
 #                 Autobahn 1-10 against /usr/sbin/nginx with it, remove and purge it
 #   make bench    benchmarks side by side (bench/run.sh), results in bench/results/
+#   make bench-fanout  channel fan-out against nchan (bench/fanout.sh)
 #   make soak     SOAK_MINUTES (10) of 10,000 sessions: RSS, descriptors, no message lost
 #   make fuzz     fuzz the protocol code (FUZZ_SECONDS per target, default 300)
 #   make fuzz-smoke  the same for FUZZ_SMOKE_SECONDS (30) per target; in make test
@@ -35,7 +36,7 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
 PY_PACKAGES  := websockets
 
 .PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro \
-	test-distro deb test-deb bench fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
+	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
 
 all: build
 
@@ -128,6 +129,11 @@ test-deb:
 bench: build
 	bench/deps.sh
 	bench/run.sh
+
+# Channel fan-out side by side with nchan on Debian's nginx (bench/fanout.sh).
+bench-fanout:
+	bench/deps.sh
+	bench/fanout.sh
 
 # SOAK_MINUTES (10) of 10,000 concurrent sessions, half echo, half pass -> echo,
 # plus a churn of short ones; fails on RSS growth over 5 % after the first
