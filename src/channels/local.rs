@@ -64,21 +64,22 @@ impl Inbox {
         }))
     }
 
-    /// Takes a message (once); false when nothing changed.
-    fn push(&mut self, m: &Shared) -> bool {
+    /// Takes a message (once): whether it was queued, and whether the
+    /// session must hear of the change.
+    fn push(&mut self, m: &Shared) -> (bool, bool) {
         if m.seq <= self.last_seq || self.end.is_some() || self.frozen {
-            return false;
+            return (false, false);
         }
         self.last_seq = m.seq;
         if self.bytes + self.ws_queued + m.data.len() > self.limit {
             self.end = Some(End::Overflow);
             self.queue.clear();
             self.bytes = 0;
-            return true;
+            return (false, true);
         }
         self.bytes += m.data.len();
         self.queue.push_back(m.clone());
-        true
+        (true, true)
     }
 
     pub fn pop(&mut self) -> Option<Shared> {
@@ -122,10 +123,9 @@ fn deliver(
         let mut inbox = inbox.borrow_mut();
         let mut changed = false;
         for m in messages {
-            if inbox.push(m) {
-                changed = true;
-                delivered += 1;
-            }
+            let (queued, told) = inbox.push(m);
+            changed |= told;
+            delivered += u64::from(queued);
         }
         if let Some(end) = end.filter(|_| inbox.end.is_none()) {
             inbox.end = Some(end);
@@ -183,10 +183,8 @@ pub fn subscribe(
         }
         {
             let mut mine = inbox.borrow_mut();
-            for m in &backlog {
-                mine.push(m);
-            }
-            store.zone().add_delivered(backlog.len() as u64);
+            let queued = backlog.iter().filter(|m| mine.push(m).0).count();
+            store.zone().add_delivered(queued as u64);
             mine.last_seq = mine.last_seq.max(cursor);
         }
         local.subscribers.push(inbox.clone());
@@ -290,4 +288,54 @@ pub fn delete(store: &'static Store, name: &[u8]) -> Result<(), StoreError> {
         fetch(key);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64, len: usize) -> Shared {
+        Rc::new(Message {
+            seq,
+            binary: false,
+            data: vec![b'x'; len],
+        })
+    }
+
+    #[test]
+    fn an_inbox_takes_each_message_once_in_order() {
+        let inbox = Inbox::new(NonNull::dangling(), 1000);
+        let mut i = inbox.borrow_mut();
+        assert_eq!(i.push(&msg(3, 10)), (true, true));
+        assert_eq!(i.push(&msg(3, 10)), (false, false));
+        assert_eq!(i.push(&msg(2, 10)), (false, false));
+        assert_eq!(i.push(&msg(5, 10)), (true, true));
+        assert_eq!(i.bytes, 20);
+        assert_eq!(i.pop().map(|m| m.seq), Some(3));
+        assert_eq!(i.pop().map(|m| m.seq), Some(5));
+        assert_eq!(i.bytes, 0);
+        assert!(i.pop().is_none());
+    }
+
+    #[test]
+    fn past_its_limit_an_inbox_ends_with_overflow() {
+        let inbox = Inbox::new(NonNull::dangling(), 100);
+        let mut i = inbox.borrow_mut();
+        i.ws_queued = 50;
+        assert_eq!(i.push(&msg(1, 40)), (true, true));
+        assert_eq!(i.push(&msg(2, 40)), (false, true));
+        assert_eq!(i.end, Some(End::Overflow));
+        assert!(i.queue.is_empty());
+        assert_eq!(i.push(&msg(3, 1)), (false, false));
+    }
+
+    #[test]
+    fn a_frozen_inbox_takes_nothing_new() {
+        let inbox = Inbox::new(NonNull::dangling(), 100);
+        let mut i = inbox.borrow_mut();
+        assert_eq!(i.push(&msg(1, 1)), (true, true));
+        i.frozen = true;
+        assert_eq!(i.push(&msg(2, 1)), (false, false));
+        assert_eq!(i.queue.len(), 1);
+    }
 }

@@ -275,6 +275,9 @@ pub fn check_overflow() {
 /// The channel metrics, appended to `websocket_status`.
 pub fn render_metrics(out: &mut String) {
     let zones = zones();
+    if zones.is_empty() {
+        return;
+    }
     type Family = (
         &'static str,
         &'static str,
