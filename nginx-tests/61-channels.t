@@ -570,4 +570,54 @@ sub metric {
 }
 
 finish($t, $port, [@workers], '/ws');
+
+# --- a worker that crashes ----------------------------------------------------------
+# Its subscribers are not unsubscribed; the worker that takes its number
+# over forgets them, and wakes reach it.
+
+{
+    my $c = WsNginx->new(worker_processes => 2, conf => <<"EOF2");
+websocket_channel_zone crash 1m history=10;
+server {
+    listen 127.0.0.1:%%PORT_0%%;
+    add_header X-Worker \$pid always;
+    location /sub { websocket_subscribe crash \$arg_c; }
+    location /pub { websocket_publish crash \$arg_c; }
+    location /status { websocket_status; }
+}
+EOF2
+    $c->start;
+    $port = $c->port(0);    # the helpers above talk to $port
+    my ($by, @subs) = subscribers_on_both('/sub?c=boom', 6);
+    my ($victim) = sort keys %$by;
+    my $n_victim = @{ $by->{$victim} };
+    is(metric('nginx_websocket_channel_subscribers', 'zone="crash"'), scalar @subs, 'subscribers before the crash');
+    kill 'KILL', $victim;
+    my $deadline = time + scaled(10);
+    my @now;
+    while (time < $deadline) {
+        @now = $c->worker_pids;
+        last if @now == 2 && !grep { $_ == $victim } @now;
+        sleep 0.1;
+    }
+    is(scalar(grep { $_ != $victim } @now), 2, 'the master started a new worker');
+    sleep 0.3;
+    $_->close for @{ $by->{$victim} };
+    my @alive = map { @{ $by->{$_} } } grep { $_ ne $victim } keys %$by;
+    is(metric('nginx_websocket_channel_subscribers', 'zone="crash"'), scalar @alive,
+        "the new worker forgot the $n_victim subscribers of the one that crashed");
+    like($c->error_log, qr/forgot $n_victim subscribers of the worker process $victim/, 'and said so');
+    my ($by2, @subs2) = subscribers_on_both('/sub?c=boom', 4);
+    my (@sent, %pubw);
+    for my $i (1 .. 20) { my (undef, undef, undef, $w) = publish('/pub?c=boom', "c$i"); $pubw{$w // '?'}++; push @sent, "c$i" }
+    is(scalar keys %pubw, 2, 'both workers published');
+    for my $s (@alive, @subs2) {
+        is_deeply([map { $_->{payload} } messages_of($s, 20)], \@sent, 'after the crash: every subscriber gets every message');
+    }
+    $_->close for @alive, @subs2;
+    $c->stop;
+    is_deeply([grep { !/worker process $victim exited on signal 9/ } $c->check_error_log], [],
+        'nothing in error.log but the crash');
+}
+
 done_testing();

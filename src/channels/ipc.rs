@@ -101,8 +101,31 @@ pub unsafe fn register(cycle: *mut ngx_cycle_t, zones: &[&ShmZone]) -> Result<()
         }
     }
     SOCKET.with(|s| s.set(fd));
+    let me = local::me();
     for zone in zones {
-        zone.set_wake_pid(local::me(), pid);
+        let before = zone.wake_pid(me);
+        // The process that had this number is gone without unsubscribing
+        // (it crashed): its subscribers must not be counted, nor keep
+        // messages for it, forever. (After a reload it still runs.)
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let gone = before != 0
+            && before != pid
+            && unsafe { ngx::ffi::kill(before as i32, 0) } != 0
+            && errno() == ngx::ffi::ESRCH as i32;
+        if gone {
+            if let Some(l) = zone.lock() {
+                let n = l.reclaim(me);
+                drop(l);
+                if n > 0 {
+                    ngx::ngx_log_error!(
+                        ngx::ffi::NGX_LOG_NOTICE,
+                        (*cycle).log,
+                        "websocket channels: forgot {n} subscribers of the worker process {before}, which is gone"
+                    );
+                }
+            }
+        }
+        zone.set_wake_pid(me, pid);
     }
     Ok(())
 }

@@ -604,6 +604,52 @@ impl Locked<'_> {
         self.trim(ch, wall_ms());
     }
 
+    /// Forgets the subscribers counted for worker number `worker` by a
+    /// process that died without unsubscribing them (a crash): the worker
+    /// that takes the number over calls it.
+    pub fn reclaim(&self, worker: usize) -> u64 {
+        let w = worker % MAX_WORKERS;
+        let mut channels = Vec::new();
+        // SAFETY: the tree is locked; its nodes are channels (their first field).
+        unsafe {
+            let sentinel = (*self.h()).tree.sentinel;
+            let mut stack = vec![(*self.h()).tree.root];
+            while let Some(node) = stack.pop() {
+                if node == sentinel {
+                    continue;
+                }
+                channels.push(node.cast::<Channel>());
+                stack.push((*node).left);
+                stack.push((*node).right);
+            }
+        }
+        let mut forgotten = 0;
+        for ch in channels {
+            // SAFETY: a live channel of the locked tree.
+            unsafe {
+                let n = (*ch).counts[w];
+                if n == 0 {
+                    continue;
+                }
+                forgotten += u64::from(n);
+                (*ch).counts[w] = 0;
+                (*ch).subscribers -= n;
+                (*self.h())
+                    .subscribers
+                    .fetch_sub(u64::from(n), Ordering::Relaxed);
+                let bit = 1u64 << w;
+                (*ch).pending &= !bit;
+                let mut m = (*ch).first;
+                while let Some(msg) = m.as_mut() {
+                    msg.unread &= !bit;
+                    m = msg.next;
+                }
+            }
+            self.trim(ch, wall_ms());
+        }
+        forgotten
+    }
+
     /// `GET`: `None` for a channel that has neither subscribers nor
     /// stored messages.
     pub fn describe(&self, name: &[u8]) -> Option<Description> {
