@@ -321,7 +321,6 @@ impl Locked<'_> {
                 data: name_at,
             };
             (*p).sn.node.key = hash(name) as _;
-            (*p).last_seq = (*self.h()).seq;
             ngx_rbtree_insert(&mut (*self.h()).tree, &mut (*p).sn.node);
         }
         Ok(p)
