@@ -2,12 +2,27 @@
 //! (subscribers, the HTTP endpoint, wakes) and the storage.
 //!
 //! This build has one backend, the zone's shared memory ([`ShmZone`]),
-//! which serves every worker of one nginx server. A Redis backend (the
-//! zone's `redis=URL`, for several servers) plugs in as another variant:
-//! it must offer the same operations with the same guarantees (one order
-//! per channel, ids that a resume can name, a history of N newest), and
-//! its publish answers `Err(Unavailable)` while Redis is unreachable.
-//! Until then `redis=` is refused when the configuration loads.
+//! which serves every worker of one nginx server. `redis=URL` (several
+//! servers) is refused when the configuration loads, until the Redis
+//! client (`src/redis/`, another branch) is here. How it plugs in:
+//!
+//! - a `Store::Redis` variant keeps the zone's shared memory as this
+//!   server's copy of the channels: subscribers, inboxes, wakes and
+//!   resume work on it unchanged;
+//! - one worker per zone reads the channels' Redis streams (`XREAD BLOCK`
+//!   on a connection of its event loop) and appends what arrives to the
+//!   shared memory under the stream's ids (the sequence numbers become the
+//!   Redis ids, so one order holds on every server), then wakes the
+//!   workers with subscribers, exactly as a local publish does;
+//! - a publish becomes `XADD ... MAXLEN ~ N` and completes when Redis
+//!   answers: [`Session::publish`] then reports "accepted, id pending"
+//!   instead of a sequence number, and the HTTP endpoint (which already
+//!   answers from a callback once the body is read) sends its 201 from the
+//!   reply, or 503 with [`StoreError::Unavailable`] while Redis is
+//!   unreachable; a subscriber's own publish waits in its session the
+//!   same way;
+//! - the guarantees stay those of [`Session`]: one order per channel, ids a
+//!   resume can name, the N newest kept.
 
 use super::shm::{ChannelKey, Description, Full, Locked, Message, Published, ShmZone};
 
