@@ -93,6 +93,7 @@ websocket_channel_zone chat 4m history=100 history_time=1h;
 websocket_channel_zone race 8m history=100000;
 websocket_channel_zone tiny 32k history=1000;
 websocket_channel_zone many 64k history=2;
+websocket_channel_zone short 1m history=3 history_time=1s;
 $access
 
 server {
@@ -136,6 +137,11 @@ server {
     location /tiny/pub { websocket_publish tiny \$arg_c; }
     location /many/pub { websocket_publish many \$arg_c; }
     location /many/sub { websocket_subscribe many \$arg_c; }
+    location /short/pub { websocket_publish short \$arg_c; }
+    location /short/sub {
+        websocket_subscribe short \$arg_c;
+        websocket_channel_resume \$arg_last;
+    }
 }
 
 # A small send buffer: a subscriber that does not read shows up in our
@@ -318,6 +324,24 @@ sub metric {
     ($live) = messages_of($ws, 1);
     like($live->{payload}, qr/^\{"id":"\d+-\d+","data_base64":"AQID"\}$/, 'a binary message: data_base64');
     is($live->{opcode}, OP_TEXT, 'an envelope is a text message');
+
+    # history=3: the three newest; history_time=1s: none older.
+    my @short;
+    for my $i (1 .. 5) { my (undef, $id) = publish('/short/pub?c=s', "s$i"); push @short, $id }
+    my ($st, $h, $b) = req('GET', '/short/pub?c=s');
+    like($b, qr/"messages":3\b/, 'history=3: three messages kept');
+    my $s3 = ws_open($port, "/short/sub?c=s&last=$short[0]");
+    is_deeply([map { $_->{payload} } messages_of($s3, 5, 1)], [qw(s3 s4 s5)],
+        'a resume from before them gets the three newest');
+    $s3->close;
+    sleep 1.5;
+    ($st, $h, $b) = req('GET', '/short/pub?c=s');
+    is($st, 404, 'history_time=1s: after 1.5 s nothing is kept, and the channel is gone');
+    my $s4 = ws_open($port, "/short/sub?c=s&last=$short[0]");
+    is(scalar(messages_of($s4, 1, 0.5)), 0, 'a resume then gets nothing');
+    $s4->close;
+    ($st, $h, $b) = req('HEAD', '/pub?c=hist');
+    is($st, 200, 'HEAD: 200');
 
     # An id from an earlier epoch (before a restart): everything stored.
     my $old = ws_open($port, '/sub?c=hist&last=1-5');
