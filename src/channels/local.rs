@@ -9,16 +9,12 @@
 //! the channel's order.
 
 use core::cell::RefCell;
-use core::ptr::NonNull;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-
-use ngx::ffi::ngx_connection_t;
 
 use super::ipc;
 use super::shm::{ChannelKey, Message};
 use super::store::{Store, StoreError};
-use crate::ngx_io::post_write_event;
 
 /// A message as this worker's subscribers share it.
 pub type Shared = Rc<Message>;
@@ -44,14 +40,16 @@ pub struct Inbox {
     /// The last message given to it.
     pub last_seq: u64,
     pub end: Option<End>,
+    /// Runs the session's handler soon (posts its event); a session's own
+    /// doing, so that a library session can pass its waker.
+    wake: Box<dyn Fn()>,
     /// The session is closing (its worker exits, or it reached its
     /// `websocket_max_session_time`): it takes no new message.
     pub frozen: bool,
-    conn: NonNull<ngx_connection_t>,
 }
 
 impl Inbox {
-    pub fn new(conn: NonNull<ngx_connection_t>, limit: usize) -> Rc<RefCell<Inbox>> {
+    pub fn new(wake: Box<dyn Fn()>, limit: usize) -> Rc<RefCell<Inbox>> {
         Rc::new(RefCell::new(Inbox {
             queue: VecDeque::new(),
             bytes: 0,
@@ -60,7 +58,7 @@ impl Inbox {
             last_seq: 0,
             end: None,
             frozen: false,
-            conn,
+            wake,
         }))
     }
 
@@ -89,7 +87,7 @@ impl Inbox {
     }
 
     fn wake(&self) {
-        post_write_event(self.conn);
+        (self.wake)();
     }
 }
 
@@ -304,7 +302,7 @@ mod tests {
 
     #[test]
     fn an_inbox_takes_each_message_once_in_order() {
-        let inbox = Inbox::new(NonNull::dangling(), 1000);
+        let inbox = Inbox::new(Box::new(|| ()), 1000);
         let mut i = inbox.borrow_mut();
         assert_eq!(i.push(&msg(3, 10)), (true, true));
         assert_eq!(i.push(&msg(3, 10)), (false, false));
@@ -319,7 +317,7 @@ mod tests {
 
     #[test]
     fn past_its_limit_an_inbox_ends_with_overflow() {
-        let inbox = Inbox::new(NonNull::dangling(), 100);
+        let inbox = Inbox::new(Box::new(|| ()), 100);
         let mut i = inbox.borrow_mut();
         i.ws_queued = 50;
         assert_eq!(i.push(&msg(1, 40)), (true, true));
@@ -331,7 +329,7 @@ mod tests {
 
     #[test]
     fn a_frozen_inbox_takes_nothing_new() {
-        let inbox = Inbox::new(NonNull::dangling(), 100);
+        let inbox = Inbox::new(Box::new(|| ()), 100);
         let mut i = inbox.borrow_mut();
         assert_eq!(i.push(&msg(1, 1)), (true, true));
         i.frozen = true;

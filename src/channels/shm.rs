@@ -419,11 +419,6 @@ impl Locked<'_> {
             .fold(0, |bits, (w, _)| bits | 1 << w)
     }
 
-    pub fn epoch(&self) -> u64 {
-        // SAFETY: mapped and locked.
-        unsafe { (*self.h()).epoch }
-    }
-
     /// Publishes to the channel named `name` (or, from a subscriber, to the
     /// channel it holds). `me` is the publishing worker: it delivers to its
     /// own subscribers itself.
@@ -573,12 +568,6 @@ impl Locked<'_> {
             (*self.h()).subscribers.fetch_add(1, Ordering::Relaxed);
             Ok((ChannelKey(ch as usize), (*ch).last_seq, (*ch).generation))
         }
-    }
-
-    pub fn last_seq(&self, key: ChannelKey) -> (u64, u64) {
-        let ch = key.0 as *const Channel;
-        // SAFETY: as in `fetch`.
-        unsafe { ((*ch).last_seq, (*ch).generation) }
     }
 
     /// A subscriber of worker `me` went away.

@@ -30,8 +30,8 @@ use crate::ngx_detach::{
     detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
-    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
-    RequestRef,
+    post_write_event, request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef,
+    Direction, RequestRef,
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, POLICY};
 use crate::protocol::frame::OpCode;
@@ -143,7 +143,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(conn) = NonNull::new(r.connection_ptr()) else {
         return NGX_ERROR as ngx_int_t;
     };
-    let inbox = Inbox::new(conn, backlog);
+    let inbox = Inbox::new(Box::new(move || post_write_event(conn)), backlog);
     let key = match local::subscribe(store, &name, resume, &inbox) {
         Ok(key) => key,
         Err(_) => {
