@@ -1,7 +1,6 @@
 #!/bin/sh
 # Start the nginx built here with our module, run the Autobahn fuzzing client
-# against websocket_echo, websocket_pass -> websocket_echo and a websocket_subscribe
-# location with websocket_channel_publish on (one subscriber: an echo), stop nginx by PID, and exit with run.sh's verdict.
+# against websocket_echo and websocket_pass -> websocket_echo, stop nginx by PID, and exit with run.sh's verdict.
 # Usage: autobahn/against-nginx.sh WSTEST OUTDIR CASES [EXCLUDE]
 # AUTOBAHN_NGINX and AUTOBAHN_MODULE name another nginx binary and module (make test-deb:
 # /usr/sbin/nginx and the module its package installed) instead of the ones built here.
@@ -30,8 +29,7 @@ sed -e "s|@MODULE@|$NGX_module|" -e "s|@RUN@|$RUN|g" -e "s|@PORT@|$PORT|g" -e "s
 trap 'kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true' EXIT
 status=0
 "$HERE/run.sh" --wstest "$WSTEST" --outdir "$OUTDIR" --cases "$CASES" --exclude "$EXCLUDE" \
-    echo="ws://127.0.0.1:$PORT/echo" pass="ws://127.0.0.1:$PORT/pass" \
-    room="ws://127.0.0.1:$PORT/room" || status=$?
+    echo="ws://127.0.0.1:$PORT/echo" pass="ws://127.0.0.1:$PORT/pass" || status=$?
 if grep -E '\[(alert|crit|emerg)\]|exited on signal' "$RUN/logs/error.log"; then
     echo "against-nginx.sh: nginx logged alerts" >&2
     status=1
