@@ -56,6 +56,7 @@
 #![cfg_attr(any(test, not(feature = "export-modules")), allow(dead_code))]
 
 mod buffers;
+mod channels;
 mod clock;
 mod client;
 mod compression;
