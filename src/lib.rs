@@ -10,6 +10,8 @@
 //! - [`protocol`]: the pure RFC 6455 codec, free of nginx types.
 
 pub mod buffers;
+// Channels (issue 18): their own nginx module, nothing of the library API.
+mod channels;
 pub mod client;
 pub mod compression;
 pub mod config;

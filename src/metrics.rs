@@ -19,9 +19,15 @@ use crate::session::Stats;
 pub enum Kind {
     Echo = 0,
     Pass = 1,
+    /// `websocket_subscribe` (channels).
+    Subscribe = 2,
 }
 
-const KINDS: [(Kind, &str); 2] = [(Kind::Echo, "echo"), (Kind::Pass, "pass")];
+const KINDS: [(Kind, &str); 3] = [
+    (Kind::Echo, "echo"),
+    (Kind::Pass, "pass"),
+    (Kind::Subscribe, "subscribe"),
+];
 /// Close codes counted one by one; others are summed under "other".
 const FIRST_CODE: u16 = 1000;
 const CODES: usize = 16;
@@ -29,8 +35,8 @@ const REJECT_STATUSES: [u16; 7] = [400, 403, 405, 426, 502, 503, 504];
 
 #[repr(C)]
 struct Counters {
-    sessions_active: [AtomicU64; 2],
-    sessions_total: [AtomicU64; 2],
+    sessions_active: [AtomicU64; KINDS.len()],
+    sessions_total: [AtomicU64; KINDS.len()],
     messages: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
     closes: [AtomicU64; CODES + 1],
@@ -252,6 +258,8 @@ pub fn render() -> String {
     );
     // [limit] each zone keeps its own counters.
     crate::limit::render_metrics(&mut out);
+    // Channels (issue 18): the zones' own counters, in their shared memory.
+    crate::channels::render_metrics(&mut out);
     out
 }
 

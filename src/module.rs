@@ -37,7 +37,38 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
 // Unit-test executables link this crate without nginx around it: they must
 // not keep the module (and through it every nginx symbol) alive.
 #[cfg(all(feature = "export-modules", not(test)))]
-ngx::ngx_modules!(ngx_http_websocket_module);
+mod exported {
+    //! What `ngx::ngx_modules!` exports, by hand: its counting macro in
+    //! 0.5.1 does not take two modules. The channel module (issue 18)
+    //! ships in the same shared object.
+    use core::ffi::c_char;
+    use core::ptr::{addr_of, null};
+
+    use crate::channels::ngx_http_websocket_channel_module;
+    use ngx::ffi::ngx_module_t;
+
+    use super::ngx_http_websocket_module;
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+        addr_of!(ngx_http_websocket_module),
+        addr_of!(ngx_http_websocket_channel_module),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_names: [*const c_char; 3] = [
+        c"ngx_http_websocket_module".as_ptr(),
+        c"ngx_http_websocket_channel_module".as_ptr(),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_order: [*const c_char; 1] = [null()];
+}
 
 #[cfg_attr(not(test), used)]
 #[allow(non_upper_case_globals)]
