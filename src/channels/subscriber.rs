@@ -177,6 +177,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     let mut ws = WebSocket::new(r.connection(), Role::Server, limits, &pipelined);
+    // [limit] websocket_limit on the messages the subscriber publishes.
+    ws.limit_messages(crate::limit::Limiter::for_request(r, conf));
     if let (Some((agreed, _)), Some((_, settings))) = (&handshake.deflate, conf.deflate()) {
         ws.enable_compression(agreed, settings);
     }
@@ -483,6 +485,11 @@ impl SubscriberSession {
                         "websocket: client sent {e}, closing with {code}"
                     );
                     let _ = self.ws.send_close(Some(code), b"");
+                    return Ok(());
+                }
+                // [limit] past a `websocket_limit ... close` (logged there).
+                Err(WsError::RateExceeded) => {
+                    let _ = self.ws.send_close(Some(POLICY), crate::limit::CLOSE_REASON);
                     return Ok(());
                 }
                 Err(WsError::Eof) => {
