@@ -35,10 +35,16 @@ APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config
                 chromium
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro \
+.PHONY: all build examples run test unit integration autobahn autobahn-full deps paths clippy clean distro \
 	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
 
-all: build
+all: build examples
+
+# The examples (examples/*), each a module of its own written against the
+# crate's public API; built apart from the module, as a dependent builds.
+EXAMPLES := ngx-websocket-example-chat
+examples:
+	$(CARGO) build --profile $(PROFILE) --locked $(addprefix -p ,$(EXAMPLES))
 
 build:
 	$(CARGO) build --profile $(PROFILE) --locked
@@ -78,13 +84,15 @@ deps:
 		npm ci --prefix browser --no-audit --no-fund
 
 unit:
-	$(CARGO) test --profile $(PROFILE) --locked --workspace
+	$(CARGO) test --profile $(PROFILE) --locked --workspace $(addprefix --exclude ,$(EXAMPLES))
+	tools/import-graph.sh
+	CARGO=$(CARGO) PROFILE=$(PROFILE) tools/check-dependent.sh
 
 # Twice: then again with the access log off, where sessions run without
 # their HTTP request once upgraded (config, interop and browser tests
 # have nothing to add there).
 DETACHED_TESTS := $(filter-out nginx-tests/00-% nginx-tests/13-% nginx-tests/30-%,$(wildcard nginx-tests/*.t))
-integration: build
+integration: build examples
 	prove -r nginx-tests/
 	TEST_NGINX_ACCESS_LOG=off prove $(DETACHED_TESTS)
 

@@ -19,6 +19,8 @@ use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
 use crate::compression::DeflateSettings;
+pub use crate::stats::Limits;
+use crate::upgrade::{Deflate, ServerOptions};
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
 use crate::pool::PoolSettings;
@@ -294,22 +296,6 @@ impl Merge for LocConf {
     }
 }
 
-/// Effective limits of a location, after inheritance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub max_recv_len: u64,
-    pub max_send_len: u64,
-    pub send_masked: bool,
-    pub timeout_ms: ngx_msec_t,
-    /// `websocket_ping_interval`, when heartbeats are on.
-    pub ping_interval_ms: Option<ngx_msec_t>,
-    pub ping_timeout_ms: ngx_msec_t,
-    /// `websocket_max_session_time`, when set.
-    pub max_session_ms: Option<ngx_msec_t>,
-    /// `websocket_shutdown_spread`.
-    pub shutdown_spread_ms: ngx_msec_t,
-}
-
 impl LocConf {
     /// `websocket_deflate*`, when compression is on.
     pub fn deflate(&self) -> Option<(DeflateConfig, DeflateSettings)> {
@@ -338,6 +324,35 @@ impl LocConf {
             idle_timeout: self.keepalive_timeout,
             backlog: (self.keepalive_backlog >= 0).then_some(self.keepalive_backlog as usize),
         })
+    }
+
+    /// The location's `websocket_*` options, as an upgrade takes them.
+    pub fn server_options(&self) -> ServerOptions {
+        let limits = self.limits();
+        ServerOptions {
+            max_payload_len: self.max_payload_len as u64,
+            max_recv_len: Some(limits.max_recv_len),
+            max_send_len: Some(limits.max_send_len),
+            send_masked: limits.send_masked,
+            timeout: limits.timeout_ms as u64,
+            protocols: self.protocols.clone().unwrap_or_default(),
+            origins: self.origins.as_ref().map(|list| {
+                list.iter()
+                    .map(|o| String::from_utf8_lossy(o).into_owned())
+                    .collect()
+            }),
+            deflate: self.deflate().map(|(cfg, settings)| Deflate {
+                level: settings.level,
+                mem_level: settings.mem_level,
+                window_bits: cfg.window_bits,
+                context_takeover: cfg.context_takeover,
+                min_length: settings.min_length,
+            }),
+            ping_interval: limits.ping_interval_ms.map(|t| t as u64),
+            ping_timeout: limits.ping_timeout_ms as u64,
+            max_session_time: limits.max_session_ms.map(|t| t as u64),
+            shutdown_spread: limits.shutdown_spread_ms as u64,
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -748,7 +763,7 @@ unsafe extern "C" fn cmd_status(
             cf,
             conf,
             |c| c.status = true,
-            crate::metrics::status_handler,
+            crate::status::handler,
         )
     }
 }

@@ -70,9 +70,11 @@ mod exported {
     pub static mut ngx_module_order: [*const c_char; 1] = [null()];
 }
 
-#[cfg_attr(not(test), used)]
+// Only the module's own builds keep it: a crate that depends on this one as
+// a library (`default-features = false`) gets neither the static nor, through
+// it, the directives, and exports no symbol of ours.
+#[cfg_attr(all(feature = "export-modules", not(test)), used)]
 #[allow(non_upper_case_globals)]
-#[cfg_attr(not(feature = "export-modules"), no_mangle)]
 pub static mut ngx_http_websocket_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(MODULE_CTX) as _,
     // SAFETY: nginx reads the command table through this pointer and never

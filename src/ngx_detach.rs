@@ -53,7 +53,7 @@ struct LogLocConfHead {
 impl RequestRef {
     /// Whether the location has `access_log off`, so that nothing reads the
     /// request after its response header.
-    pub fn access_log_off(&self) -> bool {
+    pub(crate) fn access_log_off(&self) -> bool {
         // SAFETY: the log module's loc conf exists in every location of a
         // live request and starts with the fields of `LogLocConfHead`.
         unsafe {
@@ -76,7 +76,7 @@ impl RequestRef {
     /// Gives the request ownership of `value` as its module context: it is
     /// dropped when the request pool is destroyed (after the access log was
     /// written), unless [`RequestRef::take_owned_ctx`] took it back first.
-    pub fn set_owned_ctx<T>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
+    pub(crate) fn set_owned_ctx<T: 'static>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
         let r = self.as_ptr();
         // SAFETY: the request pool lives until the request is freed; the
         // cleanup's data is the request, still valid when the pool's
@@ -91,6 +91,7 @@ impl RequestRef {
                 r,
                 ctx_index: module.ctx_index,
                 drop: drop_ctx_box::<T>,
+                type_id: core::any::TypeId::of::<T>(),
             });
             (*cln).handler = Some(drop_owned_ctx);
             *(*r).ctx.add(module.ctx_index) = Box::into_raw(value).cast();
@@ -98,10 +99,40 @@ impl RequestRef {
         Ok(())
     }
 
+    /// The context that [`RequestRef::set_owned_ctx`] gave as a `T`, found
+    /// among the request pool's cleanups, whatever the module.
+    pub(crate) fn owned_ctx<T: 'static>(&self) -> Option<NonNull<T>> {
+        let index = self.owned_ctx_index::<T>()?;
+        // SAFETY: the slot of a module index nginx assigned, in a live request.
+        NonNull::new(unsafe { *(*self.as_ptr()).ctx.add(index) }.cast())
+    }
+
+    /// The context slot that [`RequestRef::set_owned_ctx`] filled with a `T`.
+    fn owned_ctx_index<T: 'static>(&self) -> Option<usize> {
+        let r = self.as_ptr();
+        // SAFETY: a live request: its pool's cleanup list is well formed, and
+        // a cleanup whose handler is `drop_owned_ctx` has an `OwnedCtx` as
+        // its data, written by `set_owned_ctx` with the context's type.
+        unsafe {
+            let mut cln = (*(*r).pool).cleanup;
+            while !cln.is_null() {
+                if (*cln).handler.map(|h| h as usize) == Some(drop_owned_ctx as *const () as usize) {
+                    let owned: &OwnedCtx = &*(*cln).data.cast();
+                    if owned.type_id == core::any::TypeId::of::<T>() {
+                        return Some(owned.ctx_index);
+                    }
+                }
+                cln = (*cln).next;
+            }
+        }
+        None
+    }
+
     /// Takes back the context given by [`RequestRef::set_owned_ctx`].
-    fn take_owned_ctx<T>(&mut self, module: &ngx_module_t) -> Option<Box<T>> {
+    fn take_owned_ctx<T: 'static>(&mut self) -> Option<Box<T>> {
+        let index = self.owned_ctx_index::<T>()?;
         // SAFETY: a live request; its slot was filled by `set_owned_ctx::<T>`.
-        unsafe { take_ctx_box(self.as_ptr(), module.ctx_index) }
+        unsafe { take_ctx_box(self.as_ptr(), index) }
     }
 }
 
@@ -135,6 +166,8 @@ struct OwnedCtx {
     ctx_index: usize,
     /// `drop_ctx_box` of the context's type.
     drop: unsafe fn(*mut ngx_http_request_t, usize),
+    /// The context's type, for [`RequestRef::owned_ctx`].
+    type_id: core::any::TypeId,
 }
 
 /// The request pool cleanup of every owned context: one function, so that
@@ -195,12 +228,11 @@ pub trait DetachedSession {
 ///
 /// # Safety
 /// As for [`detach_request`]; the session must not be referenced elsewhere.
-pub unsafe fn detach_session<T: DetachedSession>(
+pub unsafe fn detach_session<T: DetachedSession + 'static>(
     r: &mut RequestRef,
-    module: &ngx_module_t,
     handler: unsafe extern "C" fn(*mut ngx_event_t),
 ) -> Option<&'static mut T> {
-    let mut ctx = r.ctx::<T>(module)?;
+    let mut ctx = r.owned_ctx::<T>()?;
     // SAFETY: guaranteed by the caller.
     let detach = unsafe { ctx.as_mut() }.detach();
     if !detach.wanted || r.output_pending() || !r.only_held() {
@@ -215,7 +247,7 @@ pub unsafe fn detach_session<T: DetachedSession>(
         detach.wanted = false;
         return None;
     };
-    let mut session = r.take_owned_ctx::<T>(module)?;
+    let mut session = r.take_owned_ctx::<T>()?;
     // SAFETY: the request is still live; it is freed right after.
     session.detach().carried = unsafe { plan.take() };
     let raw: *mut T = &mut *session;

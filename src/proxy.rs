@@ -18,13 +18,8 @@ use crate::compression::DeflateSettings;
 use crate::config::{configured, Limits, LocConf, PassTarget};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_detach::{
-    detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
-};
-use crate::ngx_io::{
-    request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef, Direction,
-    RequestRef,
-};
+use crate::ngx_detach::{Detach, DetachedSession};
+use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, RequestRef};
 use crate::ngx_peer::{
     request_of, set_handlers, write_event, PeerSource, Pick, UpstreamConn, UpstreamPeer,
 };
@@ -33,11 +28,12 @@ use crate::ngx_ssl::ClientTls;
 use crate::pool::{self, Acquired, Keepalive};
 use crate::protocol::deflate::{DeflateConfig, NegotiatedDeflate};
 use crate::relay::{Outcome, Relay};
+use crate::serve::{self, Drive, End, Served};
 use crate::session::{Role, WebSocket};
 use crate::upgrade::ClientHandshake;
 use crate::upgrade::{self, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
-use crate::variables::SessionLog;
+use crate::variables::{LoggedSession, SessionCtx, SessionLog};
 use crate::ws_client::WsClient;
 
 const HTTP_BAD_GATEWAY: ngx_int_t = 502;
@@ -49,9 +45,7 @@ const HTTP_CLIENT_CLOSED_REQUEST: ngx_int_t = 499;
 /// Per-session state. The request owns it (as its module context) while
 /// the access log still needs it; with `access_log off` the request is
 /// freed once the relay runs, and the client connection owns it.
-#[repr(C)]
 struct PassSession {
-    /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     state: State,
     /// Whether the request is dropped after its 101 (`access_log off`).
@@ -65,7 +59,6 @@ enum State {
     Resolving(Box<Resolving>),
     /// Connect, TLS and the upstream handshake are under way.
     Connecting(Box<Handshaking>),
-    Relaying(Box<Relay>),
     Done,
 }
 
@@ -120,6 +113,8 @@ enum Next {
     },
     /// End the request with this HTTP status (nothing was upgraded yet).
     Fail(ngx_int_t),
+    /// Upgraded: the relay runs as a served session from now on.
+    Relay(Box<Relay>),
 }
 
 /// Which connection an event came from.
@@ -142,7 +137,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(target) = conf.pass.as_ref() else {
         return NGX_ERROR as ngx_int_t;
     };
-    let handshake = match upgrade::validate(r, conf) {
+    let handshake = match upgrade::validate(r, &conf.server_options()) {
         Ok(h) => h,
         Err(rc) => return rc,
     };
@@ -151,26 +146,33 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(rc) => return rc,
     };
     r.connection().set_log_action(c"connecting to upstream");
-    let session = Box::new(PassSession {
+    let session: SessionCtx = Box::new(PassSession {
         log: SessionLog::new(None, None),
         state: State::Done,
         detach: Detach::for_request(r),
     });
-    if r.set_owned_ctx(Module::module(), session).is_err() {
+    if r.set_owned_ctx(Module::module(), Box::new(session))
+        .is_err()
+    {
         return NGX_ERROR as ngx_int_t;
     }
-    let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
+    // SAFETY: an event handler of the request, run alone from the event loop.
+    let Some(session) = (unsafe { pass_of(r) }) else {
         return NGX_ERROR as ngx_int_t;
     };
     r.set_event_handlers(client_event, client_event);
-    // SAFETY: the request owns the session; this handler is the only user
-    // until it returns (the resolver's handler only posts an event).
-    let session = unsafe { session.as_mut() };
     match session.proceed(r, plan) {
         Next::Fail(rc) => {
             session.state = State::Done;
             metrics::handshake_rejected(rc);
             rc
+        }
+        Next::Relay(relay) => {
+            r.hold();
+            if begin_relay(r, relay).is_err() {
+                r.finalize(false, true);
+            }
+            NGX_DONE as ngx_int_t
         }
         _ => {
             r.hold();
@@ -367,8 +369,8 @@ unsafe extern "C" fn on_resolved(ctx: *mut ngx_resolver_ctx_t) {
         let r = RequestRef::from_raw((*ctx).data.cast());
         let pool = (*ForeignTypeRef::as_ptr(&*r)).pool;
         let (_, answer) = ngx_resolve::finish(pool, ctx);
-        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
-            if let State::Resolving(resolving) = &mut session.as_mut().state {
+        if let Some(session) = pass_of(r) {
+            if let State::Resolving(resolving) = &mut session.state {
                 if let Some(query) = resolving.query.take() {
                     query.forget();
                 }
@@ -386,99 +388,131 @@ unsafe extern "C" fn client_event(r: *mut ngx_http_request_t) {
     run(r, Origin::Client);
 }
 
-/// Event handler of the client connection once the relay runs.
-unsafe extern "C" fn relay_client_event(ev: *mut ngx_event_t) {
-    // SAFETY: the connection's data is its request while it is upgraded.
-    let (c, r) = unsafe { request_of_client_event(ev) };
-    // SAFETY: as above.
-    let r = unsafe { RequestRef::from_raw(r) };
-    let request = r.connection().take_close_request();
-    if request != CloseRequest::None {
-        if let Some(mut session) = r.ctx::<PassSession>(Module::module()) {
-            // SAFETY: the session lives in the request pool; nothing else
-            // references it during this event.
-            let session = unsafe { session.as_mut() };
-            if request == CloseRequest::Now {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    r.log(),
-                    "websocket: worker_shutdown_timeout expired, closing"
-                );
-                session.state = State::Done;
-                r.finalize(false, true);
-                // SAFETY: `c` is the client connection; see run_posted_requests.
-                unsafe { run_posted_requests(c) };
-                return;
-            }
-            if let State::Relaying(relay) = &mut session.state {
-                relay.shut_down();
-            }
-        }
-    }
-    // SAFETY: the pipelined bytes were taken, and this runs from the event
-    // loop: nothing else uses the request or the session.
-    let detached =
-        unsafe { detach_session::<PassSession>(r, Module::module(), detached_client_event) };
-    if let Some(session) = detached {
-        if let State::Relaying(relay) = &session.state {
-            relay
-                .upstream()
-                .redirect_events(c.cast(), detached_upstream_event);
-        }
-        // SAFETY: `c` lives on, now owning the session.
-        run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
-        return;
-    }
-    run(r, Origin::Client);
-    // SAFETY: `c` is the client connection; see run_posted_requests.
-    unsafe { run_posted_requests(c) };
-}
-
-/// The client connection's event handler once its request was detached.
-unsafe extern "C" fn detached_client_event(ev: *mut ngx_event_t) {
-    // SAFETY: the connection's data is the session `relay_client_event`
-    // leaked into it.
-    let (c, session) = unsafe { detached_session::<PassSession>(ev) };
-    // SAFETY: as above.
-    if unsafe { serve_close_request(c, session) } {
-        run_detached(c, session);
-    }
-}
-
-/// The upstream connection's event handler once the client's request was
-/// detached: its data is the client connection.
-unsafe extern "C" fn detached_upstream_event(ev: *mut ngx_event_t) {
-    // SAFETY: `relay_client_event` redirected the upstream's events with
-    // the client connection as data; its data is the session.
-    let (c, session) = unsafe {
-        let upstream: *mut ngx_connection_t = (*ev).data.cast();
-        let c: *mut ngx_connection_t = (*upstream).data.cast();
-        (
-            ConnectionRef::from_ptr(c),
-            &mut *(*c).data.cast::<PassSession>(),
-        )
+/// Hands the upgraded session to the generic served-session machinery
+/// ([`serve`](crate::serve)): the request's context becomes a [`Served`]
+/// that the relay drives, with the session's log and detach state.
+fn begin_relay(r: &mut RequestRef, relay: Box<Relay>) -> Result<(), crate::ngx_io::NgxError> {
+    use crate::ngx_io::NgxError;
+    let ctx = r
+        .ctx::<SessionCtx>(Module::module())
+        .ok_or(NgxError("the session's context"))?;
+    // SAFETY: the request owns the context; this runs from its content
+    // handler or event handler, after the pass session's last use.
+    let ctx = unsafe { &mut *ctx.as_ptr() };
+    let pass = ctx
+        .as_any_mut()
+        .downcast_mut::<PassSession>()
+        .ok_or(NgxError("the pass session"))?;
+    let log = core::mem::take(&mut pass.log);
+    let detach = core::mem::replace(&mut pass.detach, Detach::for_request(r));
+    let stats = relay.client_stats();
+    let drive = RelaySession {
+        relay: Some(relay),
+        stats,
     };
-    run_detached(c, session);
+    // Drops the pass session, which holds nothing more.
+    *ctx = Box::new(Served::new(log, Box::new(drive), detach));
+    serve::start(r, c"proxying WebSocket")
 }
 
-fn run_detached(c: &ConnectionRef, session: &mut PassSession) {
-    let next = match core::mem::replace(&mut session.state, State::Done) {
-        State::Relaying(relay) => session.relay(relay, c.log()),
-        _ => Next::Finish {
+/// The relay of an upgraded pass session, as the served-session trampolines
+/// drive it.
+struct RelaySession {
+    /// Taken when the relay ends (its upstream may go to the pool).
+    relay: Option<Box<Relay>>,
+    /// The client leg's counts, kept when the relay ends.
+    stats: crate::stats::Stats,
+}
+
+impl Drive for RelaySession {
+    fn run(
+        &mut self,
+        c: &ConnectionRef,
+        request: Option<&mut RequestRef>,
+        _: serve::Origin,
+    ) -> End {
+        let failed = End::Finish {
             linger: false,
             error: true,
-        },
-    };
-    if let State::Relaying(relay) = &session.state {
-        session.log.update(relay.client_stats());
+        };
+        let Some(relay) = self.relay.as_mut() else {
+            return failed;
+        };
+        // The rest of the 101 goes before any frame: the relay writes to
+        // the socket itself and would overtake what nginx's filters hold.
+        if let Some(r) = request.filter(|r| r.output_pending()) {
+            if c.take_timedout(Direction::Write) {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    c.log(),
+                    "websocket: client timed out while the 101 response was sent"
+                );
+                return failed;
+            }
+            if r.flush_output().is_err() {
+                return failed;
+            }
+            if r.output_pending() {
+                return match relay.await_client_writable() {
+                    Ok(()) => End::Wait,
+                    Err(_) => failed,
+                };
+            }
+            c.del_timer(Direction::Write);
+        }
+        let outcome = relay.step(c.log());
+        self.stats = relay.client_stats();
+        match outcome {
+            Outcome::Wait => End::Wait,
+            Outcome::Finish { linger, error } => {
+                // At its end the upstream goes to its pool when it can.
+                if let Some(relay) = self.relay.take() {
+                    relay.end(c.log());
+                }
+                End::Finish { linger, error }
+            }
+        }
     }
-    let linger = match next {
-        Next::Wait => return,
-        Next::Finish { linger, .. } => linger,
-        Next::Fail(_) => false,
-    };
-    // SAFETY: the connection owns the session, which is not used again.
-    unsafe { end_detached(c, session, linger) };
+
+    fn drain(&mut self) {
+        if let Some(relay) = self.relay.as_mut() {
+            relay.shut_down();
+        }
+    }
+
+    fn stats(&self) -> crate::stats::Stats {
+        self.stats
+    }
+
+    fn detached(&mut self, c: *mut ngx_connection_t, handler: crate::ngx_peer::EventHandler) {
+        if let Some(relay) = &self.relay {
+            relay.upstream().redirect_events(c.cast(), handler);
+        }
+    }
+}
+
+impl LoggedSession for PassSession {
+    fn session_log(&self) -> &SessionLog {
+        &self.log
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
+    }
+}
+
+/// The session of a request that `websocket_pass` serves.
+///
+/// # Safety
+/// Nothing else may reference the session while the result is used, and it
+/// must not be used after the request is finalized.
+unsafe fn pass_of<'a>(r: &RequestRef) -> Option<&'a mut PassSession> {
+    let mut ctx = r.ctx::<SessionCtx>(Module::module())?;
+    // SAFETY: the request owns the session until it is freed; handlers run
+    // from the event loop, one at a time, and nothing else holds a
+    // reference to the session meanwhile.
+    let ctx = unsafe { ctx.as_mut() };
+    ctx.as_any_mut().downcast_mut::<PassSession>()
 }
 
 impl DetachedSession for PassSession {
@@ -486,11 +520,7 @@ impl DetachedSession for PassSession {
         &mut self.detach
     }
 
-    fn shut_down(&mut self) {
-        if let State::Relaying(relay) = &mut self.state {
-            relay.shut_down();
-        }
-    }
+    fn shut_down(&mut self) {}
 }
 
 /// Read/write handler of the upstream connection.
@@ -513,19 +543,18 @@ unsafe extern "C" fn upstream_tls_done(c: *mut ngx_connection_t) {
 }
 
 fn run(r: &mut RequestRef, origin: Origin) {
-    let Some(mut session) = r.ctx::<PassSession>(Module::module()) else {
+    // SAFETY: an event handler of the request, run alone from the event loop.
+    let Some(session) = (unsafe { pass_of(r) }) else {
         r.finalize(false, true);
         return;
     };
-    // SAFETY: the session lives in the request pool until the request is
-    // finalized below; nothing else references it during this event.
-    let session = unsafe { session.as_mut() };
-    let next = session.step(r, origin);
-    if let State::Relaying(relay) = &session.state {
-        session.log.update(relay.client_stats());
-    }
-    match next {
+    match session.step(r, origin) {
         Next::Wait => {}
+        Next::Relay(relay) => {
+            if begin_relay(r, relay).is_err() {
+                r.finalize(false, true);
+            }
+        }
         Next::Finish { linger, error } => {
             session.state = State::Done;
             r.finalize(linger, error);
@@ -540,7 +569,7 @@ fn run(r: &mut RequestRef, origin: Origin) {
 
 impl PassSession {
     fn step(&mut self, r: &mut RequestRef, origin: Origin) -> Next {
-        let upgraded = matches!(self.state, State::Relaying(_) | State::Done);
+        let upgraded = matches!(self.state, State::Done);
         if !upgraded && origin == Origin::Client && r.connection().peer_closed() {
             // Gone while waiting for its upstream: free its place at once.
             ngx_log_error!(
@@ -609,54 +638,7 @@ impl PassSession {
                     None => Next::Fail(HTTP_BAD_GATEWAY),
                 },
             },
-            State::Relaying(relay) if r.output_pending() => self.finish_101(r, relay),
-            State::Relaying(relay) => self.relay(relay, r.log()),
             State::Done => Next::Wait,
-        }
-    }
-
-    /// Sends the rest of the 101 before any frame: the relay writes to the
-    /// socket itself and would overtake what nginx's filters still hold.
-    fn finish_101(&mut self, r: &mut RequestRef, relay: Box<Relay>) -> Next {
-        let failed = Next::Finish {
-            linger: false,
-            error: true,
-        };
-        if r.connection().take_timedout(Direction::Write) {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                r.log(),
-                "websocket: client timed out while the 101 response was sent"
-            );
-            return failed;
-        }
-        if r.flush_output().is_err() {
-            return failed;
-        }
-        if !r.output_pending() {
-            r.connection().del_timer(Direction::Write);
-            return self.relay(relay, r.log());
-        }
-        if relay.await_client_writable().is_err() {
-            return failed;
-        }
-        self.state = State::Relaying(relay);
-        Next::Wait
-    }
-
-    /// One round of relaying; at its end the upstream goes to its pool when
-    /// it can.
-    fn relay(&mut self, mut relay: Box<Relay>, log: *mut ngx::ffi::ngx_log_t) -> Next {
-        match relay.step(log) {
-            Outcome::Wait => {
-                self.state = State::Relaying(relay);
-                Next::Wait
-            }
-            Outcome::Finish { linger, error } => {
-                self.log.update(relay.client_stats());
-                relay.end(log);
-                Next::Finish { linger, error }
-            }
         }
     }
 
@@ -789,18 +771,30 @@ impl PassSession {
             Ok(pipelined) => pipelined,
             Err(rc) => return Next::Fail(rc),
         };
-        conn.attach(ForeignTypeRef::as_ptr(&*r).cast(), upstream_event, r.log());
-        let mut client = WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined);
+        conn.attach(
+            ForeignTypeRef::as_ptr(&*r).cast(),
+            serve::on_upstream_event,
+            r.log(),
+        );
+        // SAFETY: the relay owns both objects and is dropped before either
+        // connection closes: the client's with its request or by
+        // `end_detached`, the upstream's by `UpstreamConn`, which the relay
+        // owns too and drops after the object (`WsClient` field order).
+        let (mut client, mut upstream) = unsafe {
+            (
+                WebSocket::new(r.connection(), Role::Server, plan.limits, &pipelined),
+                WebSocket::new(
+                    conn.connection(),
+                    Role::Client,
+                    plan.upstream_limits,
+                    leftover,
+                ),
+            )
+        };
         // [limit] websocket_limit on the client leg only.
         if let Some(conf) = Module::location_conf(r) {
             client.limit_messages(crate::limit::Limiter::for_request(r, conf));
         }
-        let mut upstream = WebSocket::new(
-            conn.connection(),
-            Role::Client,
-            plan.upstream_limits,
-            leftover,
-        );
         // Each leg compresses as it agreed; the relay sees plain messages.
         if let Some(settings) = plan.deflate_settings {
             if let Some((with_client, _)) = &plan.deflate {
@@ -816,7 +810,6 @@ impl PassSession {
                 error: true,
             };
         }
-        r.connection().set_log_action(c"proxying WebSocket");
         self.log.subprotocol.clone_from(&agreed.subprotocol);
         self.log.upstream_addr = Some(conn.name().to_owned());
         self.log.upstream_reused = reused;
@@ -825,13 +818,7 @@ impl PassSession {
         metrics::upstream_connected(reused);
         let Plan { keepalive, .. } = *plan;
         let upstream = WsClient::new(upstream, conn, agreed, keepalive);
-        self.state = State::Relaying(Box::new(Relay::new(client, upstream)));
-        // The client's events come straight here from now on, so that a
-        // worker that exits asks the relay to close gracefully.
-        r.connection().set_event_handler(relay_client_event);
-        r.connection().set_idle(true);
-        // Relay from the event loop, as for a fresh upgrade.
-        r.connection().post(Direction::Read);
-        Next::Wait
+        // From here the relay runs as a served session (`begin_relay`).
+        Next::Relay(Box::new(Relay::new(client, upstream)))
     }
 }

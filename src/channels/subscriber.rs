@@ -38,7 +38,7 @@ use crate::protocol::frame::OpCode;
 use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Quiet, Received, Role, WebSocket, WsError};
 use crate::upgrade;
-use crate::variables::SessionLog;
+use crate::variables::{LoggedSession, SessionCtx, SessionLog};
 use foreign_types::ForeignTypeRef;
 
 /// Output queued in the session above which the inbox waits.
@@ -75,9 +75,7 @@ impl Drop for Subscription {
 }
 
 /// Per-session state, owned as an echo session's is (see `echo.rs`).
-#[repr(C)]
 struct SubscriberSession {
-    /// First, as `variables::SessionLog` requires.
     log: SessionLog,
     ws: WebSocket,
     sub: Subscription,
@@ -114,7 +112,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some((zone, channel)) = chan.subscribe else {
         return NGX_ERROR as ngx_int_t;
     };
-    let handshake = match upgrade::validate(r, conf) {
+    let handshake = match upgrade::validate(r, &conf.server_options()) {
         Ok(h) => h,
         Err(rc) => return rc,
     };
@@ -143,7 +141,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(conn) = NonNull::new(r.connection_ptr()) else {
         return NGX_ERROR as ngx_int_t;
     };
-    let inbox = Inbox::new(Box::new(move || post_write_event(conn)), backlog);
+    // SAFETY: the inbox leaves its channel (`Subscription`) when the session
+    // is dropped, before its connection closes: the connection is open
+    // whenever the channel wakes it.
+    let inbox = Inbox::new(Box::new(move || unsafe { post_write_event(conn) }), backlog);
     let key = match local::subscribe(store, &name, resume, &inbox) {
         Ok(key) => key,
         Err(_) => {
@@ -176,7 +177,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(p) => p,
         Err(rc) => return rc,
     };
-    let mut ws = WebSocket::new(r.connection(), Role::Server, limits, &pipelined);
+    // SAFETY: the session that owns the object is dropped before the
+    // request's connection closes (with the request's pool, or by
+    // `end_detached`).
+    let mut ws = unsafe { WebSocket::new(r.connection(), Role::Server, limits, &pipelined) };
     // [limit] websocket_limit on the messages the subscriber publishes.
     ws.limit_messages(crate::limit::Limiter::for_request(r, conf));
     if let (Some((agreed, _)), Some((_, settings))) = (&handshake.deflate, conf.deflate()) {
@@ -184,7 +188,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let log = SessionLog::new(Some(Kind::Subscribe), chosen.map(str::to_owned));
     metrics::session_started(Kind::Subscribe);
-    let session = Box::new(SubscriberSession {
+    let session: SessionCtx = Box::new(SubscriberSession {
         log,
         ws,
         sub,
@@ -194,7 +198,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         shutting_down: false,
         detach: Detach::for_request(r),
     });
-    if r.set_owned_ctx(Module::module(), session).is_err() {
+    if r.set_owned_ctx(Module::module(), Box::new(session)).is_err() {
         return NGX_ERROR as ngx_int_t;
     }
     r.set_event_handlers(on_event, on_event);
@@ -219,9 +223,9 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
     match r.connection().take_close_request() {
         CloseRequest::None => {}
         CloseRequest::Graceful => {
-            if let Some(mut session) = r.ctx::<SubscriberSession>(Module::module()) {
-                // SAFETY: see `on_event`.
-                unsafe { session.as_mut() }.shut_down();
+            // SAFETY: an event handler of the request, run alone from the event loop.
+            if let Some(session) = unsafe { subscriber_of(r) } {
+                session.shut_down();
             }
         }
         CloseRequest::Now => {
@@ -238,8 +242,7 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
     }
     // SAFETY: the pipelined bytes were taken, and this runs from the event
     // loop: nothing else uses the request or the session.
-    let detached =
-        unsafe { detach_session::<SubscriberSession>(r, Module::module(), on_detached_event) };
+    let detached = unsafe { detach_session::<SessionCtx>(r, on_detached_event) };
     if let Some(session) = detached {
         // SAFETY: `c` lives on, now owning the session.
         run_detached(unsafe { ConnectionRef::from_ptr(c) }, session);
@@ -255,13 +258,12 @@ unsafe extern "C" fn on_connection_event(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let r = unsafe { RequestRef::from_raw(r) };
-    let Some(mut session) = r.ctx::<SubscriberSession>(Module::module()) else {
+    // SAFETY: the request owns the session until it is freed; nothing else
+    // holds a reference to it during this event.
+    let Some(session) = (unsafe { subscriber_of(r) }) else {
         r.finalize(false, true);
         return;
     };
-    // SAFETY: the request owns the session until it is freed; nothing else
-    // holds a reference to it during this event.
-    let session = unsafe { session.as_mut() };
     // SAFETY: the request's connection outlives this event.
     let c = unsafe { ConnectionRef::from_ptr(r.connection_ptr()) };
     let next = session.step(c, Some(r));
@@ -275,19 +277,44 @@ unsafe extern "C" fn on_event(r: *mut ngx_http_request_t) {
 unsafe extern "C" fn on_detached_event(ev: *mut ngx_event_t) {
     // SAFETY: the connection's data is the session `on_connection_event`
     // leaked into it.
-    let (c, session) = unsafe { detached_session::<SubscriberSession>(ev) };
+    let (c, session) = unsafe { detached_session::<SessionCtx>(ev) };
     // SAFETY: as above.
     if unsafe { serve_close_request(c, session) } {
         run_detached(c, session);
     }
 }
 
-fn run_detached(c: &ConnectionRef, session: &mut SubscriberSession) {
+fn run_detached(c: &ConnectionRef, ctx: &mut SessionCtx) {
+    let Some(session) = ctx.as_any_mut().downcast_mut::<SubscriberSession>() else {
+        return;
+    };
     let next = session.step(c, None);
     session.log.update(session.ws.stats());
     if let Next::Finish { linger, .. } = next {
         // SAFETY: the connection owns the session, which is not used again.
-        unsafe { end_detached(c, session, linger) };
+        unsafe { end_detached(c, ctx, linger) };
+    }
+}
+
+/// The session of a request that `websocket_subscribe` serves.
+///
+/// # Safety
+/// Nothing else may reference the session while the result is used, and it
+/// must not be used after the request is finalized.
+unsafe fn subscriber_of<'a>(r: &RequestRef) -> Option<&'a mut SubscriberSession> {
+    let mut ctx = r.ctx::<SessionCtx>(Module::module())?;
+    // SAFETY: guaranteed by the caller; the module's context is a `SessionCtx`.
+    let ctx = unsafe { ctx.as_mut() };
+    ctx.as_any_mut().downcast_mut::<SubscriberSession>()
+}
+
+impl LoggedSession for SubscriberSession {
+    fn session_log(&self) -> &SessionLog {
+        &self.log
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn core::any::Any {
+        self
     }
 }
 
