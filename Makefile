@@ -32,11 +32,12 @@ MODULE   := $(TARGET)/ngx_http_websocket_module.so
 RUN_DIR  := $(CURDIR)/target/run
 
 APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl \
-                chromium
+                chromium redis-server
 PY_PACKAGES  := websockets
 
 .PHONY: all build examples run test unit integration autobahn autobahn-full deps paths clippy clean distro \
-	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
+	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak \
+	redis-probe-paths
 
 all: build examples
 
@@ -51,6 +52,24 @@ build:
 	@# A new inode: overwriting the file in place would crash a running nginx.
 	cp -f $(TARGET)/libngx_http_websocket_module.so $(MODULE).tmp
 	mv -f $(MODULE).tmp $(MODULE)
+
+# The module with a second, test-only nginx module that puts the Redis client
+# on an HTTP location (cargo feature redis-probe, src/redis/probe.rs), for
+# nginx-tests/63-redis-client.t; built in target/redis-probe/ (never the
+# module that ships), brought up to date on each call, paths printed as by
+# `make -s paths`.
+REDIS_PROBE_DIR := $(CURDIR)/target/redis-probe
+redis-probe-paths:
+	@CARGO_TARGET_DIR=$(REDIS_PROBE_DIR) $(CARGO) build --profile $(PROFILE) --locked \
+		--features redis-probe >&2
+	@cmp -s $(REDIS_PROBE_DIR)/$(PROFILE)/libngx_http_websocket_module.so \
+		$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so || { \
+		cp -f $(REDIS_PROBE_DIR)/$(PROFILE)/libngx_http_websocket_module.so \
+			$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so.tmp && \
+		mv -f $(REDIS_PROBE_DIR)/ngx_http_websocket_module.so.tmp \
+			$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so; }
+	@echo "nginx=$$(cat $(REDIS_PROBE_DIR)/$(PROFILE)/nginx-path)"
+	@echo "module=$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so"
 
 paths:
 	@test -f $(MODULE) -a -f $(TARGET)/nginx-path || $(MAKE) --no-print-directory build >&2
@@ -155,7 +174,7 @@ soak: build
 fuzz:
 	fuzz/run.sh
 
-# The same, FUZZ_SMOKE_SECONDS (30) per target, in make test: about 2.5 min with
+# The same, FUZZ_SMOKE_SECONDS (30) per target, in make test: about 3 min with
 # the targets built, under 5 min from a clean state (installing cargo-fuzz ~70 s,
 # building the targets ~50 s).
 FUZZ_SMOKE_SECONDS ?= 30

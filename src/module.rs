@@ -40,7 +40,8 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
 mod exported {
     //! What `ngx::ngx_modules!` exports, by hand: its counting macro in
     //! 0.5.1 does not take two modules. The channel module (issue 18)
-    //! ships in the same shared object.
+    //! ships in the same shared object; with the cargo feature
+    //! `redis-probe` (tests only, src/redis/probe.rs) a third module.
     use core::ffi::c_char;
     use core::ptr::{addr_of, null};
 
@@ -49,19 +50,25 @@ mod exported {
 
     use super::ngx_http_websocket_module;
 
+    const N: usize = if cfg!(feature = "redis-probe") { 4 } else { 3 };
+
     #[no_mangle]
     #[allow(non_upper_case_globals)]
-    pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+    pub static mut ngx_modules: [*const ngx_module_t; N] = [
         addr_of!(ngx_http_websocket_module),
         addr_of!(ngx_http_websocket_channel_module),
+        #[cfg(feature = "redis-probe")]
+        addr_of!(crate::redis::probe::ngx_http_websocket_redis_probe_module),
         null(),
     ];
 
     #[no_mangle]
     #[allow(non_upper_case_globals)]
-    pub static mut ngx_module_names: [*const c_char; 3] = [
+    pub static mut ngx_module_names: [*const c_char; N] = [
         c"ngx_http_websocket_module".as_ptr(),
         c"ngx_http_websocket_channel_module".as_ptr(),
+        #[cfg(feature = "redis-probe")]
+        c"ngx_http_websocket_redis_probe_module".as_ptr(),
         null(),
     ];
 
