@@ -82,6 +82,7 @@ run: build
 	@ln -sfn $(CURDIR)/conf/html $(RUN_DIR)/html
 	@echo "echo:   ws://127.0.0.1:8080/echo"
 	@echo "proxy:  ws://127.0.0.1:8080/proxy (websocket_pass to an echo on 127.0.0.1:8081)"
+	@echo "room:   http://127.0.0.1:8080/?endpoint=room in two tabs (websocket_subscribe chat room)"
 	@echo "demo:   http://127.0.0.1:8080/"
 	@echo "status: http://127.0.0.1:8080/status (websocket_status metrics)"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
@@ -115,8 +116,9 @@ integration: build examples
 	prove -r nginx-tests/
 	TEST_NGINX_ACCESS_LOG=off prove $(DETACHED_TESTS)
 
-# The Autobahn|Testsuite fuzzing client against websocket_echo and
-# websocket_pass -> websocket_echo (websocket_deflate on): cases 1-10 and, of
+# The Autobahn|Testsuite fuzzing client against websocket_echo,
+# websocket_pass -> websocket_echo and websocket_subscribe with publish on (one
+# subscriber per channel: an echo) (websocket_deflate on): cases 1-10 and, of
 # the compression cases 12/13, the smallest message and the fragmented one of
 # each data set and parameter set (48 cases). autobahn-full: all of 12 and 13.
 AUTOBAHN_DIR   := $(CURDIR)/target/autobahn
