@@ -204,6 +204,22 @@ sub messages_of {
     return @got;
 }
 
+# publish_from_both($path, $prefix, $n): publishes "$prefix$i" for i = 1
+# .. $n, and on (up to 200) until both workers took one: which worker
+# accepts a connection is the kernel's choice. The payloads sent, the
+# publishes per worker, and the answers' subscriber counts.
+sub publish_from_both {
+    my ($path, $prefix, $n) = @_;
+    my (@sent, %workers, @reached);
+    for (my $i = 1; $i <= $n || (keys %workers < 2 && $i <= 200); $i++) {
+        my (undef, undef, $count, $w) = publish($path, "$prefix$i");
+        $workers{$w // '?'}++;
+        push @sent, "$prefix$i";
+        push @reached, $count;
+    }
+    return (\@sent, \%workers, \@reached);
+}
+
 sub metric {
     my ($name, $labels) = @_;
     my (undef, undef, $body) = req('GET', '/status');
@@ -285,17 +301,14 @@ sub metric {
 {
     my ($by, @subs) = subscribers_on_both('/sub?c=fan', 8);
     is(scalar keys %$by, 2, 'subscribers on both workers (' . join(', ', map { "$_: " . @{ $by->{$_} } } sort keys %$by) . ')');
-    my (@sent, %pub_workers);
-    for my $i (1 .. 60) {
-        my ($st, $id, $n, $w) = publish('/pub?c=fan', "m$i");
-        push @sent, "m$i";
-        $pub_workers{$w // '?'}++;
-        is($n, scalar @subs, "publish $i reached every subscriber") if $i == 1 || $i == 60;
-    }
-    is(scalar keys %pub_workers, 2, 'both workers published') or diag explain \%pub_workers;
+    my ($sent, $pub_workers, $reached) = publish_from_both('/pub?c=fan', 'm', 60);
+    my @sent = @$sent;
+    is($reached->[0], scalar @subs, 'the first publish reached every subscriber');
+    is($reached->[-1], scalar @subs, 'the last publish reached every subscriber');
+    is(scalar keys %$pub_workers, 2, 'both workers published') or diag explain $pub_workers;
     my $all_ok = 1;
     for my $s (@subs) {
-        my @got = map { $_->{payload} } messages_of($s, 60);
+        my @got = map { $_->{payload} } messages_of($s, scalar @sent);
         unless (is_deeply(\@got, \@sent, 'a subscriber got every message once, in order')) {
             $all_ok = 0;
         }
@@ -583,11 +596,10 @@ sub metric {
     # workers' in the zone), also on a channel the old workers were woken for.
     my ($by2, @subs2) = subscribers_on_both('/sub?c=live', 6);
     is(scalar keys %$by2, 2, 'after the reload: subscribers on both new workers');
-    my (@sent2, %pubw);
-    for my $i (1 .. 20) { my (undef, undef, undef, $w) = publish('/pub?c=live', "n$i"); $pubw{$w // '?'}++; push @sent2, "n$i" }
-    is(scalar keys %pubw, 2, 'both new workers published');
+    my ($sent2, $pubw) = publish_from_both('/pub?c=live', 'n', 20);
+    is(scalar keys %$pubw, 2, 'both new workers published');
     for my $s (@subs2) {
-        is_deeply([map { $_->{payload} } messages_of($s, 20)], \@sent2, 'after the reload: fan-out across the new workers');
+        is_deeply([map { $_->{payload} } messages_of($s, scalar @$sent2)], $sent2, 'after the reload: fan-out across the new workers');
         $s->close;
     }
     @workers = $t->worker_pids;
@@ -632,11 +644,10 @@ EOF2
         "the new worker forgot the $n_victim subscribers of the one that crashed");
     like($c->error_log, qr/forgot $n_victim subscribers of the worker process $victim/, 'and said so');
     my ($by2, @subs2) = subscribers_on_both('/sub?c=boom', 4);
-    my (@sent, %pubw);
-    for my $i (1 .. 20) { my (undef, undef, undef, $w) = publish('/pub?c=boom', "c$i"); $pubw{$w // '?'}++; push @sent, "c$i" }
-    is(scalar keys %pubw, 2, 'both workers published');
+    my ($sent, $pubw) = publish_from_both('/pub?c=boom', 'c', 20);
+    is(scalar keys %$pubw, 2, 'both workers published');
     for my $s (@alive, @subs2) {
-        is_deeply([map { $_->{payload} } messages_of($s, 20)], \@sent, 'after the crash: every subscriber gets every message');
+        is_deeply([map { $_->{payload} } messages_of($s, scalar @$sent)], $sent, 'after the crash: every subscriber gets every message');
     }
     $_->close for @alive, @subs2;
     $c->stop;
