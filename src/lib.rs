@@ -62,6 +62,7 @@ mod buffers;
 mod channels;
 mod clock;
 mod client;
+mod connect;
 mod compression;
 mod config;
 mod drain;
@@ -93,9 +94,15 @@ mod ws_client;
 
 pub use ngx_websocket_protocol as protocol;
 
+pub use client::ClientError;
+pub use connect::{
+    connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
+    TlsContext,
+};
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use random::EntropyError;
 pub use serve::{serve, Context, Handler, Next, Origin, Waker};
 pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
+pub use ws_client::{KeepaliveError, WsClient};
 pub use stats::Stats;

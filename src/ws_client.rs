@@ -12,7 +12,12 @@ use crate::ngx_peer::{EventHandler, UpstreamConn};
 use crate::pool::{Keepalive, PoolSettings};
 use crate::session::WebSocket;
 
-/// A handshaken client connection to an upstream.
+/// The seed's client object: a WebSocket that we opened to an upstream
+/// with [`connect`](crate::connect). It dereferences to [`WebSocket`] for
+/// the `wb` operations (`send_text`, `recv_frame`, `set_timeout`, ...); the
+/// library owns it and lends it to the [`ClientHandler`](crate::ClientHandler)
+/// (its `close` and `set_keepalive` are [`ClientNext`](crate::ClientNext)'s
+/// variants of these names).
 pub struct WsClient {
     ws: WebSocket,
     conn: UpstreamConn,
@@ -21,6 +26,7 @@ pub struct WsClient {
 }
 
 /// Why `set_keepalive` closed the connection instead of pooling it.
+/// [`ClientNext::SetKeepalive`](crate::ClientNext::SetKeepalive) logs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepaliveError {
     /// The connection was opened without a pool (`websocket_keepalive` off).
@@ -44,9 +50,16 @@ impl fmt::Display for KeepaliveError {
 impl std::error::Error for KeepaliveError {}
 
 impl WsClient {
+    /// The subprotocol the upstream agreed to, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.agreed.subprotocol.as_deref()
+    }
+}
+
+impl WsClient {
     /// `agreed` is what the upstream's handshake (or the pooled
     /// connection's) settled.
-    pub fn new(
+    pub(crate) fn new(
         ws: WebSocket,
         conn: UpstreamConn,
         agreed: Agreed,
@@ -61,7 +74,7 @@ impl WsClient {
     }
 
     /// The location's `websocket_keepalive*` settings, when it pools.
-    pub fn pool_settings(&self) -> Option<PoolSettings> {
+    pub(crate) fn pool_settings(&self) -> Option<PoolSettings> {
         self.keepalive.as_ref().map(|k| k.settings)
     }
 
@@ -79,7 +92,7 @@ impl WsClient {
     ///     ngx_log_error!(NGX_LOG_INFO, log, "websocket: upstream closed: {e}");
     /// }
     /// ```
-    pub fn set_keepalive(
+    pub(crate) fn set_keepalive(
         self,
         max_idle_timeout: ngx_msec_t,
         pool_size: usize,
@@ -120,7 +133,7 @@ impl WsClient {
 impl WsClient {
     /// Sends the upstream connection's events to `handler` with `data` as
     /// the connection's data (the session moved to another owner).
-    pub fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
+    pub(crate) fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
         self.conn
             .attach(data, handler, self.conn.connection().log());
     }

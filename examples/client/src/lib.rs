@@ -1,0 +1,142 @@
+//! `websocket_copy ws://host:port/path;`: the seed's client example, on
+//! ngx_http_websocket_module's public API only. Each HTTP request connects
+//! to the WebSocket upstream, receives one frame, sends `copy: <data>` back
+//! and answers the request with the frame's data; `?keepalive=1` puts the
+//! connection into the keepalive pool instead of closing it, and the
+//! response's `X-Upstream-Connection` says `reused` for a pooled one.
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_MODULE,
+};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+use ngx_http_websocket_module::protocol::frame::OpCode;
+use ngx_http_websocket_module::{
+    connect, ClientContext, ClientError, ClientHandler, ClientNext, ClientOptions, ConnectOptions,
+    Connected, RequestRef,
+};
+
+thread_local! {
+    /// The configured URI (one `websocket_copy` per nginx, for brevity).
+    static URI: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+struct Copy {
+    keepalive: bool,
+    reused: bool,
+}
+
+impl ClientHandler for Copy {
+    fn connected(&mut self, cx: &mut ClientContext<'_>, result: Result<Connected, ClientError>) -> ClientNext {
+        match result {
+            // Logged by the library; nginx answers with its error page.
+            Err(e) => ClientNext::Finish(e.status()),
+            Ok(how) => {
+                self.reused = how == Connected::Reused;
+                self.step(cx)
+            }
+        }
+    }
+
+    fn step(&mut self, cx: &mut ClientContext<'_>) -> ClientNext {
+        if cx.timed_out() {
+            return ClientNext::Finish(504);
+        }
+        let Some(wb) = cx.client() else { return ClientNext::Finish(500) };
+        // local data, typ, err = wb:recv_frame()
+        let frame = loop {
+            match wb.recv_frame() {
+                Ok(None) => return ClientNext::Wait,
+                Ok(Some(f)) if f.typ == OpCode::Ping => {
+                    if wb.send_pong(&f.data).is_err() {
+                        return ClientNext::Finish(502);
+                    }
+                }
+                Ok(Some(f)) if f.typ == OpCode::Text || f.typ == OpCode::Binary => break f,
+                Ok(Some(_)) | Err(_) => return ClientNext::Finish(502),
+            }
+        };
+        // local bytes, err = wb:send_text("copy: " .. data)
+        if wb.send_text(&[&b"copy: "[..], &frame.data].concat()).is_err() {
+            return ClientNext::Finish(502);
+        }
+        let r = cx.request();
+        r.set_status(200, None);
+        r.set_content_type("text/plain");
+        let how: &[u8] = if self.reused { b"reused" } else { b"new" };
+        if r.add_header_out("X-Upstream-Connection", how).is_err() {
+            return ClientNext::Finish(500);
+        }
+        let rc = r.send_small_response(&[&b"received: "[..], &frame.data, b"\n"].concat());
+        if self.keepalive {
+            // wb:set_keepalive(10000, 4)
+            return ClientNext::SetKeepalive { max_idle_timeout: 10_000, pool_size: 4, rc };
+        }
+        // wb:close()
+        ClientNext::Close(rc)
+    }
+}
+
+/// The content handler of `websocket_copy`.
+unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls a content handler with a live request.
+    let r = unsafe { RequestRef::from_raw(r) };
+    let keepalive = r.unparsed_uri().windows(11).any(|w| w == b"keepalive=1");
+    let client = ClientOptions { timeout: 2_000, ..ClientOptions::default() };
+    let opts = ConnectOptions { protocols: vec!["copy".into()], ..ConnectOptions::default() };
+    let uri = URI.with_borrow(String::clone);
+    let module = core::ptr::addr_of!(ngx_http_websocket_client_example_module);
+    let handler = Copy { keepalive, reused: false };
+    // SAFETY: our own HTTP module; nothing else uses its request context.
+    unsafe { connect(r, &*module, &uri, &client, opts, handler) }
+}
+
+/// `websocket_copy <uri>;` makes the location copy a frame from `<uri>`.
+unsafe extern "C" fn set_copy(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    _conf: *mut core::ffi::c_void,
+) -> *mut core::ffi::c_char {
+    // SAFETY: nginx parses a location block: the core module's loc conf and
+    // the directive's two arguments are there.
+    let (clcf, arg) = unsafe {
+        let args = (*(*cf).args).elts as *const ngx_str_t;
+        (NgxHttpCoreModule::location_conf_mut(&*cf), (*args.add(1)).as_bytes())
+    };
+    match clcf {
+        Some(clcf) => clcf.handler = Some(copy_handler),
+        None => return ngx::core::NGX_CONF_ERROR.cast(),
+    }
+    URI.with_borrow_mut(|uri| *uri = String::from_utf8_lossy(arg).into_owned());
+    core::ptr::null_mut()
+}
+
+static mut COMMANDS: [ngx_command_t; 2] = [
+    ngx_command_t {
+        name: ngx::ngx_string!("websocket_copy"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(set_copy),
+        conf: 0,
+        offset: 0,
+        post: core::ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+#[rustfmt::skip]
+static CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None, postconfiguration: None, create_main_conf: None, init_main_conf: None,
+    create_srv_conf: None, merge_srv_conf: None, create_loc_conf: None, merge_loc_conf: None,
+};
+
+ngx::ngx_modules!(ngx_http_websocket_client_example_module);
+
+/// The module nginx loads.
+#[allow(non_upper_case_globals)]
+#[used]
+pub static mut ngx_http_websocket_client_example_module: ngx_module_t = ngx_module_t {
+    ctx: core::ptr::addr_of!(CTX) as _,
+    // SAFETY: nginx only reads the command table.
+    commands: unsafe { core::ptr::addr_of_mut!(COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as _,
+    ..ngx_module_t::default()
+};
