@@ -1,11 +1,12 @@
 //! `websocket_copy ws://host:port/path;`: the seed's client example, on
 //! ngx_http_websocket_module's public API only. Each HTTP request connects
-//! to the WebSocket upstream, receives one frame, sends `copy: <data>` back
+//! to the location's WebSocket upstream, receives one frame, sends `copy: <data>` back
 //! and answers the request with the frame's data; `?keepalive=1` puts the
 //! connection into the keepalive pool instead of closing it, and the
-//! response's `X-Upstream-Connection` says `reused` for a pooled one.
+//! response's `X-Upstream-Connection` says `reused` for a pooled one (which
+//! sends `again` first: a pooled connection is one the upstream greeted).
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_module_t, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_pcalloc, ngx_http_request_t, ngx_int_t, ngx_module_t,
     ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
@@ -15,9 +16,10 @@ use ngx_http_websocket_module::{
     Connected, RequestRef,
 };
 
-thread_local! {
-    /// The configured URI (one `websocket_copy` per nginx, for brevity).
-    static URI: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+/// A location's configuration: the upstream's URI (empty: none).
+#[repr(C)]
+struct LocConf {
+    uri: ngx_str_t,
 }
 
 struct Copy {
@@ -32,6 +34,14 @@ impl ClientHandler for Copy {
             Err(e) => ClientNext::Finish(e.status()),
             Ok(how) => {
                 self.reused = how == Connected::Reused;
+                // A pooled connection was greeted before: ask for a frame.
+                let asked = match cx.client() {
+                    Some(wb) if self.reused => wb.send_text(b"again"),
+                    _ => Ok(()),
+                };
+                if asked.is_err() {
+                    return ClientNext::Finish(502);
+                }
                 self.step(cx)
             }
         }
@@ -78,13 +88,17 @@ impl ClientHandler for Copy {
 
 /// The content handler of `websocket_copy`.
 unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx calls a content handler with a live request.
-    let r = unsafe { RequestRef::from_raw(r) };
+    let module = core::ptr::addr_of!(ngx_http_websocket_client_example_module);
+    // SAFETY: nginx calls a content handler with a live request; our loc
+    // conf was made by `create_loc_conf`.
+    let (r, uri) = unsafe {
+        let conf: *const LocConf = (*(*r).loc_conf.add((*module).ctx_index)).cast();
+        let uri = String::from_utf8_lossy((*conf).uri.as_bytes()).into_owned();
+        (RequestRef::from_raw(r), uri)
+    };
     let keepalive = r.unparsed_uri().windows(11).any(|w| w == b"keepalive=1");
     let client = ClientOptions { timeout: 2_000, ..ClientOptions::default() };
     let opts = ConnectOptions { protocols: vec!["copy".into()], ..ConnectOptions::default() };
-    let uri = URI.with_borrow(String::clone);
-    let module = core::ptr::addr_of!(ngx_http_websocket_client_example_module);
     let handler = Copy { keepalive, reused: false };
     // SAFETY: our own HTTP module; nothing else uses its request context.
     unsafe { connect(r, &*module, &uri, &client, opts, handler) }
@@ -94,19 +108,19 @@ unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
 unsafe extern "C" fn set_copy(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
-    _conf: *mut core::ffi::c_void,
+    conf: *mut core::ffi::c_void,
 ) -> *mut core::ffi::c_char {
-    // SAFETY: nginx parses a location block: the core module's loc conf and
-    // the directive's two arguments are there.
-    let (clcf, arg) = unsafe {
+    // SAFETY: nginx parses a location block: the core module's loc conf,
+    // ours (`conf`) and the directive's two arguments (in the conf pool,
+    // which outlives every request) are there.
+    unsafe {
         let args = (*(*cf).args).elts as *const ngx_str_t;
-        (NgxHttpCoreModule::location_conf_mut(&*cf), (*args.add(1)).as_bytes())
-    };
-    match clcf {
-        Some(clcf) => clcf.handler = Some(copy_handler),
-        None => return ngx::core::NGX_CONF_ERROR.cast(),
+        (*conf.cast::<LocConf>()).uri = *args.add(1);
+        match NgxHttpCoreModule::location_conf_mut(&*cf) {
+            Some(clcf) => clcf.handler = Some(copy_handler),
+            None => return ngx::core::NGX_CONF_ERROR.cast(),
+        }
     }
-    URI.with_borrow_mut(|uri| *uri = String::from_utf8_lossy(arg).into_owned());
     core::ptr::null_mut()
 }
 
@@ -115,17 +129,23 @@ static mut COMMANDS: [ngx_command_t; 2] = [
         name: ngx::ngx_string!("websocket_copy"),
         type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
         set: Some(set_copy),
-        conf: 0,
+        conf: core::mem::offset_of!(ngx_http_conf_ctx_t, loc_conf),
         offset: 0,
         post: core::ptr::null_mut(),
     },
     ngx_command_t::empty(),
 ];
 
+/// An empty `LocConf` per location, in the configuration pool.
+unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut core::ffi::c_void {
+    // SAFETY: nginx calls this with the configuration being parsed.
+    unsafe { ngx_pcalloc((*cf).pool, core::mem::size_of::<LocConf>()) }
+}
+
 #[rustfmt::skip]
 static CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: None, postconfiguration: None, create_main_conf: None, init_main_conf: None,
-    create_srv_conf: None, merge_srv_conf: None, create_loc_conf: None, merge_loc_conf: None,
+    create_srv_conf: None, merge_srv_conf: None, create_loc_conf: Some(create_loc_conf), merge_loc_conf: None,
 };
 
 ngx::ngx_modules!(ngx_http_websocket_client_example_module);
