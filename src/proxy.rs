@@ -16,7 +16,7 @@ use crate::connect::{
     connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
     TlsContext,
 };
-use crate::client::ClientError;
+use crate::ClientError;
 use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::{ConnectionRef, Direction, RequestRef};
