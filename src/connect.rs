@@ -34,7 +34,9 @@ use crate::client::{Agreed, ClientError, Connector, HandshakeOptions, Progress, 
 use crate::compression::DeflateSettings;
 use crate::ngx_detach::{Detach, DetachedSession};
 use crate::ngx_io::{run_posted_requests, ConnectionRef, Direction, NgxError, RequestRef};
-use crate::ngx_peer::{request_of, set_handlers, write_event, PeerSource, Pick, UpstreamConn, UpstreamPeer};
+use crate::ngx_peer::{
+    request_of, set_handlers, write_event, PeerSource, Pick, UpstreamConn, UpstreamPeer,
+};
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
 use crate::pool::{self, Acquired, Keepalive, PoolSettings};
@@ -417,7 +419,10 @@ struct Plan {
 enum Route {
     Peers(PeerSource),
     /// The URI's host is a name to resolve first.
-    Dns { host: String, port: u16 },
+    Dns {
+        host: String,
+        port: u16,
+    },
 }
 
 struct Resolving {
@@ -491,9 +496,7 @@ fn plan(
     let keepalive = match opts.pool_size {
         None => None,
         Some(size) => {
-            let name = opts
-                .pool
-                .unwrap_or_else(|| format!("{}:{port}", url.host));
+            let name = opts.pool.unwrap_or_else(|| format!("{}:{port}", url.host));
             // TLS connections are kept apart per TLS context and name.
             let key = match &handshake.tls {
                 Some(tls) => format!("{name}|tls:{:x}:{:?}", tls.ctx.id(), tls.sni),
@@ -964,7 +967,10 @@ impl ClientSession {
             }
             Err(e) => {
                 self.state = State::Done;
-                self.fail(r, ClientError::Resolve(format!("cannot resolve \"{host}\": {e}")))
+                self.fail(
+                    r,
+                    ClientError::Resolve(format!("cannot resolve \"{host}\": {e}")),
+                )
             }
         }
     }
@@ -985,7 +991,8 @@ impl ClientSession {
         }
         // SAFETY: the object is dropped before its connection closes: the
         // `WsClient` owns both and drops the object first (field order).
-        let mut ws = unsafe { WebSocket::new(conn.connection(), Role::Client, plan.limits, leftover) };
+        let mut ws =
+            unsafe { WebSocket::new(conn.connection(), Role::Client, plan.limits, leftover) };
         if let (Some(settings), Some(with_upstream)) = (plan.deflate, &agreed.deflate) {
             ws.enable_compression(with_upstream, settings);
         }
@@ -1013,4 +1020,73 @@ impl DetachedSession for ClientSession {
     }
 
     fn shut_down(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_options_are_the_client_legs_limits() {
+        let defaults = ClientOptions::default().limits();
+        assert_eq!(defaults.max_recv_len, 65535);
+        assert_eq!(defaults.max_send_len, 65535);
+        assert!(defaults.send_masked, "a client masks unless told not to");
+        assert_eq!(defaults.timeout_ms, 60_000);
+        assert_eq!(defaults.ping_interval_ms, None);
+        assert_eq!(defaults.max_session_ms, None);
+        let opts = ClientOptions {
+            max_payload_len: 10,
+            max_recv_len: Some(20),
+            send_unmasked: true,
+            timeout: 5,
+            ping_interval: Some(7),
+            ping_timeout: 3,
+            ..ClientOptions::default()
+        };
+        let limits = opts.limits();
+        assert_eq!((limits.max_recv_len, limits.max_send_len), (20, 10));
+        assert!(!limits.send_masked);
+        assert_eq!(limits.timeout_ms, 5);
+        assert_eq!(
+            (limits.ping_interval_ms, limits.ping_timeout_ms),
+            (Some(7), 3)
+        );
+    }
+
+    #[test]
+    fn connect_defaults_follow_the_seed() {
+        let opts = ConnectOptions::default();
+        assert_eq!(opts.pool_size, Some(30), "lua_socket_pool_size");
+        assert_eq!(opts.pool, None);
+        assert!(!opts.ssl_verify);
+        assert_eq!(opts.tls, None);
+    }
+
+    #[test]
+    fn failures_map_to_the_statuses_of_a_proxy() {
+        let peer = || String::from("127.0.0.1:1");
+        let cases = [
+            (ClientError::Timeout { peer: peer() }, 504),
+            (ClientError::PoolTimeout, 504),
+            (ClientError::PoolFull { pool: peer() }, 503),
+            (ClientError::ClientClosed, 499),
+            (ClientError::Uri(String::new()), 500),
+            (ClientError::NoTls, 500),
+            (ClientError::Internal(NgxError("x")), 500),
+            (ClientError::Resolve(String::new()), 502),
+            (ClientError::NoLivePeers, 502),
+            (
+                ClientError::Unreachable {
+                    peer: peer(),
+                    errno: 111,
+                },
+                502,
+            ),
+            (ClientError::Closed { peer: peer() }, 502),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status(), status, "{e}");
+        }
+    }
 }

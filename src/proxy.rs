@@ -5,7 +5,8 @@
 //! and both legs go to the [`Relay`], which runs as a served session.
 
 use ngx::ffi::{
-    ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_LOG_ERR, NGX_LOG_INFO,
+    ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_LOG_ERR,
+    NGX_LOG_INFO,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
@@ -16,7 +17,6 @@ use crate::connect::{
     connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
     TlsContext,
 };
-use crate::ClientError;
 use crate::metrics::{self, Kind};
 use crate::module::Module;
 use crate::ngx_io::{ConnectionRef, Direction, RequestRef};
@@ -26,6 +26,7 @@ use crate::serve::{self, Drive, End};
 use crate::session::{Role, WebSocket};
 use crate::upgrade::{self, ClientHandshake, Deflate, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
+use crate::ClientError;
 
 /// What the pass handler needs once the upstream is connected.
 struct Pass {

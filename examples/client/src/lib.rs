@@ -6,8 +6,9 @@
 //! response's `X-Upstream-Connection` says `reused` for a pooled one (which
 //! sends `again` first: a pooled connection is one the upstream greeted).
 use ngx::ffi::{
-    ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_pcalloc, ngx_http_request_t, ngx_int_t, ngx_module_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF, NGX_HTTP_MODULE,
+    ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_http_request_t,
+    ngx_int_t, ngx_module_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_http_websocket_module::protocol::frame::OpCode;
@@ -28,7 +29,11 @@ struct Copy {
 }
 
 impl ClientHandler for Copy {
-    fn connected(&mut self, cx: &mut ClientContext<'_>, result: Result<Connected, ClientError>) -> ClientNext {
+    fn connected(
+        &mut self,
+        cx: &mut ClientContext<'_>,
+        result: Result<Connected, ClientError>,
+    ) -> ClientNext {
         match result {
             // Logged by the library; nginx answers with its error page.
             Err(e) => ClientNext::Finish(e.status()),
@@ -51,7 +56,9 @@ impl ClientHandler for Copy {
         if cx.timed_out() {
             return ClientNext::Finish(504);
         }
-        let Some(wb) = cx.client() else { return ClientNext::Finish(500) };
+        let Some(wb) = cx.client() else {
+            return ClientNext::Finish(500);
+        };
         // local data, typ, err = wb:recv_frame()
         let frame = loop {
             match wb.recv_frame() {
@@ -66,7 +73,10 @@ impl ClientHandler for Copy {
             }
         };
         // local bytes, err = wb:send_text("copy: " .. data)
-        if wb.send_text(&[&b"copy: "[..], &frame.data].concat()).is_err() {
+        if wb
+            .send_text(&[&b"copy: "[..], &frame.data].concat())
+            .is_err()
+        {
             return ClientNext::Finish(502);
         }
         let r = cx.request();
@@ -79,7 +89,11 @@ impl ClientHandler for Copy {
         let rc = r.send_small_response(&[&b"received: "[..], &frame.data, b"\n"].concat());
         if self.keepalive {
             // wb:set_keepalive(10000, 4)
-            return ClientNext::SetKeepalive { max_idle_timeout: 10_000, pool_size: 4, rc };
+            return ClientNext::SetKeepalive {
+                max_idle_timeout: 10_000,
+                pool_size: 4,
+                rc,
+            };
         }
         // wb:close()
         ClientNext::Close(rc)
@@ -97,9 +111,18 @@ unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         (RequestRef::from_raw(r), uri)
     };
     let keepalive = r.unparsed_uri().windows(11).any(|w| w == b"keepalive=1");
-    let client = ClientOptions { timeout: 2_000, ..ClientOptions::default() };
-    let opts = ConnectOptions { protocols: vec!["copy".into()], ..ConnectOptions::default() };
-    let handler = Copy { keepalive, reused: false };
+    let client = ClientOptions {
+        timeout: 2_000,
+        ..ClientOptions::default()
+    };
+    let opts = ConnectOptions {
+        protocols: vec!["copy".into()],
+        ..ConnectOptions::default()
+    };
+    let handler = Copy {
+        keepalive,
+        reused: false,
+    };
     // SAFETY: our own HTTP module; nothing else uses its request context.
     unsafe { connect(r, &*module, &uri, &client, opts, handler) }
 }
