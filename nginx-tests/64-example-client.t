@@ -7,7 +7,8 @@
 # answers the request with what it received. Checked against scripted
 # upstreams: the answer carries the upstream's frame, the upstream got the
 # copy and a close; a second pooled request reports "reused" and makes no
-# new connection; refused, 403 and silent upstreams give error answers.
+# new connection; refused, 403, silent and mute upstreams and a bad URI give
+# error answers.
 
 use strict;
 use warnings;
@@ -57,6 +58,8 @@ my $silent = WsUpstream->new(handler => sub {
     $c->note(end => $c->is_eof ? 'eof' : 'timeout');
 });
 my $SILENT = $silent->port;
+my $mute = WsUpstream->new(handler => sub { sleep 10 });    # never answers the handshake
+my $MUTE = $mute->port;
 my $REFUSED = WsNginx::free_port();
 
 my ($t, $port, @workers) = start_nginx(
@@ -70,6 +73,8 @@ server {
     location /refused { websocket_copy ws://127.0.0.1:$REFUSED/; }
     location /forbidden { websocket_copy ws://127.0.0.1:$FORBIDDEN/; }
     location /silent { websocket_copy ws://127.0.0.1:$SILENT/; }
+    location /mute { websocket_copy ws://127.0.0.1:$MUTE/; }
+    location /bad { websocket_copy http://127.0.0.1:$UP/; }
 }
 EOF_CONF
 
@@ -127,6 +132,16 @@ my $t0 = time;
 ($status) = get('/silent');
 is($status, 504, 'silent upstream: 504 after the client\'s timeout');
 cmp_ok(time - $t0, '>=', 1.5, 'silent upstream: after the 2 s timeout, not at once');
+
+$t0 = time;
+($status) = get('/mute');
+is($status, 504, 'no handshake answer: 504 (connect timeout)');
+cmp_ok(time - $t0, '>=', 1.5, 'no handshake answer: after the 2 s timeout');
+ok(scalar $t->grep_error_log(qr/\[error\].*upstream 127\.0\.0\.1:$MUTE timed out/),
+    'no handshake answer: logged');
+($status) = get('/bad');
+is($status, 500, 'not a ws:// URI: 500');
+ok(scalar $t->grep_error_log(qr/\[error\].*bad uri/), 'not a ws:// URI: logged');
 
 finish($t, $port, \@workers);
 done_testing;

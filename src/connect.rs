@@ -45,7 +45,7 @@ use crate::protocol::deflate::DeflateConfig;
 use crate::serve::{self, Drive, Served};
 use crate::session::{Role, WebSocket};
 use crate::stats::Limits;
-use crate::upgrade::Deflate;
+use crate::upgrade::{Deflate, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::WsUrl;
 use crate::variables::{LoggedSession, SessionCtx, SessionLog};
 use crate::ws_client::WsClient;
@@ -339,8 +339,11 @@ impl<'a> ClientContext<'a> {
 /// connecting the request to the WebSocket at `uri` (`ws://` or
 /// `wss://`; its host names an `upstream {}` block, an address, or a name
 /// the location's `resolver` resolves). Returns what the content handler
-/// returns to nginx (`NGX_DONE`, or `NGX_ERROR` when it could not start);
-/// `handler` gets the outcome from the event loop.
+/// returns to nginx: `NGX_DONE`, or 500 for a subrequest or a request over
+/// HTTP/2 (the client's events come through the request's own connection),
+/// or `NGX_ERROR` when it could not start. `handler` gets the outcome from
+/// the event loop, always (an unusable URI too), never from within
+/// `connect`.
 ///
 /// # Safety
 /// `module` must be the calling module, an HTTP module loaded in this
@@ -354,6 +357,15 @@ pub unsafe fn connect<H: ClientHandler>(
     opts: ConnectOptions,
     handler: H,
 ) -> ngx_int_t {
+    // Its events come through the request's own connection.
+    if !r.is_main() || r.is_http2_stream() {
+        ngx_log_error!(
+            NGX_LOG_ERR,
+            r.log(),
+            "websocket: connect needs a main request over HTTP/1.x"
+        );
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
     let start = match plan(r, uri, client, opts) {
         Ok(plan) => State::Waiting(plan),
         Err(e) => State::Failed(e),
