@@ -15,9 +15,9 @@
 //! once the connect finished (or failed), [`ClientHandler::step`] on each
 //! event of the upstream connection after that. The handler never holds the
 //! connection itself, so it cannot outlive the request that its events are
-//! delivered to; it ends the request by returning [`ClientNext`]
-//! (the seed's `close` and `set_keepalive`), and the library frees the
-//! connection on exactly one path.
+//! delivered to; it ends the request by returning [`ClientNext::Finish`]
+//! (after the seed's [`WsClient::close`] or [`WsClient::set_keepalive`]),
+//! and the library frees the connection on exactly one path.
 
 use core::ffi::CStr;
 use core::ptr::NonNull;
@@ -40,7 +40,6 @@ use crate::ngx_peer::{
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
 use crate::pool::{self, Acquired, Keepalive, PoolSettings};
-use crate::protocol::close::NORMAL;
 use crate::protocol::deflate::DeflateConfig;
 use crate::serve::{self, Drive, Served};
 use crate::session::{Role, WebSocket};
@@ -48,7 +47,7 @@ use crate::stats::Limits;
 use crate::upgrade::{Deflate, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::WsUrl;
 use crate::variables::{LoggedSession, SessionCtx, SessionLog};
-use crate::ws_client::WsClient;
+use crate::ws_client::{Ending, WsClient};
 
 /// The seed's `client:new(opts)`: how the connected WebSocket behaves.
 /// Times are in milliseconds, sizes in bytes.
@@ -126,7 +125,7 @@ pub struct ConnectOptions {
     pub pool: Option<String>,
     /// Idle connections the pool keeps (30 by default, as the seed's
     /// `lua_socket_pool_size`). `None`: no pool, the connect never reuses a
-    /// connection and [`ClientNext::SetKeepalive`] closes it.
+    /// connection and [`WsClient::set_keepalive`] fails.
     pub pool_size: Option<usize>,
     /// With a pool: at most `pool_size` connections are open at once, and
     /// up to `backlog` connects wait in line for one (past it they fail
@@ -236,28 +235,12 @@ pub enum ClientNext {
     /// Wait for the upstream's next event (everything received was
     /// handled); the library flushes what was sent first.
     Wait,
-    /// The seed's `wb:close()`: send a close frame (1000, unless one was
-    /// sent), flush it, close the connection, then finalize the request
-    /// with `rc` (the handler answered it before, or `rc` is an HTTP status
-    /// nginx answers with its error page).
-    Close(ngx_int_t),
-    /// The seed's `wb:set_keepalive(max_idle_timeout, pool_size)`: flush,
-    /// then put the connection into its pool for at most
-    /// `max_idle_timeout` milliseconds, in a pool of at most `pool_size`
-    /// idle connections (it is closed instead, and that logged, when it is
-    /// not clean: a message half sent or received, a close frame either
-    /// way, compression state kept between messages, no pool); then
-    /// finalize the request with `rc`.
-    SetKeepalive {
-        /// Milliseconds the connection may stay idle in the pool.
-        max_idle_timeout: ngx_msec_t,
-        /// The pool's size from now on.
-        pool_size: usize,
-        /// What the request is finalized with.
-        rc: ngx_int_t,
-    },
-    /// Drop the connection now, without a close frame, and finalize the
-    /// request with `rc`.
+    /// The request is done: the connection ends as the handler asked, with
+    /// [`WsClient::close`] (the close frame is flushed, then the connection
+    /// closed) or [`WsClient::set_keepalive`] (flushed, then pooled), or else
+    /// at once, without a close frame; then the request is finalized with
+    /// this code (the handler answered it before, or it is an HTTP status
+    /// that nginx answers with its error page).
     Finish(ngx_int_t),
 }
 
@@ -300,7 +283,7 @@ struct Handover {
 
 impl<'a> ClientContext<'a> {
     /// The request whose content handler connected; answer it before
-    /// returning [`ClientNext::Close`] or [`ClientNext::SetKeepalive`].
+    /// returning [`ClientNext::Finish`] with what answering returned.
     pub fn request(&mut self) -> &mut RequestRef {
         self.request
     }
@@ -398,7 +381,7 @@ struct ClientSession {
     state: State,
     client: Option<Box<WsClient>>,
     /// Closing (or pooling) the connection: then finalize with this code.
-    closing: Option<(ngx_int_t, Option<(ngx_msec_t, usize)>)>,
+    closing: Option<(ngx_int_t, Ending)>,
 }
 
 enum State {
@@ -701,9 +684,9 @@ impl ClientSession {
                 }
             };
         }
-        if let Some((rc, keepalive)) = self.closing {
+        if let Some((rc, ending)) = self.closing {
             if origin == Origin::Upstream {
-                return self.close(r, rc, keepalive);
+                return self.close(r, rc, ending);
             }
             return Step::Wait;
         }
@@ -817,9 +800,7 @@ impl ClientSession {
         let Some(client) = self.client.as_mut() else {
             return match next {
                 ClientNext::Wait => Step::Finish(NGX_ERROR as ngx_int_t),
-                ClientNext::Close(rc)
-                | ClientNext::SetKeepalive { rc, .. }
-                | ClientNext::Finish(rc) => Step::Finish(rc),
+                ClientNext::Finish(rc) => Step::Finish(rc),
             };
         };
         match next {
@@ -834,34 +815,19 @@ impl ClientSession {
                     Step::Finish(NGX_ERROR as ngx_int_t)
                 }
             },
-            ClientNext::Close(rc) => {
-                if !client.close_sent() {
-                    let _ = client.send_close(Some(NORMAL), b"");
+            ClientNext::Finish(rc) => match client.ending() {
+                Some(ending) => {
+                    self.closing = Some((rc, ending));
+                    self.close(r, rc, ending)
                 }
-                self.closing = Some((rc, None));
-                self.close(r, rc, None)
-            }
-            ClientNext::SetKeepalive {
-                max_idle_timeout,
-                pool_size,
-                rc,
-            } => {
-                let keepalive = Some((max_idle_timeout, pool_size));
-                self.closing = Some((rc, keepalive));
-                self.close(r, rc, keepalive)
-            }
-            ClientNext::Finish(rc) => Step::Finish(rc),
+                None => Step::Finish(rc),
+            },
         }
     }
 
     /// Flushes what is queued, then closes the connection or pools it, and
     /// finalizes the request with `rc`.
-    fn close(
-        &mut self,
-        r: &mut RequestRef,
-        rc: ngx_int_t,
-        keepalive: Option<(ngx_msec_t, usize)>,
-    ) -> Step {
+    fn close(&mut self, r: &mut RequestRef, rc: ngx_int_t, ending: Ending) -> Step {
         let Some(client) = self.client.as_mut() else {
             return Step::Finish(rc);
         };
@@ -878,8 +844,15 @@ impl ClientSession {
             Ok(false) if client.arm(false).is_ok() => return Step::Wait,
             _ => return Step::Finish(rc),
         }
-        if let (Some((idle, size)), Some(client)) = (keepalive, self.client.take()) {
-            if let Err(e) = client.set_keepalive(idle, size) {
+        if let (
+            Ending::Keepalive {
+                max_idle_timeout,
+                pool_size,
+            },
+            Some(client),
+        ) = (ending, self.client.take())
+        {
+            if let Err(e) = client.into_pool(max_idle_timeout, pool_size) {
                 ngx_log_error!(
                     NGX_LOG_INFO,
                     r.log(),

@@ -423,7 +423,7 @@ impl Relay {
         let Some(settings) = upstream.pool_settings().filter(|_| pooling) else {
             return;
         };
-        if let Err(e) = upstream.set_keepalive(keepalive_timeout, settings.size) {
+        if let Err(e) = upstream.into_pool(keepalive_timeout, settings.size) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,

@@ -120,10 +120,10 @@ impl ClientHandler for First {
                 Err(_) => return ClientNext::Finish(502),
             }
         };
+        let _ = wb.close(); // or wb.set_keepalive(10_000, 4)
         let r = cx.request();
         r.set_status(200, None);
-        let rc = r.send_small_response(&data);
-        ClientNext::Close(rc)
+        ClientNext::Finish(r.send_small_response(&data))
     }
 }
 

@@ -73,10 +73,14 @@ impl ClientHandler for Copy {
             }
         };
         // local bytes, err = wb:send_text("copy: " .. data)
-        if wb
-            .send_text(&[&b"copy: "[..], &frame.data].concat())
-            .is_err()
-        {
+        let copied = wb.send_text(&[&b"copy: "[..], &frame.data].concat());
+        let ended = match self.keepalive {
+            // local ok, err = wb:set_keepalive(10000, 4)
+            true => wb.set_keepalive(10_000, 4).is_ok(),
+            // local ok, err = wb:close()
+            false => wb.close().is_ok(),
+        };
+        if copied.is_err() || !ended {
             return ClientNext::Finish(502);
         }
         let r = cx.request();
@@ -86,17 +90,10 @@ impl ClientHandler for Copy {
         if r.add_header_out("X-Upstream-Connection", how).is_err() {
             return ClientNext::Finish(500);
         }
-        let rc = r.send_small_response(&[&b"received: "[..], &frame.data, b"\n"].concat());
-        if self.keepalive {
-            // wb:set_keepalive(10000, 4)
-            return ClientNext::SetKeepalive {
-                max_idle_timeout: 10_000,
-                pool_size: 4,
-                rc,
-            };
-        }
-        // wb:close()
-        ClientNext::Close(rc)
+        // The library flushes, closes or pools, then finalizes with `rc`.
+        ClientNext::Finish(
+            r.send_small_response(&[&b"received: "[..], &frame.data, b"\n"].concat()),
+        )
     }
 }
 
