@@ -8,7 +8,9 @@
 # upstreams: the answer carries the upstream's frame, the upstream got the
 # copy and a close; a second pooled request reports "reused" and makes no
 # new connection; refused, 403, silent and mute upstreams and a bad URI give
-# error answers.
+# error answers. Over wss:// (an nginx TLS server in front of the upstream
+# that wants a client certificate): ssl_verify with server_name, and the
+# connect's client_cert/client_priv_key.
 
 use strict;
 use warnings;
@@ -62,7 +64,26 @@ my $mute = WsUpstream->new(handler => sub { sleep 10 });    # never answers the 
 my $MUTE = $mute->port;
 my $REFUSED = WsNginx::free_port();
 
-my ($t, $port, @workers) = start_nginx(
+my $TLS = system('openssl version >/dev/null 2>&1') == 0
+    && `'${\ (WsNginx->locate)[0]}' -V 2>&1` =~ /--with-http_ssl_module/;
+my $tls_conf = $TLS ? <<"EOF_TLS" : '';
+    # wss://, verified against ca.crt as "localhost", with a client certificate
+    location /tls { websocket_copy wss://127.0.0.1:%%PORT_1%%/tls trusted=%%TESTDIR%%/ca.crt server_name=localhost cert=%%TESTDIR%%/client.crt key=%%TESTDIR%%/client.key; }
+    location /tls-nocert { websocket_copy wss://127.0.0.1:%%PORT_1%%/tls trusted=%%TESTDIR%%/ca.crt server_name=localhost; }
+    location /tls-other { websocket_copy wss://127.0.0.1:%%PORT_1%%/tls trusted=%%TESTDIR%%/ca.crt server_name=other cert=%%TESTDIR%%/client.crt key=%%TESTDIR%%/client.key; }
+}
+
+# TLS in front of the greeting upstream; wants a client certificate of ca.crt
+server {
+    listen 127.0.0.1:%%PORT_1%% ssl;
+    ssl_certificate %%TESTDIR%%/localhost.crt;
+    ssl_certificate_key %%TESTDIR%%/localhost.key;
+    ssl_verify_client on;
+    ssl_client_certificate %%TESTDIR%%/ca.crt;
+    location / { websocket_pass ws://127.0.0.1:$UP; }
+EOF_TLS
+
+my $t = WsNginx->new(
     worker_processes => 1,
     main_conf => "load_module $example;",
     conf => <<"EOF_CONF");
@@ -75,8 +96,47 @@ server {
     location /silent { websocket_copy ws://127.0.0.1:$SILENT/; }
     location /mute { websocket_copy ws://127.0.0.1:$MUTE/; }
     location /bad { websocket_copy http://127.0.0.1:$UP/; }
-}
+$tls_conf}
 EOF_CONF
+
+if ($TLS) {
+    my $D = $t->testdir;
+    open my $fh, '>', "$D/openssl.cnf" or die "openssl.cnf: $!";
+    print $fh <<'EOF_CNF';
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+[server]
+basicConstraints = CA:FALSE
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost
+[client]
+basicConstraints = CA:FALSE
+extendedKeyUsage = clientAuth
+EOF_CNF
+    close $fh;
+    my @ec = ('-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes');
+    my $run = sub { my $out = `openssl @_ 2>&1`; die "openssl @_:\n$out" if $? };
+    $run->('req', '-x509', @ec, '-config', "$D/openssl.cnf", '-extensions', 'ca',
+        '-subj', "'/CN=WsTest CA'", '-days', 3, '-keyout', "$D/ca.key", '-out', "$D/ca.crt");
+    for ([qw(localhost localhost server)], ['client', 'wstest client', 'client']) {
+        my ($name, $cn, $ext) = @$_;
+        $run->('req', '-new', @ec, '-config', "$D/openssl.cnf", '-subj', "'/CN=$cn'",
+            '-keyout', "$D/$name.key", '-out', "$D/$name.csr");
+        $run->('x509', '-req', '-in', "$D/$name.csr", '-CA', "$D/ca.crt", '-CAkey', "$D/ca.key",
+            '-CAcreateserial', '-days', 3, '-extfile', "$D/openssl.cnf", '-extensions', $ext,
+            '-out', "$D/$name.crt");
+    }
+    # the connect's client_cert is read by a worker (nobody when we are root)
+    chmod 0644, "$D/client.key", "$D/client.crt";
+}
+my ($port, @workers);
+($t, $port, @workers) = start_nginx($t);
 
 # GET $path -> (status, {lowercased header => value}, body)
 sub get {
@@ -142,6 +202,22 @@ ok(scalar $t->grep_error_log(qr/\[error\].*upstream 127\.0\.0\.1:$MUTE timed out
 ($status) = get('/bad');
 is($status, 500, 'not a ws:// URI: 500');
 ok(scalar $t->grep_error_log(qr/\[error\].*bad uri/), 'not a ws:// URI: logged');
+
+SKIP: {
+    skip 'no openssl, or nginx without ssl', 6 unless $TLS;
+    ($status, $h, $body) = get('/tls');
+    is($status, 200, 'wss with a client certificate: 200');
+    like($body, qr/^received: hello \d+\.1\n\z/, 'wss: the upstream\'s frame through TLS');
+    $rec = $up->wait_record(path => qr{^/tls}, until => 'close_code');
+    is($rec && $rec->{frames}[0]{payload}, $body =~ s/^received: (.*)\n/copy: $1/r,
+        'wss: the upstream got the copy');
+    ($status) = get('/tls-nocert');
+    is($status, 502, 'wss without the client certificate the upstream wants: 502');
+    ($status) = get('/tls-other');
+    is($status, 502, 'wss verifying another name: 502');
+    ok(scalar $t->grep_error_log(qr/\[error\].*upstream SSL certificate does not match "other"/),
+        'wss verifying another name: logged');
+}
 
 finish($t, $port, \@workers);
 done_testing;

@@ -11,7 +11,7 @@ use ngx::ngx_log_error;
 
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError};
 use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
-use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
+use crate::ngx_ssl::{self, ClientTls, ConnCert, TlsHandshake};
 use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
 use crate::random;
 use crate::protocol::handshake::{
@@ -45,6 +45,8 @@ pub struct TlsTarget {
     pub sni: Option<CString>,
     /// When verifying: the name the certificate must carry.
     pub verify_name: Option<Vec<u8>>,
+    /// A client certificate of this connection (beside the context's).
+    pub cert: Option<ConnCert>,
     /// Called by nginx when a handshake that could not finish at once ends;
     /// it must give the events back (`ngx_peer::set_handlers`) and advance.
     pub on_done: ngx_connection_handler_pt,
@@ -349,7 +351,7 @@ impl Connector {
                     Ok(()) => match &self.tls {
                         None => self.stage = Stage::Send { pos: 0 },
                         Some(tls) => {
-                            match ngx_ssl::start(tls.ctx, c, tls.sni.as_deref(), tls.on_done) {
+                            match ngx_ssl::start(tls.ctx, c, tls.sni.as_deref(), tls.cert.as_ref(), tls.on_done) {
                                 TlsHandshake::Done => self.stage = Stage::Tls,
                                 TlsHandshake::Again => {
                                     self.stage = Stage::Tls;

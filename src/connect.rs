@@ -38,7 +38,7 @@ use crate::ngx_peer::{
     request_of, set_handlers, write_event, PeerSource, Pick, UpstreamConn, UpstreamPeer,
 };
 use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
-use crate::ngx_ssl::{ClientTls, TlsSettings};
+use crate::ngx_ssl::{ClientTls, ConnCert, TlsSettings};
 use crate::pool::{self, Acquired, Keepalive, PoolSettings};
 use crate::protocol::deflate::DeflateConfig;
 use crate::serve::{self, Drive, Served};
@@ -144,8 +144,15 @@ pub struct ConnectOptions {
     pub server_name: Option<String>,
     /// The `Sec-WebSocket-Key` to send; `None`: a fresh random one.
     pub key: Option<String>,
+    /// A client certificate (chain) to present to a `wss://` upstream that
+    /// asks for one: a PEM file's name (relative to nginx's configuration
+    /// prefix; the worker reads it, as its user, at each connect), or
+    /// `data:` followed by the PEM text. With `client_priv_key`.
+    pub client_cert: Option<Vec<u8>>,
+    /// The private key of `client_cert`, given the same way.
+    pub client_priv_key: Option<Vec<u8>>,
     /// The TLS context of `wss://` connects, made when the configuration
-    /// loads; it carries the seed's `client_cert` and `client_priv_key`.
+    /// loads (see [`TlsContext::new`]); required for `wss://`.
     pub tls: Option<TlsContext>,
 }
 
@@ -162,6 +169,8 @@ impl Default for ConnectOptions {
             host: None,
             server_name: None,
             key: None,
+            client_cert: None,
+            client_priv_key: None,
             tls: None,
         }
     }
@@ -189,9 +198,7 @@ impl Eq for ClientTls {}
 
 impl TlsContext {
     /// TLS 1.2 and 1.3 with default ciphers; `trusted_certificate` (a PEM
-    /// file of CAs) is what [`ConnectOptions::ssl_verify`] verifies against;
-    /// `client_cert` and `client_priv_key` (PEM files, the seed's connect
-    /// options of these names) are presented to upstreams that ask.
+    /// file of CAs) is what [`ConnectOptions::ssl_verify`] verifies against.
     ///
     /// # Safety
     /// `cf` must be the configuration nginx is loading (a directive's
@@ -199,14 +206,12 @@ impl TlsContext {
     pub unsafe fn new(
         cf: *mut ngx_conf_t,
         trusted_certificate: Option<&[u8]>,
-        client_cert: Option<&[u8]>,
-        client_priv_key: Option<&[u8]>,
     ) -> Result<TlsContext, NgxError> {
         let settings = TlsSettings {
             verify: trusted_certificate.is_some(),
             trusted_certificate,
-            certificate: client_cert,
-            certificate_key: client_priv_key,
+            certificate: None,
+            certificate_key: None,
         };
         // SAFETY: guaranteed by the caller.
         unsafe { ClientTls::create(cf, &settings) }.map(TlsContext)
@@ -454,7 +459,7 @@ fn plan(
     r: &RequestRef,
     uri: &str,
     client: &ClientOptions,
-    opts: ConnectOptions,
+    mut opts: ConnectOptions,
 ) -> Result<Box<Plan>, ClientError> {
     let url = WsUrl::parse(uri).map_err(|e| ClientError::Uri(format!("\"{uri}\": {e}")))?;
     let port = url.port_or_default();
@@ -468,10 +473,19 @@ fn plan(
             port,
         },
     };
+    let cert = match (opts.client_cert.take(), opts.client_priv_key.take()) {
+        (Some(cert), Some(key)) => Some(ConnCert { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(ClientError::Internal(NgxError(
+                "client_cert and client_priv_key go together",
+            )))
+        }
+    };
     let tls = match (url.tls, opts.tls) {
         (false, _) => None,
         (true, None) => return Err(ClientError::NoTls),
-        (true, Some(ctx)) => Some(tls_target(&url, &opts, ctx.0)),
+        (true, Some(ctx)) => Some(tls_target(&url, &opts, ctx.0, cert)),
     };
     let connect_timeout = client.connect_timeout.unwrap_or(client.timeout) as ngx_msec_t;
     let handshake = HandshakeOptions {
@@ -492,9 +506,16 @@ fn plan(
         None => None,
         Some(size) => {
             let name = opts.pool.unwrap_or_else(|| format!("{}:{port}", url.host));
-            // TLS connections are kept apart per TLS context and name.
+            // TLS connections are kept apart per TLS context, name and
+            // client certificate.
             let key = match &handshake.tls {
-                Some(tls) => format!("{name}|tls:{:x}:{:?}", tls.ctx.id(), tls.sni),
+                Some(tls) => {
+                    let mut key = format!("{name}|tls:{:x}:{:?}", tls.ctx.id(), tls.sni);
+                    if let Some(cert) = &tls.cert {
+                        key.push_str(&format!(":{}", cert.cert.escape_ascii()));
+                    }
+                    key
+                }
                 None => name,
             };
             let me = NonNull::new(r.connection_ptr())
@@ -529,7 +550,12 @@ fn plan(
 
 /// SNI and verification for a `wss://` upstream: `server_name` or the
 /// URI's host; no SNI for an IP address.
-fn tls_target(url: &WsUrl, opts: &ConnectOptions, ctx: ClientTls) -> TlsTarget {
+fn tls_target(
+    url: &WsUrl,
+    opts: &ConnectOptions,
+    ctx: ClientTls,
+    cert: Option<ConnCert>,
+) -> TlsTarget {
     let name = match &opts.server_name {
         Some(name) => name.as_bytes().to_vec(),
         None => url
@@ -548,6 +574,7 @@ fn tls_target(url: &WsUrl, opts: &ConnectOptions, ctx: ClientTls) -> TlsTarget {
             CString::new(name.clone()).ok()
         },
         verify_name: opts.ssl_verify.then_some(name),
+        cert,
         on_done: Some(upstream_tls_done),
     }
 }

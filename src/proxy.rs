@@ -168,6 +168,9 @@ fn options(
         server_name: configured(&conf.ssl_server_name)
             .map(|name| String::from_utf8_lossy(name).into_owned()),
         key: None,
+        // websocket_ssl_certificate is the location's TLS context's.
+        client_cert: None,
+        client_priv_key: None,
         // Without a context (plain ws:// only), a wss:// URL fails to connect.
         tls: conf.ssl.filter(|_| url.tls).map(TlsContext::from_location),
     };

@@ -7,20 +7,28 @@
 //! sends `again` first: a pooled connection is one the upstream greeted).
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_http_request_t,
-    ngx_int_t, ngx_module_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
+    ngx_int_t, ngx_module_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_HTTP_LOC_CONF,
     NGX_HTTP_MODULE,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use ngx_http_websocket_module::protocol::frame::OpCode;
 use ngx_http_websocket_module::{
     connect, ClientContext, ClientError, ClientHandler, ClientNext, ClientOptions, ConnectOptions,
-    Connected, RequestRef,
+    Connected, RequestRef, TlsContext,
 };
 
-/// A location's configuration: the upstream's URI (empty: none).
-#[repr(C)]
+/// A location's configuration (zeroed by `create_loc_conf`): the
+/// upstream's URI and the `wss://` options (empty: none).
 struct LocConf {
     uri: ngx_str_t,
+    /// `cert=`, `key=`, `server_name=`: the connect's `client_cert`,
+    /// `client_priv_key`, `server_name`.
+    cert: ngx_str_t,
+    key: ngx_str_t,
+    server_name: ngx_str_t,
+    /// Made from `trusted=` (which turns `ssl_verify` on) for `wss://`.
+    tls: Option<TlsContext>,
+    verify: bool,
 }
 
 struct Copy {
@@ -102,11 +110,12 @@ unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let module = core::ptr::addr_of!(ngx_http_websocket_client_example_module);
     // SAFETY: nginx calls a content handler with a live request; our loc
     // conf was made by `create_loc_conf`.
-    let (r, uri) = unsafe {
+    let (r, conf) = unsafe {
         let conf: *const LocConf = (*(*r).loc_conf.add((*module).ctx_index)).cast();
-        let uri = String::from_utf8_lossy((*conf).uri.as_bytes()).into_owned();
-        (RequestRef::from_raw(r), uri)
+        (RequestRef::from_raw(r), &*conf)
     };
+    let text = |s: &ngx_str_t| String::from_utf8_lossy(s.as_bytes()).into_owned();
+    let bytes = |s: &ngx_str_t| (s.len > 0).then(|| s.as_bytes().to_vec());
     let keepalive = r.unparsed_uri().windows(11).any(|w| w == b"keepalive=1");
     let client = ClientOptions {
         timeout: 2_000,
@@ -114,6 +123,11 @@ unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     };
     let opts = ConnectOptions {
         protocols: vec!["copy".into()],
+        tls: conf.tls,
+        ssl_verify: conf.verify,
+        server_name: (conf.server_name.len > 0).then(|| text(&conf.server_name)),
+        client_cert: bytes(&conf.cert),
+        client_priv_key: bytes(&conf.key),
         ..ConnectOptions::default()
     };
     let handler = Copy {
@@ -121,21 +135,50 @@ unsafe extern "C" fn copy_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         reused: false,
     };
     // SAFETY: our own HTTP module; nothing else uses its request context.
-    unsafe { connect(r, &*module, &uri, &client, opts, handler) }
+    unsafe { connect(r, &*module, &text(&conf.uri), &client, opts, handler) }
 }
 
-/// `websocket_copy <uri>;` makes the location copy a frame from `<uri>`.
+/// `websocket_copy <uri> [trusted=<CA file>] [cert=<file> key=<file>]
+/// [server_name=<name>];` makes the location copy a frame from `<uri>`.
 unsafe extern "C" fn set_copy(
     cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     conf: *mut core::ffi::c_void,
 ) -> *mut core::ffi::c_char {
     // SAFETY: nginx parses a location block: the core module's loc conf,
-    // ours (`conf`) and the directive's two arguments (in the conf pool,
-    // which outlives every request) are there.
+    // ours (`conf`) and the directive's arguments (in the conf pool, which
+    // outlives every request) are there.
     unsafe {
+        let conf = &mut *conf.cast::<LocConf>();
         let args = (*(*cf).args).elts as *const ngx_str_t;
-        (*conf.cast::<LocConf>()).uri = *args.add(1);
+        conf.uri = *args.add(1);
+        let mut trusted = None;
+        for i in 2..(*(*cf).args).nelts {
+            let arg = *args.add(i);
+            let arg = arg.as_bytes();
+            let Some(eq) = arg.iter().position(|b| *b == b'=') else {
+                return ngx::core::NGX_CONF_ERROR.cast();
+            };
+            let (name, value) = (&arg[..eq], &arg[eq + 1..]);
+            let value = ngx_str_t {
+                len: value.len(),
+                data: value.as_ptr().cast_mut(),
+            };
+            match name {
+                b"trusted" => trusted = Some(value),
+                b"cert" => conf.cert = value,
+                b"key" => conf.key = value,
+                b"server_name" => conf.server_name = value,
+                _ => return ngx::core::NGX_CONF_ERROR.cast(),
+            }
+        }
+        if conf.uri.as_bytes().starts_with(b"wss://") {
+            conf.verify = trusted.is_some();
+            match TlsContext::new(cf, trusted.as_ref().map(|t| t.as_bytes())) {
+                Ok(tls) => conf.tls = Some(tls),
+                Err(_) => return ngx::core::NGX_CONF_ERROR.cast(),
+            }
+        }
         match NgxHttpCoreModule::location_conf_mut(&*cf) {
             Some(clcf) => clcf.handler = Some(copy_handler),
             None => return ngx::core::NGX_CONF_ERROR.cast(),
@@ -147,7 +190,7 @@ unsafe extern "C" fn set_copy(
 static mut COMMANDS: [ngx_command_t; 2] = [
     ngx_command_t {
         name: ngx::ngx_string!("websocket_copy"),
-        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        type_: (NGX_HTTP_LOC_CONF | NGX_CONF_1MORE) as ngx_uint_t,
         set: Some(set_copy),
         conf: core::mem::offset_of!(ngx_http_conf_ctx_t, loc_conf),
         offset: 0,
