@@ -1,10 +1,12 @@
 //! `websocket_copy ws://host:port/path;`: the seed's client example, on
 //! ngx_http_websocket_module's public API only. Each HTTP request connects
-//! to the location's WebSocket upstream, receives one frame, sends `copy: <data>` back
-//! and answers the request with the frame's data; `?keepalive=1` puts the
-//! connection into the keepalive pool instead of closing it, and the
-//! response's `X-Upstream-Connection` says `reused` for a pooled one (which
-//! sends `again` first: a pooled connection is one the upstream greeted).
+//! to the location's WebSocket upstream, receives one frame, sends
+//! `copy: <data>` back and answers the request with the frame's data;
+//! `?keepalive=1` puts the connection into the keepalive pool instead of
+//! closing it, and the response's `X-Upstream-Connection` says `reused` for
+//! a pooled one (which sends `again` first: a pooled connection is one the
+//! upstream greeted). For `wss://`: `trusted=<CA file>` (verify),
+//! `server_name=<name>`, `cert=<file> key=<file>` (a client certificate).
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_module_t, ngx_http_request_t,
     ngx_int_t, ngx_module_t, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_HTTP_LOC_CONF,
