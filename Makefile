@@ -43,7 +43,7 @@ all: build examples
 
 # The examples (examples/*), each a module of its own written against the
 # crate's public API; built apart from the module, as a dependent builds.
-EXAMPLES := ngx-websocket-example-chat
+EXAMPLES := ngx-websocket-example-chat ngx-websocket-example-client
 examples:
 	$(CARGO) build --profile $(PROFILE) --locked $(addprefix -p ,$(EXAMPLES))
 

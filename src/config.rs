@@ -4,13 +4,13 @@
 //! `on|off`), so values parse and fail exactly as in nginx's C modules.
 
 use core::ffi::{c_char, c_void};
-use core::ptr::{self, NonNull};
+use core::ptr;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
     ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
     NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_CONF_TAKE2,
     NGX_CONF_TAKE3, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_SRV_CONF,
@@ -99,12 +99,10 @@ pub struct LocConf {
 /// Where `websocket_pass` connects.
 #[derive(Clone)]
 pub enum PassTarget {
-    /// A URL known when the configuration loads, with the `upstream {}`
-    /// block (named, or implicit for `host:port`) that picks the peer.
-    Static {
-        url: WsUrl,
-        upstream: NonNull<ngx_http_upstream_srv_conf_t>,
-    },
+    /// A URL known when the configuration loads; the `upstream {}` block
+    /// that picks the peer (named, or implicit for `host:port`, made here)
+    /// is what the client finds by the URL's host and port.
+    Static { url: WsUrl },
     /// A URL with variables, parsed per request.
     Variable(ComplexValue),
 }
@@ -808,11 +806,10 @@ unsafe extern "C" fn cmd_pass(
             }
         };
         // SAFETY: as above.
-        let upstream = match unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) } {
-            Ok(uscf) => uscf,
-            Err(_) => return NGX_CONF_ERROR,
-        };
-        conf.pass = Some(PassTarget::Static { url, upstream });
+        if unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) }.is_err() {
+            return NGX_CONF_ERROR;
+        }
+        conf.pass = Some(PassTarget::Static { url });
     }
     // SAFETY: `cf` is the configuration being parsed, inside a location block.
     if unsafe { set_content_handler(cf, crate::proxy::handler) }.is_err() {

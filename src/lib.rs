@@ -33,6 +33,20 @@
 //! and the session is freed on exactly one path. Events from elsewhere
 //! (another session, a timer) reach a session through its [`Waker`].
 //!
+//! ## A client
+//!
+//! [`connect`] is the seed's `client:new` + `wb:connect`: from a content
+//! handler it connects the request to a `ws://` or `wss://` upstream (an
+//! `upstream {}` block, an address or a resolved name; a keepalive-pooled
+//! connection when one is idle), with [`ClientOptions`] and
+//! [`ConnectOptions`], and delivers the outcome to a [`ClientHandler`] on
+//! the same kind of trampolines: [`ClientHandler::connected`] once, then
+//! [`ClientHandler::step`] on the upstream's events, with the connection
+//! lent as a [`WsClient`]. The handler answers its request and returns
+//! [`ClientNext::Finish`]; the library then closes or pools the connection
+//! as [`WsClient::close`] or [`WsClient::set_keepalive`] asked.
+//! `websocket_pass` is a [`ClientHandler`].
+//!
 //! # Layers
 //!
 //! Top to bottom, each uses only the ones below it (`tools/import-graph.sh`
@@ -40,12 +54,14 @@
 //! - `module` and `config`: the nginx module, its directives and their merge;
 //! - `echo`, `proxy` (with `relay`, `pool`), `channels`, `status`: the
 //!   directives' content handlers; echo is a [`Handler`] on the public API,
-//!   pass's relay a crate-private `Drive` of the same served session;
+//!   pass a [`ClientHandler`] whose relay is a crate-private `Drive` of the
+//!   same served session;
 //!   `status` renders `metrics` and the zones' families;
 //! - `limit`, `metrics`, `variables`: shared-memory zones and the session's
 //!   log, beside the session they account for;
-//! - `serve`, `upgrade`, `client`: [`upgrade`], [`serve`] (one generic set of
-//!   trampolines for every session), the client connect;
+//! - `serve`, `upgrade`, `connect`, `client`, `ws_client`: [`upgrade`],
+//!   [`serve`] (one generic set of trampolines for every session),
+//!   [`connect`] (the client's), its handshake and [`WsClient`];
 //! - `session`: the WebSocket object over an nginx connection; below it
 //!   `clock` (heartbeat and session-age timers) and `stats` (`Stats`,
 //!   `Limits`), I/O-free and unit-tested;
@@ -62,6 +78,7 @@ mod buffers;
 mod channels;
 mod clock;
 mod client;
+mod connect;
 mod compression;
 mod config;
 mod drain;
@@ -93,9 +110,15 @@ mod ws_client;
 
 pub use ngx_websocket_protocol as protocol;
 
+pub use client::ClientError;
+pub use connect::{
+    connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
+    TlsContext,
+};
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use random::EntropyError;
 pub use serve::{serve, Context, Handler, Next, Origin, Waker};
 pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
+pub use ws_client::{KeepaliveError, WsClient};
 pub use stats::Stats;

@@ -72,10 +72,16 @@ pub struct Relay {
     /// The client stopped reading for `websocket_timeout`: it is closed
     /// without a close frame (none could reach it) and without lingering.
     client_given_up: bool,
+    /// `websocket_keepalive_timeout`: how long a pooled upstream stays idle.
+    keepalive_timeout: ngx::ffi::ngx_msec_t,
 }
 
 impl Relay {
-    pub fn new(mut client: WebSocket, mut upstream: WsClient) -> Relay {
+    pub fn new(
+        mut client: WebSocket,
+        mut upstream: WsClient,
+        keepalive_timeout: ngx::ffi::ngx_msec_t,
+    ) -> Relay {
         // A leg's reading waits only for the other leg's queue (`pump`),
         // which backs up to the peer that is slow: waiting for its own queue
         // too would make a cycle, the relay not reading the upstream because
@@ -100,6 +106,7 @@ impl Relay {
             close_client_with: None,
             close_client_reason: b"",
             client_given_up: false,
+            keepalive_timeout,
         }
     }
 
@@ -408,12 +415,15 @@ impl Relay {
     /// the client closed normally on a clean upstream leg; the rest closes.
     pub fn end(self: Box<Self>, log: *mut ngx_log_t) {
         let Relay {
-            upstream, pooling, ..
+            upstream,
+            pooling,
+            keepalive_timeout,
+            ..
         } = *self;
         let Some(settings) = upstream.pool_settings().filter(|_| pooling) else {
             return;
         };
-        if let Err(e) = upstream.set_keepalive(settings.idle_timeout, settings.size) {
+        if let Err(e) = upstream.into_pool(keepalive_timeout, settings.size) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,

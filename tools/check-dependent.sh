@@ -1,8 +1,8 @@
 #!/bin/sh
 # A crate outside the repository, in $TMPDIR, that depends on the module crate
 # by path with default-features = false (as README says a dependent does) and
-# writes a Handler with the public API only: it must build, and its cdylib must
-# export no symbol of ours (no second ngx_modules, no ngx_http_websocket_module).
+# writes a Handler and a ClientHandler with the public API only: it must build,
+# and its cdylib must export no symbol of ours (no second ngx_modules, no ngx_http_websocket_module).
 #
 # Environment: CARGO (cargo), PROFILE (release), CARGO_TARGET_DIR (default the
 # repository's target/: what the module build compiled is reused, so it is quick).
@@ -88,6 +88,59 @@ pub unsafe fn content_handler(
         Err(status) => status,
     }
 }
+
+// The client of README's "A client": answers the HTTP request with the
+// upstream's first text frame.
+use ngx_http_websocket_module::{
+    connect, ClientContext, ClientError, ClientHandler, ClientNext, ClientOptions, ConnectOptions,
+    Connected,
+};
+
+/// Answers the HTTP request with the upstream's first text frame.
+pub struct First;
+
+impl ClientHandler for First {
+    fn connected(&mut self, cx: &mut ClientContext<'_>, res: Result<Connected, ClientError>) -> ClientNext {
+        match res {
+            Ok(_) => self.step(cx),
+            Err(e) => ClientNext::Finish(e.status()),
+        }
+    }
+
+    fn step(&mut self, cx: &mut ClientContext<'_>) -> ClientNext {
+        if cx.timed_out() {
+            return ClientNext::Finish(504);
+        }
+        let Some(wb) = cx.client() else { return ClientNext::Finish(500) };
+        let data = loop {
+            match wb.recv_frame() {
+                Ok(None) => return ClientNext::Wait,
+                Ok(Some(f)) if f.typ == OpCode::Text => break f.data,
+                Ok(Some(_)) => continue,
+                Err(_) => return ClientNext::Finish(502),
+            }
+        };
+        let _ = wb.close(); // or wb.set_keepalive(10_000, 4)
+        let r = cx.request();
+        r.set_status(200, None);
+        ClientNext::Finish(r.send_small_response(&data))
+    }
+}
+
+/// A content handler that connects, for a module's directive to install.
+///
+/// # Safety
+/// nginx calls it with a live request; `module` is the caller's HTTP module.
+pub unsafe fn client_content_handler(
+    r: *mut ngx::ffi::ngx_http_request_t,
+    module: &'static ngx::ffi::ngx_module_t,
+) -> ngx::ffi::ngx_int_t {
+    // SAFETY: guaranteed by the caller.
+    let r = unsafe { RequestRef::from_raw(r) };
+    let (client, opts) = (ClientOptions::default(), ConnectOptions::default());
+    // SAFETY: guaranteed by the caller.
+    unsafe { connect(r, module, "ws://127.0.0.1:9000/feed", &client, opts, First) }
+}
 RUST
 # ngx for its ffi types: the version the module crate uses.
 sed -i 's|^\[dependencies\]$|[dependencies]\nngx = { version = "0.5.1", default-features = false, features = ["std"] }|' \
@@ -100,4 +153,4 @@ if nm -D --defined-only "$SO" | grep -E ' (ngx_modules|ngx_module_names|ngx_http
     echo "check-dependent: the dependent exports the module's symbols" >&2
     exit 1
 fi
-echo "check-dependent: a crate in $DIR built a Handler on the public API (default-features = false)"
+echo "check-dependent: a crate in $DIR built a Handler and a ClientHandler on the public API (default-features = false)"
