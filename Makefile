@@ -107,6 +107,8 @@ unit:
 	$(CARGO) test --profile $(PROFILE) --locked --workspace $(addprefix --exclude ,$(EXAMPLES))
 	tools/import-graph.sh
 	CARGO=$(CARGO) PROFILE=$(PROFILE) tools/check-dependent.sh
+	@# The public API's documentation: no warning (missing_docs is denied).
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --profile $(PROFILE) --locked --no-deps -p ngx_http_websocket_module -p ngx-websocket-protocol
 
 # Twice: then again with the access log off, where sessions run without
 # their HTTP request once upgraded (config, interop and browser tests

@@ -165,8 +165,8 @@ pub enum WsError {
     Compression,
     /// No masking key could be drawn; nothing was queued.
     Entropy(EntropyError),
-    /// [limit] A data message past a `websocket_limit ... close`: close
-    /// with 1008 and `limit::CLOSE_REASON`.
+    /// A data message past a `websocket_limit ... close`: the session
+    /// closes with 1008 and the reason "message rate exceeded".
     RateExceeded,
 }
 
