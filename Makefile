@@ -32,19 +32,44 @@ MODULE   := $(TARGET)/ngx_http_websocket_module.so
 RUN_DIR  := $(CURDIR)/target/run
 
 APT_PACKAGES := libssl-dev libpcre2-dev zlib1g-dev libclang-dev clang pkg-config make perl openssl \
-                chromium
+                chromium redis-server
 PY_PACKAGES  := websockets
 
-.PHONY: all build run test unit integration autobahn autobahn-full deps paths clippy clean distro \
-	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak
+.PHONY: all build examples run test unit integration autobahn autobahn-full deps paths clippy clean distro \
+	test-distro deb test-deb bench bench-fanout fuzz fuzz-smoke memcheck-build test-valgrind asan-build test-asan soak \
+	redis-probe-paths
 
-all: build
+all: build examples
+
+# The examples (examples/*), each a module of its own written against the
+# crate's public API; built apart from the module, as a dependent builds.
+EXAMPLES := ngx-websocket-example-chat ngx-websocket-example-client
+examples:
+	$(CARGO) build --profile $(PROFILE) --locked $(addprefix -p ,$(EXAMPLES))
 
 build:
 	$(CARGO) build --profile $(PROFILE) --locked
 	@# A new inode: overwriting the file in place would crash a running nginx.
 	cp -f $(TARGET)/libngx_http_websocket_module.so $(MODULE).tmp
 	mv -f $(MODULE).tmp $(MODULE)
+
+# The module with a second, test-only nginx module that puts the Redis client
+# on an HTTP location (cargo feature redis-probe, src/redis/probe.rs), for
+# nginx-tests/63-redis-client.t; built in target/redis-probe/ (never the
+# module that ships), brought up to date on each call, paths printed as by
+# `make -s paths`.
+REDIS_PROBE_DIR := $(CURDIR)/target/redis-probe
+redis-probe-paths:
+	@CARGO_TARGET_DIR=$(REDIS_PROBE_DIR) $(CARGO) build --profile $(PROFILE) --locked \
+		--features redis-probe >&2
+	@cmp -s $(REDIS_PROBE_DIR)/$(PROFILE)/libngx_http_websocket_module.so \
+		$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so || { \
+		cp -f $(REDIS_PROBE_DIR)/$(PROFILE)/libngx_http_websocket_module.so \
+			$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so.tmp && \
+		mv -f $(REDIS_PROBE_DIR)/ngx_http_websocket_module.so.tmp \
+			$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so; }
+	@echo "nginx=$$(cat $(REDIS_PROBE_DIR)/$(PROFILE)/nginx-path)"
+	@echo "module=$(REDIS_PROBE_DIR)/ngx_http_websocket_module.so"
 
 paths:
 	@test -f $(MODULE) -a -f $(TARGET)/nginx-path || $(MAKE) --no-print-directory build >&2
@@ -57,6 +82,7 @@ run: build
 	@ln -sfn $(CURDIR)/conf/html $(RUN_DIR)/html
 	@echo "echo:   ws://127.0.0.1:8080/echo"
 	@echo "proxy:  ws://127.0.0.1:8080/proxy (websocket_pass to an echo on 127.0.0.1:8081)"
+	@echo "room:   http://127.0.0.1:8080/?endpoint=room in two tabs (websocket_subscribe chat room)"
 	@echo "demo:   http://127.0.0.1:8080/"
 	@echo "status: http://127.0.0.1:8080/status (websocket_status metrics)"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
@@ -78,18 +104,23 @@ deps:
 		npm ci --prefix browser --no-audit --no-fund
 
 unit:
-	$(CARGO) test --profile $(PROFILE) --locked --workspace
+	$(CARGO) test --profile $(PROFILE) --locked --workspace $(addprefix --exclude ,$(EXAMPLES))
+	tools/import-graph.sh
+	CARGO=$(CARGO) PROFILE=$(PROFILE) tools/check-dependent.sh
+	@# The public API's documentation: no warning (missing_docs is denied).
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --profile $(PROFILE) --locked --no-deps -p ngx_http_websocket_module -p ngx-websocket-protocol
 
 # Twice: then again with the access log off, where sessions run without
 # their HTTP request once upgraded (config, interop and browser tests
 # have nothing to add there).
 DETACHED_TESTS := $(filter-out nginx-tests/00-% nginx-tests/13-% nginx-tests/30-%,$(wildcard nginx-tests/*.t))
-integration: build
+integration: build examples
 	prove -r nginx-tests/
 	TEST_NGINX_ACCESS_LOG=off prove $(DETACHED_TESTS)
 
-# The Autobahn|Testsuite fuzzing client against websocket_echo and
-# websocket_pass -> websocket_echo (websocket_deflate on): cases 1-10 and, of
+# The Autobahn|Testsuite fuzzing client against websocket_echo,
+# websocket_pass -> websocket_echo and websocket_subscribe with publish on (one
+# subscriber per channel: an echo) (websocket_deflate on): cases 1-10 and, of
 # the compression cases 12/13, the smallest message and the fragmented one of
 # each data set and parameter set (48 cases). autobahn-full: all of 12 and 13.
 AUTOBAHN_DIR   := $(CURDIR)/target/autobahn
@@ -147,7 +178,7 @@ soak: build
 fuzz:
 	fuzz/run.sh
 
-# The same, FUZZ_SMOKE_SECONDS (30) per target, in make test: about 2.5 min with
+# The same, FUZZ_SMOKE_SECONDS (30) per target, in make test: about 3 min with
 # the targets built, under 5 min from a clean state (installing cargo-fuzz ~70 s,
 # building the targets ~50 s).
 FUZZ_SMOKE_SECONDS ?= 30

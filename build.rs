@@ -9,6 +9,8 @@ use std::{env, fs, path::PathBuf};
 const VERSION_CHECKS: &[(u64, &str)] = &[
     // ngx_table_elt_t.next, multi-value header lists
     (1_023_000, "nginx1_23_0"),
+    // ngx_ssl_connection_certificate's ngx_ssl_cache_t argument
+    (1_027_004, "nginx1_27_4"),
 ];
 
 fn main() {

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Start the nginx built here with our module, run the Autobahn fuzzing client
-# against websocket_echo and websocket_pass -> websocket_echo, stop nginx by PID, and exit with run.sh's verdict.
+# against websocket_echo, websocket_pass -> websocket_echo and websocket_subscribe (publish on, one
+# subscriber per channel), stop nginx by PID, and exit with run.sh's verdict.
 # Usage: autobahn/against-nginx.sh WSTEST OUTDIR CASES [EXCLUDE]
 # AUTOBAHN_NGINX and AUTOBAHN_MODULE name another nginx binary and module (make test-deb:
 # /usr/sbin/nginx and the module its package installed) instead of the ones built here.
@@ -29,7 +30,8 @@ sed -e "s|@MODULE@|$NGX_module|" -e "s|@RUN@|$RUN|g" -e "s|@PORT@|$PORT|g" -e "s
 trap 'kill -QUIT "$(cat "$RUN/nginx.pid")" 2>/dev/null || true' EXIT
 status=0
 "$HERE/run.sh" --wstest "$WSTEST" --outdir "$OUTDIR" --cases "$CASES" --exclude "$EXCLUDE" \
-    echo="ws://127.0.0.1:$PORT/echo" pass="ws://127.0.0.1:$PORT/pass" || status=$?
+    echo="ws://127.0.0.1:$PORT/echo" pass="ws://127.0.0.1:$PORT/pass" \
+    subscribe="ws://127.0.0.1:$PORT/subscribe" || status=$?
 if grep -E '\[(alert|crit|emerg)\]|exited on signal' "$RUN/logs/error.log"; then
     echo "against-nginx.sh: nginx logged alerts" >&2
     status=1

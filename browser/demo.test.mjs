@@ -4,7 +4,7 @@
 //   DEMO_URL=http://127.0.0.1:8080/ node --test browser/demo.test.mjs    # against `make run`
 //
 // Environment:
-//   DEMO_URL         the page (required); its /echo, /proxy and /status endpoints are used
+//   DEMO_URL         the page (required); its /echo, /proxy, /room and /status endpoints are used
 //   DEMO_SCREENSHOT  where to save a PNG of the page at the end (optional)
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 //
@@ -228,6 +228,60 @@ test('Chromium: close() without a code, on /echo and /proxy', async () => {
     }), path);
     assert.deepEqual(ev, { code: 1000, reason: '', wasClean: true }, path);
   }
+});
+
+// The room (websocket_subscribe, publish on, envelope on, resume from
+// last_id): this page and a second tab opened on ?endpoint=room.
+const inLines = async (p) => (await p.$$eval('#log li[data-dir="in"] .text', (es) => es.map((e) => e.textContent)));
+const waitIn = (p, message) => p.waitForFunction((m) =>
+  [...document.querySelectorAll('#log li[data-dir="in"] .text')].some((e) => e.textContent === m),
+message, { timeout: STEP });
+const waitStateOf = (p, state) => p.waitForFunction(
+  (s) => document.getElementById('state').dataset.state === s, state, { timeout: STEP });
+let tabB;
+
+test('/room: two tabs chat through one channel, each message once in each tab', async () => {
+  await page.check('#endpoint-room');
+  await page.click('#connect');
+  await waitState('open');
+  const url = new URL(DEMO_URL);
+  assert.equal(await text('#url'), `ws://${url.host}/room?room=lobby`);
+  tabB = await context.newPage();
+  tabB.on('pageerror', (e) => problems.push(`tab B page error: ${e.message}`));
+  tabB.on('console', (m) => { if (m.type() === 'error') problems.push(`tab B console: ${m.text()}`); });
+  await tabB.goto(new URL('?endpoint=room', DEMO_URL).href);
+  await waitStateOf(tabB, 'open');
+  assert.equal(await tabB.textContent('#url'), `ws://${url.host}/room?room=lobby`);
+  // The sender gets its own message too (websocket_channel_publish on).
+  await sendAndWaitEcho('hello room');
+  await waitIn(tabB, 'hello room');
+  await tabB.fill('#message', 'hi from tab B');
+  await tabB.press('#message', 'Enter');
+  await waitIn(page, 'hi from tab B');
+  await waitIn(tabB, 'hi from tab B');
+  assert.deepEqual(await inLines(tabB), ['hello room', 'hi from tab B']);
+  const id = await page.getAttribute('#last-id', 'data-value');
+  assert.match(id, /\S/, 'the envelope carried an id');
+  assert.equal(await tabB.getAttribute('#last-id', 'data-value'), id, 'both tabs saw the same last id');
+  await liveSessions('subscribe');
+});
+
+test('/room: a tab that reconnects gets what it missed, once, from its last id', async () => {
+  const before = await tabB.getAttribute('#last-id', 'data-value');
+  await tabB.click('#disconnect');
+  await waitStateOf(tabB, 'closed');
+  await sendAndWaitEcho('while tab B was away');
+  await tabB.click('#connect');
+  await waitStateOf(tabB, 'open');
+  const url = new URL(DEMO_URL);
+  assert.equal(await tabB.textContent('#url'),
+    `ws://${url.host}/room?room=lobby&last_id=${encodeURIComponent(before)}`);
+  await waitIn(tabB, 'while tab B was away');
+  // Nothing from before its last id comes again.
+  assert.deepEqual(await inLines(tabB), ['hello room', 'hi from tab B', 'while tab B was away']);
+  assert.equal(await tabB.getAttribute('#last-id', 'data-value'),
+    await page.getAttribute('#last-id', 'data-value'));
+  await tabB.close();
 });
 
 test('no page errors and no console errors', () => {

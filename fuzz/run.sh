@@ -24,7 +24,7 @@ set -euo pipefail
 FUZZ_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SECONDS_PER_TARGET="${1:-${FUZZ_SECONDS:-300}}"
 shift || true
-ALL_TARGETS=(frame_decoder frame_roundtrip utf8 server_handshake client_response deflate)
+ALL_TARGETS=(frame_decoder frame_roundtrip utf8 server_handshake client_response deflate redis_resp)
 if [ "$#" -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 SANITIZER="${FUZZ_SANITIZER:-none}"
 MAX_LEN="${FUZZ_MAX_LEN:-4096}"

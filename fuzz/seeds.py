@@ -129,6 +129,19 @@ def seeds():
         # Padded past the limit, read in 200-byte pieces.
         b"\x03\x22\xff\xc8" + response,
     ]
+    # redis_resp: [limits, nsizes, sizes..., replies...]
+    xread = (b"*1\r\n*2\r\n$4\r\nch:a\r\n*2\r\n"
+             b"*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nd\r\n$2\r\nhi\r\n"
+             b"*2\r\n$3\r\n2-7\r\n*4\r\n$1\r\nd\r\n$0\r\n\r\n$1\r\nt\r\n$1\r\n1\r\n")
+    out["redis_resp"] = [
+        b"\x00\x00+OK\r\n:12\r\n$15\r\n1700000000000-3\r\n",
+        b"\x00\x03\x01\x02\x05" + xread,
+        b"\x00\x01\x07-ERR wrong\r\n*-1\r\n$-1\r\n*0\r\n" + xread[4:],
+        # Small limits: a reply over 64 + 8 bytes is refused.
+        b"\x03\x00" + xread,
+        b"\x01\x00*9\r\n$33\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n",
+        b"\x00\x00$9223372036854775807\r\n*9223372036854775807\r\n",
+    ]
     return out
 
 

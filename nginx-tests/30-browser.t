@@ -1,9 +1,10 @@
 #!/usr/bin/perl
 # The demo page in a real browser: nginx runs the servers of conf/nginx.conf
-# (the page from conf/html, /echo, and /proxy -> a second server's echo, on
-# free ports), and browser/demo.test.mjs drives the page in headless Chromium
-# through playwright-core: two messages on /echo, two on /proxy, Disconnect
-# shows close 1000, the live panel (websocket_status polled every second)
+# (the page from conf/html, /echo, /proxy -> a second server's echo, and the
+# /room chat room, on free ports), and browser/demo.test.mjs drives the page
+# in headless Chromium through playwright-core: two messages on /echo, two on
+# /proxy, Disconnect shows close 1000, two tabs chatting in /room and one of
+# them resuming from its last message id after a reconnect, the live panel (websocket_status polled every second)
 # shows the sessions by kind and charts messages per second,
 # permessage-deflate offered by Chromium: declined on /echo,
 # accepted on /proxy (websocket_deflate on), where the access log's
@@ -75,6 +76,8 @@ like($conf, qr{location\s*=\s*/status\s*\{[^\}]*\bwebsocket_status;}, 'conf/ngin
 like($conf, qr{location\s+/proxy\s*\{[^\}]*\bwebsocket_pass\s+ws://127\.0\.0\.1:%%PORT_1%%/echo;},
     'conf/nginx.conf: /proxy passes to the second server (8081 -> a free port)');
 like($conf, qr/listen\s+127\.0\.0\.1:%%PORT_1%%;/, 'conf/nginx.conf: the backend server');
+like($conf, qr{location\s+/room\s*\{[^\}]*\bwebsocket_subscribe\s+demo\s+room:\$arg_room;[^\}]*\bwebsocket_channel_resume\s+\$arg_last_id;},
+    'conf/nginx.conf: /room subscribes to a channel of the demo zone, resuming from last_id');
 note "http {} fragment from conf/nginx.conf:\n$conf";
 
 my $t = WsNginx->new(conf => <<"EOF_CONF" . $conf);
@@ -133,7 +136,9 @@ for my $want (qr{^the page loads and connects to /echo$},
               qr{^switching to /proxy },
               qr{^/proxy: three messages are echoed},
               qr{^Disconnect: the page shows close code 1000$},
-              qr{close\(\) without a code}) {
+              qr{close\(\) without a code},
+              qr{^/room: two tabs chat},
+              qr{^/room: a tab that reconnects gets what it missed}) {
     ok(scalar(grep { $_ =~ $want } @order), "browser: a test matching $want ran");
 }
 is($plan, scalar @order, 'TAP plan matches the tests reported');
@@ -149,11 +154,11 @@ is($count{pass}, scalar @order, 'TAP: every test passed');
 }
 
 # --- what nginx saw ---------------------------------------------------------------------
-# One line per session, written when it ends: wait for the 6 WebSocket sessions.
+# One line per session, written when it ends: wait for the 9 WebSocket sessions.
 my @log;
 for (my $deadline = time + 5; time < $deadline; sleep 0.05) {
     @log = split /\n/, do { local $/; open my $fh, '<', $t->testdir . '/browser.log'; <$fh> // '' };
-    last if (grep { / 101 / } @log) >= 6;
+    last if (grep { / 101 / } @log) >= 9;
 }
 note join "\n", 'access log:', @log;
 my $count = sub { my ($re) = @_; scalar grep { $_ =~ $re } @log };
@@ -169,7 +174,15 @@ is($count->(qr{^$backend /echo 101 close=1000 in=3 out=3 up=- z=1/1$}), 1,
 is($count->(qr{^$port /echo 101 close=1005 in=0 out=0 }), 1, 'nginx: close() without a code logged as 1005 on /echo');
 is($count->(qr{^$port /proxy 101 close=1005 in=0 out=0 }), 1, 'nginx: ... on /proxy');
 is($count->(qr{^$backend /echo 101 close=1005 in=0 out=0 }), 1, 'nginx: ... relayed to the backend without a code');
-is($count->(qr{ 101 }), 6, 'nginx: 6 WebSocket sessions in all');
+# The room: tab B's first session (one message sent, two received, closed by
+# Disconnect), its resumed one (the message it missed), and this page's.
+is($count->(qr{^$port /room\?room=lobby 101 close=1000 in=1 out=2 up=- }), 1,
+    'nginx: tab B in the room: 1 message in, 2 out, closed 1000');
+is($count->(qr{^$port /room\?room=lobby&last_id=\S+ 101 close=\d+ in=0 out=1 up=- }), 1,
+    'nginx: tab B back with its last id: only the message it missed');
+is($count->(qr{^$port /room\?room=lobby 101 close=\d+ in=2 out=3 up=- }), 1,
+    'nginx: this page in the room: 2 messages in, 3 out');
+is($count->(qr{ 101 }), 9, 'nginx: 9 WebSocket sessions in all');
 is($count->(qr{ (?!101 |200 )\d{3} }), 0, 'nginx: no other status') or diag join "\n", @log;
 
 finish($t, $port, \@workers, '/echo');

@@ -12,6 +12,8 @@
 #   at once, and websocket_timeout (1 s) does not end a session that waits
 #   2 s; what comes behind it follows in order;
 # - websocket_pass: the client leg is limited, the upstream leg is not;
+# - a subscriber that publishes (websocket_channel_publish on) is limited
+#   as an echo client is, in both modes;
 # - a small zone filled by 400 keys forgets the least recently used ones,
 #   remembers the recent ones, and still limits a new key;
 # - inheritance as limit_req: a location without websocket_limit has its
@@ -56,6 +58,9 @@ websocket_limit_zone \$arg_k zone=passc:64k rate=1r/m;
 websocket_limit_zone \$arg_k zone=small:32k rate=1r/m;
 websocket_limit_zone \$arg_k zone=inh:64k rate=1r/m;
 websocket_limit_zone \$arg_k zone=own:64k rate=1r/m;
+websocket_limit_zone \$arg_k zone=subd:64k rate=20r/s;
+websocket_limit_zone \$arg_k zone=subc:64k rate=1r/m;
+websocket_channel_zone chz 1m;
 
 server {
     listen 127.0.0.1:%%PORT_0%% reuseport;
@@ -106,6 +111,18 @@ server {
 
     location /ws {
         websocket_echo;
+    }
+
+    location /subdelay {
+        websocket_subscribe chz d:\$arg_k;
+        websocket_channel_publish on;
+        websocket_limit zone=subd;
+    }
+
+    location /subclose {
+        websocket_subscribe chz c:\$arg_k;
+        websocket_channel_publish on;
+        websocket_limit zone=subc burst=2 close;
     }
 
     location /status {
@@ -300,6 +317,21 @@ sub two_workers {
         'pass, close: the upstream got only the admitted messages');
 }
 
+# --- a subscriber that publishes -------------------------------------------------------------------
+{
+    my ($s) = drive(6, { ws => ws_open($port, '/subdelay?k=s'), sends => [[0, texts(map { "s$_" } 1 .. 21)]], want => 21 });
+    is_deeply([payloads($s)], [map { "s$_" } 1 .. 21], 'subscriber: 21 published messages come back in order');
+    within(span($s), 1.0, 'subscriber: published at 20 r/s');
+    ok(!$s->{close}, 'subscriber, delay: not closed');
+    bye($s->{ws}, 'subscriber');
+
+    ($s) = drive(5, { ws => ws_open($port, '/subclose?k=s'), sends => [[0, texts(map { "c$_" } 1 .. 5)]], want => 5 });
+    is_deeply([payloads($s)], [qw(c1 c2 c3)], 'subscriber, close: 1 + burst 2 published');
+    is_deeply($s->{close} && [@{ $s->{close} }[0, 1]], [1008, 'message rate exceeded'],
+        'subscriber, close: then 1008 "message rate exceeded"');
+    ok($s->{ws}->wait_eof(3), 'subscriber, close: TCP closed');
+}
+
 # --- inheritance ------------------------------------------------------------------------------------
 {
     my $p1 = $t->port(1);
@@ -364,6 +396,7 @@ sub small_session {
     is($m{'passz/delay'}, 20, 'limited_total{zone="passz",action="delay"} 20');
     is($m{'passc/close'}, 1, 'limited_total{zone="passc",action="close"} 1');
     is($m{'small/close'}, 5, 'limited_total{zone="small",action="close"} 5');
+    is(($m{'subd/delay'} // 'none') . '/' . ($m{'subc/close'} // 'none'), '20/1', 'limited_total of subscribers: 20 delayed, 1 close');
     is(($m{'inh/close'} // 'none') . '/' . ($m{'own/close'} // 'none'), '1/1', 'limited_total of inh and own: 1 close each');
     my @bad = grep { !/^#/ && !/^nginx_websocket_\w+(?:\{\w+="[^"]*"(?:,\w+="[^"]*")*\})? \d+$/ } split /\n/, $body;
     is_deeply(\@bad, [], 'every sample well-formed');

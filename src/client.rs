@@ -11,7 +11,7 @@ use ngx::ngx_log_error;
 
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io, NgxError};
 use crate::ngx_peer::{Connect, EventHandler, UpstreamPeer};
-use crate::ngx_ssl::{self, ClientTls, TlsHandshake};
+use crate::ngx_ssl::{self, ClientTls, ConnCert, TlsHandshake};
 use crate::protocol::deflate::{self, DeflateConfig, NegotiatedDeflate, EXTENSION_NAME};
 use crate::random;
 use crate::protocol::handshake::{
@@ -19,7 +19,7 @@ use crate::protocol::handshake::{
 };
 
 /// What the client handshake sends.
-pub struct ClientOptions {
+pub struct HandshakeOptions {
     /// Path and query of the request line.
     pub path: String,
     /// The Host header.
@@ -34,6 +34,8 @@ pub struct ClientOptions {
     pub tls: Option<TlsTarget>,
     /// permessage-deflate to offer (`websocket_deflate on`).
     pub deflate: Option<DeflateConfig>,
+    /// The `Sec-WebSocket-Key` to send; a fresh random one when `None`.
+    pub key: Option<String>,
 }
 
 /// TLS parameters of one connection.
@@ -43,45 +45,83 @@ pub struct TlsTarget {
     pub sni: Option<CString>,
     /// When verifying: the name the certificate must carry.
     pub verify_name: Option<Vec<u8>>,
+    /// A client certificate of this connection (beside the context's).
+    pub cert: Option<ConnCert>,
     /// Called by nginx when a handshake that could not finish at once ends;
     /// it must give the events back (`ngx_peer::set_handlers`) and advance.
     pub on_done: ngx_connection_handler_pt,
 }
 
-/// Why a connection attempt failed.
+/// Why a [`connect`](crate::connect) failed (the seed's `err` of
+/// `wb:connect`).
 #[derive(Debug)]
 pub enum ClientError {
+    /// The URI is not a `ws://` or `wss://` URI (the seed's "bad uri").
+    Uri(String),
+    /// A `wss://` URI without [`ConnectOptions::tls`](crate::ConnectOptions::tls).
+    NoTls,
+    /// The host name could not be resolved (or no `resolver` is set).
+    Resolve(String),
+    /// The balancer has no live peer left.
     NoLivePeers,
     /// The last peer tried refused or was unreachable (each attempt is
     /// logged when it fails).
     Unreachable {
+        /// The peer's address.
         peer: String,
+        /// The connect's errno (0 when nginx reported it).
         errno: i32,
     },
+    /// Connect, TLS and handshake together took longer than the connect
+    /// timeout.
     Timeout {
+        /// The peer's address.
         peer: String,
     },
     /// The upstream closed before it answered the handshake.
     Closed {
+        /// The peer's address.
         peer: String,
     },
+    /// TLS with the upstream failed (or its certificate did not verify).
     Tls {
+        /// The peer's address.
         peer: String,
+        /// What failed.
         why: String,
     },
+    /// The upstream's handshake response was not a valid 101 for our
+    /// request (a 403, a wrong `Sec-WebSocket-Accept`, ...).
     BadResponse {
+        /// The peer's address.
         peer: String,
+        /// What was wrong with the response.
         error: HandshakeError,
     },
+    /// With a `backlog`, no pooled connection became free in time.
+    PoolTimeout,
+    /// With a `backlog`, the pool's line of waiting connects is full.
+    PoolFull {
+        /// The pool's name.
+        pool: String,
+    },
+    /// The request's own client closed its connection before the connect
+    /// finished.
+    ClientClosed,
+    /// nginx could not do what was asked (memory, an event, randomness).
     Internal(NgxError),
 }
 
 impl ClientError {
-    /// The HTTP status the client of `websocket_pass` gets.
+    /// The HTTP status a request that proxies the upstream answers with:
+    /// 504 for timeouts, 503 for a full pool line, 500 for our own errors,
+    /// 499 when the client left, 502 otherwise.
     pub fn status(&self) -> ngx_int_t {
         match self {
-            ClientError::Timeout { .. } => 504,
-            ClientError::Internal(_) => 500,
+            ClientError::Timeout { .. } | ClientError::PoolTimeout => 504,
+            ClientError::PoolFull { .. } => 503,
+            ClientError::ClientClosed => 499,
+            ClientError::Internal(_) | ClientError::Uri(_) | ClientError::NoTls => 500,
             _ => 502,
         }
     }
@@ -97,8 +137,12 @@ impl ClientError {
                 error: HandshakeError::ResponseStatus(status),
                 ..
             } => *status >= 500,
-            ClientError::NoLivePeers | ClientError::Internal(_) => false,
-            _ => true,
+            ClientError::Unreachable { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Tls { .. }
+            | ClientError::BadResponse { .. } => true,
+            _ => false,
         }
     }
 }
@@ -106,6 +150,18 @@ impl ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::Uri(why) => write!(f, "bad uri: {why}"),
+            ClientError::NoTls => f.write_str("wss:// without a TLS context"),
+            ClientError::Resolve(why) => f.write_str(why),
+            ClientError::PoolTimeout => f.write_str(
+                "no upstream connection became free within websocket_connect_timeout",
+            ),
+            ClientError::PoolFull { pool } => {
+                write!(f, "too many waiting connect operations (pool \"{pool}\")")
+            }
+            ClientError::ClientClosed => {
+                f.write_str("client closed the connection before the upgrade")
+            }
             ClientError::NoLivePeers => f.write_str("no live upstreams"),
             ClientError::Unreachable { peer, errno } => {
                 write!(
@@ -133,7 +189,7 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 /// The upstream handshake request of `opts` with the key `key`.
-fn request_bytes(opts: &ClientOptions, key: &str) -> Vec<u8> {
+fn request_bytes(opts: &HandshakeOptions, key: &str) -> Vec<u8> {
     let protocols: Vec<&str> = opts.protocols.iter().map(String::as_str).collect();
     let offer = opts.deflate.as_ref().map(deflate::offer);
     let headers: Vec<(&str, &str)> = opts
@@ -153,7 +209,7 @@ fn request_bytes(opts: &ClientOptions, key: &str) -> Vec<u8> {
     .to_bytes()
 }
 
-impl ClientOptions {
+impl HandshakeOptions {
     /// The upstream handshake these options send, byte for byte, but for
     /// its random key: a pooled connection serves only an identical one.
     pub fn handshake(&self) -> Vec<u8> {
@@ -173,6 +229,8 @@ pub struct Agreed {
 pub struct Established {
     pub peer: UpstreamPeer,
     pub agreed: Agreed,
+    /// The upstream's handshake response head.
+    pub response: Vec<u8>,
     /// Bytes the upstream sent right behind its 101 response (frames).
     pub leftover: Vec<u8>,
 }
@@ -201,7 +259,7 @@ pub struct Connector {
     stage: Stage,
     key: String,
     /// What the handshake sends (its TLS target taken out).
-    opts: ClientOptions,
+    opts: HandshakeOptions,
     request: Vec<u8>,
     response: Vec<u8>,
     deadline: ngx_msec_t,
@@ -216,11 +274,14 @@ impl Connector {
     /// call [`Connector::advance`].
     pub fn start(
         peer: UpstreamPeer,
-        mut opts: ClientOptions,
+        mut opts: HandshakeOptions,
         data: *mut c_void,
         handler: EventHandler,
     ) -> Result<Connector, ClientError> {
-        let key = new_key()?;
+        let key = match &opts.key {
+            Some(key) => key.clone(),
+            None => new_key()?,
+        };
         let request = request_bytes(&opts, &key);
         let mut connector = Connector {
             peer: Some(peer),
@@ -290,7 +351,7 @@ impl Connector {
                     Ok(()) => match &self.tls {
                         None => self.stage = Stage::Send { pos: 0 },
                         Some(tls) => {
-                            match ngx_ssl::start(tls.ctx, c, tls.sni.as_deref(), tls.on_done) {
+                            match ngx_ssl::start(tls.ctx, c, tls.sni.as_deref(), tls.cert.as_ref(), tls.on_done) {
                                 TlsHandshake::Done => self.stage = Stage::Tls,
                                 TlsHandshake::Again => {
                                     self.stage = Stage::Tls;
@@ -383,7 +444,7 @@ impl Connector {
             ngx_log_error!(NGX_LOG_ERR, log, "websocket: {error}, trying the next one");
         }
         self.response.clear();
-        self.key = match new_key() {
+        self.key = match self.opts.key.clone().map_or_else(new_key, Ok) {
             Ok(key) => key,
             Err(e) => return Progress::Failed(e),
         };
@@ -420,6 +481,7 @@ impl Connector {
             Ok(None) => None,
             Ok(Some((subprotocol, deflate, used))) => {
                 let leftover = self.response.split_off(used);
+                let response = core::mem::take(&mut self.response);
                 let peer = self.peer.take().expect("the peer is still held");
                 Some(Progress::Ready(Established {
                     peer,
@@ -427,6 +489,7 @@ impl Connector {
                         subprotocol,
                         deflate,
                     },
+                    response,
                     leftover,
                 }))
             }
@@ -497,8 +560,8 @@ fn new_key() -> Result<String, ClientError> {
 mod tests {
     use super::*;
 
-    fn options() -> ClientOptions {
-        ClientOptions {
+    fn options() -> HandshakeOptions {
+        HandshakeOptions {
             path: String::from("/chat?room=1"),
             host: String::from("backend"),
             protocols: vec![String::from("chat")],
@@ -507,6 +570,7 @@ mod tests {
             connect_timeout: 1000,
             tls: None,
             deflate: None,
+            key: None,
         }
     }
 
@@ -515,7 +579,7 @@ mod tests {
         let same = options();
         assert_eq!(options().handshake(), same.handshake());
         assert!(!options().handshake().is_empty());
-        let changes: [fn(&mut ClientOptions); 6] = [
+        let changes: [fn(&mut HandshakeOptions); 6] = [
             |o| o.path.push('2'),
             |o| o.host.push('2'),
             |o| o.protocols.push(String::from("b")),

@@ -4,13 +4,13 @@
 //! `on|off`), so values parse and fail exactly as in nginx's C modules.
 
 use core::ffi::{c_char, c_void};
-use core::ptr::{self, NonNull};
+use core::ptr;
 
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
     ngx_conf_set_size_slot, ngx_conf_set_str_slot, ngx_conf_t, ngx_flag_t,
-    ngx_http_upstream_srv_conf_t, ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    ngx_int_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
     NGX_CONF_FLAG, NGX_CONF_NOARGS, NGX_CONF_TAKE1, NGX_CONF_TAKE123, NGX_CONF_TAKE2,
     NGX_CONF_TAKE3, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
     NGX_HTTP_SRV_CONF,
@@ -19,6 +19,8 @@ use ngx::http::{Merge, MergeConfigError};
 use ngx::ngx_string;
 
 use crate::compression::DeflateSettings;
+pub use crate::stats::Limits;
+use crate::upgrade::{Deflate, ServerOptions};
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, upstream_add, ComplexValue};
 use crate::ngx_ssl::{ClientTls, TlsSettings};
 use crate::pool::PoolSettings;
@@ -97,12 +99,10 @@ pub struct LocConf {
 /// Where `websocket_pass` connects.
 #[derive(Clone)]
 pub enum PassTarget {
-    /// A URL known when the configuration loads, with the `upstream {}`
-    /// block (named, or implicit for `host:port`) that picks the peer.
-    Static {
-        url: WsUrl,
-        upstream: NonNull<ngx_http_upstream_srv_conf_t>,
-    },
+    /// A URL known when the configuration loads; the `upstream {}` block
+    /// that picks the peer (named, or implicit for `host:port`, made here)
+    /// is what the client finds by the URL's host and port.
+    Static { url: WsUrl },
     /// A URL with variables, parsed per request.
     Variable(ComplexValue),
 }
@@ -294,22 +294,6 @@ impl Merge for LocConf {
     }
 }
 
-/// Effective limits of a location, after inheritance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    pub max_recv_len: u64,
-    pub max_send_len: u64,
-    pub send_masked: bool,
-    pub timeout_ms: ngx_msec_t,
-    /// `websocket_ping_interval`, when heartbeats are on.
-    pub ping_interval_ms: Option<ngx_msec_t>,
-    pub ping_timeout_ms: ngx_msec_t,
-    /// `websocket_max_session_time`, when set.
-    pub max_session_ms: Option<ngx_msec_t>,
-    /// `websocket_shutdown_spread`.
-    pub shutdown_spread_ms: ngx_msec_t,
-}
-
 impl LocConf {
     /// `websocket_deflate*`, when compression is on.
     pub fn deflate(&self) -> Option<(DeflateConfig, DeflateSettings)> {
@@ -338,6 +322,35 @@ impl LocConf {
             idle_timeout: self.keepalive_timeout,
             backlog: (self.keepalive_backlog >= 0).then_some(self.keepalive_backlog as usize),
         })
+    }
+
+    /// The location's `websocket_*` options, as an upgrade takes them.
+    pub fn server_options(&self) -> ServerOptions {
+        let limits = self.limits();
+        ServerOptions {
+            max_payload_len: self.max_payload_len as u64,
+            max_recv_len: Some(limits.max_recv_len),
+            max_send_len: Some(limits.max_send_len),
+            send_masked: limits.send_masked,
+            timeout: limits.timeout_ms as u64,
+            protocols: self.protocols.clone().unwrap_or_default(),
+            origins: self.origins.as_ref().map(|list| {
+                list.iter()
+                    .map(|o| String::from_utf8_lossy(o).into_owned())
+                    .collect()
+            }),
+            deflate: self.deflate().map(|(cfg, settings)| Deflate {
+                level: settings.level,
+                mem_level: settings.mem_level,
+                window_bits: cfg.window_bits,
+                context_takeover: cfg.context_takeover,
+                min_length: settings.min_length,
+            }),
+            ping_interval: limits.ping_interval_ms.map(|t| t as u64),
+            ping_timeout: limits.ping_timeout_ms as u64,
+            max_session_time: limits.max_session_ms.map(|t| t as u64),
+            shutdown_spread: limits.shutdown_spread_ms as u64,
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -748,7 +761,7 @@ unsafe extern "C" fn cmd_status(
             cf,
             conf,
             |c| c.status = true,
-            crate::metrics::status_handler,
+            crate::status::handler,
         )
     }
 }
@@ -793,11 +806,10 @@ unsafe extern "C" fn cmd_pass(
             }
         };
         // SAFETY: as above.
-        let upstream = match unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) } {
-            Ok(uscf) => uscf,
-            Err(_) => return NGX_CONF_ERROR,
-        };
-        conf.pass = Some(PassTarget::Static { url, upstream });
+        if unsafe { upstream_add(cf, &url.authority(), url.port_or_default()) }.is_err() {
+            return NGX_CONF_ERROR;
+        }
+        conf.pass = Some(PassTarget::Static { url });
     }
     // SAFETY: `cf` is the configuration being parsed, inside a location block.
     if unsafe { set_content_handler(cf, crate::proxy::handler) }.is_err() {

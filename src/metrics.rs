@@ -12,16 +12,22 @@ use ngx::ffi::{
     ngx_str_t, NGX_ERROR, NGX_OK,
 };
 
-use crate::session::Stats;
+use crate::stats::Stats;
 
 /// Which endpoint a session is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Echo = 0,
     Pass = 1,
+    /// `websocket_subscribe` (channels).
+    Subscribe = 2,
 }
 
-const KINDS: [(Kind, &str); 2] = [(Kind::Echo, "echo"), (Kind::Pass, "pass")];
+const KINDS: [(Kind, &str); 3] = [
+    (Kind::Echo, "echo"),
+    (Kind::Pass, "pass"),
+    (Kind::Subscribe, "subscribe"),
+];
 /// Close codes counted one by one; others are summed under "other".
 const FIRST_CODE: u16 = 1000;
 const CODES: usize = 16;
@@ -29,8 +35,8 @@ const REJECT_STATUSES: [u16; 7] = [400, 403, 405, 426, 502, 503, 504];
 
 #[repr(C)]
 struct Counters {
-    sessions_active: [AtomicU64; 2],
-    sessions_total: [AtomicU64; 2],
+    sessions_active: [AtomicU64; KINDS.len()],
+    sessions_total: [AtomicU64; KINDS.len()],
     messages: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
     closes: [AtomicU64; CODES + 1],
@@ -164,7 +170,8 @@ pub fn upstream_connected(reused: bool) {
     }
 }
 
-/// The metrics in the Prometheus text format (version 0.0.4).
+/// The session metrics in the Prometheus text format (version 0.0.4);
+/// `status` adds the zones' families.
 pub fn render() -> String {
     let mut out = String::new();
     let Some(c) = counters() else { return out };
@@ -250,23 +257,5 @@ pub fn render() -> String {
         "Sessions of exiting workers waiting for their turn to close or closing.",
         &mut core::iter::once((String::new(), get(&c.sessions_draining))),
     );
-    // [limit] each zone keeps its own counters.
-    crate::limit::render_metrics(&mut out);
     out
-}
-
-/// The content handler of `websocket_status`.
-///
-/// # Safety
-/// Called by nginx with a live request.
-pub unsafe extern "C" fn status_handler(r: *mut ngx::ffi::ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx hands a live request to its content handler.
-    let r = unsafe { crate::ngx_io::RequestRef::from_raw(r) };
-    if !matches!(r.method_name(), b"GET" | b"HEAD") {
-        return 405;
-    }
-    let body = render();
-    r.set_status(200, None);
-    r.set_content_type("text/plain; version=0.0.4");
-    r.send_small_response(body.as_bytes())
 }

@@ -37,11 +37,51 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
 // Unit-test executables link this crate without nginx around it: they must
 // not keep the module (and through it every nginx symbol) alive.
 #[cfg(all(feature = "export-modules", not(test)))]
-ngx::ngx_modules!(ngx_http_websocket_module);
+mod exported {
+    //! What `ngx::ngx_modules!` exports, by hand: its counting macro in
+    //! 0.5.1 does not take two modules. The channel module (issue 18)
+    //! ships in the same shared object; with the cargo feature
+    //! `redis-probe` (tests only, src/redis/probe.rs) a third module.
+    use core::ffi::c_char;
+    use core::ptr::{addr_of, null};
 
-#[cfg_attr(not(test), used)]
+    use crate::channels::ngx_http_websocket_channel_module;
+    use ngx::ffi::ngx_module_t;
+
+    use super::ngx_http_websocket_module;
+
+    const N: usize = if cfg!(feature = "redis-probe") { 4 } else { 3 };
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_modules: [*const ngx_module_t; N] = [
+        addr_of!(ngx_http_websocket_module),
+        addr_of!(ngx_http_websocket_channel_module),
+        #[cfg(feature = "redis-probe")]
+        addr_of!(crate::redis::probe::ngx_http_websocket_redis_probe_module),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_names: [*const c_char; N] = [
+        c"ngx_http_websocket_module".as_ptr(),
+        c"ngx_http_websocket_channel_module".as_ptr(),
+        #[cfg(feature = "redis-probe")]
+        c"ngx_http_websocket_redis_probe_module".as_ptr(),
+        null(),
+    ];
+
+    #[no_mangle]
+    #[allow(non_upper_case_globals)]
+    pub static mut ngx_module_order: [*const c_char; 1] = [null()];
+}
+
+// Only the module's own builds keep it: a crate that depends on this one as
+// a library (`default-features = false`) gets neither the static nor, through
+// it, the directives, and exports no symbol of ours.
+#[cfg_attr(all(feature = "export-modules", not(test)), used)]
 #[allow(non_upper_case_globals)]
-#[cfg_attr(not(feature = "export-modules"), no_mangle)]
 pub static mut ngx_http_websocket_module: ngx_module_t = ngx_module_t {
     ctx: addr_of!(MODULE_CTX) as _,
     // SAFETY: nginx reads the command table through this pointer and never

@@ -1,12 +1,13 @@
 //! A client connection that outlives its HTTP request.
 //!
 //! An upgraded session needs its request only for the access-log line at
-//! its end. With `access_log off` nothing reads the request again, so it is
-//! freed right after the 101, together with the header buffers, as nginx
-//! does for an idle keepalive connection: the request pool alone is 8 KiB,
-//! most of what an idle session would otherwise cost. The connection then
-//! carries the session in `c->data`, and this module closes it (with
-//! nginx's lingering close where asked) since no request will.
+//! its end. So it is freed right after the 101, together with the header
+//! buffers, as nginx does for an idle keepalive connection: the request
+//! pool alone is 8 KiB, most of what an idle session would otherwise cost.
+//! Unless `access_log off`, what the line needs is taken first and the line
+//! written when the session ends ([`log`]). The connection then carries
+//! the session in `c->data`, and this module closes it (with nginx's
+//! lingering close where asked) since no request will.
 //!
 //! To nginx's other modules the session stays one request until it ends:
 //! the request's cleanups that count it (limit_conn) or that it must keep
@@ -15,6 +16,7 @@
 //! cannot be carried is kept. [`cleanups`] lists those of nginx's modules.
 
 mod cleanups;
+mod log;
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
@@ -29,6 +31,7 @@ use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule}
 
 use crate::ngx_io::{CloseRequest, ConnectionRef, Direction, Io, RequestRef};
 use cleanups::{Carried, Handler, Plan};
+use log::{LogLine, PendingLog};
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::NGX_LOG_INFO;
 use ngx::ngx_log_error;
@@ -53,7 +56,7 @@ struct LogLocConfHead {
 impl RequestRef {
     /// Whether the location has `access_log off`, so that nothing reads the
     /// request after its response header.
-    pub fn access_log_off(&self) -> bool {
+    pub(crate) fn access_log_off(&self) -> bool {
         // SAFETY: the log module's loc conf exists in every location of a
         // live request and starts with the fields of `LogLocConfHead`.
         unsafe {
@@ -76,7 +79,47 @@ impl RequestRef {
     /// Gives the request ownership of `value` as its module context: it is
     /// dropped when the request pool is destroyed (after the access log was
     /// written), unless [`RequestRef::take_owned_ctx`] took it back first.
-    pub fn set_owned_ctx<T>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
+    pub(crate) fn set_owned_ctx<T: 'static>(&mut self, module: &ngx_module_t, value: Box<T>) -> Result<(), Box<T>> {
+        let raw = Box::into_raw(value);
+        // SAFETY: a box just leaked, dropped by `drop_ctx_box::<T>`.
+        match unsafe { self.add_ctx(module.ctx_index, raw, drop_ctx_box::<T>) } {
+            true => Ok(()),
+            // SAFETY: not stored: the box is the caller's again.
+            false => Err(unsafe { Box::from_raw(raw) }),
+        }
+    }
+
+    /// Lends `value` to the request as the context in slot `ctx_index`,
+    /// where [`RequestRef::owned_ctx`] finds it, until
+    /// [`RequestRef::end_loan`]; false when memory ran out.
+    ///
+    /// # Safety
+    /// `value` must outlive the loan, and not be used while the request
+    /// has it.
+    pub(crate) unsafe fn lend_ctx<T: 'static>(&mut self, ctx_index: usize, value: &mut T) -> bool {
+        // SAFETY: guaranteed by the caller; `forget_ctx` only empties the slot.
+        unsafe { self.add_ctx(ctx_index, value, forget_ctx) }
+    }
+
+    /// Ends a loan of [`RequestRef::lend_ctx`].
+    pub(crate) fn end_loan(&mut self, ctx_index: usize) {
+        // SAFETY: a live request; the slot holds a loan, which is not dropped.
+        unsafe { forget_ctx(self.as_ptr(), ctx_index) }
+    }
+
+    /// Puts `value` in the context slot `ctx_index`, with a request pool
+    /// cleanup that calls `drop` as the pool is destroyed, and through which
+    /// [`RequestRef::owned_ctx`] finds it as a `T`.
+    ///
+    /// # Safety
+    /// `ctx_index` must be a module index; `drop` must be sound for the
+    /// slot's value whenever it runs.
+    unsafe fn add_ctx<T: 'static>(
+        &mut self,
+        ctx_index: usize,
+        value: *mut T,
+        drop: unsafe fn(*mut ngx_http_request_t, usize),
+    ) -> bool {
         let r = self.as_ptr();
         // SAFETY: the request pool lives until the request is freed; the
         // cleanup's data is the request, still valid when the pool's
@@ -84,24 +127,55 @@ impl RequestRef {
         unsafe {
             let cln = ngx_pool_cleanup_add((*r).pool, core::mem::size_of::<OwnedCtx>());
             if cln.is_null() {
-                return Err(value);
+                return false;
             }
             let data: *mut OwnedCtx = (*cln).data.cast();
             data.write(OwnedCtx {
                 r,
-                ctx_index: module.ctx_index,
-                drop: drop_ctx_box::<T>,
+                ctx_index,
+                drop,
+                type_id: core::any::TypeId::of::<T>(),
             });
             (*cln).handler = Some(drop_owned_ctx);
-            *(*r).ctx.add(module.ctx_index) = Box::into_raw(value).cast();
+            *(*r).ctx.add(ctx_index) = value.cast();
         }
-        Ok(())
+        true
+    }
+
+    /// The context that [`RequestRef::set_owned_ctx`] gave as a `T`, found
+    /// among the request pool's cleanups, whatever the module.
+    pub(crate) fn owned_ctx<T: 'static>(&self) -> Option<NonNull<T>> {
+        let index = self.owned_ctx_index::<T>()?;
+        // SAFETY: the slot of a module index nginx assigned, in a live request.
+        NonNull::new(unsafe { *(*self.as_ptr()).ctx.add(index) }.cast())
+    }
+
+    /// The context slot that [`RequestRef::set_owned_ctx`] filled with a `T`.
+    fn owned_ctx_index<T: 'static>(&self) -> Option<usize> {
+        let r = self.as_ptr();
+        // SAFETY: a live request: its pool's cleanup list is well formed, and
+        // a cleanup whose handler is `drop_owned_ctx` has an `OwnedCtx` as
+        // its data, written by `set_owned_ctx` with the context's type.
+        unsafe {
+            let mut cln = (*(*r).pool).cleanup;
+            while !cln.is_null() {
+                if (*cln).handler.map(|h| h as usize) == Some(drop_owned_ctx as *const () as usize) {
+                    let owned: &OwnedCtx = &*(*cln).data.cast();
+                    if owned.type_id == core::any::TypeId::of::<T>() {
+                        return Some(owned.ctx_index);
+                    }
+                }
+                cln = (*cln).next;
+            }
+        }
+        None
     }
 
     /// Takes back the context given by [`RequestRef::set_owned_ctx`].
-    fn take_owned_ctx<T>(&mut self, module: &ngx_module_t) -> Option<Box<T>> {
+    fn take_owned_ctx<T: 'static>(&mut self) -> Option<Box<T>> {
+        let index = self.owned_ctx_index::<T>()?;
         // SAFETY: a live request; its slot was filled by `set_owned_ctx::<T>`.
-        unsafe { take_ctx_box(self.as_ptr(), module.ctx_index) }
+        unsafe { take_ctx_box(self.as_ptr(), index) }
     }
 }
 
@@ -120,6 +194,15 @@ unsafe fn take_ctx_box<T>(r: *mut ngx_http_request_t, ctx_index: usize) -> Optio
     }
 }
 
+/// Empties a module context slot without dropping what it held (a loan).
+///
+/// # Safety
+/// `r` must be a live request and `ctx_index` a module index.
+unsafe fn forget_ctx(r: *mut ngx_http_request_t, ctx_index: usize) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { *(*r).ctx.add(ctx_index) = ptr::null_mut() };
+}
+
 /// Drops the box in a module context slot, as [`take_ctx_box`].
 ///
 /// # Safety
@@ -135,6 +218,8 @@ struct OwnedCtx {
     ctx_index: usize,
     /// `drop_ctx_box` of the context's type.
     drop: unsafe fn(*mut ngx_http_request_t, usize),
+    /// The context's type, for [`RequestRef::owned_ctx`].
+    type_id: core::any::TypeId,
 }
 
 /// The request pool cleanup of every owned context: one function, so that
@@ -158,23 +243,46 @@ struct Lingering {
 }
 
 /// Whether a session may drop its request, how its connection lingers at
-/// the close once it did, and the request's cleanups it carries.
+/// the close once it did, the request's cleanups it carries and what its
+/// access-log line needs.
 pub struct Detach {
-    /// `access_log off`: nothing needs the request once the 101 is out.
+    /// False once the request must be kept.
     wanted: bool,
     /// Set once the request is detached.
     lingering: Option<Lingering>,
     /// Run once the connection closes.
     carried: Carried,
+    /// The request's access-log line, unless `access_log off`.
+    log: Option<Box<PendingLog>>,
 }
 
 impl Detach {
-    pub fn for_request(r: &RequestRef) -> Detach {
+    /// A session's: whether it drops its request is decided once the 101
+    /// is out ([`detach_session`]), by what the request still has to do.
+    pub fn for_request(_r: &RequestRef) -> Detach {
         Detach {
-            wanted: r.access_log_off(),
+            wanted: true,
             lingering: None,
             carried: Carried::default(),
+            log: None,
         }
+    }
+}
+
+/// What happens as a detached session's connection closes, in nginx's
+/// order for a request: its access-log line, then its carried cleanups.
+#[derive(Default)]
+struct Ending {
+    line: Option<LogLine>,
+    carried: Carried,
+}
+
+impl Ending {
+    fn run(self) {
+        if let Some(line) = self.line {
+            line.write();
+        }
+        drop(self.carried);
     }
 }
 
@@ -195,12 +303,11 @@ pub trait DetachedSession {
 ///
 /// # Safety
 /// As for [`detach_request`]; the session must not be referenced elsewhere.
-pub unsafe fn detach_session<T: DetachedSession>(
+pub unsafe fn detach_session<T: DetachedSession + 'static>(
     r: &mut RequestRef,
-    module: &ngx_module_t,
     handler: unsafe extern "C" fn(*mut ngx_event_t),
 ) -> Option<&'static mut T> {
-    let mut ctx = r.ctx::<T>(module)?;
+    let mut ctx = r.owned_ctx::<T>()?;
     // SAFETY: guaranteed by the caller.
     let detach = unsafe { ctx.as_mut() }.detach();
     if !detach.wanted || r.output_pending() || !r.only_held() {
@@ -215,7 +322,21 @@ pub unsafe fn detach_session<T: DetachedSession>(
         detach.wanted = false;
         return None;
     };
-    let mut session = r.take_owned_ctx::<T>(module)?;
+    let ctx_index = r.owned_ctx_index::<T>()?;
+    let log = match r.access_log_off() {
+        true => None,
+        // SAFETY: a live main request whose response header went out.
+        false => match unsafe { PendingLog::capture(r, ctx_index) } {
+            Some(log) => Some(Box::new(log)),
+            None => {
+                // SAFETY: as above.
+                unsafe { ctx.as_mut() }.detach().wanted = false;
+                return None;
+            }
+        },
+    };
+    let mut session = r.take_owned_ctx::<T>()?;
+    session.detach().log = log;
     // SAFETY: the request is still live; it is freed right after.
     session.detach().carried = unsafe { plan.take() };
     let raw: *mut T = &mut *session;
@@ -258,6 +379,8 @@ unsafe fn detach_request(
         let hc = (*r).http_connection;
         let log_ctx = DetachedLogCtx::new(r, server.unwrap_or_default());
         let action = (*(*c).log).action;
+        // Its access-log line, if any, is written when the session ends.
+        (*r).set_logged(1);
         ngx_http_free_request(r, 0);
         (*(*c).log).action = action;
         if let Some(ctx) = log_ctx {
@@ -411,7 +534,7 @@ pub unsafe fn detached_session<'a, T>(ev: *mut ngx_event_t) -> (&'a ConnectionRe
 ///
 /// # Safety
 /// As for [`end_detached`].
-pub unsafe fn serve_close_request<T: DetachedSession>(c: &ConnectionRef, session: &mut T) -> bool {
+pub unsafe fn serve_close_request<T: DetachedSession + 'static>(c: &ConnectionRef, session: &mut T) -> bool {
     match c.take_close_request() {
         CloseRequest::None => true,
         CloseRequest::Graceful => {
@@ -436,27 +559,31 @@ pub unsafe fn serve_close_request<T: DetachedSession>(c: &ConnectionRef, session
 ///
 /// # Safety
 /// `session` must be the one leaked into `c->data`; neither is used again.
-pub unsafe fn end_detached<T: DetachedSession>(c: &ConnectionRef, session: &mut T, linger: bool) {
+pub unsafe fn end_detached<T: DetachedSession + 'static>(c: &ConnectionRef, session: &mut T, linger: bool) {
     let lingering = session.detach().lingering.filter(|_| linger);
     let carried = core::mem::take(&mut session.detach().carried);
+    let pending = session.detach().log.take();
+    // SAFETY: the session's live connection; the session is not otherwise
+    // used meanwhile (guaranteed by the caller).
+    let line = pending.and_then(|p| unsafe { p.session_ended(c.as_ptr(), session) });
     // SAFETY: guaranteed by the caller: a box its owner leaked.
     drop(unsafe { Box::from_raw(session as *mut T) });
     // SAFETY: the session is gone; the connection is closed here.
-    unsafe { close_detached(c.as_ptr(), lingering, carried) };
+    unsafe { close_detached(c.as_ptr(), lingering, Ending { line, carried }) };
 }
 
 /// Closes a connection whose request was detached, once its session was
 /// dropped: at once, or (`linger`) after half-closing it and draining what
 /// the peer still sends, so that a close frame just sent is not lost to a
 /// TCP reset. A TLS connection closes at once, after its TLS shutdown.
-/// The request's `carried` cleanups run right before the close, as nginx
-/// runs them when it frees a request before closing its connection (after
-/// a lingering close too).
+/// The request's access-log line is written and its carried cleanups run
+/// right before the close, as nginx does when it frees a request before
+/// closing its connection (after a lingering close too).
 ///
 /// # Safety
 /// `c` must be a live connection of this worker returned by
 /// [`detach_request`] whose `c->data` is no longer used.
-unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>, carried: Carried) {
+unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>, ending: Ending) {
     // SAFETY: guaranteed by the caller.
     let conn = unsafe { ConnectionRef::from_ptr(c) };
     conn.del_timer(Direction::Read);
@@ -465,9 +592,9 @@ unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>, ca
     // SAFETY: a live connection; `ssl` is null for plain TCP.
     let tls = unsafe { !(*c).ssl.is_null() };
     match linger {
-        Some(linger) if !tls => unsafe { start_lingering(c, linger, carried) },
+        Some(linger) if !tls => unsafe { start_lingering(c, linger, ending) },
         _ => {
-            drop(carried);
+            ending.run();
             // SAFETY: nginx closes the socket and destroys the connection pool.
             unsafe { ngx_http_close_connection(c) }
         }
@@ -475,12 +602,12 @@ unsafe fn close_detached(c: *mut ngx_connection_t, linger: Option<Lingering>, ca
 }
 
 /// What a lingering connection waits for: until when it may drain, and
-/// the longest pause between the peer's bytes; and the request's cleanups,
-/// run at the close.
+/// the longest pause between the peer's bytes; and the request's log line
+/// and cleanups, at the close.
 struct Drain {
     until_sec: i64,
     timeout_ms: ngx_msec_t,
-    carried: Carried,
+    ending: Ending,
 }
 
 /// nginx's cached current time in seconds.
@@ -489,11 +616,11 @@ fn now_sec() -> i64 {
     unsafe { (*ngx::ffi::ngx_cached_time).sec }
 }
 
-unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering, carried: Carried) {
+unsafe fn start_lingering(c: *mut ngx_connection_t, linger: Lingering, ending: Ending) {
     let drain = Box::new(Drain {
         until_sec: now_sec() + (linger.time_ms / 1000) as i64,
         timeout_ms: linger.timeout_ms,
-        carried,
+        ending,
     });
     // SAFETY: a live connection of this worker; its data slot is free.
     unsafe {
@@ -557,7 +684,7 @@ unsafe fn finish_lingering(c: *mut ngx_connection_t) {
         let drain = Box::from_raw((*c).data.cast::<Drain>());
         (*c).data = ptr::null_mut();
         ConnectionRef::from_ptr(c).del_timer(Direction::Read);
-        drop(drain.carried);
+        drain.ending.run();
         ngx_http_close_connection(c);
     }
 }

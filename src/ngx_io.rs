@@ -19,7 +19,8 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, NgxHttpCoreModule};
 
-/// An nginx call that failed; nginx has usually logged the cause already.
+/// An nginx call that failed (its name); nginx has usually logged the cause
+/// already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NgxError(pub &'static str);
 
@@ -123,7 +124,9 @@ pub enum CloseRequest {
 /// Which of a connection's two events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
+    /// The read event.
     Read,
+    /// The write event.
     Write,
 }
 
@@ -140,16 +143,18 @@ impl ConnectionRef {
         }
     }
 
+    /// The connection's log, for `ngx_log_error!`.
     pub fn log(&self) -> *mut ngx_log_t {
         self.raw().log
     }
 
+    /// The socket's file descriptor.
     pub fn fd(&self) -> i32 {
         self.raw().fd
     }
 
     /// Reads into `buf` with the connection's own `recv` (plain or TLS).
-    pub fn recv(&self, buf: &mut [u8]) -> Io {
+    pub(crate) fn recv(&self, buf: &mut [u8]) -> Io {
         let recv = self
             .raw()
             .recv
@@ -169,7 +174,7 @@ impl ConnectionRef {
     /// After [`Io::Again`] the next send must start with the same bytes and
     /// be no shorter: over TLS, OpenSSL has taken part of them into a record
     /// it finishes first (the bytes may have moved in memory meanwhile).
-    pub fn send(&self, buf: &[u8]) -> Io {
+    pub(crate) fn send(&self, buf: &[u8]) -> Io {
         let send = self
             .raw()
             .send
@@ -219,13 +224,13 @@ impl ConnectionRef {
         }
     }
 
-    pub fn ready(&self, dir: Direction) -> bool {
+    pub(crate) fn ready(&self, dir: Direction) -> bool {
         // SAFETY: both events of a live connection are valid.
         unsafe { (*self.event(dir)).ready() != 0 }
     }
 
     /// Returns whether the event's timer fired, and clears the flag.
-    pub fn take_timedout(&self, dir: Direction) -> bool {
+    pub(crate) fn take_timedout(&self, dir: Direction) -> bool {
         let ev = self.event(dir);
         // SAFETY: both events of a live connection are valid and only touched
         // from this worker's thread.
@@ -238,12 +243,12 @@ impl ConnectionRef {
 
     /// (Re)arms the event's timer; nginx skips the rbtree update when the
     /// deadline moves by less than its lazy delay.
-    pub fn add_timer(&self, dir: Direction, ms: ngx_msec_t) {
+    pub(crate) fn add_timer(&self, dir: Direction, ms: ngx_msec_t) {
         // SAFETY: the event belongs to a live connection of this worker.
         unsafe { ngx::ffi::ngx_add_timer(self.event(dir), ms) }
     }
 
-    pub fn del_timer(&self, dir: Direction) {
+    pub(crate) fn del_timer(&self, dir: Direction) {
         let ev = self.event(dir);
         // SAFETY: as above; the timer is only deleted when set.
         unsafe {
@@ -254,7 +259,7 @@ impl ConnectionRef {
     }
 
     /// Registers interest in the event with nginx's event loop.
-    pub fn handle_event(&self, dir: Direction) -> Result<(), NgxError> {
+    pub(crate) fn handle_event(&self, dir: Direction) -> Result<(), NgxError> {
         // SAFETY: the event belongs to a live connection of this worker.
         let rc = unsafe {
             match dir {
@@ -271,7 +276,7 @@ impl ConnectionRef {
 
     /// Whether the peer has closed its side, without consuming anything it
     /// sent (as nginx's `ngx_http_test_reading` checks).
-    pub fn peer_closed(&self) -> bool {
+    pub(crate) fn peer_closed(&self) -> bool {
         let rev = self.event(Direction::Read);
         // SAFETY: the read event of a live connection; a one-byte peek into
         // a local buffer.
@@ -293,7 +298,7 @@ impl ConnectionRef {
     /// Marks the connection idle, so that when the worker starts exiting
     /// nginx calls its read handler with `close` set (see
     /// [`ConnectionRef::take_close_request`]).
-    pub fn set_idle(&self, idle: bool) {
+    pub(crate) fn set_idle(&self, idle: bool) {
         // SAFETY: a live connection of this worker.
         unsafe { ngx_connection_t::set_idle_raw(self.as_ptr(), idle as u32) }
     }
@@ -302,7 +307,7 @@ impl ConnectionRef {
     /// the request and the idle mark so it is asked once. A graceful request
     /// also makes the next read really read: data may be in the socket that
     /// the event loop has not reported yet.
-    pub fn take_close_request(&self) -> CloseRequest {
+    pub(crate) fn take_close_request(&self) -> CloseRequest {
         let c = self.as_ptr();
         // SAFETY: a live connection of this worker with its read event.
         unsafe {
@@ -325,7 +330,7 @@ impl ConnectionRef {
     /// Makes the next read really read the socket: data may be there that
     /// the event loop has not reported yet, or that it reported to a handler
     /// that did not read it.
-    pub fn assume_readable(&self) {
+    pub(crate) fn assume_readable(&self) {
         let rev = self.event(Direction::Read);
         // SAFETY: the read event of a live connection of this worker.
         unsafe {
@@ -336,7 +341,7 @@ impl ConnectionRef {
 
     /// Handles both events of the connection with `handler` directly,
     /// instead of through the request's handlers.
-    pub fn set_event_handler(&self, handler: unsafe extern "C" fn(*mut ngx::ffi::ngx_event_t)) {
+    pub(crate) fn set_event_handler(&self, handler: unsafe extern "C" fn(*mut ngx::ffi::ngx_event_t)) {
         // SAFETY: a live connection with both events.
         unsafe {
             (*self.raw().read).handler = Some(handler);
@@ -345,7 +350,7 @@ impl ConnectionRef {
     }
 
     /// Queues the event to run on this loop iteration's posted-events pass.
-    pub fn post(&self, dir: Direction) {
+    pub(crate) fn post(&self, dir: Direction) {
         // SAFETY: the event belongs to a live connection of this worker and
         // the posted-events queue is the worker's own.
         unsafe {
@@ -356,7 +361,7 @@ impl ConnectionRef {
         }
     }
 
-    pub fn tcp_nodelay(&self) -> Result<(), NgxError> {
+    pub(crate) fn tcp_nodelay(&self) -> Result<(), NgxError> {
         // SAFETY: the connection is live.
         if unsafe { ngx_tcp_nodelay(self.as_ptr()) } == NGX_OK as ngx_int_t {
             Ok(())
@@ -366,7 +371,7 @@ impl ConnectionRef {
     }
 
     /// Sets the phrase nginx appends to log lines ("while ...").
-    pub fn set_log_action(&self, action: &'static core::ffi::CStr) {
+    pub(crate) fn set_log_action(&self, action: &'static core::ffi::CStr) {
         // SAFETY: the log belongs to the connection; `action` lives forever.
         unsafe { (*self.log()).action = action.as_ptr().cast_mut() }
     }
@@ -403,35 +408,39 @@ impl RequestRef {
         unsafe { &mut *self.as_ptr() }
     }
 
+    /// The client connection the request came on.
     pub fn connection(&self) -> &ConnectionRef {
         // SAFETY: a request's connection outlives the request.
         unsafe { ConnectionRef::from_ptr(self.raw().connection) }
     }
 
+    /// The request's log, for `ngx_log_error!`.
     pub fn log(&self) -> *mut ngx_log_t {
         self.connection().log()
     }
 
+    /// Whether this is the main request, not a subrequest.
     pub fn is_main(&self) -> bool {
         ptr::eq(self.raw().main, self.as_ptr())
     }
 
     /// Whether the request is one HTTP/2 stream of a connection: its
     /// `connection` is then a stand-in that shares the real socket.
-    pub fn is_http2_stream(&self) -> bool {
+    pub(crate) fn is_http2_stream(&self) -> bool {
         !self.raw().stream.is_null()
     }
 
+    /// The request method, as sent (`GET`).
     pub fn method_name(&self) -> &[u8] {
         self.raw().method_name.as_bytes()
     }
 
-    pub fn http_version(&self) -> u32 {
+    pub(crate) fn http_version(&self) -> u32 {
         self.raw().http_version as u32
     }
 
     /// Whether the request announces a body (Content-Length > 0 or chunked).
-    pub fn has_body(&self) -> bool {
+    pub(crate) fn has_body(&self) -> bool {
         let h = &self.raw().headers_in;
         h.content_length_n > 0 || h.chunked() != 0
     }
@@ -460,7 +469,7 @@ impl RequestRef {
 
     /// The request's bytes that arrived after its header (a client may send
     /// frames right behind the handshake); they are consumed.
-    pub fn take_pipelined(&mut self) -> Vec<u8> {
+    pub(crate) fn take_pipelined(&mut self) -> Vec<u8> {
         let b: *mut ngx_buf_t = self.raw().header_in;
         if b.is_null() {
             return Vec::new();
@@ -475,6 +484,7 @@ impl RequestRef {
         }
     }
 
+    /// Sets the response status (and, optionally, the whole status line).
     pub fn set_status(&mut self, status: u32, line: Option<&'static str>) {
         let r = self.raw_mut();
         r.headers_out.status = status as _;
@@ -510,10 +520,12 @@ impl RequestRef {
         Ok(())
     }
 
+    /// Sets the response's `Content-Length`.
     pub fn set_content_length(&mut self, n: usize) {
         self.raw_mut().headers_out.content_length_n = n as _;
     }
 
+    /// Sets the response's `Content-Type`.
     pub fn set_content_type(&mut self, value: &'static str) {
         let r = self.raw_mut();
         r.headers_out.content_type = ngx_str_t {
@@ -525,7 +537,7 @@ impl RequestRef {
 
     /// Sends the response header and flushes it to the socket (buffered by
     /// nginx if the socket is not writable).
-    pub fn send_header_flush(&mut self) -> Result<(), NgxError> {
+    pub(crate) fn send_header_flush(&mut self) -> Result<(), NgxError> {
         let r = self.as_ptr();
         // SAFETY: the request is live and its header not sent yet.
         unsafe {
@@ -572,12 +584,12 @@ impl RequestRef {
     }
 
     /// Whether response bytes are still held by nginx's output filters.
-    pub fn output_pending(&self) -> bool {
+    pub(crate) fn output_pending(&self) -> bool {
         !self.raw().out.is_null() || self.connection().raw().buffered() != 0
     }
 
     /// Pushes response bytes held by nginx's output filters to the socket.
-    pub fn flush_output(&mut self) -> Result<(), NgxError> {
+    pub(crate) fn flush_output(&mut self) -> Result<(), NgxError> {
         // SAFETY: the request is live; a null chain only flushes what is held.
         let rc = unsafe { ngx_http_output_filter(self.as_ptr(), ptr::null_mut()) };
         if rc == NGX_ERROR as ngx_int_t {
@@ -589,7 +601,7 @@ impl RequestRef {
 
     /// Keeps the request alive after the content handler returns NGX_DONE;
     /// balanced by one [`RequestRef::finalize`].
-    pub fn hold(&mut self) {
+    pub(crate) fn hold(&mut self) {
         // SAFETY: the main request is live; nginx counts references this way.
         unsafe {
             let main = self.raw().main;
@@ -597,7 +609,7 @@ impl RequestRef {
         }
     }
 
-    pub fn set_event_handlers(&mut self, read: RequestEventHandler, write: RequestEventHandler) {
+    pub(crate) fn set_event_handlers(&mut self, read: RequestEventHandler, write: RequestEventHandler) {
         let r = self.raw_mut();
         r.read_event_handler = Some(read);
         r.write_event_handler = Some(write);
@@ -606,21 +618,21 @@ impl RequestRef {
 
     /// The module context of `module` in the request (see
     /// `RequestRef::set_owned_ctx`).
-    pub fn ctx<T>(&self, module: &ngx::ffi::ngx_module_t) -> Option<NonNull<T>> {
+    pub(crate) fn ctx<T>(&self, module: &ngx::ffi::ngx_module_t) -> Option<NonNull<T>> {
         // SAFETY: `ctx` has one slot per HTTP module, indexed by ctx_index.
         NonNull::new(unsafe { *self.raw().ctx.add(module.ctx_index) }.cast())
     }
 
     /// The client connection, to run posted requests on after the request
     /// itself may be gone (see [`run_posted_requests`]).
-    pub fn connection_ptr(&self) -> *mut ngx_connection_t {
+    pub(crate) fn connection_ptr(&self) -> *mut ngx_connection_t {
         self.raw().connection
     }
 
     /// Ends the request with an HTTP status (or NGX_ERROR) instead of a
     /// WebSocket session: nginx sends its error page. Same rules as
     /// [`RequestRef::finalize`] about what may be touched afterwards.
-    pub fn finalize_status(&mut self, rc: ngx_int_t) {
+    pub(crate) fn finalize_status(&mut self, rc: ngx_int_t) {
         // SAFETY: the request is live and held.
         unsafe { ngx_http_finalize_request(self.as_ptr(), rc) }
     }
@@ -635,7 +647,7 @@ impl RequestRef {
     /// at once, so a close frame we just sent is not lost to a TCP reset.
     /// The request and everything in its pool may be freed here: the caller
     /// must not touch them afterwards.
-    pub fn finalize(&mut self, linger: bool, error: bool) {
+    pub(crate) fn finalize(&mut self, linger: bool, error: bool) {
         self.connection().del_timer(Direction::Read);
         self.connection().del_timer(Direction::Write);
         let r = self.as_ptr();
@@ -728,7 +740,7 @@ impl ComplexValue {
     }
 
     /// Evaluates the value for `r`.
-    pub fn evaluate(&self, r: &RequestRef) -> Result<Vec<u8>, NgxError> {
+    pub(crate) fn evaluate(&self, r: &RequestRef) -> Result<Vec<u8>, NgxError> {
         let mut out = ngx_str_t::empty();
         // SAFETY: the compiled value lives in the configuration pool; the
         // result is allocated in the request pool and copied out at once.
@@ -772,13 +784,23 @@ pub fn cycle_log() -> *mut ngx_log_t {
 
 /// Posts a client connection's write event, so that its request handler
 /// runs on this loop iteration (to wake a session waiting for a pool).
-pub fn post_write_event(c: NonNull<ngx_connection_t>) {
-    // SAFETY: the caller keeps only live connections of this worker.
+///
+/// # Safety
+/// `c` must be an open connection of this worker.
+pub unsafe fn post_write_event(c: NonNull<ngx_connection_t>) {
+    // SAFETY: guaranteed by the caller.
     unsafe { ConnectionRef::from_ptr(c.as_ptr()) }.post(Direction::Write);
 }
 
 /// nginx's cached current time in milliseconds.
+#[cfg(not(test))]
 pub fn now_msec() -> ngx_msec_t {
     // SAFETY: a plain read of the worker's time cache.
     unsafe { ngx::ffi::ngx_current_msec }
+}
+
+/// Unit tests run without nginx: its clock stands still at 0.
+#[cfg(test)]
+pub fn now_msec() -> ngx_msec_t {
+    0
 }

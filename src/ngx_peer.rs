@@ -79,6 +79,26 @@ impl PeerSource {
     }
 }
 
+impl PeerSource {
+    /// The implicit `upstream {}` block nginx made when the configuration
+    /// loaded for `host:port` (a `websocket_pass` or `proxy_pass` with that
+    /// address), its names resolved then.
+    pub fn implicit(r: &RequestRef, host: &str, port: u16) -> Option<PeerSource> {
+        // SAFETY: as in `named`.
+        unsafe {
+            let module = &*ptr::addr_of!(ngx::ffi::ngx_http_upstream_module);
+            let umcf: *mut ngx_http_upstream_main_conf_t =
+                (*(*r.as_ptr()).main_conf.add(module.ctx_index)).cast();
+            let blocks: &[*mut ngx_http_upstream_srv_conf_t] = (*umcf).upstreams.as_slice();
+            blocks.iter().copied().find_map(|uscf| {
+                let u = &*uscf;
+                let same = u.port == port && u.host.as_bytes().eq_ignore_ascii_case(host.as_bytes());
+                (same && u.flags == 0).then(|| PeerSource::Upstream(NonNull::new_unchecked(uscf)))
+            })
+        }
+    }
+}
+
 /// What one connect attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connect {

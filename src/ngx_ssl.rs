@@ -9,12 +9,13 @@ use core::ptr::{self, NonNull};
 
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    ngx_conf_t, ngx_connection_handler_pt, ngx_int_t, ngx_pcalloc, ngx_pool_cleanup_add,
-    ngx_ssl_certificate, ngx_ssl_check_host, ngx_ssl_ciphers, ngx_ssl_cleanup_ctx, ngx_ssl_create,
-    ngx_ssl_create_connection, ngx_ssl_handshake, ngx_ssl_t, ngx_ssl_trusted_certificate,
-    ngx_str_t, NGX_SSL_TLSv1_2, NGX_SSL_TLSv1_3, SSL_ctrl, SSL_get_verify_result,
-    TLSEXT_NAMETYPE_host_name, X509_verify_cert_error_string, NGX_AGAIN, NGX_OK, NGX_SSL_BUFFER,
-    NGX_SSL_CLIENT, SSL_CTRL_SET_TLSEXT_HOSTNAME, X509_V_OK,
+    ngx_conf_t, ngx_connection_handler_pt, ngx_connection_t, ngx_int_t, ngx_pcalloc,
+    ngx_pool_cleanup_add, ngx_ssl_certificate, ngx_ssl_check_host, ngx_ssl_ciphers,
+    ngx_ssl_cleanup_ctx, ngx_ssl_connection_certificate, ngx_ssl_create, ngx_ssl_create_connection,
+    ngx_ssl_handshake, ngx_ssl_t, ngx_ssl_trusted_certificate, ngx_str_t, NGX_SSL_TLSv1_2,
+    NGX_SSL_TLSv1_3, SSL_ctrl, SSL_get_verify_result, TLSEXT_NAMETYPE_host_name,
+    X509_verify_cert_error_string, NGX_AGAIN, NGX_OK, NGX_SSL_BUFFER, NGX_SSL_CLIENT,
+    SSL_CTRL_SET_TLSEXT_HOSTNAME, X509_V_OK,
 };
 
 use crate::ngx_io::{conf_error, ConnectionRef, NgxError};
@@ -111,17 +112,8 @@ impl ClientTls {
 /// `cf` must be the configuration nginx is loading.
 /// It is zero-terminated: nginx hands absolute paths to OpenSSL as C strings.
 unsafe fn conf_str(cf: *mut ngx_conf_t, s: &[u8]) -> Result<ngx_str_t, NgxError> {
-    // SAFETY: guaranteed by the caller; one more byte is allocated for the
-    // terminator and the length excludes it.
-    unsafe {
-        let data: *mut u8 = ngx::ffi::ngx_pnalloc((*cf).pool, s.len() + 1).cast();
-        if data.is_null() {
-            return Err(NgxError("ngx_pnalloc"));
-        }
-        ptr::copy_nonoverlapping(s.as_ptr(), data, s.len());
-        *data.add(s.len()) = 0;
-        Ok(ngx_str_t { len: s.len(), data })
-    }
+    // SAFETY: guaranteed by the caller: the configuration's pool is live.
+    unsafe { pool_str((*cf).pool, s) }
 }
 
 /// Where a TLS handshake stands.
@@ -134,12 +126,20 @@ pub enum TlsHandshake {
     Failed,
 }
 
+/// A client certificate and its key for one connection: file names (relative
+/// to nginx's configuration prefix), or `data:` followed by the PEM text.
+pub struct ConnCert {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
 /// Starts TLS on a connected upstream socket, with `sni` as the server name
-/// (none for an IP address).
+/// (none for an IP address), presenting `cert` if the upstream asks for one.
 pub fn start(
     tls: ClientTls,
     c: &ConnectionRef,
     sni: Option<&CStr>,
+    cert: Option<&ConnCert>,
     on_done: ngx_connection_handler_pt,
 ) -> TlsHandshake {
     let c = c.as_ptr();
@@ -149,6 +149,11 @@ pub fn start(
         let flags = (NGX_SSL_BUFFER | NGX_SSL_CLIENT) as _;
         if ngx_ssl_create_connection(tls.0.as_ptr(), c, flags) != NGX_OK as ngx_int_t {
             return TlsHandshake::Failed;
+        }
+        if let Some(cert) = cert {
+            if use_certificate(c, cert).is_err() {
+                return TlsHandshake::Failed;
+            }
         }
         if let Some(name) = sni {
             let ssl = (*(*c).ssl).connection;
@@ -171,6 +176,55 @@ pub fn start(
             }
             _ => TlsHandshake::Failed,
         }
+    }
+}
+
+/// Loads `cert` into the connection's SSL object (nginx logs a failure).
+///
+/// # Safety
+/// `c` must be a live connection with a pool, whose SSL object was just
+/// created.
+unsafe fn use_certificate(c: *mut ngx_connection_t, cert: &ConnCert) -> Result<(), NgxError> {
+    // SAFETY: guaranteed by the caller; the names are copied into the
+    // connection's pool, zero-terminated (OpenSSL reads file names as C
+    // strings), and nginx reads them only during the call.
+    unsafe {
+        let pool = (*c).pool;
+        let mut name = pool_str(pool, &cert.cert)?;
+        let mut key = pool_str(pool, &cert.key)?;
+        #[cfg(nginx1_27_4)]
+        let rc = ngx_ssl_connection_certificate(
+            c,
+            pool,
+            &mut name,
+            &mut key,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
+        #[cfg(not(nginx1_27_4))]
+        let rc = ngx_ssl_connection_certificate(c, pool, &mut name, &mut key, ptr::null_mut());
+        if rc != NGX_OK as ngx_int_t {
+            return Err(NgxError("ngx_ssl_connection_certificate"));
+        }
+    }
+    Ok(())
+}
+
+/// A zero-terminated copy of `s` in `pool`.
+///
+/// # Safety
+/// `pool` must be a live pool.
+unsafe fn pool_str(pool: *mut ngx::ffi::ngx_pool_t, s: &[u8]) -> Result<ngx_str_t, NgxError> {
+    // SAFETY: guaranteed by the caller; one more byte is allocated for the
+    // terminator and the length excludes it.
+    unsafe {
+        let data: *mut u8 = ngx::ffi::ngx_pnalloc(pool, s.len() + 1).cast();
+        if data.is_null() {
+            return Err(NgxError("ngx_pnalloc"));
+        }
+        ptr::copy_nonoverlapping(s.as_ptr(), data, s.len());
+        *data.add(s.len()) = 0;
+        Ok(ngx_str_t { len: s.len(), data })
     }
 }
 

@@ -185,11 +185,6 @@ impl Pool {
         &self.name
     }
 
-    /// Idle connections now in the pool.
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().len()
-    }
-
     /// A connection for a session whose upstream handshake is `handshake`,
     /// to the peer at `address` that the balancer picked (as nginx's
     /// `keepalive` reuses only a connection to the picked peer).
@@ -274,7 +269,9 @@ impl Pool {
 
     fn wake_first(&self) {
         if let Some(first) = self.waiters.borrow().front() {
-            post_write_event(*first);
+            // SAFETY: a waiter's `Keepalive` leaves the line when dropped,
+            // which its session does before the client connection closes.
+            unsafe { post_write_event(*first) };
         }
     }
 

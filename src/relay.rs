@@ -14,7 +14,7 @@ use crate::ngx_io::Direction;
 use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, POLICY, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::session::{FrameType, Quiet, WebSocket, WsError};
+use crate::session::{Quiet, WebSocket, WsError};
 use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
@@ -72,10 +72,16 @@ pub struct Relay {
     /// The client stopped reading for `websocket_timeout`: it is closed
     /// without a close frame (none could reach it) and without lingering.
     client_given_up: bool,
+    /// `websocket_keepalive_timeout`: how long a pooled upstream stays idle.
+    keepalive_timeout: ngx::ffi::ngx_msec_t,
 }
 
 impl Relay {
-    pub fn new(mut client: WebSocket, mut upstream: WsClient) -> Relay {
+    pub fn new(
+        mut client: WebSocket,
+        mut upstream: WsClient,
+        keepalive_timeout: ngx::ffi::ngx_msec_t,
+    ) -> Relay {
         // A leg's reading waits only for the other leg's queue (`pump`),
         // which backs up to the peer that is slow: waiting for its own queue
         // too would make a cycle, the relay not reading the upstream because
@@ -100,11 +106,12 @@ impl Relay {
             close_client_with: None,
             close_client_reason: b"",
             client_given_up: false,
+            keepalive_timeout,
         }
     }
 
     /// What crossed the client leg so far.
-    pub fn client_stats(&self) -> crate::session::Stats {
+    pub fn client_stats(&self) -> crate::stats::Stats {
         self.client.stats()
     }
 
@@ -298,42 +305,33 @@ impl Relay {
                     return false;
                 }
             };
-            // The upstream's answer to the fence ends the session; data or
-            // a close show it still talks to this session, which then closes
-            // as usual (pings and other pongs are relayed and change nothing).
             let fence = self.fencing.filter(|_| way == Way::ToClient);
-            if let Some((fence, code)) = fence {
-                if frame.typ == FrameType::Pong && fence.answered_by(frame.data()) {
+            let (action, fence_broken) = decide(Facts {
+                typ: frame.typ,
+                fenced: fence.is_some(),
+                answers_fence: frame.typ == OpCode::Pong
+                    && fence.is_some_and(|(f, _)| f.answered_by(frame.data())),
+                client_closing: close_client_with.is_some(),
+                poolable: frame.typ == OpCode::Close && may_pool && dst.reusable(),
+            });
+            let forwarded = match action {
+                Forward::FenceAnswered => {
                     self.fencing = None;
+                    let code = fence.and_then(|(_, code)| code);
                     self.pooling = dst.send_close(code, b"").is_ok();
                     return false;
                 }
-            }
-            let fence_broken =
-                fence.filter(|_| !matches!(frame.typ, FrameType::Ping | FrameType::Pong));
-            let forwarded = match frame.typ {
-                FrameType::Ping => dst.send_ping(frame.data()),
-                FrameType::Pong => dst.send_pong(frame.data()),
-                // After a client violation the client hears its own code
-                // (sent by `step`), not the upstream's answer.
-                FrameType::Close if close_client_with.is_some() => Ok(()),
-                // A normal close from the client while the upstream leg is
-                // clean: fence the upstream to keep it for later.
-                FrameType::Close if may_pool && dst.reusable() => {
+                Forward::Ping => dst.send_ping(frame.data()),
+                Forward::Pong => dst.send_pong(frame.data()),
+                Forward::DropClose => Ok(()),
+                Forward::Fence => {
                     let code = frame.close_code;
                     Fence::send(dst).map(|fence| self.fencing = Some((fence, code)))
                 }
-                FrameType::Close => dst.send_close(frame.close_code, frame.data()),
-                FrameType::Text | FrameType::Binary | FrameType::Continuation => {
-                    let opcode = match frame.typ {
-                        FrameType::Text => OpCode::Text,
-                        FrameType::Binary => OpCode::Binary,
-                        _ => OpCode::Continuation,
-                    };
-                    dst.send_frame(!frame.again, opcode, frame.data())
-                }
+                Forward::Close => dst.send_close(frame.close_code, frame.data()),
+                Forward::Data => dst.send_frame(!frame.again, frame.typ, frame.data()),
             };
-            if let Some((_, code)) = fence_broken {
+            if let Some((_, code)) = fence.filter(|_| fence_broken) {
                 self.fencing = None;
                 let _ = src.send_close(code, b"");
             }
@@ -363,57 +361,47 @@ impl Relay {
             let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
             return;
         }
-        let code = match &e {
-            WsError::Protocol(p) => p.close_code(),
-            WsError::TooBig { .. } => TOO_BIG,
-            // A peer that went away: the client was leaving, or the
-            // upstream failed us (unless a client violation is being closed).
-            _ => self
-                .close_client_with
-                .unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
-        };
-        // An upstream that broke the protocol (or sent what the client leg
-        // cannot carry) is a bad gateway to the client: 1014 in IANA's
-        // registry of close codes. A client closing its own violation hears
-        // its own code.
-        let upstream_fault =
-            !from_client && matches!(e, WsError::Protocol(_) | WsError::TooBig { .. });
-        if upstream_fault {
-            let client_code = self.close_client_with.unwrap_or(BAD_GATEWAY);
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                log,
-                "websocket: upstream: {e}, closing with {code}, the client with {client_code}"
-            );
-            self.closing = true;
-            let _ = self.upstream.send_close(Some(code), b"");
-            let _ = self.client.send_close(Some(client_code), b"");
-            return;
-        }
-        let (side, level) = if from_client {
-            ("client", NGX_LOG_INFO)
-        } else {
-            ("upstream", NGX_LOG_ERR)
-        };
-        ngx_log_error!(level, log, "websocket: {side}: {e}, closing with {code}");
-        match e {
-            WsError::Eof | WsError::Io => {
-                // The source is gone: only the other leg can hear the close.
+        match on_failure(from_client, &e, self.close_client_with) {
+            Failure::UpstreamFault { code, client_code } => {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    "websocket: upstream: {e}, closing with {code}, the client with {client_code}"
+                );
                 self.closing = true;
-                let (gone, other) = if from_client {
-                    (&mut self.client, &mut *self.upstream)
-                } else {
-                    (&mut *self.upstream, &mut self.client)
-                };
-                gone.discard_output();
-                let _ = other.send_close(Some(code), b"");
-            }
-            WsError::Protocol(_) if from_client => {
-                // Let the upstream finish what it is sending first.
-                self.close_client_with = Some(code);
                 let _ = self.upstream.send_close(Some(code), b"");
+                let _ = self.client.send_close(Some(client_code), b"");
             }
-            _ => self.close_both(code),
+            failure => {
+                let (side, level) = if from_client {
+                    ("client", NGX_LOG_INFO)
+                } else {
+                    ("upstream", NGX_LOG_ERR)
+                };
+                let code = failure.code();
+                ngx_log_error!(level, log, "websocket: {side}: {e}, closing with {code}");
+                match failure {
+                    Failure::Gone { code } => {
+                        // The source is gone: only the other leg can hear the close.
+                        self.closing = true;
+                        let (gone, other) = if from_client {
+                            (&mut self.client, &mut *self.upstream)
+                        } else {
+                            (&mut *self.upstream, &mut self.client)
+                        };
+                        gone.discard_output();
+                        let _ = other.send_close(Some(code), b"");
+                    }
+                    Failure::ClientAfterUpstream { code } => {
+                        // Let the upstream finish what it is sending first.
+                        self.close_client_with = Some(code);
+                        let _ = self.upstream.send_close(Some(code), b"");
+                    }
+                    Failure::Both { code } | Failure::UpstreamFault { code, .. } => {
+                        self.close_both(code)
+                    }
+                }
+            }
         }
     }
 
@@ -427,17 +415,288 @@ impl Relay {
     /// the client closed normally on a clean upstream leg; the rest closes.
     pub fn end(self: Box<Self>, log: *mut ngx_log_t) {
         let Relay {
-            upstream, pooling, ..
+            upstream,
+            pooling,
+            keepalive_timeout,
+            ..
         } = *self;
         let Some(settings) = upstream.pool_settings().filter(|_| pooling) else {
             return;
         };
-        if let Err(e) = upstream.set_keepalive(settings.idle_timeout, settings.size) {
+        if let Err(e) = upstream.into_pool(keepalive_timeout, settings.size) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,
                 "websocket: upstream connection closed: {e}"
             );
+        }
+    }
+}
+
+/// What the relay knows of a frame read from one leg.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    typ: OpCode,
+    /// Towards the client while the upstream is fenced for the pool.
+    fenced: bool,
+    /// The frame is the pong that answers the fence.
+    answers_fence: bool,
+    /// The client broke the protocol and gets its own code once the
+    /// upstream closed.
+    client_closing: bool,
+    /// A close from the client that may leave the upstream to the pool.
+    poolable: bool,
+}
+
+/// What the relay does with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    /// The fence's pong: answer the client's close, pool the upstream.
+    FenceAnswered,
+    Ping,
+    Pong,
+    /// The upstream's answer to a close the client does not hear.
+    DropClose,
+    /// Fence the upstream instead of forwarding the client's close.
+    Fence,
+    Close,
+    /// A data frame (text, binary, continuation), forwarded as it came.
+    Data,
+}
+
+/// The relay's decision for one frame, and whether it breaks the fence:
+/// data or a close from the upstream show it still talks to this session,
+/// which then closes as usual (pings and other pongs change nothing).
+fn decide(f: Facts) -> (Forward, bool) {
+    if f.fenced && f.typ == OpCode::Pong && f.answers_fence {
+        return (Forward::FenceAnswered, false);
+    }
+    let breaks_fence = f.fenced && !matches!(f.typ, OpCode::Ping | OpCode::Pong);
+    let action = match f.typ {
+        OpCode::Ping => Forward::Ping,
+        OpCode::Pong => Forward::Pong,
+        // After a client violation the client hears its own code (sent by
+        // `step`), not the upstream's answer.
+        OpCode::Close if f.client_closing => Forward::DropClose,
+        // A normal close from the client while the upstream leg is clean:
+        // fence the upstream to keep it for later.
+        OpCode::Close if f.poolable => Forward::Fence,
+        OpCode::Close => Forward::Close,
+        OpCode::Text | OpCode::Binary | OpCode::Continuation => Forward::Data,
+    };
+    (action, breaks_fence)
+}
+
+/// How the relay answers a leg that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The upstream broke the protocol (or sent what the client leg cannot
+    /// carry): it gets `code`, the client `client_code` (1014 Bad Gateway,
+    /// or its own code when it is being closed for its own violation).
+    UpstreamFault { code: u16, client_code: u16 },
+    /// The source went away: only the other leg hears `code`.
+    Gone { code: u16 },
+    /// The client broke the protocol: the upstream is closed with `code`
+    /// first, the client hears it once the upstream finished.
+    ClientAfterUpstream { code: u16 },
+    /// Close both legs with `code`.
+    Both { code: u16 },
+}
+
+impl Failure {
+    fn code(self) -> u16 {
+        match self {
+            Failure::UpstreamFault { code, .. }
+            | Failure::Gone { code }
+            | Failure::ClientAfterUpstream { code }
+            | Failure::Both { code } => code,
+        }
+    }
+}
+
+fn on_failure(from_client: bool, e: &WsError, close_client_with: Option<u16>) -> Failure {
+    let code = match e {
+        WsError::Protocol(p) => p.close_code(),
+        WsError::TooBig { .. } => TOO_BIG,
+        // A peer that went away: the client was leaving, or the upstream
+        // failed us (unless a client violation is being closed).
+        _ => close_client_with.unwrap_or(if from_client { GOING_AWAY } else { INTERNAL }),
+    };
+    if !from_client && matches!(e, WsError::Protocol(_) | WsError::TooBig { .. }) {
+        let client_code = close_client_with.unwrap_or(BAD_GATEWAY);
+        return Failure::UpstreamFault { code, client_code };
+    }
+    match e {
+        WsError::Eof | WsError::Io => Failure::Gone { code },
+        WsError::Protocol(_) if from_client => Failure::ClientAfterUpstream { code },
+        _ => Failure::Both { code },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolError;
+
+    fn facts(typ: OpCode) -> Facts {
+        Facts {
+            typ,
+            fenced: false,
+            answers_fence: false,
+            client_closing: false,
+            poolable: false,
+        }
+    }
+
+    #[test]
+    fn frame_decisions() {
+        use OpCode::*;
+        let fenced = |typ, answers| Facts {
+            fenced: true,
+            answers_fence: answers,
+            ..facts(typ)
+        };
+        let table: &[(&str, Facts, (Forward, bool))] = &[
+            ("text", facts(Text), (Forward::Data, false)),
+            ("binary", facts(Binary), (Forward::Data, false)),
+            ("continuation", facts(Continuation), (Forward::Data, false)),
+            ("ping", facts(Ping), (Forward::Ping, false)),
+            ("pong", facts(Pong), (Forward::Pong, false)),
+            ("close", facts(Close), (Forward::Close, false)),
+            (
+                "close while the client is closed for its violation",
+                Facts {
+                    client_closing: true,
+                    ..facts(Close)
+                },
+                (Forward::DropClose, false),
+            ),
+            (
+                "client close on a clean poolable leg",
+                Facts {
+                    poolable: true,
+                    ..facts(Close)
+                },
+                (Forward::Fence, false),
+            ),
+            (
+                "fence answered",
+                fenced(Pong, true),
+                (Forward::FenceAnswered, false),
+            ),
+            (
+                "another pong while fenced",
+                fenced(Pong, false),
+                (Forward::Pong, false),
+            ),
+            (
+                "ping while fenced",
+                fenced(Ping, false),
+                (Forward::Ping, false),
+            ),
+            (
+                "data while fenced breaks it",
+                fenced(Text, false),
+                (Forward::Data, true),
+            ),
+            (
+                "close while fenced breaks it",
+                fenced(Close, false),
+                (Forward::Close, true),
+            ),
+        ];
+        for (name, f, want) in table {
+            assert_eq!(decide(*f), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn failures() {
+        let protocol = || WsError::Protocol(ProtocolError::InvalidUtf8);
+        let too_big = || WsError::TooBig { len: 10, limit: 5 };
+        let table: Vec<(&str, bool, WsError, Option<u16>, Failure)> = vec![
+            (
+                "client violation",
+                true,
+                protocol(),
+                None,
+                Failure::ClientAfterUpstream { code: 1007 },
+            ),
+            (
+                "client too big for the upstream",
+                true,
+                too_big(),
+                None,
+                Failure::Both { code: TOO_BIG },
+            ),
+            (
+                "client gone",
+                true,
+                WsError::Eof,
+                None,
+                Failure::Gone { code: GOING_AWAY },
+            ),
+            (
+                "client socket error",
+                true,
+                WsError::Io,
+                None,
+                Failure::Gone { code: GOING_AWAY },
+            ),
+            (
+                "upstream gone",
+                false,
+                WsError::Eof,
+                None,
+                Failure::Gone { code: INTERNAL },
+            ),
+            (
+                "upstream gone while the client is closed for its violation",
+                false,
+                WsError::Eof,
+                Some(1002),
+                Failure::Gone { code: 1002 },
+            ),
+            (
+                "upstream violation",
+                false,
+                protocol(),
+                None,
+                Failure::UpstreamFault {
+                    code: 1007,
+                    client_code: BAD_GATEWAY,
+                },
+            ),
+            (
+                "upstream too big for the client",
+                false,
+                too_big(),
+                None,
+                Failure::UpstreamFault {
+                    code: TOO_BIG,
+                    client_code: BAD_GATEWAY,
+                },
+            ),
+            (
+                "upstream violation while the client is closed for its own",
+                false,
+                protocol(),
+                Some(1002),
+                Failure::UpstreamFault {
+                    code: 1007,
+                    client_code: 1002,
+                },
+            ),
+            (
+                "upstream send after close",
+                false,
+                WsError::Closed,
+                None,
+                Failure::Both { code: INTERNAL },
+            ),
+        ];
+        for (name, from_client, e, closing, want) in table {
+            assert_eq!(on_failure(from_client, &e, closing), want, "{name}");
         }
     }
 }

@@ -15,9 +15,10 @@ use ngx::ngx_log_error;
 
 use crate::buffers::{self, READ_BUFFER_SIZE};
 use crate::compression::{Compression, DeflateSettings};
-use crate::config::Limits;
 use crate::drain;
-use crate::limit::{self, Admission, Limiter};
+use crate::limit::Limiter;
+#[cfg(not(test))]
+use crate::limit::{self, Admission};
 use crate::metrics;
 use crate::ngx_io::{now_msec, ConnectionRef, Direction, Io};
 use crate::protocol::close::build_close_payload;
@@ -27,6 +28,9 @@ use crate::protocol::frame::{encode_header, FrameHeader, OpCode, ParseConfig};
 use crate::protocol::mask::apply_mask;
 use crate::protocol::ProtocolError;
 use crate::random::{self, EntropyError};
+pub use crate::clock::Quiet;
+use crate::clock::{Clock, Due};
+pub use crate::stats::{Limits, Stats};
 
 use foreign_types::ForeignTypeRef;
 
@@ -54,51 +58,18 @@ pub enum Received {
     /// A complete text or binary message. Hand `data` back with
     /// [`WebSocket::recycle`] to reuse its allocation.
     Message {
+        /// [`OpCode::Text`] or [`OpCode::Binary`].
         opcode: OpCode,
+        /// The whole message, unmasked and (for text) valid UTF-8.
         data: Vec<u8>,
     },
+    /// A ping; the library does not answer it (the handler does, with
+    /// [`WebSocket::send_pong`]).
     Ping(ControlFrame),
+    /// A pong.
     Pong(ControlFrame),
     /// The peer's close frame: its code and reason, if it sent any.
     Close(Option<(u16, String)>),
-}
-
-/// The type of a frame, as the seed's `recv_frame` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameType {
-    Continuation,
-    Text,
-    Binary,
-    Close,
-    Ping,
-    Pong,
-}
-
-impl From<OpCode> for FrameType {
-    fn from(op: OpCode) -> Self {
-        match op {
-            OpCode::Continuation => FrameType::Continuation,
-            OpCode::Text => FrameType::Text,
-            OpCode::Binary => FrameType::Binary,
-            OpCode::Close => FrameType::Close,
-            OpCode::Ping => FrameType::Ping,
-            OpCode::Pong => FrameType::Pong,
-        }
-    }
-}
-
-impl FrameType {
-    /// The seed's name: "continuation", "text", "binary", "close", "ping", "pong".
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FrameType::Continuation => "continuation",
-            FrameType::Text => "text",
-            FrameType::Binary => "binary",
-            FrameType::Close => "close",
-            FrameType::Ping => "ping",
-            FrameType::Pong => "pong",
-        }
-    }
 }
 
 /// What [`WebSocket::recv_frame`] delivers: the seed's `data, typ, err`.
@@ -106,7 +77,8 @@ impl FrameType {
 pub struct RecvFrame {
     /// The payload; for a close frame, its reason.
     pub data: Vec<u8>,
-    pub typ: FrameType,
+    /// The seed's `typ`: continuation, text, binary, close, ping or pong.
+    pub typ: OpCode,
     /// The seed's `err == "again"`: more fragments of this message follow.
     pub again: bool,
     /// For a close frame with a status, the seed's `err == code`.
@@ -117,8 +89,11 @@ pub struct RecvFrame {
 /// [`RecvFrame`], with the payload borrowed from the object instead of
 /// moved out of it.
 pub struct FrameRef<'a> {
-    pub typ: FrameType,
+    /// As [`RecvFrame::typ`].
+    pub typ: OpCode,
+    /// As [`RecvFrame::again`].
     pub again: bool,
+    /// As [`RecvFrame::close_code`].
     pub close_code: Option<u16>,
     payload: Payload<'a>,
 }
@@ -178,15 +153,20 @@ pub enum WsError {
     /// A socket error, already logged by nginx.
     Io,
     /// A send larger than `max_send_len`; nothing was queued.
-    TooBig { len: usize, limit: u64 },
+    TooBig {
+        /// The payload's length.
+        len: usize,
+        /// `max_send_len`.
+        limit: u64,
+    },
     /// A send after our close frame was queued.
     Closed,
     /// zlib failed to compress a message; nothing of it was queued.
     Compression,
     /// No masking key could be drawn; nothing was queued.
     Entropy(EntropyError),
-    /// [limit] A data message past a `websocket_limit ... close`: close
-    /// with 1008 and `limit::CLOSE_REASON`.
+    /// A data message past a `websocket_limit ... close`: the session
+    /// closes with 1008 and the reason "message rate exceeded".
     RateExceeded,
 }
 
@@ -224,9 +204,19 @@ impl From<ProtocolError> for WsError {
     }
 }
 
-/// One WebSocket endpoint over an nginx connection.
+/// One WebSocket endpoint over an nginx connection: the seed's `wb` object.
+///
+/// Only the library makes one ([`upgrade`](crate::upgrade)), over the
+/// connection it keeps open until the object is dropped. Code outside the
+/// crate only ever holds `&mut` to one object at a time (its own session's,
+/// through [`Upgraded::ws`](crate::Upgraded::ws) or
+/// [`Context::ws`](crate::Context::ws)), so it cannot swap objects between
+/// connections.
 pub struct WebSocket {
     conn: NonNull<ngx_connection_t>,
+    /// Unit tests: the socket the object reads and writes instead.
+    #[cfg(test)]
+    fake: std::rc::Rc<core::cell::RefCell<tests::Socket>>,
     role: Role,
     decoder: Decoder,
     rbuf: Vec<u8>,
@@ -250,15 +240,8 @@ pub struct WebSocket {
     sending_message: bool,
     /// permessage-deflate, when negotiated.
     compression: Option<Box<Compression>>,
-    /// When bytes last arrived, and when an unanswered heartbeat ping went
-    /// out (`websocket_ping_interval`).
-    last_received: ngx_msec_t,
-    ping_sent_at: Option<ngx_msec_t>,
-    /// When the session reaches `websocket_max_session_time`.
-    ends_at: Option<ngx_msec_t>,
-    /// When the exiting worker's turn for this session comes
-    /// (`websocket_shutdown_spread`).
-    drains_at: Option<ngx_msec_t>,
+    /// The heartbeat and session-age timers.
+    clock: Clock,
     /// Counted in `nginx_websocket_sessions_draining` until dropped.
     draining: bool,
     stats: Stats,
@@ -266,63 +249,21 @@ pub struct WebSocket {
     limiter: Option<Box<Limiter>>,
 }
 
-/// What crossed this connection, for the access log.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Data messages received and sent, and their payload bytes.
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Of those messages, the ones that went compressed (permessage-deflate).
-    pub compressed_in: u64,
-    pub compressed_out: u64,
-    /// Code of the first close frame, received or sent (1005 for one
-    /// without a code).
-    pub close_code: Option<u16>,
-}
-
-/// What a quiet peer gets when its read deadline passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quiet {
-    /// No heartbeats configured: it was idle for `websocket_timeout`.
-    Idle,
-    /// A heartbeat ping was queued.
-    Pinged,
-    /// It did not answer a ping within `websocket_ping_timeout`.
-    Dead,
-    /// Not quiet: the session is due to close (see [`WebSocket::take_due`]),
-    /// or reading waited for a `websocket_limit` and may go on.
-    Due,
-}
-
-/// Why a session is due to close with 1001 after the message under way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Due {
-    /// It lasted `websocket_max_session_time`.
-    MaxSessionTime,
-    /// The worker is exiting and the session's turn came.
-    Drain,
-}
-
-/// Whether the worker's clock reached `at`.
-fn reached(at: ngx_msec_t, now: ngx_msec_t) -> bool {
-    (now.wrapping_sub(at) as isize) >= 0
-}
-
-/// Milliseconds from `now` to `at`, at least 1.
-fn until(at: ngx_msec_t, now: ngx_msec_t) -> ngx_msec_t {
-    if reached(at, now) {
-        1
-    } else {
-        at.wrapping_sub(now)
-    }
-}
-
 impl WebSocket {
     /// Wraps an upgraded connection. `pipelined` are bytes the peer sent
     /// right after its handshake.
-    pub fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
+    ///
+    /// # Safety
+    /// The object keeps a pointer to `conn` beyond the borrow: `conn` must
+    /// stay open (not closed or reused by nginx) until the object is
+    /// dropped, and the object must be used on this worker's thread only.
+    pub(crate) unsafe fn new(conn: &ConnectionRef, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
+        let conn = NonNull::new(conn.as_ptr()).expect("a connection reference is never null");
+        Self::over(conn, role, limits, pipelined)
+    }
+
+    /// The object over `conn` (see [`WebSocket::new`]).
+    fn over(conn: NonNull<ngx_connection_t>, role: Role, limits: Limits, pipelined: &[u8]) -> Self {
         let decoder = Decoder::new(decoder_config(role, &limits));
         let mut rbuf = if pipelined.is_empty() {
             Vec::new()
@@ -333,7 +274,9 @@ impl WebSocket {
         };
         rbuf[..pipelined.len()].copy_from_slice(pipelined);
         WebSocket {
-            conn: NonNull::new(conn.as_ptr()).expect("a connection reference is never null"),
+            conn,
+            #[cfg(test)]
+            fake: Default::default(),
             role,
             decoder,
             rbuf,
@@ -350,13 +293,7 @@ impl WebSocket {
             read_pause_above: WRITE_HIGH_WATER,
             sending_message: false,
             compression: None,
-            last_received: now_msec(),
-            ping_sent_at: None,
-            ends_at: limits
-                .max_session_ms
-                .filter(|_| role == Role::Server)
-                .map(|ms| now_msec().wrapping_add(ms)),
-            drains_at: None,
+            clock: Clock::new(now_msec(), limits, role == Role::Server),
             draining: false,
             stats: Stats::default(),
             limiter: None,
@@ -375,21 +312,21 @@ impl WebSocket {
 
     /// The worker is exiting: the session is due to close once its turn
     /// in `websocket_shutdown_spread` comes (at once without a spread).
-    pub fn drain(&mut self) {
+    pub(crate) fn drain(&mut self) {
         if !self.draining {
             self.draining = true;
             metrics::draining_started();
             let delay = drain::delay(self.limits.shutdown_spread_ms);
-            self.drains_at = Some(now_msec().wrapping_add(delay));
+            self.clock.drain(now_msec(), delay);
         }
     }
 
     /// Whether the session became due to close since the last call (its
     /// age, or its turn while the worker exits): it then closes with 1001
     /// after the message under way. Reaching the age is logged at info.
-    pub fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
+    pub(crate) fn due_to_close(&mut self, log: *mut ngx_log_t) -> bool {
         let mut due = false;
-        while let Some(reason) = self.take_due() {
+        while let Some(reason) = self.clock.take_due(now_msec()) {
             if reason == Due::MaxSessionTime {
                 ngx_log_error!(
                     NGX_LOG_INFO,
@@ -402,30 +339,52 @@ impl WebSocket {
         due
     }
 
-    /// Whether the session became due to close since the last call
-    /// (each reason is told once).
-    fn take_due(&mut self) -> Option<Due> {
-        let now = now_msec();
-        if self.ends_at.is_some_and(|at| reached(at, now)) {
-            self.ends_at = None;
-            return Some(Due::MaxSessionTime);
-        }
-        if self.drains_at.is_some_and(|at| reached(at, now)) {
-            self.drains_at = None;
-            return Some(Due::Drain);
-        }
-        None
-    }
-
     fn conn(&self) -> &ConnectionRef {
         // SAFETY: the session owning the object is dropped before its
         // connection is closed.
         unsafe { ConnectionRef::from_ptr(self.conn.as_ptr()) }
     }
 
+    /// Whether the socket may have bytes to read.
+    #[cfg(not(test))]
+    fn io_ready(&self) -> bool {
+        self.conn().ready(Direction::Read)
+    }
+
+    /// Reads what the socket has into the free end of the read buffer.
+    #[cfg(not(test))]
+    fn io_recv(&mut self) -> Io {
+        let conn = self.conn.as_ptr();
+        // SAFETY: see `conn()`; the reference does not outlive this call.
+        unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..])
+    }
+
+    /// Writes queued bytes from the first unwritten one.
+    #[cfg(not(test))]
+    fn io_send(&self) -> Io {
+        self.conn().send(&self.wbuf[self.wpos..])
+    }
+
+    #[cfg(test)]
+    fn io_ready(&self) -> bool {
+        self.fake.borrow().ready()
+    }
+
+    #[cfg(test)]
+    fn io_recv(&mut self) -> Io {
+        let fake = self.fake.clone();
+        let io = fake.borrow_mut().recv(&mut self.rbuf[self.rend..]);
+        io
+    }
+
+    #[cfg(test)]
+    fn io_send(&self) -> Io {
+        self.fake.borrow_mut().send(&self.wbuf[self.wpos..])
+    }
+
     /// Turns permessage-deflate on as the handshake agreed; before anything
     /// was received or sent.
-    pub fn enable_compression(&mut self, agreed: &NegotiatedDeflate, settings: DeflateSettings) {
+    pub(crate) fn enable_compression(&mut self, agreed: &NegotiatedDeflate, settings: DeflateSettings) {
         let role = self.role;
         self.decoder = Decoder::new(DecoderConfig {
             compression: true,
@@ -437,7 +396,7 @@ impl WebSocket {
 
     /// [limit] Applies `websocket_limit` to the data messages received:
     /// each waits for its zones at its first frame (see `admit_message`).
-    pub fn limit_messages(&mut self, limiter: Option<Box<Limiter>>) {
+    pub(crate) fn limit_messages(&mut self, limiter: Option<Box<Limiter>>) {
         self.limiter = limiter;
     }
 
@@ -445,6 +404,7 @@ impl WebSocket {
     /// be decoded: `Ok(false)` while reading waits for the buckets; past a
     /// `close` limit, [`WsError::RateExceeded`]. Control frames before it
     /// were handled; nothing behind it is read until it is admitted.
+    #[cfg(not(test))]
     fn admit_message(&mut self) -> Result<bool, WsError> {
         if self.limiter.is_none()
             || !self.decoder.between_messages()
@@ -461,8 +421,7 @@ impl WebSocket {
             Admission::Admit => {
                 if waited {
                     // The client was not quiet, it was waited for.
-                    self.last_received = now_msec();
-                    self.ping_sent_at = None;
+                    self.clock.received(now_msec());
                 }
                 Ok(true)
             }
@@ -471,20 +430,28 @@ impl WebSocket {
         }
     }
 
+    /// Unit tests run without nginx, and without limit zones.
+    #[cfg(test)]
+    fn admit_message(&mut self) -> Result<bool, WsError> {
+        Ok(true)
+    }
+
     /// [limit] When reading may go on, while it waits for the buckets.
     fn limit_wait(&self) -> Option<ngx_msec_t> {
         self.limiter.as_ref().and_then(|l| l.waiting())
     }
 
     /// Whether the connection's read or write deadline passed (and clears it).
-    pub fn take_timedout(&self, dir: Direction) -> bool {
+    pub(crate) fn take_timedout(&self, dir: Direction) -> bool {
         self.conn().take_timedout(dir)
     }
 
+    /// Whether our close frame was queued (nothing more can be sent).
     pub fn close_sent(&self) -> bool {
         self.close_sent
     }
 
+    /// Whether the peer's close frame arrived.
     pub fn close_received(&self) -> bool {
         self.close_received
     }
@@ -492,6 +459,7 @@ impl WebSocket {
     /// The network timeout for reads and writes (`websocket_timeout`).
     pub fn set_timeout(&mut self, ms: ngx_msec_t) {
         self.limits.timeout_ms = ms;
+        self.clock.set_timeout(ms);
     }
 
     /// Returns the next complete message or control frame, `Ok(None)` when
@@ -500,7 +468,7 @@ impl WebSocket {
     /// returned as soon as they arrive.
     ///
     /// ```no_run
-    /// # use ngx_http_websocket_module::session::{Received, WebSocket, WsError};
+    /// # use ngx_http_websocket_module::{Received, WebSocket, WsError};
     /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
     /// while let Some(received) = wb.recv()? {
     ///     match received {
@@ -532,18 +500,18 @@ impl WebSocket {
     /// a close frame carries its code and, as data, its reason.
     ///
     /// ```no_run
-    /// # use ngx_http_websocket_module::session::{FrameType, WebSocket, WsError};
+    /// # use ngx_http_websocket_module::{protocol::OpCode, WebSocket, WsError};
     /// # fn on_readable(wb: &mut WebSocket) -> Result<(), WsError> {
     /// // local data, typ, err = wb:recv_frame()
     /// while let Some(frame) = wb.recv_frame()? {
     ///     match frame.typ {
-    ///         FrameType::Close => {
+    ///         OpCode::Close => {
     ///             // typ == "close", err == code, data == reason
     ///             let code = frame.close_code.unwrap_or(1000);
     ///             return wb.send_close(Some(code), b"");
     ///         }
-    ///         FrameType::Ping => wb.send_pong(&frame.data)?,
-    ///         FrameType::Pong => {}
+    ///         OpCode::Ping => wb.send_pong(&frame.data)?,
+    ///         OpCode::Pong => {}
     ///         // err == "again": more fragments of this message follow
     ///         _ if frame.again => {}
     ///         _ => wb.send_text(&frame.data)?,
@@ -569,7 +537,7 @@ impl WebSocket {
         }
         match self.read_until(Unit::Frame)? {
             Some(Got::InPlace { header, range }) => Ok(Some(FrameRef {
-                typ: FrameType::from(header.opcode),
+                typ: header.opcode,
                 again: !header.fin,
                 close_code: None,
                 payload: Payload::Data(&self.rbuf[range]),
@@ -577,7 +545,7 @@ impl WebSocket {
             Some(Got::Data { header, .. }) => {
                 self.frame_in_message = true;
                 Ok(Some(FrameRef {
-                    typ: FrameType::from(header.opcode),
+                    typ: header.opcode,
                     again: !header.fin,
                     close_code: None,
                     payload: Payload::Data(&self.message),
@@ -586,7 +554,7 @@ impl WebSocket {
             Some(Got::Control(frame)) => {
                 self.note_control(&frame);
                 Ok(Some(FrameRef {
-                    typ: FrameType::from(frame.opcode),
+                    typ: frame.opcode,
                     again: false,
                     close_code: frame.close().map(|(code, _)| code),
                     payload: Payload::Control(frame),
@@ -641,22 +609,19 @@ impl WebSocket {
             // nginx keeps `ready` exact (a short read or EAGAIN clears it,
             // the next epoll event sets it): when it is clear there is
             // nothing to read, and no buffer to take for finding that out.
-            if !self.conn().ready(Direction::Read) {
+            if !self.io_ready() {
                 self.release_idle_buffers();
                 return Ok(None);
             }
             if self.rbuf.len() == self.rend {
                 self.grow_read_buffer();
             }
-            let conn = self.conn.as_ptr();
-            // SAFETY: see `conn()`; the reference does not outlive this call.
-            let io = unsafe { ConnectionRef::from_ptr(conn) }.recv(&mut self.rbuf[self.rend..]);
+            let io = self.io_recv();
             match io {
                 Io::Done(n) => {
                     self.rend += n;
                     // Anything from the peer shows it is alive.
-                    self.last_received = now_msec();
-                    self.ping_sent_at = None;
+                    self.clock.received(now_msec());
                 }
                 Io::Again => {
                     self.release_idle_buffers();
@@ -776,18 +741,23 @@ impl WebSocket {
         buffers::give_scratch(data);
     }
 
+    /// Queues a text message of one frame (`data` must be UTF-8 for the
+    /// peer to accept it).
     pub fn send_text(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Text, data)
     }
 
+    /// Queues a binary message of one frame.
     pub fn send_binary(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Binary, data)
     }
 
+    /// Queues a ping (at most 125 bytes of payload).
     pub fn send_ping(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Ping, data)
     }
 
+    /// Queues a pong (at most 125 bytes of payload).
     pub fn send_pong(&mut self, data: &[u8]) -> Result<(), WsError> {
         self.send_frame(true, OpCode::Pong, data)
     }
@@ -917,7 +887,7 @@ impl WebSocket {
 
     /// Whether the connection could serve another session as it is: nothing
     /// queued or buffered, no message half sent or half received, no close.
-    pub fn reusable(&self) -> bool {
+    pub(crate) fn reusable(&self) -> bool {
         self.queued() == 0
             && self.rpos == self.rend
             && !self.decoder.in_message()
@@ -930,7 +900,7 @@ impl WebSocket {
     /// stopped reading for so long that it is given up. Nothing may be
     /// written after it (as after a close frame): a TLS write waiting for
     /// its retry could only be retried with the dropped bytes.
-    pub fn discard_output(&mut self) {
+    pub(crate) fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
         self.close_sent = true;
@@ -942,12 +912,12 @@ impl WebSocket {
     /// its answers. A relay leg's output comes from the other leg instead,
     /// and pausing its reading for it would make the legs wait on each
     /// other; there the bound only guards against replies of its own.
-    pub fn pause_reading_above(&mut self, queued: usize) {
+    pub(crate) fn pause_reading_above(&mut self, queued: usize) {
         self.read_pause_above = queued;
     }
 
     /// Whether reading waits for queued output to drain.
-    pub fn reading_paused(&self) -> bool {
+    pub(crate) fn reading_paused(&self) -> bool {
         self.queued() > self.read_pause_above
     }
 
@@ -957,7 +927,7 @@ impl WebSocket {
     }
 
     /// Whether reading stopped for queued output since the last call.
-    pub fn take_throttled(&mut self) -> bool {
+    pub(crate) fn take_throttled(&mut self) -> bool {
         core::mem::take(&mut self.throttled)
     }
 
@@ -969,9 +939,9 @@ impl WebSocket {
     /// Writes queued frames; `Ok(true)` once everything is on the wire.
     /// A write that must wait is retried from the same first byte with at
     /// least as many bytes, as [`ConnectionRef::send`] requires.
-    pub fn flush(&mut self) -> Result<bool, WsError> {
+    pub(crate) fn flush(&mut self) -> Result<bool, WsError> {
         while self.wpos < self.wbuf.len() {
-            match self.conn().send(&self.wbuf[self.wpos..]) {
+            match self.io_send() {
                 Io::Done(n) => self.wpos += n,
                 Io::Again => {
                     // Drop what was written once it is at least half of the
@@ -993,66 +963,34 @@ impl WebSocket {
     }
 
     /// The read deadline passed: what to do about a quiet peer.
-    pub fn on_read_timeout(&mut self) -> Quiet {
-        let now = now_msec();
+    pub(crate) fn on_read_timeout(&mut self) -> Quiet {
         // [limit] not quiet: reading waited for the buckets.
         if self.limit_wait().is_some() {
             return Quiet::Due;
         }
-        if [self.ends_at, self.drains_at]
-            .into_iter()
-            .flatten()
-            .any(|at| reached(at, now))
-        {
-            return Quiet::Due;
-        }
-        let Some(_) = self.limits.ping_interval_ms else {
-            return Quiet::Idle;
-        };
-        if self.ping_sent_at.is_some() {
-            return Quiet::Dead;
-        }
-        self.ping_sent_at = Some(now_msec());
-        match self.send_ping(HEARTBEAT) {
-            Ok(()) => Quiet::Pinged,
-            Err(_) => Quiet::Idle,
+        match self.clock.on_read_timeout(now_msec()) {
+            Quiet::Pinged => match self.send_ping(HEARTBEAT) {
+                Ok(()) => Quiet::Pinged,
+                Err(_) => Quiet::Idle,
+            },
+            quiet => quiet,
         }
     }
 
-    /// Milliseconds until the read deadline: the quiet peer's (see
-    /// [`Self::quiet_deadline`]), or sooner when the session is due to close.
+    /// Milliseconds until the read deadline (see [`Clock::read_deadline`]).
     fn read_deadline(&self) -> ngx_msec_t {
         let now = now_msec();
         // [limit] while reading waits for the buckets, the client is not
         // quiet: the wait ends first.
-        let first = match self.limit_wait() {
-            Some(at) => until(at, now),
-            None => self.quiet_deadline(),
-        };
-        [self.ends_at, self.drains_at]
-            .into_iter()
-            .flatten()
-            .map(|at| until(at, now))
-            .fold(first, ngx_msec_t::min)
-    }
-
-    /// Milliseconds until a quiet peer is dealt with: the heartbeat's when
-    /// `websocket_ping_interval` is set, else `websocket_timeout`.
-    fn quiet_deadline(&self) -> ngx_msec_t {
-        let Some(interval) = self.limits.ping_interval_ms else {
-            return self.limits.timeout_ms;
-        };
-        let (since, wait) = match self.ping_sent_at {
-            Some(sent) => (sent, self.limits.ping_timeout_ms),
-            None => (self.last_received, interval),
-        };
-        let elapsed = now_msec().wrapping_sub(since);
-        wait.saturating_sub(elapsed).max(1)
+        match self.limit_wait() {
+            Some(at) => self.clock.read_deadline_waiting(now, at),
+            None => self.clock.read_deadline(now),
+        }
     }
 
     /// Waits until the connection takes bytes written outside this object
     /// (the rest of the 101 response): the write timer bounds the wait.
-    pub fn await_writable(&self) -> Result<(), WsError> {
+    pub(crate) fn await_writable(&self) -> Result<(), WsError> {
         let c = self.conn();
         c.handle_event(Direction::Write).map_err(|_| WsError::Io)?;
         c.add_timer(Direction::Write, self.limits.timeout_ms);
@@ -1062,7 +1000,7 @@ impl WebSocket {
     /// Registers for the events the object now waits on, with
     /// `websocket_timeout` as the write deadline and [`Self::read_deadline`]
     /// for reads.
-    pub fn arm(&self, want_read: bool) -> Result<(), WsError> {
+    pub(crate) fn arm(&self, want_read: bool) -> Result<(), WsError> {
         let c = self.conn();
         let timeout = self.limits.timeout_ms;
         c.handle_event(Direction::Read).map_err(|_| WsError::Io)?;
@@ -1107,5 +1045,270 @@ fn decoder_config(role: Role, limits: &Limits) -> DecoderConfig {
         parse,
         max_message_len: limits.max_recv_len,
         compression: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The object's state without nginx: bytes in through a fake socket,
+    //! decoded, validated and delivered; sends queued, limited, closed and
+    //! flushed through partial writes; reading paused for queued output.
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::protocol::build_frame;
+    use crate::protocol::close::NORMAL;
+
+    /// A socket: what the peer sent, and room for what we write.
+    #[derive(Default)]
+    pub struct Socket {
+        input: VecDeque<u8>,
+        eof: bool,
+        output: Vec<u8>,
+        /// Bytes a write may still take; `None`: any.
+        room: Option<usize>,
+    }
+
+    impl Socket {
+        pub fn ready(&self) -> bool {
+            !self.input.is_empty() || self.eof
+        }
+
+        pub fn recv(&mut self, buf: &mut [u8]) -> Io {
+            if self.input.is_empty() {
+                return if self.eof { Io::Eof } else { Io::Again };
+            }
+            let n = buf.len().min(self.input.len());
+            for (b, x) in buf.iter_mut().zip(self.input.drain(..n)) {
+                *b = x;
+            }
+            Io::Done(n)
+        }
+
+        pub fn send(&mut self, buf: &[u8]) -> Io {
+            let n = self.room.map_or(buf.len(), |room| room.min(buf.len()));
+            if n == 0 {
+                return Io::Again;
+            }
+            self.output.extend_from_slice(&buf[..n]);
+            if let Some(room) = &mut self.room {
+                *room -= n;
+            }
+            Io::Done(n)
+        }
+    }
+
+    fn limits(max: u64) -> Limits {
+        Limits {
+            max_recv_len: max,
+            max_send_len: max,
+            send_masked: false,
+            timeout_ms: 60_000,
+            ping_interval_ms: None,
+            ping_timeout_ms: 30_000,
+            max_session_ms: None,
+            shutdown_spread_ms: 0,
+        }
+    }
+
+    /// A server-side object whose peer sent `input` (then `eof`).
+    fn server(input: &[u8], eof: bool) -> WebSocket {
+        let ws = WebSocket::over(NonNull::dangling(), Role::Server, limits(100), &[]);
+        ws.fake.borrow_mut().input.extend(input);
+        ws.fake.borrow_mut().eof = eof;
+        ws
+    }
+
+    const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn masked(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+        build_frame(fin, op, payload, KEY)
+    }
+
+    /// What `recv` delivered, as text.
+    fn delivered(ws: &mut WebSocket) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match ws.recv() {
+                Ok(Some(Received::Message { opcode, data })) => {
+                    out.push(format!("{opcode:?} {}", String::from_utf8_lossy(&data)))
+                }
+                Ok(Some(Received::Ping(p))) => {
+                    out.push(format!("ping {}", String::from_utf8_lossy(p.payload())))
+                }
+                Ok(Some(Received::Pong(_))) => out.push("pong".into()),
+                Ok(Some(Received::Close(c))) => out.push(format!("close {c:?}")),
+                Ok(None) => return out,
+                Err(WsError::Protocol(e)) => {
+                    out.push(format!("error {}", e.close_code()));
+                    return out;
+                }
+                Err(e) => {
+                    out.push(format!("{e}"));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn receiving() {
+        let text = |s: &str| masked(true, OpCode::Text, s.as_bytes());
+        let table: Vec<(&str, Vec<u8>, bool, Vec<&str>)> = vec![
+            ("one text message", text("hello"), false, vec!["Text hello"]),
+            (
+                "two messages in one read",
+                [text("a"), masked(true, OpCode::Binary, b"b")].concat(),
+                false,
+                vec!["Text a", "Binary b"],
+            ),
+            (
+                "fragments reassembled, a ping inside answered first",
+                [
+                    masked(false, OpCode::Text, b"hel"),
+                    masked(true, OpCode::Ping, b"p"),
+                    masked(true, OpCode::Continuation, b"lo"),
+                ]
+                .concat(),
+                false,
+                vec!["ping p", "Text hello"],
+            ),
+            (
+                "a close with code and reason",
+                masked(true, OpCode::Close, &build_close_payload(NORMAL, b"bye")),
+                false,
+                vec!["close Some((1000, \"bye\"))"],
+            ),
+            (
+                "an unmasked frame from a client",
+                build_frame(true, OpCode::Text, b"x", None),
+                false,
+                vec!["error 1002"],
+            ),
+            (
+                "a frame over max_recv_len",
+                masked(true, OpCode::Binary, &[0; 101]),
+                false,
+                vec!["error 1009"],
+            ),
+            (
+                "invalid UTF-8 across fragments",
+                [
+                    masked(false, OpCode::Text, &[0xe2, 0x82]),
+                    masked(true, OpCode::Continuation, &[0x28]),
+                ]
+                .concat(),
+                false,
+                vec!["error 1007"],
+            ),
+            (
+                "a half frame waits",
+                text("hello")[..4].to_vec(),
+                false,
+                vec![],
+            ),
+            (
+                "the peer goes away",
+                text("x"),
+                true,
+                vec!["Text x", "peer closed the connection without a close frame"],
+            ),
+        ];
+        for (name, input, eof, want) in table {
+            let mut ws = server(&input, eof);
+            assert_eq!(delivered(&mut ws), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn stats_and_close_state() {
+        let input = [
+            masked(true, OpCode::Text, b"abc"),
+            masked(true, OpCode::Close, &build_close_payload(4000, b"")),
+        ]
+        .concat();
+        let mut ws = server(&input, false);
+        assert_eq!(delivered(&mut ws).len(), 2);
+        assert!(ws.close_received());
+        assert!(!ws.close_sent());
+        ws.send_text(b"hello").unwrap();
+        ws.send_close(Some(NORMAL), b"").unwrap();
+        assert!(ws.close_sent());
+        assert!(matches!(ws.send_text(b"late"), Err(WsError::Closed)));
+        let stats = ws.stats();
+        assert_eq!((stats.messages_in, stats.bytes_in), (1, 3));
+        assert_eq!((stats.messages_out, stats.bytes_out), (1, 5));
+        assert_eq!(stats.close_code, Some(4000), "the first close frame's code");
+    }
+
+    #[test]
+    fn sending() {
+        let mut ws = server(&[], false);
+        // Over the limit: refused, nothing queued (the seed's rule).
+        assert!(matches!(
+            ws.send_binary(&[0; 101]),
+            Err(WsError::TooBig { len: 101, limit: 100 })
+        ));
+        assert!(matches!(ws.send_ping(&[0; 126]), Err(WsError::TooBig { .. })));
+        assert_eq!(ws.queued(), 0);
+        ws.send_text(b"hi").unwrap();
+        ws.send_frame(false, OpCode::Binary, b"a").unwrap();
+        ws.send_frame(true, OpCode::Continuation, b"b").unwrap();
+        ws.send_pong(b"p").unwrap();
+        let want = [
+            build_frame(true, OpCode::Text, b"hi", None),
+            build_frame(false, OpCode::Binary, b"a", None),
+            build_frame(true, OpCode::Continuation, b"b", None),
+            build_frame(true, OpCode::Pong, b"p", None),
+        ]
+        .concat();
+        assert_eq!(ws.queued(), want.len());
+        // Partial writes: the rest waits and goes out in order.
+        ws.fake.borrow_mut().room = Some(3);
+        assert!(!ws.flush().unwrap());
+        assert_eq!(ws.queued(), want.len() - 3);
+        ws.fake.borrow_mut().room = None;
+        assert!(ws.flush().unwrap());
+        assert_eq!(ws.queued(), 0);
+        assert_eq!(ws.fake.borrow().output, want, "server frames go out unmasked");
+    }
+
+    #[test]
+    fn reading_pauses_for_queued_output() {
+        let mut ws = server(&masked(true, OpCode::Text, b"1"), false);
+        ws.pause_reading_above(4);
+        ws.fake.borrow_mut().room = Some(0);
+        let Ok(Some(Received::Message { data, .. })) = ws.recv() else {
+            panic!("the first message is read")
+        };
+        // The next one is in the socket, not yet read.
+        let next = masked(true, OpCode::Text, b"2");
+        ws.fake.borrow_mut().input.extend(next);
+        ws.send_text(&data).unwrap();
+        ws.send_text(&data).unwrap();
+        assert!(ws.reading_paused());
+        assert!(matches!(ws.recv(), Ok(None)), "paused with a message waiting");
+        assert!(ws.take_throttled());
+        ws.fake.borrow_mut().room = None;
+        assert!(ws.flush().unwrap());
+        assert!(matches!(ws.recv(), Ok(Some(Received::Message { .. }))));
+    }
+
+    #[test]
+    fn recv_frame_reports_fragments() {
+        let input = [
+            masked(false, OpCode::Text, b"ab"),
+            masked(true, OpCode::Continuation, b"c"),
+        ]
+        .concat();
+        let mut ws = server(&input, false);
+        let f = ws.recv_frame().unwrap().unwrap();
+        assert_eq!((f.typ, f.again, f.data.as_slice()), (OpCode::Text, true, &b"ab"[..]));
+        let f = ws.recv_frame().unwrap().unwrap();
+        assert_eq!(
+            (f.typ, f.again, f.data.as_slice()),
+            (OpCode::Continuation, false, &b"c"[..])
+        );
+        assert!(ws.recv_frame().unwrap().is_none());
     }
 }

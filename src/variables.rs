@@ -1,23 +1,43 @@
 //! The `$websocket_*` variables, for `log_format`: what a session did, read
 //! when its access-log line is written at the end.
 
-use core::ffi::c_void;
+use core::any::Any;
 use core::ptr::NonNull;
 
 use ngx::ffi::{
     ngx_conf_t, ngx_http_add_variable, ngx_http_request_t, ngx_int_t, ngx_pnalloc, ngx_str_t,
     ngx_variable_value_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
-use ngx::http::HttpModule;
 
 use crate::metrics::{self, Kind};
-use crate::module::Module;
+use crate::ngx_detach::{Detach, DetachedSession};
 use crate::ngx_io::RequestRef;
-use crate::session::Stats;
+use crate::stats::Stats;
 
-/// What the access log reports of a session. Every session type of this
-/// module is `#[repr(C)]` with this as its first field, so the request's
-/// module context can be read as a `SessionLog` whatever the session.
+/// A session of this module, as the request's module context holds it
+/// (boxed once more: a thin pointer fits the context slot): the variables
+/// read its [`SessionLog`] through this trait, whatever the session.
+pub trait LoggedSession: DetachedSession + Any {
+    /// What the access log reports of the session.
+    fn session_log(&self) -> &SessionLog;
+    /// For the session's own handlers, to get their type back.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// The module context of a request that a session of this module serves.
+pub type SessionCtx = Box<dyn LoggedSession>;
+
+impl DetachedSession for SessionCtx {
+    fn detach(&mut self) -> &mut Detach {
+        (**self).detach()
+    }
+
+    fn shut_down(&mut self) {
+        (**self).shut_down()
+    }
+}
+
+/// What the access log reports of a session.
 #[derive(Debug, Default)]
 pub struct SessionLog {
     /// The client leg's counts.
@@ -121,9 +141,13 @@ unsafe extern "C" fn get_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx calls variable handlers with a live request.
     let r = unsafe { RequestRef::from_raw(r) };
-    let log: Option<NonNull<SessionLog>> = r.ctx::<c_void>(Module::module()).map(NonNull::cast);
-    // SAFETY: see `SessionLog`: the context, when set, starts with one.
-    let value = log.and_then(|log| (VARIABLES[data].1)(unsafe { log.as_ref() }));
+    // Found by its type among the request's owned contexts: a context of
+    // another type (a session stored otherwise) reads as no session, never
+    // as a wrong one.
+    let ctx: Option<NonNull<SessionCtx>> = r.owned_ctx::<SessionCtx>();
+    // SAFETY: a `SessionCtx` that the request owns (`set_owned_ctx`);
+    // nothing else uses it during this call.
+    let value = ctx.and_then(|ctx| (VARIABLES[data].1)(unsafe { ctx.as_ref() }.session_log()));
     // SAFETY: `v` is the value slot nginx passes; the text is copied into
     // the request pool.
     unsafe {

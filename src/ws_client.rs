@@ -1,6 +1,6 @@
 //! The seed's client object: a WebSocket that we opened to an upstream,
-//! with the `wb` operations of [`WebSocket`] and `set_keepalive`, which
-//! hands the still open connection to its keepalive pool.
+//! with the `wb` operations of [`WebSocket`], `close`, and `set_keepalive`,
+//! which hands the still open connection to its keepalive pool.
 
 use core::fmt;
 use core::ops::{Deref, DerefMut};
@@ -10,17 +10,38 @@ use ngx::ffi::ngx_msec_t;
 use crate::client::Agreed;
 use crate::ngx_peer::{EventHandler, UpstreamConn};
 use crate::pool::{Keepalive, PoolSettings};
-use crate::session::WebSocket;
+use crate::protocol::close::NORMAL;
+use crate::session::{WebSocket, WsError};
 
-/// A handshaken client connection to an upstream.
+/// The seed's client object: a WebSocket that we opened to an upstream
+/// with [`connect`](crate::connect). It dereferences to [`WebSocket`] for
+/// the `wb` operations (`send_text`, `recv_frame`, `set_timeout`, ...); the
+/// library owns it and lends it to the [`ClientHandler`](crate::ClientHandler).
+/// [`WsClient::close`] and [`WsClient::set_keepalive`] say how the
+/// connection ends once the handler returns
+/// [`ClientNext::Finish`](crate::ClientNext::Finish).
 pub struct WsClient {
     ws: WebSocket,
     conn: UpstreamConn,
     agreed: Agreed,
     keepalive: Option<Keepalive>,
+    ending: Option<Ending>,
 }
 
-/// Why `set_keepalive` closed the connection instead of pooling it.
+/// How the handler asked the connection to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// `close`: the close frame is flushed, then the connection closed.
+    Close,
+    /// `set_keepalive`: flushed, then pooled.
+    Keepalive {
+        max_idle_timeout: ngx_msec_t,
+        pool_size: usize,
+    },
+}
+
+/// Why `set_keepalive` closed the connection instead of pooling it (logged
+/// when the request ends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeepaliveError {
     /// The connection was opened without a pool (`websocket_keepalive` off).
@@ -44,9 +65,60 @@ impl fmt::Display for KeepaliveError {
 impl std::error::Error for KeepaliveError {}
 
 impl WsClient {
+    /// The subprotocol the upstream agreed to, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.agreed.subprotocol.as_deref()
+    }
+
+    /// The seed's `wb:close()`: queues a close frame (1000, unless one was
+    /// sent). Once the handler returns [`ClientNext::Finish`], the library
+    /// flushes it and closes the connection; until then the handler may
+    /// still receive (the upstream's answering close, say).
+    ///
+    /// [`ClientNext::Finish`]: crate::ClientNext::Finish
+    pub fn close(&mut self) -> Result<(), WsError> {
+        self.ending = Some(Ending::Close);
+        if self.ws.close_sent() {
+            return Ok(());
+        }
+        self.ws.send_close(Some(NORMAL), b"")
+    }
+
+    /// The seed's `wb:set_keepalive(max_idle_timeout, pool_size)`: once the
+    /// handler returns [`ClientNext::Finish`], the library flushes what is
+    /// queued and puts the connection into its pool for at most
+    /// `max_idle_timeout` milliseconds, in a pool of at most `pool_size`
+    /// idle connections. Fails at once with [`KeepaliveError::NoPool`] when
+    /// the connect had no pool; a connection that is not clean then (a
+    /// message half sent or received, a close frame either way, compression
+    /// state kept between messages) is closed instead, and that logged.
+    ///
+    /// [`ClientNext::Finish`]: crate::ClientNext::Finish
+    pub fn set_keepalive(
+        &mut self,
+        max_idle_timeout: ngx_msec_t,
+        pool_size: usize,
+    ) -> Result<(), KeepaliveError> {
+        if self.keepalive.is_none() {
+            return Err(KeepaliveError::NoPool);
+        }
+        self.ending = Some(Ending::Keepalive {
+            max_idle_timeout,
+            pool_size,
+        });
+        Ok(())
+    }
+
+    /// How the handler asked the connection to end.
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        self.ending
+    }
+}
+
+impl WsClient {
     /// `agreed` is what the upstream's handshake (or the pooled
     /// connection's) settled.
-    pub fn new(
+    pub(crate) fn new(
         ws: WebSocket,
         conn: UpstreamConn,
         agreed: Agreed,
@@ -57,29 +129,24 @@ impl WsClient {
             conn,
             agreed,
             keepalive,
+            ending: None,
         }
     }
 
     /// The location's `websocket_keepalive*` settings, when it pools.
-    pub fn pool_settings(&self) -> Option<PoolSettings> {
+    pub(crate) fn pool_settings(&self) -> Option<PoolSettings> {
         self.keepalive.as_ref().map(|k| k.settings)
     }
 
     /// Puts the connection into its pool for at most `max_idle_timeout`
-    /// milliseconds, in a pool of at most `pool_size` idle connections.
-    /// The caller fences it first (`pool::Fence`), so that nothing the
-    /// upstream sent for this session reaches the next; what the upstream
-    /// keeps for the session in-band (a login, subscriptions) goes with it.
-    /// The object is consumed either way, so no operation but a new connect
-    /// can follow; on an error the connection is closed.
-    ///
-    /// ```ignore
-    /// // local ok, err = wb:set_keepalive(10000, 4)
-    /// if let Err(e) = upstream.set_keepalive(10_000, 4) {
-    ///     ngx_log_error!(NGX_LOG_INFO, log, "websocket: upstream closed: {e}");
-    /// }
-    /// ```
-    pub fn set_keepalive(
+    /// milliseconds, in a pool of at most `pool_size` idle connections (what
+    /// `set_keepalive` asks for). The relay fences it first (`pool::Fence`),
+    /// so that nothing the upstream sent for this session reaches the next;
+    /// what the upstream keeps for the session in-band (a login,
+    /// subscriptions) goes with it. The object is consumed either way, so no
+    /// operation but a new connect can follow; on an error the connection is
+    /// closed.
+    pub(crate) fn into_pool(
         self,
         max_idle_timeout: ngx_msec_t,
         pool_size: usize,
@@ -120,7 +187,7 @@ impl WsClient {
 impl WsClient {
     /// Sends the upstream connection's events to `handler` with `data` as
     /// the connection's data (the session moved to another owner).
-    pub fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
+    pub(crate) fn redirect_events(&self, data: *mut core::ffi::c_void, handler: EventHandler) {
         self.conn
             .attach(data, handler, self.conn.connection().log());
     }

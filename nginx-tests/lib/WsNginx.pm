@@ -80,12 +80,14 @@ sub free_port {
 
 # new(conf => $http_fragment, main_conf => ..., events_conf => ...,
 #     worker_processes => 1, worker_connections => 1024,
-#     error_log_level => 'info', daemon => 0)
+#     error_log_level => 'info', daemon => 0, nginx => PATH, module => PATH)
 sub new {
     my ($class, %o) = @_;
     croak "WsNginx->new: conf => TEXT is required" unless defined $o{conf};
 
     my ($nginx, $module) = $class->locate;
+    # nginx => PATH, module => PATH: another build (63-redis-client.t's probe)
+    ($nginx, $module) = @o{qw(nginx module)} if defined $o{nginx} && defined $o{module};
 
     my $dir = tempdir('wsnginx-XXXXXX', TMPDIR => 1, CLEANUP => !$ENV{TEST_NGINX_LEAVE});
     chmod 0755, $dir;    # workers may run as nobody when we are root

@@ -119,10 +119,13 @@ enum State {
     Header,
     /// Inside a data frame's payload.
     Data { header: FrameHeader, received: u64 },
-    /// Inside a control frame's payload.
+    /// Inside a control frame's payload; what arrived of it when a read
+    /// ended inside it. Boxed: a control frame whose payload arrives in
+    /// one piece (the usual case) needs no room here, and an idle
+    /// connection's decoder stays small.
     Control {
         header: FrameHeader,
-        frame: ControlFrame,
+        partial: Option<Box<ControlFrame>>,
     },
     /// The connection is failing; every call repeats the error.
     Failed(ProtocolError),
@@ -211,7 +214,7 @@ impl Decoder {
         if header.opcode.is_control() {
             self.state = State::Control {
                 header,
-                frame: ControlFrame::empty(header.opcode),
+                partial: None,
             };
             return Ok(());
         }
@@ -322,8 +325,13 @@ impl Decoder {
         &mut self,
         payload: &[u8],
     ) -> Result<(usize, DecodeEvent<'a>), ProtocolError> {
-        let State::Control { header, frame } = &mut self.state else {
+        let State::Control { header, partial } = &mut self.state else {
             unreachable!("called inside a control frame")
+        };
+        let header = *header;
+        let mut frame = match partial.take() {
+            Some(frame) => *frame,
+            None => ControlFrame::empty(header.opcode),
         };
         // parse_header allows control frames of at most 125 bytes.
         let wanted = header.payload_len as usize;
@@ -332,9 +340,9 @@ impl Decoder {
         frame.payload[have..have + take].copy_from_slice(&payload[..take]);
         frame.len += take as u8;
         if usize::from(frame.len) < wanted {
+            *partial = Some(Box::new(frame));
             return Ok((take, DecodeEvent::NeedMore));
         }
-        let mut frame = frame.clone();
         if let Some(key) = header.mask {
             apply_mask(&mut frame.payload[..wanted], key, 0);
         }
