@@ -357,11 +357,6 @@ impl RedisChannels {
         self.reader.unwatch(&self.key(channel));
     }
 
-    /// The id of the last message of `channel` delivered to this worker.
-    pub fn position(&self, channel: &[u8]) -> Option<StreamId> {
-        self.reader.position(&self.key(channel))
-    }
-
     /// The newest id of a channel (`ZERO` when it has none), to follow it
     /// from now on.
     pub fn newest_id(

@@ -269,11 +269,6 @@ impl Link {
         inner.queue(args, Waiting::User(Box::new(done)), timeout_ms);
         Ok(())
     }
-
-    /// Commands sent and not answered yet.
-    pub fn in_flight(&self) -> usize {
-        self.0.borrow().pending.len()
-    }
 }
 
 impl Inner {

@@ -87,15 +87,6 @@ impl StreamReader {
         }
     }
 
-    /// The id of the last entry delivered for `key` (or where it starts).
-    pub fn position(&self, key: &[u8]) -> Option<StreamId> {
-        self.0.borrow().streams.get(key).copied()
-    }
-
-    pub fn watched(&self) -> usize {
-        self.0.borrow().streams.len()
-    }
-
     fn keys_changed(&self) {
         let s = self.0.borrow();
         if !s.in_flight {
