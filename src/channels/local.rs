@@ -95,9 +95,12 @@ impl Inbox {
 
     /// The stored messages a resume asked for came (oldest first): they
     /// are queued, then the live ones that waited, each once, in order.
-    /// Returns how many were queued.
+    /// Returns how many were queued. Nothing happens to an inbox that no
+    /// longer holds (its session left: it must not be woken).
     pub fn release(&mut self, stored: &[Shared]) -> u64 {
-        let held = self.held.take().unwrap_or_default();
+        let Some(held) = self.held.take() else {
+            return 0;
+        };
         let mut queued = 0;
         let mut changed = false;
         for m in stored.iter().chain(&held) {
@@ -109,6 +112,11 @@ impl Inbox {
             self.wake();
         }
         queued
+    }
+
+    /// The session left its channel: a resume's answer must not touch it.
+    pub fn unhold(&mut self) {
+        self.held = None;
     }
 
     pub fn pop(&mut self) -> Option<Shared> {
@@ -382,6 +390,11 @@ mod tests {
         i.hold();
         assert_eq!(i.push(&msg(8, 1)), (false, false));
         assert_eq!(i.release(&[]), 1);
+        // The session left before the answer: nothing queued.
+        i.hold();
+        i.unhold();
+        assert_eq!(i.release(&[msg(9, 1)]), 0);
+        assert_eq!(i.queue.len(), 2);
     }
 
     #[test]

@@ -216,6 +216,8 @@ fn start_following(at: usize, key: ChannelKey, name: &[u8], from: StreamId) {
 /// Takes an inbox off its channel; false when the channel is not one of a
 /// zone in Redis.
 pub fn unsubscribe(key: ChannelKey, inbox: &Rc<RefCell<Inbox>>) -> bool {
+    // A resume's answer still to come finds the inbox no longer holding.
+    inbox.borrow_mut().unhold();
     let found = WORKERS.with(|w| {
         let mut w = w.borrow_mut();
         w.values_mut().find_map(|worker| {
