@@ -338,6 +338,7 @@ is_deeply([get("/z?history&c1&0-0")], [200, join("\n", map { "$ids[$_] t m" . ($
     'history: the 3 newest');
 is_deeply([get("/z?history&c1&$ids[3]")], [200, "$ids[4] t m5"], 'history after an id: only what is newer');
 is_deeply([get("/z?history&c1&$ids[4]")], [200, ''], '... none after the last');
+is(scalar($t->grep_error_log(qr/zero size buf/)), 0, '... an empty body: no "zero size buf" alert');
 
 is_deeply([get('/z?follow&c1&new')], [200, "ok $ids[4]"], 'follow a channel from now on');
 is_deeply([get('/z?follow&c2&0-0')], [200, 'ok'], 'follow another from its start');
