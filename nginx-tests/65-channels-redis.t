@@ -11,14 +11,18 @@
 #   websocket_channel_publish on, on B, publishes to the subscribers on A;
 # - ids are the streams' ids; describe on either server counts the history;
 #   a resume (with envelopes) on the other server gets what followed its id;
-# - Redis killed: a publish gets 503 and an [error] line, subscribers stay
-#   connected (they answer pings); Redis started again on the same port
+# - Redis killed: a publish gets 503 and an [error] line, a new subscriber
+#   503, subscribers stay connected (they answer pings); Redis started again on the same port
 #   with its data: publishes are 201 again (within the reconnect backoff)
 #   and every subscriber gets them after everything accepted before,
 #   nothing lost, nothing twice;
 # - a restart of nginx A keeps the history (it is in Redis): a resume there
 #   gets it;
-# - DELETE on A closes the subscribers of both servers with 1000; then 404.
+# - Redis drops every connection of both servers, and an entry is written
+#   meanwhile: every subscriber gets it once the readers are back;
+# - DELETE on A closes the subscribers of both servers with 1000; then 404;
+# - a reload of B: its old workers' subscribers get what came before, then
+#   1001; the new workers follow the channel.
 
 use strict;
 use warnings;
@@ -259,6 +263,8 @@ resume_ok($pa, 4, 'on A');
         $alive++ if $f && $f->{opcode} == OP_PONG;
     }
     is($alive, scalar @subs, 'the subscribers stay connected (they answer pings)');
+    my $late = WsClient->connect(port => $pb, path => '/sub?c=one');
+    is($late->status, 503, 'a new subscriber meanwhile: 503');
     $redis->start;
     my ($back, $t0) = (0, time);
     while (time < $t0 + scaled(8)) {
@@ -279,6 +285,26 @@ resume_ok($pa, 4, 'on A');
     is($all, scalar @subs, 'every subscriber gets them, once, in order, nothing lost');
     my (undef, undef, $body) = req($pa, 'GET', '/pub?c=hist');
     like($body, qr/"messages":11\b/, 'Redis kept the history through its restart');
+}
+
+# --- accepted while the readers were away ------------------------------------------
+
+{
+    # Every connection of both servers dropped (the test's own is spared),
+    # and an entry written meanwhile straight into the channel's stream:
+    # the readers, back, read on from the last id they delivered.
+    my $n = $redis->command('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    is($n, 8, 'the 2 links of each worker of both servers dropped');
+    $redis->command('XADD', 'websocket:chat:one', '*', 'd', 'while away', 'b', '0');
+    wait_up($pa, 'A reconnected');
+    wait_up($pb, 'B reconnected');
+    my ($st) = publish($pb, 'one', 'after');
+    my $all = 0;
+    for my $ws (@subs) {
+        my @got = texts_of($ws, 2, 8);
+        $all++ if "@got" eq 'while away after';
+    }
+    is($all, scalar @subs, 'every subscriber gets what Redis accepted while its reader was away, then the rest');
 }
 
 # --- a restart of nginx keeps the history ------------------------------------------
@@ -314,10 +340,32 @@ resume_ok($pa, 4, 'on A');
     is($st, 404, 'after DELETE: 404');
 }
 
+# --- reload ------------------------------------------------------------------------
+
+{
+    my @old = subscribers($pb, '/sub?c=three', 2);
+    sleep 0.2;
+    my ($st) = publish($pa, 'three', 'before');
+    ok($nb->reload, 'B reloaded');
+    my $bye = 0;
+    for my $ws (@old) {
+        my @got = texts_of($ws, 1);
+        my ($code) = $ws->recv_close(timeout => 5);
+        $bye++ if "@got" eq 'before' && ($code // 0) == 1001;
+    }
+    is($bye, scalar @old, "the old workers' subscribers get what came before, then 1001");
+    wait_up($pb, 'B after its reload');
+    my @new = subscribers($pb, '/sub?c=three', 2);
+    sleep 0.2;
+    ($st) = publish($pa, 'three', 'after');
+    is(scalar(grep { (texts_of($_, 1))[0] eq 'after' } @new), scalar @new,
+        'the new workers follow the channel');
+    isnt(join(' ', sort $nb->worker_pids), join(' ', sort @workers_b), 'new worker processes');
+}
+
 # --- the end ---------------------------------------------------------------------
 
 still_echoes($pb, 'B at the end');
-is_deeply([$nb->worker_pids], \@workers_b, 'B: the worker processes are the same ones');
 for ([$na, 'A'], [$nb, 'B']) {
     my ($t, $name) = @$_;
     $t->stop;
