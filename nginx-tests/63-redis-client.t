@@ -332,6 +332,10 @@ is_deeply([sort @ids], \@ids, '... ids in order');
 is($redis->command('XLEN', 'websocket:z:c1'), 5, '... one stream entry each (MAXLEN ~ keeps at least 1000)');
 is_deeply($redis->command('XRANGE', 'websocket:z:c1', '-', '+', 'COUNT', 1),
     [[$ids[0], ['d', 'm1', 'b', '0']]], '... fields d and b');
+{
+    my $ttl = $redis->command('PTTL', 'websocket:z:c1');
+    ok($ttl > 50_000 && $ttl <= 60_000, "... the stream expires with history_time (PTTL $ttl)");
+}
 is_deeply([get('/z?describe&c1')], [200, "3 $ids[4]"], 'describe: 3 stored (history 3), the last id');
 is_deeply([get('/z?describe&none')], [200, '0 -'], '... a channel without messages');
 is_deeply([get("/z?history&c1&0-0")], [200, join("\n", map { "$ids[$_] t m" . ($_ + 1) } 2 .. 4)],

@@ -226,6 +226,8 @@ for my $i (1 .. 10) {
     my @order = map { $_->[0] } @history;
     my @sorted = sort { my @x = split /-/, $a; my @y = split /-/, $b; $x[0] <=> $y[0] || $x[1] <=> $y[1] } @order;
     is("@order", "@sorted", 'ids grow in publishing order, whichever server');
+    is($redis->command('PTTL', 'websocket:chat:hist'), -1,
+        'history without history_time: the stream does not expire');
     my (undef, undef, $body) = req($pb, 'GET', '/pub?c=hist');
     like($body, qr/"messages":10\b/, 'GET on B: 10 stored messages');
     like($body, qr/"last_id":"\Q$history[-1][0]\E"/, 'GET on B: the last id');
