@@ -8,7 +8,9 @@
 # - a message published on A reaches the subscribers on A and B once; A and
 #   B publishing at the same time give every subscriber the same order (each
 #   publisher's messages in its own order); a subscriber with
-#   websocket_channel_publish on, on B, publishes to the subscribers on A;
+#   websocket_channel_publish on, on B, publishes to the subscribers on A; a
+#   burst of 400 messages up to 16 KB from 4 publishers arrives intact, in
+#   one order;
 # - ids are the streams' ids; describe on either server counts the history;
 #   a resume (with envelopes) on the other server gets what followed its id;
 # - Redis killed: a publish gets 503 and an [error] line, a new subscriber
@@ -201,6 +203,37 @@ my @ids;
     is($in_order, scalar @subs, 'each publisher\'s messages in its order, once');
     my %distinct = map { $_ => 1 } @orders;
     is(scalar keys %distinct, 1, 'every subscriber on both servers saw the same order');
+}
+
+# A burst: 4 publishers (2 per server), 100 messages each of up to 16 KB,
+# read by the workers in batches: every subscriber gets all 400, in one order.
+{
+    my @kids;
+    for my $k (0 .. 3) {
+        my $pid = fork // die "fork: $!";
+        if ($pid == 0) {
+            my $bad = 0;
+            for my $i (1 .. 100) {
+                my ($st) = publish($k % 2 ? $pb : $pa, 'one', "p$k-$i:" . ('x' x (($i * 163) % 16384)));
+                $bad++ if $st != 201;
+            }
+            POSIX::_exit($bad ? 1 : 0);
+        }
+        push @kids, $pid;
+    }
+    my $failed = 0;
+    for (@kids) { waitpid($_, 0); $failed++ if $? }
+    is($failed, 0, 'a burst of 400 from 4 publishers: every publish 201');
+    my (%orders, $complete);
+    $complete = 0;
+    for my $ws (@subs) {
+        my @got = map { /^(p\d-\d+):(x*)$/ && length($2) == (((split /-/, $1)[1] * 163) % 16384) ? $1 : 'bad' }
+            texts_of($ws, 400, 10);
+        $complete++ if @got == 400 && !grep { $_ eq 'bad' } @got;
+        $orders{"@got"}++;
+    }
+    is($complete, scalar @subs, 'every subscriber got all 400, intact');
+    is(scalar keys %orders, 1, 'all in the same order');
 }
 
 # A subscriber that publishes (on B) reaches the subscribers on A.
