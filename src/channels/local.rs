@@ -12,9 +12,9 @@ use core::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use super::{ipc, remote};
 use super::shm::{ChannelKey, Message};
 use super::store::{Store, StoreError};
+use super::{ipc, remote};
 
 /// A message as this worker's subscribers share it.
 pub type Shared = Rc<Message>;

@@ -38,8 +38,8 @@ use ngx::http::{
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, ComplexValue};
-use shm::{ShmZone, MAX_WORKERS};
 use crate::redis::channels::History;
+use shm::{ShmZone, MAX_WORKERS};
 use store::{RedisZone, Store};
 
 /// Marker type of the channel module.
@@ -453,7 +453,11 @@ unsafe extern "C" fn cmd_zone(
                 Ok(addrs) => addrs,
                 Err(e) => return conf_fail(cf, &format!("{e} in \"websocket_channel_zone\"")),
             };
-            redis = Some(crate::redis::conn::Settings::new(url.to_string(), addrs, url.db));
+            redis = Some(crate::redis::conn::Settings::new(
+                url.to_string(),
+                addrs,
+                url.db,
+            ));
         } else {
             return conf_fail(
                 cf,

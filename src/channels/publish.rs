@@ -167,9 +167,12 @@ unsafe fn publish_body(r: *mut ngx_http_request_t) -> ngx_int_t {
         let channel = name.clone();
         let sent = remote::publish(store, &name, &body, !text, move |published| {
             let rc = match published {
-                Ok((id, subscribers)) => created(&id.to_string(), subscribers),
-                // SAFETY: the request is held until `answer_later`.
-                Err(why) => Err(cannot_publish(unsafe { log_of(r) }, store, &channel, &why)),
+                Ok((id, subscribers)) => Answer::Json(201, created(&id.to_string(), subscribers)),
+                Err(why) => {
+                    // SAFETY: the request is held until `answer_later`.
+                    let log = unsafe { log_of(r) };
+                    Answer::Status(cannot_publish(log, store, &channel, &why))
+                }
             };
             // SAFETY: the request was held until this finalizes it.
             unsafe { answer_later(r, c, rc) };
@@ -184,8 +187,7 @@ unsafe fn publish_body(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     match local::publish(store, Err(&name), &body, !text) {
         Ok((seq, subscribers)) => {
-            let (status, body) = created(&store.format_id(seq), subscribers).unwrap_or_default();
-            respond_json(req, status, &body)
+            respond_json(req, 201, &created(&store.format_id(seq), subscribers))
         }
         Err(e) => {
             let why = match e {
@@ -206,15 +208,21 @@ unsafe fn log_of(r: *mut ngx_http_request_t) -> *mut ngx_log_t {
     unsafe { RequestRef::from_raw(r) }.log()
 }
 
-/// The 201 of a publish.
-fn created(id: &str, subscribers: u64) -> Result<(u32, String), ngx_int_t> {
-    Ok((
-        201,
-        format!(
-            "{{\"id\":{},\"subscribers\":{subscribers}}}\n",
-            json_string(id)
-        ),
-    ))
+/// The body of a publish's 201.
+fn created(id: &str, subscribers: u64) -> String {
+    format!(
+        "{{\"id\":{},\"subscribers\":{subscribers}}}\n",
+        json_string(id)
+    )
+}
+
+/// What a request held for a Redis reply gets.
+enum Answer {
+    Json(u32, String),
+    /// 204.
+    NoContent,
+    /// An error page (or an error of nginx's).
+    Status(ngx_int_t),
 }
 
 /// Logs a failed publish at [error]: 503.
@@ -229,25 +237,24 @@ fn cannot_publish(log: *mut ngx_log_t, store: &Store, name: &[u8], why: &str) ->
     503
 }
 
-/// Answers a request held for a Redis reply: a JSON body, or a bare status
-/// (an error page, or 204), and ends it.
+/// Answers a request held for a Redis reply, and ends it.
 ///
 /// # Safety
 /// `r` is a live request held by [`RequestRef::hold`]; `c` its connection.
 unsafe fn answer_later(
     r: *mut ngx_http_request_t,
     c: *mut ngx::ffi::ngx_connection_t,
-    answer: Result<(u32, String), ngx_int_t>,
+    answer: Answer,
 ) {
     // SAFETY: guaranteed by the caller.
     let req = unsafe { RequestRef::from_raw(r) };
     let rc = match answer {
-        Ok((status, body)) => respond_json(req, status, &body),
-        Err(204) => {
+        Answer::Json(status, body) => respond_json(req, status, &body),
+        Answer::NoContent => {
             req.set_status(204, None);
             req.send_small_response(b"")
         }
-        Err(rc) => rc,
+        Answer::Status(rc) => rc,
     };
     req.finalize_status(rc);
     // SAFETY: `c` is the request's client connection, in this worker.
@@ -263,26 +270,38 @@ fn redis_request(req: &mut RequestRef, store: &'static Store, name: &[u8]) -> ng
     let sent = match req.method_name() {
         b"GET" | b"HEAD" => remote::describe(store, name, move |described| {
             let answer = match described {
-                Ok(Some((subscribers, stored))) => Ok((
+                Ok(Some((subscribers, stored))) => Answer::Json(
                     200,
                     format!(
                         "{{\"subscribers\":{subscribers},\"messages\":{},\"last_id\":{}}}\n",
                         stored.messages,
                         json_string(&stored.last_id.map(|id| id.to_string()).unwrap_or_default())
                     ),
-                )),
-                Ok(None) => Err(404),
+                ),
+                Ok(None) => Answer::Status(404),
                 // SAFETY: the request is held until `answer_later`.
-                Err(why) => Err(redis_failed(unsafe { log_of(r) }, store, &channel, "describe", &why)),
+                Err(why) => Answer::Status(redis_failed(
+                    unsafe { log_of(r) },
+                    store,
+                    &channel,
+                    "describe",
+                    &why,
+                )),
             };
             // SAFETY: the request was held until this finalizes it.
             unsafe { answer_later(r, c, answer) };
         }),
         b"DELETE" => remote::delete(store, name, move |deleted| {
             let answer = match deleted {
-                Ok(()) => Err(204),
+                Ok(()) => Answer::NoContent,
                 // SAFETY: the request is held until `answer_later`.
-                Err(why) => Err(redis_failed(unsafe { log_of(r) }, store, &channel, "delete", &why)),
+                Err(why) => Answer::Status(redis_failed(
+                    unsafe { log_of(r) },
+                    store,
+                    &channel,
+                    "delete",
+                    &why,
+                )),
             };
             // SAFETY: as above.
             unsafe { answer_later(r, c, answer) };

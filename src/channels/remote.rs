@@ -306,6 +306,8 @@ pub fn delete(
 ) -> Result<(), String> {
     let redis = redis_of(addr(store)).ok_or("no link to redis in this process")?;
     redis
-        .delete(name, move |id| done(id.map(|_| ()).map_err(|e| e.to_string())))
+        .delete(name, move |id| {
+            done(id.map(|_| ()).map_err(|e| e.to_string()))
+        })
         .map_err(|e| e.to_string())
 }

@@ -31,8 +31,8 @@ use crate::ngx_detach::{
     detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
-    cycle_log, post_write_event, request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef,
-    Direction, RequestRef,
+    cycle_log, post_write_event, request_of_client_event, run_posted_requests, CloseRequest,
+    ConnectionRef, Direction, RequestRef,
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, POLICY};
 use crate::protocol::frame::OpCode;
