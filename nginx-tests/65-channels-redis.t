@@ -13,8 +13,9 @@
 #   one order;
 # - ids are the streams' ids; describe on either server counts the history;
 #   a resume (with envelopes) on the other server gets what followed its id;
-# - Redis killed: a publish gets 503 and an [error] line, a new subscriber
-#   503, subscribers stay connected (they answer pings); Redis started again on the same port
+# - Redis killed: a publish gets 503 and an [error] line, subscribers stay
+#   connected (they answer pings), new ones are accepted (a resume among them
+#   gets what followed its id once Redis is back); Redis started again on the same port
 #   with its data: publishes are 201 again (within the reconnect backoff)
 #   and every subscriber gets them after everything accepted before,
 #   nothing lost, nothing twice;
@@ -298,8 +299,10 @@ resume_ok($pa, 4, 'on A');
         $alive++ if $f && $f->{opcode} == OP_PONG;
     }
     is($alive, scalar @subs, 'the subscribers stay connected (they answer pings)');
-    my $late = WsClient->connect(port => $pb, path => '/sub?c=one');
-    is($late->status, 503, 'a new subscriber meanwhile: 503');
+    # Subscribers that come meanwhile are accepted and wait like the others.
+    my $late = ws_open($pb, '/sub?c=late');
+    my $late_resume = ws_open($pa, "/env?c=hist&last=$history[7][0]");
+    pass('new subscribers meanwhile are accepted (101)');
     $redis->start;
     my ($back, $t0) = (0, time);
     while (time < $t0 + scaled(8)) {
@@ -320,6 +323,20 @@ resume_ok($pa, 4, 'on A');
     is($all, scalar @subs, 'every subscriber gets them, once, in order, nothing lost');
     my (undef, undef, $body) = req($pa, 'GET', '/pub?c=hist');
     like($body, qr/"messages":11\b/, 'Redis kept the history through its restart');
+    my @want = map { sprintf '{"id":"%s","data":"%s"}', @$_ } @history[8 .. $#history];
+    is_deeply([texts_of($late_resume, scalar @want, 5)], \@want,
+        'a resume that came during the outage: what followed its id, once Redis is back');
+    $late_resume->send_close(1000);
+    $late_resume->recv_close(timeout => 5);
+    # Its worker follows the channel once its link is back (within the
+    # backoff): then it gets what is published.
+    my ($got, $t1) = ('', time);
+    for my $i (1 .. 40) {
+        publish($pa, 'late', "late$i");
+        my $m = $late->recv_message(timeout => 0.3);
+        if ($m && $m->{opcode} == OP_TEXT) { $got = $m->{payload}; last }
+    }
+    like($got, qr/^late\d+$/, 'a subscriber that came during the outage gets live messages once Redis is back');
 }
 
 # --- accepted while the readers were away ------------------------------------------

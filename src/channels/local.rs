@@ -114,6 +114,11 @@ impl Inbox {
         queued
     }
 
+    /// Whether live messages wait for a resume's stored ones.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// The session left its channel: a resume's answer must not touch it.
     pub fn unhold(&mut self) {
         self.held = None;

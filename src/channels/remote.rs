@@ -13,7 +13,10 @@
 //!
 //! While Redis is unreachable the links reconnect with backoff; the reader
 //! then reads on from the last ids it delivered, so subscribers miss
-//! nothing Redis accepted.
+//! nothing Redis accepted. A subscriber that comes meanwhile (or before
+//! the worker's first connection is up, just after a start or a reload) is
+//! accepted and waits like the others: its channel's newest id and its
+//! resume are asked for once the command link is up.
 
 use core::cell::RefCell;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use super::local::{self, deliver, End, Inbox, Shared};
 use super::shm::{wall_ms, ChannelKey, Message};
 use super::store::{Store, StoreError};
 use crate::ngx_io::cycle_log;
-use crate::redis::channels::{self as rc, Event, RedisChannels, Stored};
+use crate::redis::channels::{self as rc, Event, Failed, RedisChannels, Stored};
 use crate::redis::conn::Link;
 use crate::redis::resp::StreamId;
 
@@ -39,6 +42,16 @@ struct Followed {
     subscribers: Vec<Rc<RefCell<Inbox>>>,
     /// Its reader follows it (the newest id came).
     started: bool,
+    /// Its newest id was asked for.
+    asking: bool,
+}
+
+/// A resume waiting for the stored messages after its id.
+#[derive(Clone)]
+struct Resume {
+    name: Vec<u8>,
+    after: StreamId,
+    inbox: Rc<RefCell<Inbox>>,
 }
 
 /// A zone's links and channels in this worker.
@@ -47,6 +60,8 @@ struct Worker {
     redis: RedisChannels,
     channels: HashMap<ChannelKey, Followed>,
     by_name: HashMap<Vec<u8>, ChannelKey>,
+    /// Resumes to ask Redis about once the command link is up.
+    resumes: Vec<Resume>,
 }
 
 thread_local! {
@@ -73,6 +88,7 @@ pub fn start(store: &'static Store) {
         BLOCK_MS,
         move |channel, event| on_event(at, channel, event),
     );
+    redis.on_up(move || ask(at));
     WORKERS.with(|w| {
         w.borrow_mut().insert(
             at,
@@ -81,13 +97,14 @@ pub fn start(store: &'static Store) {
                 redis,
                 channels: HashMap::new(),
                 by_name: HashMap::new(),
+                resumes: Vec::new(),
             },
         )
     });
 }
 
 /// The zone's client in this worker (a clone: calls into it must not run
-/// while [`WORKERS`] is borrowed, as a failing link answers at once).
+/// while [`WORKERS`] is borrowed).
 fn redis_of(at: usize) -> Option<RedisChannels> {
     WORKERS.with(|w| w.borrow().get(&at).map(|w| w.redis.clone()))
 }
@@ -98,6 +115,100 @@ fn shared(m: rc::Message) -> Option<Shared> {
         binary: m.binary,
         data: m.data,
     }))
+}
+
+/// Asks Redis, if the command link is up, for what the worker's channels
+/// and resumes wait for: the newest id of each channel not followed yet,
+/// the stored messages of each resume. What fails for the link is asked
+/// again when it is back up.
+fn ask(at: usize) {
+    let Some((redis, starts, resumes)) = WORKERS.with(|w| {
+        let mut w = w.borrow_mut();
+        let worker = w.get_mut(&at)?;
+        if !worker.redis.is_up() {
+            return None;
+        }
+        let starts: Vec<(ChannelKey, Vec<u8>)> = worker
+            .channels
+            .iter_mut()
+            .filter(|(_, f)| !f.started && !f.asking)
+            .map(|(key, f)| {
+                f.asking = true;
+                (*key, f.name.clone())
+            })
+            .collect();
+        let resumes = core::mem::take(&mut worker.resumes);
+        Some((worker.redis.clone(), starts, resumes))
+    }) else {
+        return;
+    };
+    for (key, name) in starts {
+        let channel = name.clone();
+        let asked = redis.newest_id(&name, move |id| match id {
+            Some(id) => start_following(at, key, &channel, id),
+            None => not_asking(at, key),
+        });
+        if asked.is_err() {
+            not_asking(at, key);
+        }
+    }
+    for resume in resumes {
+        ask_stored(at, &redis, resume);
+    }
+}
+
+/// The newest id of a channel did not come: asked again once the link is up.
+fn not_asking(at: usize, key: ChannelKey) {
+    WORKERS.with(|w| {
+        if let Some(f) = w
+            .borrow_mut()
+            .get_mut(&at)
+            .and_then(|w| w.channels.get_mut(&key))
+        {
+            f.asking = false;
+        }
+    });
+}
+
+/// Asks for the stored messages a resume wants; they go to its inbox
+/// before the live ones that waited.
+fn ask_stored(at: usize, redis: &RedisChannels, resume: Resume) {
+    if !resume.inbox.borrow().holding() {
+        return;
+    }
+    let waiting = resume.clone();
+    let asked = redis.history_after(&resume.name, resume.after, wall_ms(), move |stored| {
+        let stored: Vec<Shared> = match stored {
+            Ok(messages) => messages.into_iter().filter_map(shared).collect(),
+            // The link failed: again once it is back.
+            Err(Failed::Redis(_)) => return wait_for_link(at, waiting),
+            Err(e) => {
+                ngx_log_error!(
+                    NGX_LOG_ERR,
+                    cycle_log(),
+                    "websocket: cannot read the history of channel \"{}\" for a resume: {e}",
+                    waiting.name.escape_ascii()
+                );
+                Vec::new()
+            }
+        };
+        let queued = waiting.inbox.borrow_mut().release(&stored);
+        if let Some(store) = WORKERS.with(|w| w.borrow().get(&at).map(|w| w.store)) {
+            store.zone().add_delivered(queued);
+        }
+    });
+    if asked.is_err() {
+        wait_for_link(at, resume);
+    }
+}
+
+/// A resume is asked again once the command link is up.
+fn wait_for_link(at: usize, resume: Resume) {
+    WORKERS.with(|w| {
+        if let Some(worker) = w.borrow_mut().get_mut(&at) {
+            worker.resumes.push(resume);
+        }
+    });
 }
 
 /// The reader got a message (or a delete) of a channel it follows.
@@ -130,67 +241,40 @@ pub fn subscribe(
     inbox: &Rc<RefCell<Inbox>>,
 ) -> Result<ChannelKey, StoreError> {
     let at = addr(store);
-    let redis = redis_of(at).ok_or(StoreError::Unavailable)?;
-    if !redis.is_up() {
-        return Err(StoreError::Unavailable);
-    }
     let s = store.begin()?;
     let (key, _, _) = s.subscribe(name, local::me())?;
     drop(s);
-    let first = WORKERS.with(|w| {
+    let known = WORKERS.with(|w| {
         let mut w = w.borrow_mut();
-        let worker = w.get_mut(&at)?;
+        let Some(worker) = w.get_mut(&at) else {
+            return false;
+        };
         let f = worker.channels.entry(key).or_insert_with(|| Followed {
             name: name.to_vec(),
             subscribers: Vec::new(),
             started: false,
+            asking: false,
         });
         f.subscribers.push(inbox.clone());
-        let first = f.subscribers.len() == 1;
         worker.by_name.insert(name.to_vec(), key);
-        Some(first)
-    });
-    if first == Some(true) {
-        let channel = name.to_vec();
-        let asked = redis.newest_id(name, move |id| {
-            // Redis did not answer: from about now (its clock and ours).
-            let from = id.unwrap_or(StreamId {
-                ms: wall_ms(),
-                seq: 0,
+        if let Some(after) = resume {
+            inbox.borrow_mut().hold();
+            worker.resumes.push(Resume {
+                name: name.to_vec(),
+                after: StreamId::unpack(after),
+                inbox: inbox.clone(),
             });
-            start_following(at, key, &channel, from);
-        });
-        if asked.is_err() {
-            let now = StreamId {
-                ms: wall_ms(),
-                seq: 0,
-            };
-            start_following(at, key, name, now);
         }
-    }
-    if let Some(after) = resume {
-        inbox.borrow_mut().hold();
-        let waiting = inbox.clone();
-        let asked = redis.history_after(name, StreamId::unpack(after), wall_ms(), move |stored| {
-            let stored: Vec<Shared> = match stored {
-                Ok(messages) => messages.into_iter().filter_map(shared).collect(),
-                Err(e) => {
-                    ngx_log_error!(
-                        NGX_LOG_ERR,
-                        cycle_log(),
-                        "websocket: cannot read the history of a channel of zone \"{}\" for a resume: {e}",
-                        store.name()
-                    );
-                    Vec::new()
-                }
-            };
-            let queued = waiting.borrow_mut().release(&stored);
-            store.zone().add_delivered(queued);
-        });
-        if asked.is_err() {
-            inbox.borrow_mut().release(&[]);
+        true
+    });
+    if !known {
+        // No links in this process (not a worker).
+        if let Ok(s) = store.begin() {
+            s.unsubscribe(key, local::me());
         }
+        return Err(StoreError::Unavailable);
     }
+    ask(at);
     Ok(key)
 }
 
@@ -200,6 +284,7 @@ fn start_following(at: usize, key: ChannelKey, name: &[u8], from: StreamId) {
     let go = WORKERS.with(|w| {
         let mut w = w.borrow_mut();
         let f = w.get_mut(&at)?.channels.get_mut(&key)?;
+        f.asking = false;
         if f.started || f.name != name {
             return None;
         }
@@ -222,6 +307,7 @@ pub fn unsubscribe(key: ChannelKey, inbox: &Rc<RefCell<Inbox>>) -> bool {
         let mut w = w.borrow_mut();
         w.values_mut().find_map(|worker| {
             let f = worker.channels.get_mut(&key)?;
+            worker.resumes.retain(|r| !Rc::ptr_eq(&r.inbox, inbox));
             f.subscribers.retain(|i| !Rc::ptr_eq(i, inbox));
             let mut unfollow = None;
             if f.subscribers.is_empty() {

@@ -153,7 +153,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         Err(e) => {
             let why = match e {
                 StoreError::Full => "is full",
-                StoreError::Unavailable => "is unavailable (its redis is unreachable)",
+                StoreError::Unavailable => "is unavailable",
             };
             ngx_log_error!(
                 NGX_LOG_ERR,

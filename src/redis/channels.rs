@@ -274,6 +274,16 @@ impl RedisChannels {
         self.commands.is_up()
     }
 
+    /// Runs `hook` each time the command link comes up (the first time, and
+    /// after each outage).
+    pub fn on_up(&self, hook: impl Fn() + 'static) {
+        self.commands.on_state(move |up| {
+            if up {
+                hook()
+            }
+        });
+    }
+
     fn key(&self, channel: &[u8]) -> Vec<u8> {
         stream_key(&self.zone, channel)
     }
