@@ -60,6 +60,8 @@ struct Worker {
     redis: RedisChannels,
     channels: HashMap<ChannelKey, Followed>,
     by_name: HashMap<Vec<u8>, ChannelKey>,
+    /// Channels whose newest id is to be asked for once the link is up.
+    unstarted: Vec<ChannelKey>,
     /// Resumes to ask Redis about once the command link is up.
     resumes: Vec<Resume>,
 }
@@ -97,6 +99,7 @@ pub fn start(store: &'static Store) {
                 redis,
                 channels: HashMap::new(),
                 by_name: HashMap::new(),
+                unstarted: Vec::new(),
                 resumes: Vec::new(),
             },
         )
@@ -128,15 +131,15 @@ fn ask(at: usize) {
         if !worker.redis.is_up() {
             return None;
         }
-        let starts: Vec<(ChannelKey, Vec<u8>)> = worker
-            .channels
-            .iter_mut()
-            .filter(|(_, f)| !f.started && !f.asking)
-            .map(|(key, f)| {
-                f.asking = true;
-                (*key, f.name.clone())
-            })
-            .collect();
+        let mut starts = Vec::new();
+        for key in core::mem::take(&mut worker.unstarted) {
+            if let Some(f) = worker.channels.get_mut(&key) {
+                if !f.started && !f.asking {
+                    f.asking = true;
+                    starts.push((key, f.name.clone()));
+                }
+            }
+        }
         let resumes = core::mem::take(&mut worker.resumes);
         Some((worker.redis.clone(), starts, resumes))
     }) else {
@@ -160,12 +163,11 @@ fn ask(at: usize) {
 /// The newest id of a channel did not come: asked again once the link is up.
 fn not_asking(at: usize, key: ChannelKey) {
     WORKERS.with(|w| {
-        if let Some(f) = w
-            .borrow_mut()
-            .get_mut(&at)
-            .and_then(|w| w.channels.get_mut(&key))
-        {
+        let mut w = w.borrow_mut();
+        let Some(worker) = w.get_mut(&at) else { return };
+        if let Some(f) = worker.channels.get_mut(&key) {
             f.asking = false;
+            worker.unstarted.push(key);
         }
     });
 }
@@ -249,11 +251,14 @@ pub fn subscribe(
         let Some(worker) = w.get_mut(&at) else {
             return false;
         };
-        let f = worker.channels.entry(key).or_insert_with(|| Followed {
-            name: name.to_vec(),
-            subscribers: Vec::new(),
-            started: false,
-            asking: false,
+        let f = worker.channels.entry(key).or_insert_with(|| {
+            worker.unstarted.push(key);
+            Followed {
+                name: name.to_vec(),
+                subscribers: Vec::new(),
+                started: false,
+                asking: false,
+            }
         });
         f.subscribers.push(inbox.clone());
         worker.by_name.insert(name.to_vec(), key);
