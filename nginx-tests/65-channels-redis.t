@@ -13,6 +13,8 @@
 #   one order;
 # - ids are the streams' ids; describe on either server counts the history;
 #   a resume (with envelopes) on the other server gets what followed its id;
+#   resumes on B racing a publisher on A get every message after their id
+#   once, in order;
 # - Redis killed: a publish gets 503 and an [error] line, subscribers stay
 #   connected (they answer pings), new ones are accepted (a resume among them
 #   gets what followed its id once Redis is back); Redis started again on the same port
@@ -281,6 +283,37 @@ sub resume_ok {
     $ws->recv_close(timeout => 5);
 }
 resume_ok($pa, 4, 'on A');
+
+# Resumes racing a publisher: while A publishes 80 messages, subscribers on
+# B resume after the id of the message before them, at different moments:
+# each gets all 80, once, in order (stored ones, then live ones).
+{
+    my ($st, $id0) = publish($pa, 'race', 'r0');
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        my $bad = 0;
+        for my $i (1 .. 80) {
+            my ($s) = publish($pa, 'race', "r$i");
+            $bad++ if $s != 201;
+            sleep 0.01;
+        }
+        POSIX::_exit($bad ? 1 : 0);
+    }
+    my @resumers;
+    for (1 .. 6) {
+        push @resumers, ws_open($pb, "/env?c=race&last=$id0");
+        sleep 0.1;
+    }
+    waitpid($pid, 0);
+    is($?, 0, 'a publisher on A sends 80 messages while subscribers resume on B');
+    my $exact = 0;
+    for my $ws (@resumers) {
+        my @got = map { /"data":"([^"]*)"/ ? $1 : '?' } texts_of($ws, 80, 5);
+        $exact++ if "@got" eq join(' ', map { "r$_" } 1 .. 80);
+        $ws->send_close(1000);
+    }
+    is($exact, scalar @resumers, 'each resume racing it gets all 80 after its id, once, in order');
+}
 
 # --- Redis killed, then back ---------------------------------------------------------
 
