@@ -60,6 +60,7 @@ config_rejected('redis= with a password',
 
 my $conf = <<"EOF";
 websocket_channel_zone chat 1m history=100 redis=$url;
+websocket_channel_zone big 1m redis=$url;
 
 server {
     listen 127.0.0.1:%%PORT_0%%;
@@ -80,6 +81,15 @@ server {
         websocket_channel_publish on;
     }
     location /pub { websocket_publish chat \$arg_c; }
+
+    location /big/sub {
+        websocket_subscribe big c;
+        websocket_max_send_len 4m;
+    }
+    location /big/pub {
+        websocket_publish big c;
+        client_max_body_size 20m;
+    }
 }
 EOF
 
@@ -239,6 +249,37 @@ my @ids;
     is(scalar keys %orders, 1, 'all in the same order');
 }
 
+# A backlog larger than a reply may be (64 MiB): 40 entries of 2 MiB written
+# at once (one script) are read in smaller XREADs, all of them, in order.
+{
+    my $ws = ws_open($pb, '/big/sub');
+    my ($st, $got) = (0, 0);
+    for (1 .. 50) {
+        ($st) = req($pa, 'POST', '/big/pub', 'ready');
+        my $m = $ws->recv_message(timeout => 0.2);
+        if ($m && $m->{opcode} == OP_TEXT) { $got = 1; last }
+    }
+    ok($got, 'a subscriber of a zone without history follows its channel');
+    $redis->command('EVAL', "for i = 1, 40 do redis.call('XADD', KEYS[1], '*', 'd', i .. ':' .. "
+        . "string.rep('x', 2097152), 'b', '0') end return 40", 1, 'websocket:big:c');
+    my @got;
+    while (@got < 40) {
+        my $m = $ws->recv_message(timeout => 20) or last;
+        last if $m->{opcode} != OP_TEXT;
+        next if $m->{payload} eq 'ready';
+        my ($n, $x) = split /:/, $m->{payload}, 2;
+        push @got, $x eq 'x' x 2097152 ? $n : 'bad';
+    }
+    is("@got", join(' ', 1 .. 40), 'a backlog of 80 MiB arrives whole, in order');
+    ok(scalar($nb->grep_error_log(qr/\[error\].*bad reply \(reply over the size limit\)/)),
+        'the reply too large was logged') or diag $nb->error_log;
+    ($st) = req($pa, 'POST', '/big/pub', 'y' x (16 * 1024 * 1024 + 1));
+    is($st, 413, 'a message larger than 16 MiB: 413');
+    ok(scalar($na->grep_error_log(qr/\[error\].*cannot publish to channel "c" of zone "big": the message is larger than 16777216 bytes/)),
+        'and an [error] line');
+    $ws->send_close(1000);
+}
+
 # A subscriber that publishes (on B) reaches the subscribers on A.
 {
     my $room = ws_open($pb, '/room?c=one');
@@ -379,7 +420,7 @@ resume_ok($pa, 4, 'on A');
     # and an entry written meanwhile straight into the channel's stream:
     # the readers, back, read on from the last id they delivered.
     my $n = $redis->command('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
-    is($n, 8, 'the 2 links of each worker of both servers dropped');
+    is($n, 16, 'the 2 links per zone of each worker of both servers dropped');
     $redis->command('XADD', 'websocket:chat:one', '*', 'd', 'while away', 'b', '0');
     wait_up($pa, 'A reconnected');
     wait_up($pb, 'B reconnected');

@@ -163,6 +163,11 @@ unsafe fn publish_body(r: *mut ngx_http_request_t) -> ngx_int_t {
     let store = zone.get();
     // [redis] 201 once Redis has the message.
     if store.redis().is_some() {
+        if body.len() > remote::MAX_MESSAGE {
+            let why = format!("the message is larger than {} bytes", remote::MAX_MESSAGE);
+            cannot_publish(req.log(), store, &name, &why);
+            return 413;
+        }
         let c = req.connection_ptr();
         let channel = name.clone();
         let sent = remote::publish(store, &name, &body, !text, move |published| {

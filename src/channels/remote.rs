@@ -36,6 +36,10 @@ use crate::redis::resp::StreamId;
 /// How long one `XREAD` blocks (a change of channels unblocks it sooner).
 const BLOCK_MS: u64 = 10_000;
 
+/// The largest message a zone in Redis takes: its readers take no larger
+/// bulk string from Redis.
+pub const MAX_MESSAGE: usize = 16 << 20;
+
 /// A channel this worker has subscribers of.
 struct Followed {
     name: Vec<u8>,
@@ -354,6 +358,9 @@ pub fn publish(
     binary: bool,
     done: impl FnOnce(Result<(StreamId, u64), String>) + 'static,
 ) -> Result<(), String> {
+    if data.len() > MAX_MESSAGE {
+        return Err(format!("the message is larger than {MAX_MESSAGE} bytes"));
+    }
     let redis = redis_of(addr(store)).ok_or("no link to redis in this process")?;
     let channel = name.to_vec();
     redis
@@ -401,4 +408,14 @@ pub fn delete(
             done(id.map(|_| ()).map_err(|e| e.to_string()))
         })
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::redis::resp::Limits;
+
+    #[test]
+    fn the_largest_message_is_the_largest_bulk_a_reader_takes() {
+        assert_eq!(super::MAX_MESSAGE, Limits::default().max_bulk);
+    }
 }
