@@ -419,6 +419,9 @@ resume_ok($pa, 4, 'on A');
     # Every connection of both servers dropped (the test's own is spared),
     # and an entry written meanwhile straight into the channel's stream:
     # the readers, back, read on from the last id they delivered.
+    # Every link connected again after the restart of Redis (backoff).
+    my $deadline = time + scaled(8);
+    sleep 0.1 while time < $deadline && $redis->clients < 16;
     my $n = $redis->command('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
     is($n, 16, 'the 2 links per zone of each worker of both servers dropped');
     $redis->command('XADD', 'websocket:chat:one', '*', 'd', 'while away', 'b', '0');
