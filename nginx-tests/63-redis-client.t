@@ -110,6 +110,10 @@ my $silent = FakeRedis->new(":5\r\n", "+PONG\r\n", undef);
 my $huge = FakeRedis->new(":6\r\n", "+PONG\r\n", "\$68719476736\r\n");
 # The handshake itself answered with 2^31 elements.
 my $wide = FakeRedis->new("*2147483648\r\n");
+# CLIENT ID, then every command answered -LOADING (a restarted server
+# reading its data back).
+my $loading = FakeRedis->new(":8\r\n", "-LOADING Redis is loading the dataset in memory\r\n");
+my $L = $loading->port;
 my ($S, $H, $W) = ($silent->port, $huge->port, $wide->port);
 # A listening socket whose accept queue is full: connects to it hang.
 my $full = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1)
@@ -132,6 +136,7 @@ server {
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
     location /wide   { websocket_redis_probe redis://127.0.0.1:$W; }
+    location /loading { websocket_redis_probe redis://127.0.0.1:$L; }
     location /ws     { websocket_echo; }
 }
 EOF
@@ -450,6 +455,12 @@ is_deeply([$status, $body], [502, 'bad reply from redis: bulk string over the li
 like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$H\/0 unreachable/)),
     qr/bulk string over the limit/, '... logged');
 ok(defined until_up('/huge', 3), '... and the link reconnects');
+
+ok(defined until_up('/loading', 3), 'a server loading its data: up after the handshake');
+is((get('/loading?PING'))[0], 503, '... its -LOADING takes the link down: the next command 503 at once');
+like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$L\/0 unreachable/)),
+    qr/redis is loading its data/, '... logged');
+ok(defined until_up('/loading', 3), '... and the link connects again');
 
 get('/wide?PING');
 sleep 0.5;

@@ -67,6 +67,7 @@ server {
     add_header X-Worker \$pid always;
 
     location /ws { websocket_echo; }
+    location /status { websocket_status; }
     location /sub {
         websocket_subscribe chat \$arg_c;
         websocket_channel_resume \$arg_last;
@@ -181,6 +182,17 @@ my @ids;
         $once++ if "@got" eq 'first';
     }
     is($once, scalar @subs, 'every subscriber on A and B got it');
+    my $metric = sub {
+        my ($p, $name) = @_;
+        my (undef, undef, $body) = req($p, 'GET', '/status');
+        return ($body // '') =~ /^\Q$name\E\{zone="chat"\} (\d+)$/m ? $1 : undef;
+    };
+    is($metric->($pb, 'nginx_websocket_channel_subscribers'), scalar @sub_b,
+        'metrics: the subscribers gauge counts the server\'s own');
+    is($metric->($pb, 'nginx_websocket_channel_delivered_total'), scalar @sub_b,
+        'metrics: deliveries on B, one per subscriber');
+    ok(($metric->($pa, 'nginx_websocket_channel_published_total') // 0) >= 9,
+        'metrics: the publishes through A counted');
 }
 
 # A and B publish at the same time: one order for everybody.

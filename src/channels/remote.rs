@@ -31,7 +31,7 @@ use super::store::{Store, StoreError};
 use crate::ngx_io::cycle_log;
 use crate::redis::channels::{self as rc, Event, Failed, RedisChannels, Stored};
 use crate::redis::conn::Link;
-use crate::redis::resp::StreamId;
+use crate::redis::resp::{ReplyError, StreamId};
 
 /// How long one `XREAD` blocks (a change of channels unblocks it sooner).
 const BLOCK_MS: u64 = 10_000;
@@ -186,8 +186,12 @@ fn ask_stored(at: usize, redis: &RedisChannels, resume: Resume) {
     let asked = redis.history_after(&resume.name, resume.after, wall_ms(), move |stored| {
         let stored: Vec<Shared> = match stored {
             Ok(messages) => messages.into_iter().filter_map(shared).collect(),
-            // The link failed: again once it is back.
+            // The link failed (or Redis is loading its data, which drops
+            // the link): again once it is back.
             Err(Failed::Redis(_)) => return wait_for_link(at, waiting),
+            Err(Failed::Reply(ReplyError::Server(e))) if e.starts_with("LOADING") => {
+                return wait_for_link(at, waiting)
+            }
             Err(e) => {
                 ngx_log_error!(
                     NGX_LOG_ERR,

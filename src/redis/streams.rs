@@ -186,6 +186,11 @@ impl StreamReader {
                 // back up (its state hook), from the same ids.
                 Err(_) => return,
             };
+            // The link goes down after it (see `conn`); reading resumes
+            // when it is back up.
+            if matches!(&value, resp::Value::Error(e) if e.starts_with(b"LOADING")) {
+                return;
+            }
             let streams = match resp::xread(&value) {
                 Ok(streams) => streams,
                 Err(e) => {
