@@ -94,9 +94,7 @@ mod ngx_ssl;
 mod pool;
 mod proxy;
 mod random;
-// The RESP client that channels' `redis=` is built on; until the zone uses
-// it, only the test probe (`redis-probe`) reaches it, and not all of it.
-#[allow(dead_code)]
+// The RESP client that channels' `redis=` is built on.
 mod redis;
 mod relay;
 mod serve;
