@@ -4,8 +4,8 @@
 # websocket_channel_publish, websocket_channel_resume and
 # websocket_channel_envelope.
 #
-# - nginx -t rejects bad zones and unknown zone names with file:line, and
-#   redis= as not implemented in this build;
+# - nginx -t rejects bad zones, a malformed redis= URL and unknown zone
+#   names with file:line (redis= itself: 65-channels-redis.t);
 # - HTTP semantics: 201 {"id","subscribers"}, GET 200 / 404, DELETE 204
 #   (every subscriber gets 1000), 400 for an empty channel name, 503 for a
 #   message that does not fit the zone;
@@ -42,9 +42,9 @@ my $logged = ($ENV{TEST_NGINX_ACCESS_LOG} // '') ne 'off';
 
 # --- configuration errors ----------------------------------------------------
 
-config_rejected('redis= not in this build',
-    "websocket_channel_zone r 1m redis=redis://127.0.0.1:6379;\n" . conf_server(''),
-    'websocket_channel_zone', 'redis=');
+config_rejected('malformed redis= URL',
+    "websocket_channel_zone r 1m redis=http://127.0.0.1:6379;\n" . conf_server(''),
+    'websocket_channel_zone', 'redis=http');
 config_rejected('zone too small',
     "websocket_channel_zone s 4k;\n" . conf_server(''),
     'websocket_channel_zone', 'zone s 4k');
@@ -76,9 +76,10 @@ config_rejected('subscribe twice',
     "websocket_channel_zone c 1m;\n" . conf_location("        websocket_subscribe c r;\n        websocket_subscribe c s;"),
     'websocket_subscribe', 'websocket_subscribe c s');
 {
-    my $t = WsNginx->new(conf => "websocket_channel_zone r 1m redis=redis://127.0.0.1:6379;\n" . conf_server(''));
+    my $t = WsNginx->new(conf => "websocket_channel_zone r 1m redis=redis://127.0.0.1:99999;\n" . conf_server(''));
     my (undef, $out) = $t->test_config;
-    like($out, qr/not implemented in this build/, 'redis=: the error says it is not implemented in this build');
+    like($out, qr/invalid redis URL "redis:\/\/127\.0\.0\.1:99999": .* in "websocket_channel_zone"/,
+        'redis=: the error names the URL and why');
 }
 
 # --- the server -----------------------------------------------------------------

@@ -110,6 +110,10 @@ my $silent = FakeRedis->new(":5\r\n", "+PONG\r\n", undef);
 my $huge = FakeRedis->new(":6\r\n", "+PONG\r\n", "\$68719476736\r\n");
 # The handshake itself answered with 2^31 elements.
 my $wide = FakeRedis->new("*2147483648\r\n");
+# CLIENT ID, then every command answered -LOADING (a restarted server
+# reading its data back).
+my $loading = FakeRedis->new(":8\r\n", "-LOADING Redis is loading the dataset in memory\r\n");
+my $L = $loading->port;
 my ($S, $H, $W) = ($silent->port, $huge->port, $wide->port);
 # A listening socket whose accept queue is full: connects to it hang.
 my $full = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 1)
@@ -132,6 +136,7 @@ server {
     location /silent { websocket_redis_probe redis://127.0.0.1:$S; }
     location /huge   { websocket_redis_probe redis://127.0.0.1:$H; }
     location /wide   { websocket_redis_probe redis://127.0.0.1:$W; }
+    location /loading { websocket_redis_probe redis://127.0.0.1:$L; }
     location /ws     { websocket_echo; }
 }
 EOF
@@ -332,12 +337,17 @@ is_deeply([sort @ids], \@ids, '... ids in order');
 is($redis->command('XLEN', 'websocket:z:c1'), 5, '... one stream entry each (MAXLEN ~ keeps at least 1000)');
 is_deeply($redis->command('XRANGE', 'websocket:z:c1', '-', '+', 'COUNT', 1),
     [[$ids[0], ['d', 'm1', 'b', '0']]], '... fields d and b');
+{
+    my $ttl = $redis->command('PTTL', 'websocket:z:c1');
+    ok($ttl > 50_000 && $ttl <= 60_000, "... the stream expires with history_time (PTTL $ttl)");
+}
 is_deeply([get('/z?describe&c1')], [200, "3 $ids[4]"], 'describe: 3 stored (history 3), the last id');
 is_deeply([get('/z?describe&none')], [200, '0 -'], '... a channel without messages');
 is_deeply([get("/z?history&c1&0-0")], [200, join("\n", map { "$ids[$_] t m" . ($_ + 1) } 2 .. 4)],
     'history: the 3 newest');
 is_deeply([get("/z?history&c1&$ids[3]")], [200, "$ids[4] t m5"], 'history after an id: only what is newer');
 is_deeply([get("/z?history&c1&$ids[4]")], [200, ''], '... none after the last');
+is(scalar($t->grep_error_log(qr/zero size buf/)), 0, '... an empty body: no "zero size buf" alert');
 
 is_deeply([get('/z?follow&c1&new')], [200, "ok $ids[4]"], 'follow a channel from now on');
 is_deeply([get('/z?follow&c2&0-0')], [200, 'ok'], 'follow another from its start');
@@ -445,6 +455,12 @@ is_deeply([$status, $body], [502, 'bad reply from redis: bulk string over the li
 like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$H\/0 unreachable/)),
     qr/bulk string over the limit/, '... logged');
 ok(defined until_up('/huge', 3), '... and the link reconnects');
+
+ok(defined until_up('/loading', 3), 'a server loading its data: up after the handshake');
+is((get('/loading?PING'))[0], 503, '... its -LOADING takes the link down: the next command 503 at once');
+like(join('', $t->grep_error_log(qr/redis redis:\/\/127\.0\.0\.1:$L\/0 unreachable/)),
+    qr/redis is loading its data/, '... logged');
+ok(defined until_up('/loading', 3), '... and the link connects again');
 
 get('/wide?PING');
 sleep 0.5;

@@ -41,10 +41,10 @@ use crate::ngx_resolve::{self, Addresses, NameQuery, ResolveError};
 use crate::ngx_ssl::{ClientTls, ConnCert, TlsSettings};
 use crate::pool::{self, Acquired, Keepalive, PoolSettings};
 use crate::protocol::deflate::DeflateConfig;
-use crate::serve::{self, Drive, Served};
+use crate::serve::{self, Drive, RelayHandler, RelaySession, Served};
 use crate::session::{Role, WebSocket};
 use crate::stats::Limits;
-use crate::upgrade::{Deflate, HTTP_INTERNAL_SERVER_ERROR};
+use crate::upgrade::{upgrade, Deflate, ServerOptions, Upgraded, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::WsUrl;
 use crate::variables::{LoggedSession, SessionCtx, SessionLog};
 use crate::ws_client::{Ending, WsClient};
@@ -284,6 +284,8 @@ pub struct ClientContext<'a> {
 struct Handover {
     drive: Box<dyn Drive>,
     action: &'static CStr,
+    /// The subprotocol chosen with the client, for the access log.
+    subprotocol: Option<String>,
 }
 
 impl<'a> ClientContext<'a> {
@@ -304,22 +306,93 @@ impl<'a> ClientContext<'a> {
         self.timed_out
     }
 
+    /// Upgrades the request (as [`upgrade`](crate::upgrade()) with `opts`)
+    /// to relay it to the connected upstream: answers the client 101 and
+    /// returns the upgraded request with the upstream, which
+    /// [`Relaying::serve`] hands to a [`RelayHandler`]. To pass the
+    /// upstream's subprotocol on, put [`WsClient::subprotocol`] in
+    /// `opts.protocols`. Fails without answering when nothing is
+    /// connected; on failure, finish with the returned code. A [`Relaying`]
+    /// dropped unserved leaves a request told 101: finish with `NGX_ERROR`.
+    pub fn upgrade(&mut self, opts: &ServerOptions) -> Result<Relaying<'_>, ngx_int_t> {
+        let ClientContext {
+            request,
+            client,
+            handover,
+            log,
+            ..
+        } = self;
+        if client.is_none() {
+            return Err(HTTP_INTERNAL_SERVER_ERROR);
+        }
+        let upgraded = upgrade(request, opts)?;
+        Ok(Relaying {
+            upgraded,
+            client,
+            handover,
+            log,
+        })
+    }
+}
+
+/// A request upgraded from a [`ClientHandler`] with its upstream connected
+/// (see [`ClientContext::upgrade`]): both legs of a relay, before
+/// [`Relaying::serve`].
+pub struct Relaying<'c> {
+    upgraded: Upgraded<'c>,
+    client: &'c mut Option<Box<WsClient>>,
+    handover: &'c mut Option<Handover>,
+    log: &'c mut SessionLog,
+}
+
+impl Relaying<'_> {
+    /// The client leg, to send a greeting or set it up before serving.
+    pub fn ws(&mut self) -> &mut WebSocket {
+        self.upgraded.ws()
+    }
+
+    /// The upgraded request.
+    pub fn request(&mut self) -> &mut RequestRef {
+        self.upgraded.request()
+    }
+
+    /// The subprotocol chosen with the client, if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.upgraded.subprotocol()
+    }
+
+    /// The upstream leg.
+    pub fn upstream(&mut self) -> Option<&mut WsClient> {
+        self.client.as_deref_mut()
+    }
+
     /// What the access log reports of the session.
     pub(crate) fn log_mut(&mut self) -> &mut SessionLog {
         self.log
     }
 
-    /// Takes the connection out, for a drive of
-    /// [`ClientContext::serve_instead`] to own.
-    pub(crate) fn take_client(&mut self) -> Option<Box<WsClient>> {
-        self.client.take()
-    }
-
-    /// Hands the request to `drive`, which serves it (on
-    /// [`serve`](crate::serve)'s trampolines) from the next event on; the
-    /// handler is not called again.
-    pub(crate) fn serve_instead(&mut self, action: &'static CStr, drive: Box<dyn Drive>) {
-        self.handover = Some(Handover { drive, action });
+    /// Serves both legs with `handler` from the next event on (on
+    /// [`serve`](crate::serve())'s trampolines); the [`ClientHandler`] is
+    /// not called again, whatever it returns now (return
+    /// [`ClientNext::Wait`]).
+    pub fn serve<H: RelayHandler>(self, handler: H) {
+        let Relaying {
+            upgraded,
+            client,
+            handover,
+            ..
+        } = self;
+        let Some(upstream) = client.take() else {
+            return;
+        };
+        let (r, ws, subprotocol) = upgraded.into_parts();
+        // The upstream's events go to the served session's trampolines.
+        upstream.redirect_events(ForeignTypeRef::as_ptr(&*r).cast(), serve::on_upstream_event);
+        *handover = Some(Handover {
+            drive: Box::new(RelaySession::new(ws, upstream, handler)),
+            action: c"proxying WebSocket",
+            subprotocol,
+        });
     }
 }
 
@@ -677,7 +750,7 @@ fn run(r: &mut RequestRef, origin: Origin) {
 }
 
 /// Replaces the request's client session with the served session of a
-/// [`Handover`] (see [`ClientContext::serve_instead`]).
+/// [`Handover`] (see [`Relaying::serve`]).
 fn hand_over(r: &mut RequestRef, handover: Handover) -> Result<(), NgxError> {
     let mut ctx = r
         .owned_ctx::<SessionCtx>()
@@ -689,9 +762,14 @@ fn hand_over(r: &mut RequestRef, handover: Handover) -> Result<(), NgxError> {
         .as_any_mut()
         .downcast_mut::<ClientSession>()
         .ok_or(NgxError("the client session"))?;
-    let log = core::mem::take(&mut session.log);
+    let mut log = core::mem::take(&mut session.log);
     let detach = core::mem::replace(&mut session.detach, Detach::for_request(r));
-    let Handover { drive, action } = handover;
+    let Handover {
+        drive,
+        action,
+        subprotocol,
+    } = handover;
+    log.subprotocol = subprotocol;
     // Drops the client session, which holds nothing more.
     *ctx = Box::new(Served::new(log, drive, detach));
     serve::start(r, action)

@@ -45,7 +45,17 @@
 //! lent as a [`WsClient`]. The handler answers its request and returns
 //! [`ClientNext::Finish`]; the library then closes or pools the connection
 //! as [`WsClient::close`] or [`WsClient::set_keepalive`] asked.
-//! `websocket_pass` is a [`ClientHandler`].
+//!
+//! ## A relay
+//!
+//! A [`ClientHandler`] whose connect completed can instead upgrade its
+//! request with [`ClientContext::upgrade`] and hand both legs, the client's
+//! [`WebSocket`] and the upstream's [`WsClient`], to a [`RelayHandler`]
+//! with [`Relaying::serve`]: one session, on [`serve`]'s trampolines, whose
+//! [`RelayHandler::step`] moves frames between the legs (see
+//! [`RelayContext`]) and whose upstream goes back to its keepalive pool at
+//! the end after [`WsClient::set_keepalive`]. `websocket_pass` is such a
+//! [`ClientHandler`] and [`RelayHandler`].
 //!
 //! # Layers
 //!
@@ -54,8 +64,7 @@
 //! - `module` and `config`: the nginx module, its directives and their merge;
 //! - `echo`, `proxy` (with `relay`, `pool`), `channels`, `status`: the
 //!   directives' content handlers; echo is a [`Handler`] on the public API,
-//!   pass a [`ClientHandler`] whose relay is a crate-private `Drive` of the
-//!   same served session;
+//!   pass a [`ClientHandler`] whose relay is a [`RelayHandler`];
 //!   `status` renders `metrics` and the zones' families;
 //! - `limit`, `metrics`, `variables`: shared-memory zones and the session's
 //!   log, beside the session they account for;
@@ -94,9 +103,7 @@ mod ngx_ssl;
 mod pool;
 mod proxy;
 mod random;
-// The RESP client that channels' `redis=` is built on; until the zone uses
-// it, only the test probe (`redis-probe`) reaches it, and not all of it.
-#[allow(dead_code)]
+// The RESP client that channels' `redis=` is built on.
 mod redis;
 mod relay;
 mod serve;
@@ -113,11 +120,13 @@ pub use ngx_websocket_protocol as protocol;
 pub use client::ClientError;
 pub use connect::{
     connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
-    TlsContext,
+    Relaying, TlsContext,
 };
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use random::EntropyError;
-pub use serve::{serve, Context, Handler, Next, Origin, Waker};
+pub use serve::{
+    serve, Context, Handler, Next, Origin, RelayContext, RelayHandler, RelayNext, Waker,
+};
 pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
 pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
 pub use ws_client::{KeepaliveError, WsClient};

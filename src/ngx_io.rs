@@ -14,7 +14,7 @@ use ngx::ffi::{
     ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
     ngx_http_send_special, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
     ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, SSL_ctrl, SSL_set_quiet_shutdown, NGX_AGAIN,
-    NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH, NGX_LOG_EMERG, NGX_OK, SSL_CTRL_MODE,
+    NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH, NGX_HTTP_LAST, NGX_LOG_EMERG, NGX_OK, SSL_CTRL_MODE,
     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
 };
 use ngx::http::{HttpModuleConfExt, HttpModuleLocationConf, NgxHttpCoreModule};
@@ -567,7 +567,12 @@ impl RequestRef {
             {
                 return rc;
             }
-            let b = ngx_create_temp_buf((*r).pool, body.len().max(1));
+            if body.is_empty() {
+                // A buffer without bytes that is not a special one is
+                // nginx's "zero size buf" alert: only the end of the response.
+                return ngx_http_send_special(r, NGX_HTTP_LAST as _);
+            }
+            let b = ngx_create_temp_buf((*r).pool, body.len());
             if b.is_null() {
                 return NGX_ERROR as ngx_int_t;
             }

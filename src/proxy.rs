@@ -1,41 +1,35 @@
 //! `websocket_pass`: a [`ClientHandler`] on the crate's public client. The
 //! client's handshake is checked first; [`connect`] finds a connection to
 //! the upstream (a pooled one, or a new one: resolve, connect, TLS,
-//! handshake) before the client is answered; then the client is upgraded
-//! and both legs go to the [`Relay`], which runs as a served session.
+//! handshake) before the client is answered; then
+//! [`ClientContext::upgrade`] upgrades the client and
+//! [`Relaying::serve`](crate::Relaying::serve) hands both legs to the
+//! [`Relay`], a [`RelayHandler`](crate::RelayHandler).
 
-use ngx::ffi::{
-    ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_LOG_ERR,
-    NGX_LOG_INFO,
-};
+use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_LOG_ERR};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
-use crate::compression::DeflateSettings;
-use crate::config::{configured, Limits, LocConf, PassTarget};
+use crate::config::{configured, LocConf, PassTarget};
 use crate::connect::{
     connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
     TlsContext,
 };
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_io::{ConnectionRef, Direction, RequestRef};
-use crate::protocol::deflate::NegotiatedDeflate;
-use crate::relay::{Outcome, Relay};
-use crate::serve::{self, Drive, End};
-use crate::session::{Role, WebSocket};
-use crate::upgrade::{self, ClientHandshake, Deflate, HTTP_INTERNAL_SERVER_ERROR};
+use crate::ngx_io::RequestRef;
+use crate::relay::Relay;
+use crate::upgrade::{self, ClientHandshake, Deflate, ServerOptions, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
 use crate::ClientError;
 
 /// What the pass handler needs once the upstream is connected.
 struct Pass {
-    /// The client's Sec-WebSocket-Accept, sent once the upstream agreed.
-    accept: String,
-    limits: Limits,
-    /// permessage-deflate with the client, and the response header value.
-    deflate: Option<(NegotiatedDeflate, String)>,
-    deflate_settings: Option<DeflateSettings>,
+    /// How the client is upgraded once the upstream agreed (its
+    /// handshake passed these checks before the connect).
+    options: ServerOptions,
+    /// `websocket_keepalive`'s pool size, when the upstream is pooled.
+    pool_size: Option<usize>,
     /// `websocket_keepalive_timeout`.
     keepalive_timeout: ngx_msec_t,
 }
@@ -53,7 +47,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(target) = conf.pass.as_ref() else {
         return NGX_ERROR as ngx_int_t;
     };
-    let handshake = match upgrade::validate(r, &conf.server_options()) {
+    let server = conf.server_options();
+    let handshake = match upgrade::validate(r, &server) {
         Ok(h) => h,
         Err(rc) => return rc,
     };
@@ -75,10 +70,8 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let scheme = if url.tls { "wss" } else { "ws" };
     let uri = format!("{scheme}://{}{path}", url.authority());
     let pass = Pass {
-        accept: handshake.accept,
-        limits: conf.limits(),
-        deflate: handshake.deflate,
-        deflate_settings: conf.deflate().map(|(_, settings)| settings),
+        options: server,
+        pool_size: conf.pool_settings().map(|s| s.size),
         keepalive_timeout: conf.keepalive_timeout,
     };
     // SAFETY: this module's own request context slot.
@@ -206,123 +199,25 @@ impl Pass {
     }
 
     /// The upstream connection is ready (new or pooled): answer the client
-    /// with 101 and hand both legs to the relay.
+    /// with 101 (the upstream's subprotocol) and hand both legs to the relay.
     fn upgrade(&mut self, cx: &mut ClientContext<'_>, reused: bool) -> Result<(), ngx_int_t> {
-        let Some(upstream) = cx.take_client() else {
-            return Err(NGX_ERROR as ngx_int_t);
+        let subprotocol = cx.client().and_then(|u| u.subprotocol().map(str::to_owned));
+        let opts = ServerOptions {
+            protocols: subprotocol.into_iter().collect(),
+            ..self.options.clone()
         };
-        let r = cx.request();
-        let extensions = self.deflate.as_ref().map(|(_, header)| header.as_str());
-        let subprotocol = upstream.subprotocol().map(str::to_owned);
-        let pipelined = upgrade::respond(r, &self.accept, subprotocol.as_deref(), extensions)?;
-        upstream.redirect_events(
-            foreign_types::ForeignTypeRef::as_ptr(&*r).cast(),
-            serve::on_upstream_event,
-        );
-        // SAFETY: the relay owns the object and is dropped before the
-        // client connection closes: with its request or by `end_detached`.
-        let mut client =
-            unsafe { WebSocket::new(r.connection(), Role::Server, self.limits, &pipelined) };
+        let mut relaying = cx.upgrade(&opts)?;
         // [limit] websocket_limit on the client leg only.
-        if let Some(conf) = Module::location_conf(r) {
-            client.limit_messages(crate::limit::Limiter::for_request(r, conf));
+        if let Some(conf) = Module::location_conf(relaying.request()) {
+            let limiter = crate::limit::Limiter::for_request(relaying.request(), conf);
+            relaying.ws().limit_messages(limiter);
         }
-        // Each leg compresses as it agreed; the relay sees plain messages.
-        if let (Some(settings), Some((with_client, _))) = (self.deflate_settings, &self.deflate) {
-            client.enable_compression(with_client, settings);
-        }
-        if r.connection().tcp_nodelay().is_err() {
-            return Err(NGX_ERROR as ngx_int_t);
-        }
-        let log = cx.log_mut();
-        log.subprotocol = subprotocol;
+        let log = relaying.log_mut();
         log.upstream_reused = reused;
         log.kind = Some(Kind::Pass);
         metrics::session_started(Kind::Pass);
         metrics::upstream_connected(reused);
-        let relay = Box::new(Relay::new(client, *upstream, self.keepalive_timeout));
-        let stats = relay.client_stats();
-        let drive = RelaySession {
-            relay: Some(relay),
-            stats,
-        };
-        cx.serve_instead(c"proxying WebSocket", Box::new(drive));
+        relaying.serve(Relay::new(self.pool_size, self.keepalive_timeout));
         Ok(())
-    }
-}
-
-/// The relay of an upgraded pass session, as the served-session trampolines
-/// drive it.
-struct RelaySession {
-    /// Taken when the relay ends (its upstream may go to the pool).
-    relay: Option<Box<Relay>>,
-    /// The client leg's counts, kept when the relay ends.
-    stats: crate::stats::Stats,
-}
-
-impl Drive for RelaySession {
-    fn run(
-        &mut self,
-        c: &ConnectionRef,
-        request: Option<&mut RequestRef>,
-        _: serve::Origin,
-    ) -> End {
-        let failed = End::Finish {
-            linger: false,
-            error: true,
-        };
-        let Some(relay) = self.relay.as_mut() else {
-            return failed;
-        };
-        // The rest of the 101 goes before any frame: the relay writes to
-        // the socket itself and would overtake what nginx's filters hold.
-        if let Some(r) = request.filter(|r| r.output_pending()) {
-            if c.take_timedout(Direction::Write) {
-                ngx_log_error!(
-                    NGX_LOG_INFO,
-                    c.log(),
-                    "websocket: client timed out while the 101 response was sent"
-                );
-                return failed;
-            }
-            if r.flush_output().is_err() {
-                return failed;
-            }
-            if r.output_pending() {
-                return match relay.await_client_writable() {
-                    Ok(()) => End::Wait,
-                    Err(_) => failed,
-                };
-            }
-            c.del_timer(Direction::Write);
-        }
-        let outcome = relay.step(c.log());
-        self.stats = relay.client_stats();
-        match outcome {
-            Outcome::Wait => End::Wait,
-            Outcome::Finish { linger, error } => {
-                // At its end the upstream goes to its pool when it can.
-                if let Some(relay) = self.relay.take() {
-                    relay.end(c.log());
-                }
-                End::Finish { linger, error }
-            }
-        }
-    }
-
-    fn drain(&mut self) {
-        if let Some(relay) = self.relay.as_mut() {
-            relay.shut_down();
-        }
-    }
-
-    fn stats(&self) -> crate::stats::Stats {
-        self.stats
-    }
-
-    fn detached(&mut self, c: *mut ngx_connection_t, handler: crate::ngx_peer::EventHandler) {
-        if let Some(relay) = &self.relay {
-            relay.upstream().redirect_events(c.cast(), handler);
-        }
     }
 }

@@ -14,30 +14,14 @@ use crate::ngx_io::Direction;
 use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, POLICY, TOO_BIG};
 use crate::protocol::frame::OpCode;
+use crate::serve::{RelayContext, RelayHandler, RelayNext};
 use crate::session::{Quiet, WebSocket, WsError};
-use crate::ws_client::WsClient;
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
-/// Room above what the relay queues towards a leg (see `Relay::new`) for
+/// Room above what the relay queues towards a leg (see `Relay::start`) for
 /// frames a leg queues of its own accord: a close, a heartbeat ping.
 const OWN_FRAMES_ROOM: usize = 64 * 1024;
-
-/// A leg failed (a socket error): close both.
-const FAILED: Outcome = Outcome::Finish {
-    linger: false,
-    error: true,
-};
-
-/// How a relay step left the session.
-pub enum Outcome {
-    Wait,
-    /// The session is over; `linger` drains the client before closing.
-    Finish {
-        linger: bool,
-        error: bool,
-    },
-}
 
 /// Which way frames move.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -48,8 +32,10 @@ enum Way {
 
 /// An upgraded client and its upstream, relaying frames.
 pub struct Relay {
-    client: WebSocket,
-    upstream: WsClient,
+    /// The legs' reading limits were set (on the first step).
+    started: bool,
+    /// The size of the upstream's keepalive pool, when it has one.
+    pool_size: Option<usize>,
     /// The client closed normally (with this code) on a clean upstream leg,
     /// which was fenced: the close is answered at the fence's pong.
     fencing: Option<(Fence, Option<u16>)>,
@@ -77,28 +63,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(
-        mut client: WebSocket,
-        mut upstream: WsClient,
-        keepalive_timeout: ngx::ffi::ngx_msec_t,
-    ) -> Relay {
-        // A leg's reading waits only for the other leg's queue (`pump`),
-        // which backs up to the peer that is slow: waiting for its own queue
-        // too would make a cycle, the relay not reading the upstream because
-        // the upstream does not read because it cannot write its answers
-        // (issue 15). A leg's own queue holds at most what `pump` puts there,
-        // one frame over the high water mark, and frames of its own.
-        for leg in [&mut client, &mut *upstream] {
-            let frame = usize::try_from(leg.max_send_len()).unwrap_or(usize::MAX);
-            leg.pause_reading_above(
-                RELAY_HIGH_WATER
-                    .saturating_add(frame)
-                    .saturating_add(OWN_FRAMES_ROOM),
-            );
-        }
+    /// A relay whose upstream leg, with a keepalive pool of `pool_size`,
+    /// goes to it for `keepalive_timeout` after a clean close.
+    pub fn new(pool_size: Option<usize>, keepalive_timeout: ngx::ffi::ngx_msec_t) -> Relay {
         Relay {
-            client,
-            upstream,
+            started: false,
+            pool_size,
             fencing: None,
             pooling: false,
             shutting_down: false,
@@ -110,32 +80,37 @@ impl Relay {
         }
     }
 
-    /// What crossed the client leg so far.
-    pub fn client_stats(&self) -> crate::stats::Stats {
-        self.client.stats()
+    /// Sets the legs' reading limits.
+    fn start(l: &mut RelayContext<'_>) {
+        // A leg's reading waits only for the other leg's queue (`pump`),
+        // which backs up to the peer that is slow: waiting for its own queue
+        // too would make a cycle, the relay not reading the upstream because
+        // the upstream does not read because it cannot write its answers
+        // (issue 15). A leg's own queue holds at most what `pump` puts there,
+        // one frame over the high water mark, and frames of its own.
+        for leg in [&mut *l.client, &mut **l.upstream] {
+            let frame = usize::try_from(leg.max_send_len()).unwrap_or(usize::MAX);
+            leg.pause_reading_above(
+                RELAY_HIGH_WATER
+                    .saturating_add(frame)
+                    .saturating_add(OWN_FRAMES_ROOM),
+            );
+        }
     }
 
-    /// The upstream leg, to redirect its events.
-    pub fn upstream(&self) -> &WsClient {
-        &self.upstream
-    }
+}
 
-    /// The worker is exiting (see `step`).
-    /// Waits until the client's connection can take more of the bytes
-    /// nginx still holds for it (the 101 response).
-    pub fn await_client_writable(&self) -> Result<(), WsError> {
-        self.client.await_writable()
-    }
-
-    pub fn shut_down(&mut self) {
-        self.client.drain();
-    }
-
-    pub fn step(&mut self, log: *mut ngx_log_t) -> Outcome {
+impl RelayHandler for Relay {
+    fn step(&mut self, l: &mut RelayContext<'_>) -> RelayNext {
+        let log = l.log();
+        if !self.started {
+            self.started = true;
+            Self::start(l);
+        }
         // A leg that took nothing for websocket_timeout is given up (what is
         // queued for it cannot be cut short by a close frame); the other leg
         // gets a close frame and the session ends once it is out.
-        if self.client.take_timedout(Direction::Write) {
+        if l.client.take_timedout(Direction::Write) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,
@@ -143,10 +118,10 @@ impl Relay {
             );
             self.closing = true;
             self.client_given_up = true;
-            self.client.discard_output();
-            let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
+            l.client.discard_output();
+            let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
         }
-        if self.upstream.take_timedout(Direction::Write) {
+        if l.upstream.take_timedout(Direction::Write) {
             // RFC 6455 §7.4.1: 1011, the proxy met a condition that keeps it
             // from serving the session; 1001 would say it is going away. A
             // client already being closed hears the code it was due.
@@ -157,13 +132,13 @@ impl Relay {
                 "websocket: upstream timed out while we were sending, closing with {code}"
             );
             self.closing = true;
-            self.upstream.discard_output();
-            let _ = self.client.send_close(Some(code), b"");
+            l.upstream.discard_output();
+            let _ = l.client.send_close(Some(code), b"");
         }
         for way in [Way::ToUpstream, Way::ToClient] {
             let (leg, side) = match way {
-                Way::ToUpstream => (&mut self.client, "client"),
-                Way::ToClient => (&mut *self.upstream, "upstream"),
+                Way::ToUpstream => (&mut *l.client, "client"),
+                Way::ToClient => (&mut **l.upstream, "upstream"),
             };
             if !leg.take_timedout(Direction::Read) || self.closing {
                 continue;
@@ -184,11 +159,11 @@ impl Relay {
                 NGX_LOG_INFO
             };
             ngx_log_error!(level, log, "websocket: {side} {why}, closing with {code}");
-            self.close_both(code);
+            self.close_both(l, code);
         }
         // After the read timeouts: a deadline that passed is theirs to
         // tell from a quiet peer's.
-        if self.client.due_to_close(log) {
+        if l.due_to_close() {
             self.shutting_down = true;
         }
         loop {
@@ -196,9 +171,9 @@ impl Relay {
             let (mut up_waited, mut down_waited) = (false, false);
             if !self.closing && !self.pooling {
                 if self.close_client_with.is_none() {
-                    up_waited = self.pump(Way::ToUpstream, log);
+                    up_waited = self.pump(l, Way::ToUpstream, log);
                 }
-                down_waited = self.pump(Way::ToClient, log);
+                down_waited = self.pump(l, Way::ToClient, log);
             }
             // What arrived is relayed and a message under way either way is
             // waited for (worker_shutdown_timeout bounds it); then the
@@ -209,8 +184,8 @@ impl Relay {
                 && !self.pooling
                 && self.fencing.is_none()
                 && self.close_client_with.is_none()
-                && !self.client.in_message()
-                && !self.upstream.in_message()
+                && !l.client.in_message()
+                && !l.upstream.in_message()
             {
                 ngx_log_error!(
                     NGX_LOG_INFO,
@@ -218,66 +193,68 @@ impl Relay {
                     "websocket: session is due to close, closing with {GOING_AWAY}"
                 );
                 self.close_client_with = Some(GOING_AWAY);
-                let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
+                let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
             }
             if let Some(code) = self.close_client_with {
-                if self.upstream.close_received() && !self.client.close_sent() {
-                    let _ = self.client.send_close(Some(code), self.close_client_reason);
+                if l.upstream.close_received() && !l.client.close_sent() {
+                    let _ = l.client.send_close(Some(code), self.close_client_reason);
                 }
             }
-            let flushed = match (self.client.flush(), self.upstream.flush()) {
-                (Ok(c), Ok(u)) => c && u,
-                _ => return FAILED,
+            // The fence passed: the upstream goes to its pool at the end.
+            if let Some(size) = self.pool_size.filter(|_| self.pooling) {
+                let _ = l.upstream.set_keepalive(self.keepalive_timeout, size);
+            }
+            let Ok(flushed) = l.flush() else {
+                return RelayNext::Abort;
             };
             if self.pooling && flushed {
-                return Outcome::Finish {
-                    linger: false,
-                    error: false,
-                };
+                return RelayNext::Finish;
             }
-            let upstream_done = self.upstream.close_sent() && self.upstream.close_received();
-            let client_done = self.client.close_sent()
-                && (self.client.close_received() || self.close_client_with.is_some());
+            let upstream_done = l.upstream.close_sent() && l.upstream.close_received();
+            let client_done = l.client.close_sent()
+                && (l.client.close_received() || self.close_client_with.is_some());
             if flushed && (self.closing || (upstream_done && client_done)) {
-                return Outcome::Finish {
-                    linger: !self.client_given_up && !self.client.close_received(),
-                    error: self.client_given_up,
+                // A client given up gets no lingering close.
+                return if self.client_given_up {
+                    RelayNext::Abort
+                } else {
+                    RelayNext::Finish
                 };
             }
             // Reading paused for output that has drained enough since: go on
             // at once, the source will not signal again for data already
             // there, and the leg still writing may wait for it.
-            let resume = (up_waited && !self.blocked(Way::ToUpstream))
-                || (down_waited && !self.blocked(Way::ToClient));
+            let resume = (up_waited && !Self::blocked(l, Way::ToUpstream))
+                || (down_waited && !Self::blocked(l, Way::ToClient));
             if !resume {
                 break;
             }
         }
         let read_client =
-            !self.closing && self.close_client_with.is_none() && !self.client.close_received();
-        let read_upstream = !self.closing && !self.upstream.close_received();
+            !self.closing && self.close_client_with.is_none() && !l.client.close_received();
+        let read_upstream = !self.closing && !l.upstream.close_received();
         // A leg whose reading waits for the other leg to drain is not idle,
         // nor is one with output waiting: its write deadline times it, so
         // that a peer that stopped reading is told apart from an idle one.
         let read_client =
-            read_client && !self.blocked(Way::ToUpstream) && self.client.queued() == 0;
+            read_client && !Self::blocked(l, Way::ToUpstream) && l.client.queued() == 0;
         let read_upstream =
-            read_upstream && !self.blocked(Way::ToClient) && self.upstream.queued() == 0;
-        match (
-            self.client.arm(read_client),
-            self.upstream.arm(read_upstream),
-        ) {
-            (Ok(()), Ok(())) => Outcome::Wait,
-            _ => FAILED,
+            read_upstream && !Self::blocked(l, Way::ToClient) && l.upstream.queued() == 0;
+        RelayNext::Wait {
+            read_client,
+            read_upstream,
         }
     }
+}
+
+impl Relay {
 
     /// Whether moving frames `way` waits for queued output: the
-    /// destination's, or (see `new`) the source's own.
-    fn blocked(&self, way: Way) -> bool {
+    /// destination's, or (see `start`) the source's own.
+    fn blocked(l: &RelayContext<'_>, way: Way) -> bool {
         let (src, dst): (&WebSocket, &WebSocket) = match way {
-            Way::ToUpstream => (&self.client, &self.upstream),
-            Way::ToClient => (&self.upstream, &self.client),
+            Way::ToUpstream => (&*l.client, &**l.upstream),
+            Way::ToClient => (&**l.upstream, &*l.client),
         };
         dst.queued() > RELAY_HIGH_WATER || src.reading_paused()
     }
@@ -286,12 +263,12 @@ impl Relay {
     /// more or the destination has enough queued; true when it stopped for
     /// queued output rather than for want of input. Failures change the
     /// relay's state (see `source_failed`).
-    fn pump(&mut self, way: Way, log: *mut ngx_log_t) -> bool {
+    fn pump(&mut self, l: &mut RelayContext<'_>, way: Way, log: *mut ngx_log_t) -> bool {
         let close_client_with = self.close_client_with;
-        let may_pool = way == Way::ToUpstream && self.upstream.pool_settings().is_some();
+        let may_pool = way == Way::ToUpstream && self.pool_size.is_some();
         let (src, dst) = match way {
-            Way::ToUpstream => (&mut self.client, &mut *self.upstream),
-            Way::ToClient => (&mut *self.upstream, &mut self.client),
+            Way::ToUpstream => (&mut *l.client, &mut **l.upstream),
+            Way::ToClient => (&mut **l.upstream, &mut *l.client),
         };
         while !src.close_received() {
             if dst.queued() > RELAY_HIGH_WATER {
@@ -301,7 +278,7 @@ impl Relay {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return src.take_throttled(),
                 Err(e) => {
-                    self.source_failed(way, e, log);
+                    self.source_failed(l, way, e, log);
                     return false;
                 }
             };
@@ -339,7 +316,7 @@ impl Relay {
                 // The destination already closed: what still comes is dropped.
                 Ok(()) | Err(WsError::Closed) => {}
                 Err(e) => {
-                    self.source_failed(way, e, log);
+                    self.source_failed(l, way, e, log);
                     return false;
                 }
             }
@@ -349,7 +326,7 @@ impl Relay {
 
     /// The source broke the protocol, went away, or sent what the
     /// destination cannot take.
-    fn source_failed(&mut self, way: Way, e: WsError, log: *mut ngx_log_t) {
+    fn source_failed(&mut self, l: &mut RelayContext<'_>, way: Way, e: WsError, log: *mut ngx_log_t) {
         let from_client = way == Way::ToUpstream;
         // [limit] a client past a `websocket_limit ... close` (logged there):
         // the upstream is closed with 1001 first, so that its answers to the
@@ -358,7 +335,7 @@ impl Relay {
         if let WsError::RateExceeded = e {
             self.close_client_with = Some(POLICY);
             self.close_client_reason = crate::limit::CLOSE_REASON;
-            let _ = self.upstream.send_close(Some(GOING_AWAY), b"");
+            let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
             return;
         }
         match on_failure(from_client, &e, self.close_client_with) {
@@ -369,8 +346,8 @@ impl Relay {
                     "websocket: upstream: {e}, closing with {code}, the client with {client_code}"
                 );
                 self.closing = true;
-                let _ = self.upstream.send_close(Some(code), b"");
-                let _ = self.client.send_close(Some(client_code), b"");
+                let _ = l.upstream.send_close(Some(code), b"");
+                let _ = l.client.send_close(Some(client_code), b"");
             }
             failure => {
                 let (side, level) = if from_client {
@@ -385,9 +362,9 @@ impl Relay {
                         // The source is gone: only the other leg can hear the close.
                         self.closing = true;
                         let (gone, other) = if from_client {
-                            (&mut self.client, &mut *self.upstream)
+                            (&mut *l.client, &mut **l.upstream)
                         } else {
-                            (&mut *self.upstream, &mut self.client)
+                            (&mut **l.upstream, &mut *l.client)
                         };
                         gone.discard_output();
                         let _ = other.send_close(Some(code), b"");
@@ -395,41 +372,20 @@ impl Relay {
                     Failure::ClientAfterUpstream { code } => {
                         // Let the upstream finish what it is sending first.
                         self.close_client_with = Some(code);
-                        let _ = self.upstream.send_close(Some(code), b"");
+                        let _ = l.upstream.send_close(Some(code), b"");
                     }
                     Failure::Both { code } | Failure::UpstreamFault { code, .. } => {
-                        self.close_both(code)
+                        self.close_both(l, code)
                     }
                 }
             }
         }
     }
 
-    fn close_both(&mut self, code: u16) {
+    fn close_both(&mut self, l: &mut RelayContext<'_>, code: u16) {
         self.closing = true;
-        let _ = self.client.send_close(Some(code), b"");
-        let _ = self.upstream.send_close(Some(code), b"");
-    }
-
-    /// Ends a finished relay: the upstream connection goes to its pool when
-    /// the client closed normally on a clean upstream leg; the rest closes.
-    pub fn end(self: Box<Self>, log: *mut ngx_log_t) {
-        let Relay {
-            upstream,
-            pooling,
-            keepalive_timeout,
-            ..
-        } = *self;
-        let Some(settings) = upstream.pool_settings().filter(|_| pooling) else {
-            return;
-        };
-        if let Err(e) = upstream.into_pool(keepalive_timeout, settings.size) {
-            ngx_log_error!(
-                NGX_LOG_INFO,
-                log,
-                "websocket: upstream connection closed: {e}"
-            );
-        }
+        let _ = l.client.send_close(Some(code), b"");
+        let _ = l.upstream.send_close(Some(code), b"");
     }
 }
 

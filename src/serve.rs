@@ -28,6 +28,7 @@ use crate::protocol::close::{GOING_AWAY, INTERNAL, POLICY};
 use crate::session::{Quiet, Stats, WebSocket, WsError};
 use crate::upgrade::Upgraded;
 use crate::variables::{LoggedSession, SessionCtx, SessionLog};
+use crate::ws_client::{Ending, WsClient};
 
 /// A WebSocket application: what a session does with what it receives.
 ///
@@ -83,8 +84,8 @@ pub enum Origin {
     Client,
     /// A [`Waker`] of the session was woken.
     Wake,
-    /// An event of the session's upstream connection (a relaying session,
-    /// as `websocket_pass` runs; a [`Handler`] never gets it).
+    /// An event of the session's upstream connection (a [`RelayHandler`]'s
+    /// session; a [`Handler`] never gets it).
     Upstream,
 }
 
@@ -162,6 +163,223 @@ impl Waker {
     /// Whether the session still runs.
     pub fn is_alive(&self) -> bool {
         self.0.conn.get().is_some()
+    }
+}
+
+/// A relay: a session with two legs, the upgraded client's [`WebSocket`]
+/// and the upstream's [`WsClient`], that moves frames between them
+/// (`websocket_pass` is one). A [`ClientHandler`](crate::ClientHandler)
+/// starts it once its connect completed, with
+/// [`ClientContext::upgrade`](crate::ClientContext::upgrade) and
+/// [`Relaying::serve`](crate::Relaying::serve); it then runs on the same
+/// trampolines as a [`Handler`]'s session, through both legs' events.
+///
+/// The library owns both legs, sends the rest of the 101 response before
+/// any frame, registers for the events that [`RelayNext::Wait`] asks for,
+/// follows the request when nginx's access log is done with it, and at the
+/// end closes the upstream or (after [`WsClient::set_keepalive`]) pools it.
+/// The handler moves the frames ([`WebSocket::recv_frame_in_place`],
+/// [`WebSocket::send_frame`]), keeps what it queues in check with
+/// [`WebSocket::queued`], and writes with [`RelayContext::flush`].
+pub trait RelayHandler: 'static {
+    /// Moves what arrived on either leg (or [`RelayContext::origin`] says
+    /// why else it runs), flushes, and says what to wait for.
+    fn step(&mut self, cx: &mut RelayContext<'_>) -> RelayNext;
+
+    /// The session ended (however it did), with what crossed the client leg.
+    fn finish(&mut self, stats: &Stats) {
+        let _ = stats;
+    }
+}
+
+/// What a [`RelayHandler::step`] asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayNext {
+    /// Wait for the next event of either leg: the library registers for
+    /// the legs' events, with their write deadlines while output is queued,
+    /// and their read deadlines (timeout, heartbeat) on the legs to read.
+    /// A leg not read waits for its peer to drain (backpressure).
+    Wait {
+        /// Read the client leg.
+        read_client: bool,
+        /// Read the upstream leg.
+        read_upstream: bool,
+    },
+    /// The session is over (both legs flushed what they had to say): the
+    /// upstream is pooled or closed, the client connection closed,
+    /// lingering while the client may still be sending (it did not send a
+    /// close frame).
+    Finish,
+    /// End now, as a failure: nothing more is sent or waited for.
+    Abort,
+}
+
+/// What a [`RelayHandler`] works with during one call: both legs.
+pub struct RelayContext<'a> {
+    pub(crate) client: &'a mut WebSocket,
+    pub(crate) upstream: &'a mut WsClient,
+    conn: &'a ConnectionRef,
+    origin: Origin,
+}
+
+impl RelayContext<'_> {
+    /// The client leg: the upgraded request's WebSocket.
+    pub fn client(&mut self) -> &mut WebSocket {
+        self.client
+    }
+
+    /// The upstream leg.
+    pub fn upstream(&mut self) -> &mut WsClient {
+        self.upstream
+    }
+
+    /// Both legs at once, to move frames from one to the other.
+    pub fn legs(&mut self) -> (&mut WebSocket, &mut WsClient) {
+        (self.client, self.upstream)
+    }
+
+    /// The client connection.
+    pub fn connection(&self) -> &ConnectionRef {
+        self.conn
+    }
+
+    /// The client connection's log, for `ngx_log_error!`.
+    pub fn log(&self) -> *mut ngx_log_t {
+        self.conn.log()
+    }
+
+    /// Which leg's event this call follows ([`Origin::Client`] or
+    /// [`Origin::Upstream`]).
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// Writes what both legs queued: `Ok(true)` once all of it is on the
+    /// wire; an error is a leg's connection that failed.
+    pub fn flush(&mut self) -> Result<bool, WsError> {
+        match (self.client.flush(), self.upstream.flush()) {
+            (Ok(c), Ok(u)) => Ok(c && u),
+            _ => Err(WsError::Io),
+        }
+    }
+
+    /// Whether the session became due to close since the last call: the
+    /// worker is exiting, or the client leg reached its
+    /// [`ServerOptions::max_session_time`](crate::ServerOptions::max_session_time)
+    /// (logged at info). Close both legs (1001 is usual) after the
+    /// messages under way.
+    pub fn due_to_close(&mut self) -> bool {
+        self.client.due_to_close(self.conn.log())
+    }
+}
+
+/// A [`RelayHandler`]'s session: the library's part of the work around it.
+pub(crate) struct RelaySession<H: RelayHandler> {
+    /// Taken when the session ends (the upstream may go to its pool).
+    legs: Option<(WebSocket, Box<WsClient>)>,
+    handler: H,
+    /// The client leg's counts, kept when the session ends.
+    stats: Stats,
+}
+
+impl<H: RelayHandler> RelaySession<H> {
+    pub(crate) fn new(client: WebSocket, upstream: Box<WsClient>, handler: H) -> Self {
+        RelaySession {
+            stats: client.stats(),
+            legs: Some((client, upstream)),
+            handler,
+        }
+    }
+}
+
+impl<H: RelayHandler> Drop for RelaySession<H> {
+    fn drop(&mut self) {
+        self.handler.finish(&self.stats);
+    }
+}
+
+impl<H: RelayHandler> Drive for RelaySession<H> {
+    fn run(&mut self, c: &ConnectionRef, request: Option<&mut RequestRef>, origin: Origin) -> End {
+        let Some((client, upstream)) = self.legs.as_mut() else {
+            return FINISH_ERROR;
+        };
+        // The rest of the 101 goes before any frame: the relay writes to
+        // the socket itself and would overtake what nginx's filters hold.
+        if let Some(r) = request.filter(|r| r.output_pending()) {
+            if c.take_timedout(Direction::Write) {
+                ngx_log_error!(
+                    NGX_LOG_INFO,
+                    c.log(),
+                    "websocket: client timed out while the 101 response was sent"
+                );
+                return FINISH_ERROR;
+            }
+            if r.flush_output().is_err() {
+                return FINISH_ERROR;
+            }
+            if r.output_pending() {
+                return match client.await_writable() {
+                    Ok(()) => End::Wait,
+                    Err(_) => FINISH_ERROR,
+                };
+            }
+            c.del_timer(Direction::Write);
+        }
+        let mut cx = RelayContext {
+            client,
+            upstream,
+            conn: c,
+            origin,
+        };
+        let next = self.handler.step(&mut cx);
+        self.stats = client.stats();
+        let end = match next {
+            RelayNext::Wait {
+                read_client,
+                read_upstream,
+            } => match (client.arm(read_client), upstream.arm(read_upstream)) {
+                (Ok(()), Ok(())) => return End::Wait,
+                _ => FINISH_ERROR,
+            },
+            RelayNext::Finish => End::Finish {
+                linger: !client.close_received(),
+                error: false,
+            },
+            RelayNext::Abort => FINISH_ERROR,
+        };
+        // At its end the upstream goes to its pool when it was asked to.
+        if let Some((_, upstream)) = self.legs.take() {
+            if let Some(Ending::Keepalive {
+                max_idle_timeout,
+                pool_size,
+            }) = upstream.ending()
+            {
+                if let Err(e) = upstream.into_pool(max_idle_timeout, pool_size) {
+                    ngx_log_error!(
+                        NGX_LOG_INFO,
+                        c.log(),
+                        "websocket: upstream connection closed: {e}"
+                    );
+                }
+            }
+        }
+        end
+    }
+
+    fn drain(&mut self) {
+        if let Some((client, _)) = self.legs.as_mut() {
+            client.drain();
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn detached(&mut self, c: *mut ngx_connection_t, handler: EventHandler) {
+        if let Some((_, upstream)) = &self.legs {
+            upstream.redirect_events(c.cast(), handler);
+        }
     }
 }
 

@@ -133,11 +133,6 @@ impl WsClient {
         }
     }
 
-    /// The location's `websocket_keepalive*` settings, when it pools.
-    pub(crate) fn pool_settings(&self) -> Option<PoolSettings> {
-        self.keepalive.as_ref().map(|k| k.settings)
-    }
-
     /// Puts the connection into its pool for at most `max_idle_timeout`
     /// milliseconds, in a pool of at most `pool_size` idle connections (what
     /// `set_keepalive` asks for). The relay fences it first (`pool::Fence`),

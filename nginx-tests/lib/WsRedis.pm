@@ -4,6 +4,7 @@ package WsRedis;
 # channels' Redis backend:
 #
 #   my $redis = WsRedis->new(dir => $t->{dir});   # started, answering PING
+#   WsRedis->new(appendonly => 1);  # every write on disk first: a restart keeps it
 #   $redis->port; $redis->url;                      # redis://127.0.0.1:PORT
 #   $redis->command('XLEN', 'ch:a');                # a reply, see below
 #   $redis->db(3);         # command() SELECTs db 3 first from now on
@@ -14,7 +15,10 @@ package WsRedis;
 #
 # It runs in the foreground (--daemonize no) as the test's child, stopped
 # by its PID, with no persistence (--save '' --appendonly no): a restart
-# starts empty, as after a crash without a dump. Its log is redis.log in
+# starts empty, as after a crash without a dump. With appendonly => 1 it
+# writes each command to its append-only file before answering
+# (--appendonly yes --appendfsync always): a kill and a start keep
+# everything it accepted. Its log is redis.log in
 # `dir` (a directory of its own when none is given). WsRedis->available
 # says whether redis-server is installed (tests skip_all without it).
 #
@@ -46,7 +50,8 @@ sub available {
 sub new {
     my ($class, %o) = @_;
     my $dir = $o{dir} // tempdir('wsredis-XXXXXX', TMPDIR => 1, CLEANUP => 1);
-    my $self = bless { dir => $dir, port => $o{port} // WsNginx::free_port() }, $class;
+    my $self = bless { dir => $dir, port => $o{port} // WsNginx::free_port(),
+        appendonly => $o{appendonly} }, $class;
     $self->start;
     return $self;
 }
@@ -68,7 +73,10 @@ sub start {
         open STDOUT, '>>', "$self->{dir}/redis.log";
         open STDERR, '>&', \*STDOUT;
         exec($BINARY, '--port', $self->{port}, '--bind', '127.0.0.1',
-            '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+            '--save', '',
+            ($self->{appendonly} ? ('--appendonly', 'yes', '--appendfsync', 'always')
+                : ('--appendonly', 'no')),
+            '--daemonize', 'no',
             '--dir', $self->{dir}, '--logfile', '') or POSIX::_exit(127);
     }
     $self->{pid} = $pid;

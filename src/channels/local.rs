@@ -12,9 +12,9 @@ use core::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
-use super::ipc;
 use super::shm::{ChannelKey, Message};
 use super::store::{Store, StoreError};
+use super::{ipc, remote};
 
 /// A message as this worker's subscribers share it.
 pub type Shared = Rc<Message>;
@@ -46,6 +46,9 @@ pub struct Inbox {
     /// The session is closing (its worker exits, or it reached its
     /// `websocket_max_session_time`): it takes no new message.
     pub frozen: bool,
+    /// A resume's stored messages are on their way (from Redis): live
+    /// ones wait here until they came, see [`Inbox::release`].
+    held: Option<Vec<Shared>>,
 }
 
 impl Inbox {
@@ -58,6 +61,7 @@ impl Inbox {
             last_seq: 0,
             end: None,
             frozen: false,
+            held: None,
             wake,
         }))
     }
@@ -65,6 +69,10 @@ impl Inbox {
     /// Takes a message (once): whether it was queued, and whether the
     /// session must hear of the change.
     fn push(&mut self, m: &Shared) -> (bool, bool) {
+        if let Some(held) = self.held.as_mut() {
+            held.push(m.clone());
+            return (false, false);
+        }
         if m.seq <= self.last_seq || self.end.is_some() || self.frozen {
             return (false, false);
         }
@@ -78,6 +86,42 @@ impl Inbox {
         self.bytes += m.data.len();
         self.queue.push_back(m.clone());
         (true, true)
+    }
+
+    /// Live messages wait until [`Inbox::release`] gives the stored ones.
+    pub fn hold(&mut self) {
+        self.held = Some(Vec::new());
+    }
+
+    /// The stored messages a resume asked for came (oldest first): they
+    /// are queued, then the live ones that waited, each once, in order.
+    /// Returns how many were queued. Nothing happens to an inbox that no
+    /// longer holds (its session left: it must not be woken).
+    pub fn release(&mut self, stored: &[Shared]) -> u64 {
+        let Some(held) = self.held.take() else {
+            return 0;
+        };
+        let mut queued = 0;
+        let mut changed = false;
+        for m in stored.iter().chain(&held) {
+            let (q, told) = self.push(m);
+            queued += u64::from(q);
+            changed |= told;
+        }
+        if changed {
+            self.wake();
+        }
+        queued
+    }
+
+    /// Whether live messages wait for a resume's stored ones.
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The session left its channel: a resume's answer must not touch it.
+    pub fn unhold(&mut self) {
+        self.held = None;
     }
 
     pub fn pop(&mut self) -> Option<Shared> {
@@ -110,7 +154,7 @@ pub fn me() -> usize {
 }
 
 /// Hands fetched messages to the subscribers; counts the deliveries.
-fn deliver(
+pub(super) fn deliver(
     store: &Store,
     subscribers: &[Rc<RefCell<Inbox>>],
     messages: &[Shared],
@@ -145,6 +189,10 @@ pub fn subscribe(
     resume: Option<u64>,
     inbox: &Rc<RefCell<Inbox>>,
 ) -> Result<ChannelKey, StoreError> {
+    // [redis] the zone's channels are in Redis.
+    if store.redis().is_some() {
+        return remote::subscribe(store, name, resume, inbox);
+    }
     let me = me();
     let s = store.begin()?;
     let (key, last_seq, generation) = s.subscribe(name, me)?;
@@ -192,6 +240,10 @@ pub fn subscribe(
 
 /// Takes an inbox off its channel.
 pub fn unsubscribe(key: ChannelKey, inbox: &Rc<RefCell<Inbox>>) {
+    // [redis] a channel of a zone in Redis.
+    if remote::unsubscribe(key, inbox) {
+        return;
+    }
     let Some(store) = CHANNELS.with(|channels| {
         let mut channels = channels.borrow_mut();
         let local = channels.get_mut(&key)?;
@@ -325,6 +377,29 @@ mod tests {
         assert_eq!(i.end, Some(End::Overflow));
         assert!(i.queue.is_empty());
         assert_eq!(i.push(&msg(3, 1)), (false, false));
+    }
+
+    #[test]
+    fn a_held_inbox_queues_stored_then_live_once() {
+        let inbox = Inbox::new(Box::new(|| ()), 1000);
+        let mut i = inbox.borrow_mut();
+        i.hold();
+        assert_eq!(i.push(&msg(5, 1)), (false, false));
+        assert_eq!(i.push(&msg(6, 1)), (false, false));
+        assert!(i.queue.is_empty());
+        assert_eq!(i.release(&[msg(3, 1), msg(4, 1), msg(5, 1)]), 4);
+        let seqs: Vec<u64> = core::iter::from_fn(|| i.pop()).map(|m| m.seq).collect();
+        assert_eq!(seqs, [3, 4, 5, 6]);
+        assert_eq!(i.push(&msg(7, 1)), (true, true));
+        // Nothing stored (Redis did not answer): the live ones.
+        i.hold();
+        assert_eq!(i.push(&msg(8, 1)), (false, false));
+        assert_eq!(i.release(&[]), 1);
+        // The session left before the answer: nothing queued.
+        i.hold();
+        i.unhold();
+        assert_eq!(i.release(&[msg(9, 1)]), 0);
+        assert_eq!(i.queue.len(), 2);
     }
 
     #[test]

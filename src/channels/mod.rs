@@ -4,8 +4,9 @@
 //! WebSocket module's: `ngx_http_websocket_channel_module`.
 //!
 //! - [`shm`]: a zone's channels and stored messages in shared memory;
-//! - [`store`]: the boundary a Redis backend plugs in at;
+//! - [`store`]: where a zone's channels live (shared memory, or Redis);
 //! - [`local`]: a worker's subscribers and their inboxes;
+//! - [`remote`]: a worker's subscribers of a zone in Redis (`redis=`);
 //! - [`ipc`]: waking the other workers (a datagram socket per worker);
 //! - [`publish`]: the `websocket_publish` HTTP endpoint;
 //! - [`subscriber`]: the `websocket_subscribe` WebSocket session.
@@ -13,6 +14,7 @@
 pub mod ipc;
 pub mod local;
 pub mod publish;
+pub mod remote;
 pub mod shm;
 pub mod store;
 pub mod subscriber;
@@ -36,8 +38,9 @@ use ngx::http::{
 use ngx::{ngx_log_error, ngx_string};
 
 use crate::ngx_io::{conf_args, conf_error, set_content_handler, ComplexValue};
+use crate::redis::channels::History;
 use shm::{ShmZone, MAX_WORKERS};
-use store::Store;
+use store::{RedisZone, Store};
 
 /// Marker type of the channel module.
 pub struct ChannelModule;
@@ -259,6 +262,10 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         );
         return NGX_ERROR as ngx_int_t;
     }
+    // [redis] the worker's links to the zones' Redis.
+    for store in self::zones() {
+        remote::start(store);
+    }
     NGX_OK as ngx_int_t
 }
 
@@ -403,6 +410,7 @@ unsafe extern "C" fn cmd_zone(
         );
     }
     let (mut history, mut history_time_ms) = (0u32, 0u64);
+    let mut redis = None;
     for arg in &args[2..] {
         if let Some(n) = arg.strip_prefix(b"history=") {
             match core::str::from_utf8(n).ok().and_then(|n| n.parse().ok()) {
@@ -434,11 +442,22 @@ unsafe extern "C" fn cmd_zone(
                 );
             }
             history_time_ms = ms as u64;
-        } else if arg.starts_with(b"redis=") {
-            return conf_fail(
-                cf,
-                "\"redis=\" in \"websocket_channel_zone\" is not implemented in this build",
-            );
+        } else if let Some(url) = arg.strip_prefix(b"redis=") {
+            let text = String::from_utf8_lossy(url).into_owned();
+            let url = match crate::redis::url::parse(&text) {
+                Ok(url) => url,
+                Err(e) => return conf_fail(cf, &format!("{e} in \"websocket_channel_zone\"")),
+            };
+            // SAFETY: `cf` is the configuration being parsed.
+            let addrs = match unsafe { crate::redis::conn::resolve(cf, &url) } {
+                Ok(addrs) => addrs,
+                Err(e) => return conf_fail(cf, &format!("{e} in \"websocket_channel_zone\"")),
+            };
+            redis = Some(crate::redis::conn::Settings::new(
+                url.to_string(),
+                addrs,
+                url.db,
+            ));
         } else {
             return conf_fail(
                 cf,
@@ -471,8 +490,21 @@ unsafe extern "C" fn cmd_zone(
     // SAFETY: a zone nginx just registered; it calls `init` when mapping it.
     unsafe { (*zone.as_ptr()).init = Some(shm::init_zone) };
     // SAFETY: `init_zone` maps this zone.
-    let store = unsafe { ShmZone::new(zone, name_str, history, history_time_ms) };
-    main.zones.push(Box::new(Store::Shm(store)));
+    let shm = unsafe { ShmZone::new(zone, name_str, history, history_time_ms) };
+    let store = match redis {
+        None => Store::Shm(shm),
+        Some(settings) => Store::Redis(
+            shm,
+            RedisZone {
+                settings,
+                history: History {
+                    count: history as usize,
+                    time_ms: history_time_ms,
+                },
+            },
+        ),
+    };
+    main.zones.push(Box::new(store));
     NGX_CONF_OK
 }
 

@@ -4,16 +4,15 @@
 
 use ngx::ffi::{
     ngx_http_finalize_request, ngx_http_read_client_request_body, ngx_http_request_t, ngx_int_t,
-    ngx_read_file, NGX_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
+    ngx_log_t, ngx_read_file, NGX_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx::http::HttpModuleLocationConf;
 use ngx::ngx_log_error;
 
-use super::local;
-use super::shm::format_id;
-use super::store::StoreError;
-use super::{json_string, ChannelModule};
-use crate::ngx_io::RequestRef;
+use super::store::{Store, StoreError};
+use super::{json_string, local, remote, ChannelModule};
+use crate::ngx_io::{run_posted_requests, RequestRef};
+use foreign_types::ForeignTypeRef;
 
 /// The content handler of `websocket_publish`.
 ///
@@ -32,6 +31,10 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return 400;
     }
     let store = zone.get();
+    // [redis] the zone's channels are in Redis: answers come from its replies.
+    if store.redis().is_some() {
+        return redis_request(req, store, &name);
+    }
     match req.method_name() {
         b"GET" | b"HEAD" => {
             let Ok(s) = store.begin() else { return 503 };
@@ -41,7 +44,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
             drop(s);
             let last_id = match d.last_seq {
                 0 => String::new(),
-                seq => format_id(store.epoch(), seq),
+                seq => store.format_id(seq),
             };
             let body = format!(
                 "{{\"subscribers\":{},\"messages\":{},\"last_id\":{}}}\n",
@@ -158,29 +161,200 @@ unsafe fn publish_body(r: *mut ngx_http_request_t) -> ngx_int_t {
         return 400;
     }
     let store = zone.get();
+    // [redis] 201 once Redis has the message.
+    if store.redis().is_some() {
+        if body.len() > remote::MAX_MESSAGE {
+            let why = format!("the message is larger than {} bytes", remote::MAX_MESSAGE);
+            cannot_publish(req.log(), store, &name, &why);
+            return 413;
+        }
+        let c = req.connection_ptr();
+        let channel = name.clone();
+        let sent = remote::publish(store, &name, &body, !text, move |published| {
+            let rc = match published {
+                Ok((id, subscribers)) => Answer::Json(201, created(&id.to_string(), subscribers)),
+                Err(why) => {
+                    // SAFETY: the request is held until `answer_later`.
+                    let log = unsafe { log_of(r) };
+                    Answer::Status(cannot_publish(log, store, &channel, &why))
+                }
+            };
+            // SAFETY: the request was held until this finalizes it.
+            unsafe { answer_later(r, c, rc) };
+        });
+        return match sent {
+            Ok(()) => {
+                req.hold();
+                ngx::ffi::NGX_DONE as ngx_int_t
+            }
+            Err(why) => cannot_publish(req.log(), store, &name, &why),
+        };
+    }
     match local::publish(store, Err(&name), &body, !text) {
         Ok((seq, subscribers)) => {
-            let body = format!(
-                "{{\"id\":{},\"subscribers\":{subscribers}}}\n",
-                json_string(&format_id(store.epoch(), seq))
-            );
-            respond_json(req, 201, &body)
+            respond_json(req, 201, &created(&store.format_id(seq), subscribers))
         }
         Err(e) => {
             let why = match e {
                 StoreError::Full => "the zone is full",
                 StoreError::Unavailable => "the store is unavailable",
             };
-            ngx_log_error!(
-                NGX_LOG_ERR,
-                req.log(),
-                "websocket: cannot publish to channel \"{}\" of zone \"{}\": {why}",
-                name.escape_ascii(),
-                store.name()
-            );
-            503
+            cannot_publish(req.log(), store, &name, why)
         }
     }
+}
+
+/// The log of a request held for a Redis reply.
+///
+/// # Safety
+/// `r` is a live request.
+unsafe fn log_of(r: *mut ngx_http_request_t) -> *mut ngx_log_t {
+    // SAFETY: guaranteed by the caller.
+    unsafe { RequestRef::from_raw(r) }.log()
+}
+
+/// The body of a publish's 201.
+fn created(id: &str, subscribers: u64) -> String {
+    format!(
+        "{{\"id\":{},\"subscribers\":{subscribers}}}\n",
+        json_string(id)
+    )
+}
+
+/// What a request held for a Redis reply gets.
+enum Answer {
+    Json(u32, String),
+    /// 204.
+    NoContent,
+    /// An error page (or an error of nginx's).
+    Status(ngx_int_t),
+}
+
+/// Logs a failed publish at [error]: 503.
+fn cannot_publish(log: *mut ngx_log_t, store: &Store, name: &[u8], why: &str) -> ngx_int_t {
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "websocket: cannot publish to channel \"{}\" of zone \"{}\": {why}",
+        name.escape_ascii(),
+        store.name()
+    );
+    503
+}
+
+/// Answers a request held for a Redis reply, and ends it.
+///
+/// # Safety
+/// `r` is a live request held by [`RequestRef::hold`]; `c` its connection.
+unsafe fn answer_later(
+    r: *mut ngx_http_request_t,
+    c: *mut ngx::ffi::ngx_connection_t,
+    answer: Answer,
+) {
+    // SAFETY: guaranteed by the caller.
+    let req = unsafe { RequestRef::from_raw(r) };
+    let rc = match answer {
+        Answer::Json(status, body) => respond_json(req, status, &body),
+        Answer::NoContent => {
+            req.set_status(204, None);
+            req.send_small_response(b"")
+        }
+        Answer::Status(rc) => rc,
+    };
+    req.finalize_status(rc);
+    // SAFETY: `c` is the request's client connection, in this worker.
+    unsafe { run_posted_requests(c) };
+}
+
+/// `GET`, `HEAD` and `DELETE` of a channel of a zone in Redis (a publish
+/// goes through [`body_read`]).
+fn redis_request(req: &mut RequestRef, store: &'static Store, name: &[u8]) -> ngx_int_t {
+    let r = req.as_ptr();
+    let c = req.connection_ptr();
+    let channel = name.to_vec();
+    let sent = match req.method_name() {
+        b"GET" | b"HEAD" => remote::describe(store, name, move |described| {
+            let answer = match described {
+                Ok(Some((subscribers, stored))) => Answer::Json(
+                    200,
+                    format!(
+                        "{{\"subscribers\":{subscribers},\"messages\":{},\"last_id\":{}}}\n",
+                        stored.messages,
+                        json_string(&stored.last_id.map(|id| id.to_string()).unwrap_or_default())
+                    ),
+                ),
+                Ok(None) => Answer::Status(404),
+                // SAFETY: the request is held until `answer_later`.
+                Err(why) => Answer::Status(redis_failed(
+                    unsafe { log_of(r) },
+                    store,
+                    &channel,
+                    "describe",
+                    &why,
+                )),
+            };
+            // SAFETY: the request was held until this finalizes it.
+            unsafe { answer_later(r, c, answer) };
+        }),
+        b"DELETE" => remote::delete(store, name, move |deleted| {
+            let answer = match deleted {
+                Ok(()) => Answer::NoContent,
+                // SAFETY: the request is held until `answer_later`.
+                Err(why) => Answer::Status(redis_failed(
+                    unsafe { log_of(r) },
+                    store,
+                    &channel,
+                    "delete",
+                    &why,
+                )),
+            };
+            // SAFETY: as above.
+            unsafe { answer_later(r, c, answer) };
+        }),
+        b"POST" | b"PUT" => {
+            // SAFETY: the request is live; nginx calls `body_read` once the
+            // body is in, with the request held for it.
+            let rc = unsafe { ngx_http_read_client_request_body(r, Some(body_read)) };
+            if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+                return rc;
+            }
+            return ngx::ffi::NGX_DONE as ngx_int_t;
+        }
+        _ => return 405,
+    };
+    match sent {
+        Ok(()) => {
+            req.hold();
+            ngx::ffi::NGX_DONE as ngx_int_t
+        }
+        Err(why) => redis_failed(req.log(), store, name, req_what(req), &why),
+    }
+}
+
+fn req_what(req: &RequestRef) -> &'static str {
+    if req.method_name() == b"DELETE" {
+        "delete"
+    } else {
+        "describe"
+    }
+}
+
+/// Logs a failed describe or delete at [error]: 503.
+fn redis_failed(
+    log: *mut ngx_log_t,
+    store: &Store,
+    name: &[u8],
+    what: &str,
+    why: &str,
+) -> ngx_int_t {
+    ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "websocket: cannot {what} channel \"{}\" of zone \"{}\": {why}",
+        name.escape_ascii(),
+        store.name()
+    );
+    503
 }
 
 #[cfg(test)]

@@ -216,6 +216,13 @@ impl ShmZone {
         })
     }
 
+    /// A publish through Redis (the zone's own publishes count themselves).
+    pub fn add_published(&self, n: u64) {
+        if let Some(h) = self.header() {
+            h.published.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     pub fn add_delivered(&self, n: u64) {
         if let Some(h) = self.header() {
             h.delivered.fetch_add(n, Ordering::Relaxed);

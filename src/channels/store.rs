@@ -1,35 +1,38 @@
 //! Where a zone's channels live: the boundary between the channel logic
 //! (subscribers, the HTTP endpoint, wakes) and the storage.
 //!
-//! This build has one backend, the zone's shared memory ([`ShmZone`]),
-//! which serves every worker of one nginx server. `redis=URL` (several
-//! servers) is refused when the configuration loads, until the Redis
-//! client (`src/redis/`, another branch) is here. How it plugs in:
-//!
-//! - a `Store::Redis` variant keeps the zone's shared memory as this
-//!   server's copy of the channels: subscribers, inboxes, wakes and
-//!   resume work on it unchanged;
-//! - one worker per zone reads the channels' Redis streams (`XREAD BLOCK`
-//!   on a connection of its event loop) and appends what arrives to the
-//!   shared memory under the stream's ids (the sequence numbers become the
-//!   Redis ids, so one order holds on every server), then wakes the
-//!   workers with subscribers, exactly as a local publish does;
-//! - a publish becomes `XADD ... MAXLEN ~ N` and completes when Redis
-//!   answers: [`Session::publish`] then reports "accepted, id pending"
-//!   instead of a sequence number, and the HTTP endpoint (which already
-//!   answers from a callback once the body is read) sends its 201 from the
-//!   reply, or 503 with [`StoreError::Unavailable`] while Redis is
-//!   unreachable; a subscriber's own publish waits in its session the
-//!   same way;
-//! - the guarantees stay those of [`Session`]: one order per channel, ids a
-//!   resume can name, the N newest kept.
+//! - [`Store::Shm`]: the zone's shared memory ([`ShmZone`]) serves every
+//!   worker of one nginx server; message ids are `EPOCH-SEQ`.
+//! - [`Store::Redis`] (`redis=URL`): the channels live in Redis streams
+//!   (`src/redis/channels.rs`), shared by every nginx server that names the
+//!   same Redis; message ids are the streams' ids (`MS-SEQ`), packed into
+//!   the `u64` a message carries ([`StreamId::pack`]), so that one order
+//!   holds on every server. The zone's shared memory still counts this
+//!   server's subscribers (describe, metrics). Each worker follows the
+//!   channels its subscribers are on with one `XREAD BLOCK`
+//!   (`super::remote`); a publish is an `XADD` that completes (201 with
+//!   the id) when Redis answers, or 503 while Redis is unreachable.
 
-use super::shm::{ChannelKey, Description, Full, Locked, Message, Published, ShmZone};
+use super::shm::{
+    format_id, resume_after, ChannelKey, Description, Full, Locked, Message, Published, ShmZone,
+};
+use crate::redis::channels::History;
+use crate::redis::conn::Settings;
+use crate::redis::resp::StreamId;
 
 /// A zone's storage.
 pub enum Store {
     /// Shared memory of this server (`websocket_channel_zone` without `redis=`).
     Shm(ShmZone),
+    /// `redis=`: the channels in Redis; the shared memory counts this
+    /// server's subscribers.
+    Redis(ShmZone, RedisZone),
+}
+
+/// How a zone reaches its Redis (each worker opens its own links).
+pub struct RedisZone {
+    pub settings: Settings,
+    pub history: History,
 }
 
 /// Why a publish or a subscribe failed (503 for HTTP).
@@ -56,26 +59,47 @@ pub enum Session<'a> {
 impl Store {
     pub fn name(&self) -> &str {
         match self {
-            Store::Shm(z) => &z.name,
+            Store::Shm(z) | Store::Redis(z, _) => &z.name,
         }
     }
 
     pub fn zone(&self) -> &ShmZone {
         match self {
-            Store::Shm(z) => z,
+            Store::Shm(z) | Store::Redis(z, _) => z,
         }
     }
 
-    pub fn epoch(&self) -> u64 {
+    pub fn redis(&self) -> Option<&RedisZone> {
         match self {
-            Store::Shm(z) => z.epoch(),
+            Store::Shm(_) => None,
+            Store::Redis(_, r) => Some(r),
         }
     }
 
+    /// The id clients see for a message's number.
+    pub fn format_id(&self, seq: u64) -> String {
+        match self {
+            Store::Shm(z) => format_id(z.epoch(), seq),
+            Store::Redis(..) => StreamId::unpack(seq).to_string(),
+        }
+    }
+
+    /// The number after which a resume with `id` wants messages (`None`:
+    /// no resume). With Redis, any stream id: what Redis still holds
+    /// after it.
+    pub fn resume_after(&self, id: &[u8]) -> Option<u64> {
+        match self {
+            Store::Shm(z) => resume_after(z.epoch(), id),
+            Store::Redis(..) => StreamId::parse(id)?.pack(),
+        }
+    }
+
+    /// The shared memory, locked (with Redis: for the subscriber counts).
     pub fn begin(&self) -> Result<Session<'_>, StoreError> {
-        match self {
-            Store::Shm(z) => z.lock().map(Session::Shm).ok_or(StoreError::Unavailable),
-        }
+        self.zone()
+            .lock()
+            .map(Session::Shm)
+            .ok_or(StoreError::Unavailable)
     }
 }
 

@@ -21,8 +21,9 @@ use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
 use super::local::{self, End, Inbox};
-use super::shm::{format_id, resume_after, ChannelKey};
-use super::store::Store;
+use super::remote;
+use super::shm::ChannelKey;
+use super::store::{Store, StoreError};
 use super::{base64, json_string, ChannelModule};
 use crate::metrics::{self, Kind};
 use crate::module::Module;
@@ -30,8 +31,8 @@ use crate::ngx_detach::{
     detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
 use crate::ngx_io::{
-    post_write_event, request_of_client_event, run_posted_requests, CloseRequest, ConnectionRef,
-    Direction, RequestRef,
+    cycle_log, post_write_event, request_of_client_event, run_posted_requests, CloseRequest,
+    ConnectionRef, Direction, RequestRef,
 };
 use crate::protocol::close::{GOING_AWAY, INTERNAL, NORMAL, POLICY};
 use crate::protocol::frame::OpCode;
@@ -80,6 +81,8 @@ struct SubscriberSession {
     ws: WebSocket,
     sub: Subscription,
     store: &'static Store,
+    /// The channel's name (a publish to a zone in Redis names it).
+    channel: Vec<u8>,
     /// `websocket_channel_publish on`.
     publish: bool,
     /// `websocket_channel_envelope on`.
@@ -130,7 +133,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     }
     let store = zone.get();
     let resume = match chan.resume.map(|cv| cv.evaluate(r)) {
-        Some(Ok(id)) if !id.is_empty() => resume_after(store.epoch(), &id),
+        Some(Ok(id)) if !id.is_empty() => store.resume_after(&id),
         Some(Err(_)) => return NGX_ERROR as ngx_int_t,
         _ => None,
     };
@@ -147,11 +150,15 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let inbox = Inbox::new(Box::new(move || unsafe { post_write_event(conn) }), backlog);
     let key = match local::subscribe(store, &name, resume, &inbox) {
         Ok(key) => key,
-        Err(_) => {
+        Err(e) => {
+            let why = match e {
+                StoreError::Full => "is full",
+                StoreError::Unavailable => "is unavailable",
+            };
             ngx_log_error!(
                 NGX_LOG_ERR,
                 r.log(),
-                "websocket: cannot subscribe to channel \"{}\": zone \"{}\" is full",
+                "websocket: cannot subscribe to channel \"{}\": zone \"{}\" {why}",
                 name.escape_ascii(),
                 store.name()
             );
@@ -193,6 +200,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         ws,
         sub,
         store,
+        channel: name.to_vec(),
         publish: chan.channel_publish == 1,
         envelope: chan.envelope == 1,
         shutting_down: false,
@@ -472,7 +480,7 @@ impl SubscriberSession {
     fn send_message(&mut self, m: &super::shm::Message) -> Result<(), WsError> {
         let enveloped;
         let (opcode, payload) = if self.envelope {
-            let id = json_string(&format_id(self.store.epoch(), m.seq));
+            let id = json_string(&self.store.format_id(m.seq));
             enveloped = match (m.binary, core::str::from_utf8(&m.data)) {
                 (false, Ok(text)) => format!("{{\"id\":{id},\"data\":{}}}", json_string(text)),
                 _ => format!("{{\"id\":{id},\"data_base64\":\"{}\"}}", base64(&m.data)),
@@ -545,7 +553,12 @@ impl SubscriberSession {
                         return Ok(());
                     }
                     let binary = opcode == OpCode::Binary;
-                    if let Err(e) = local::publish(self.store, Ok(self.sub.key), &data, binary) {
+                    if self.store.redis().is_some() {
+                        // [redis] it comes back through the worker's reader.
+                        self.publish_to_redis(log, &data, binary);
+                    } else if let Err(e) =
+                        local::publish(self.store, Ok(self.sub.key), &data, binary)
+                    {
                         ngx_log_error!(
                             NGX_LOG_ERR,
                             log,
@@ -572,6 +585,28 @@ impl SubscriberSession {
             if self.ws.close_sent() {
                 return Ok(());
             }
+        }
+    }
+
+    /// Publishes a message of the client to a zone in Redis; a failure (now
+    /// or when Redis answers) is logged, the session goes on.
+    fn publish_to_redis(&self, log: *mut ngx_log_t, data: &[u8], binary: bool) {
+        let store = self.store;
+        let failed = move |log: *mut ngx_log_t, why: &str| {
+            ngx_log_error!(
+                NGX_LOG_ERR,
+                log,
+                "websocket: cannot publish to zone \"{}\": {why}",
+                store.name()
+            );
+        };
+        let sent = remote::publish(store, &self.channel, data, binary, move |published| {
+            if let Err(why) = published {
+                failed(cycle_log(), &why);
+            }
+        });
+        if let Err(why) = sent {
+            failed(log, &why);
         }
     }
 

@@ -11,6 +11,11 @@
 //!   lags behind (or reconnects) still finds what it has not read; reads of
 //!   the history take only the `history` newest, none older than
 //!   `history_time` (by the id's milliseconds, Redis's clock).
+//! - After each publish (and delete), `PEXPIRE key TTL` when the zone has
+//!   no history or a `history_time` ([`History::ttl_ms`]): a channel nobody
+//!   publishes to goes away, so channel names chosen by clients cannot grow
+//!   Redis's memory; with `history` and no `history_time`, the `history`
+//!   newest stay.
 //! - Delivery: a worker follows the channels its subscribers are on with a
 //!   [`StreamReader`] (one `XREAD BLOCK` for all of them), from the id each
 //!   started at.
@@ -31,6 +36,11 @@ use super::streams::StreamReader;
 
 /// Entries kept per stream at least, whatever `history` says.
 pub const MIN_KEEP: usize = 1000;
+
+/// A stream lives at least this long after its last publish (when it
+/// expires at all), so that a reader that lags behind or reconnects still
+/// finds what it has not read.
+pub const MIN_TTL_MS: u64 = 60_000;
 
 /// The stream of a channel of a zone.
 pub fn stream_key(zone: &str, channel: &[u8]) -> Vec<u8> {
@@ -126,6 +136,18 @@ pub struct History {
 }
 
 impl History {
+    /// How long a channel's stream lives after its last publish: without
+    /// history, [`MIN_TTL_MS`]; with `history_time`, that (at least
+    /// [`MIN_TTL_MS`]), after which nothing in it is history; `None` with
+    /// `history` alone (the newest are kept).
+    pub fn ttl_ms(&self) -> Option<u64> {
+        match (self.count, self.time_ms) {
+            (0, _) => Some(MIN_TTL_MS),
+            (_, 0) => None,
+            (_, t) => Some(t.max(MIN_TTL_MS)),
+        }
+    }
+
     /// Whether a message with this id is still history at `now_ms`.
     pub fn keeps(&self, id: StreamId, now_ms: u64) -> bool {
         self.count > 0 && (self.time_ms == 0 || id.ms.saturating_add(self.time_ms) >= now_ms)
@@ -252,6 +274,16 @@ impl RedisChannels {
         self.commands.is_up()
     }
 
+    /// Runs `hook` each time the command link comes up (the first time, and
+    /// after each outage).
+    pub fn on_up(&self, hook: impl Fn() + 'static) {
+        self.commands.on_state(move |up| {
+            if up {
+                hook()
+            }
+        });
+    }
+
     fn key(&self, channel: &[u8]) -> Vec<u8> {
         stream_key(&self.zone, channel)
     }
@@ -265,10 +297,24 @@ impl RedisChannels {
         binary: bool,
         done: impl FnOnce(Result<StreamId, Failed>) + 'static,
     ) -> Result<(), Failed> {
-        let args = xadd_args(&self.key(channel), data, binary, self.history.count);
+        let key = self.key(channel);
+        let args = xadd_args(&key, data, binary, self.history.count);
         self.commands
             .command(&args, move |reply| done(checked(reply, resp::xadd_id)))
-            .map_err(Failed::Redis)
+            .map_err(Failed::Redis)?;
+        self.expire(&key);
+        Ok(())
+    }
+
+    /// Pipelines the stream's `PEXPIRE` after a write, if it expires.
+    fn expire(&self, key: &[u8]) {
+        if let Some(ttl) = self.history.ttl_ms() {
+            let ttl = ttl.to_string();
+            let args: [&[u8]; 3] = [b"PEXPIRE", key, ttl.as_bytes()];
+            // Its reply tells nothing a publisher needs; a failure here is
+            // a failure of the link, which the publish's reply reports.
+            let _ = self.commands.command(&args, |_| {});
+        }
     }
 
     /// The stored messages of a channel and its last id.
@@ -310,7 +356,9 @@ impl RedisChannels {
                 }
                 done(id)
             })
-            .map_err(Failed::Redis)
+            .map_err(Failed::Redis)?;
+        self.expire(&self.key(channel));
+        Ok(())
     }
 
     /// The history after `after` (a resume), oldest first: the `history`
@@ -355,11 +403,6 @@ impl RedisChannels {
     /// The worker's last subscriber of the channel left.
     pub fn unfollow(&self, channel: &[u8]) {
         self.reader.unwatch(&self.key(channel));
-    }
-
-    /// The id of the last message of `channel` delivered to this worker.
-    pub fn position(&self, channel: &[u8]) -> Option<StreamId> {
-        self.reader.position(&self.key(channel))
     }
 
     /// The newest id of a channel (`ZERO` when it has none), to follow it
@@ -493,6 +536,16 @@ mod tests {
         assert_eq!(data(&h.select(&with_delete, 9000)), ["m5"]);
         with_delete.push(entry(6000, 0, &[("e", b"deleted")]));
         assert!(h.select(&with_delete, 9000).is_empty());
+    }
+
+    #[test]
+    fn streams_expire_unless_history_keeps_them() {
+        let h = |count, time_ms| History { count, time_ms };
+        assert_eq!(h(0, 0).ttl_ms(), Some(MIN_TTL_MS));
+        assert_eq!(h(0, 3_600_000).ttl_ms(), Some(MIN_TTL_MS));
+        assert_eq!(h(100, 0).ttl_ms(), None);
+        assert_eq!(h(100, 1000).ttl_ms(), Some(MIN_TTL_MS));
+        assert_eq!(h(100, 600_000).ttl_ms(), Some(600_000));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! command still waiting (a FIFO of callbacks). A reply that does not come
 //! within the command's timeout, a malformed reply, or a closed connection
 //! fails every command waiting on it and starts the reconnect: after
-//! 100 ms, doubling up to 5 s (less up to a fifth, at random). The outage
+//! 100 ms, doubling up to 5 s (less up to a fifth, at random); so does a
+//! `-LOADING` answer (a server that restarted and reads its data back). The outage
 //! is logged once at [error], the return at [notice]. While the link is not
 //! up, [`Link::command`] fails at once (a publish answers 503 instead of
 //! waiting).
@@ -171,6 +172,10 @@ struct Inner {
     outage_logged: bool,
     /// Ever connected: the next time up is a return.
     was_up: bool,
+    /// The server answered `-LOADING` (it restarted and reads its data
+    /// back): the link waits for it as for an outage, and the backoff goes
+    /// on growing until a command gets a real answer.
+    loading: bool,
     client_id: Option<i64>,
     on_state: Option<StateHook>,
     timer: Box<ngx_event_t>,
@@ -202,6 +207,7 @@ impl Link {
             backoff,
             outage_logged: false,
             was_up: false,
+            loading: false,
             client_id: None,
             on_state: None,
             timer: new_timer(),
@@ -268,11 +274,6 @@ impl Link {
         }
         inner.queue(args, Waiting::User(Box::new(done)), timeout_ms);
         Ok(())
-    }
-
-    /// Commands sent and not answered yet.
-    pub fn in_flight(&self) -> usize {
-        self.0.borrow().pending.len()
     }
 }
 
@@ -525,7 +526,15 @@ impl Inner {
             next.since = now_msec();
         }
         match pending.waiting {
-            Waiting::User(done) => effects.replies.push((done, Ok(value))),
+            Waiting::User(done) => {
+                let loading = matches!(&value, Value::Error(e) if e.starts_with(b"LOADING"));
+                effects.replies.push((done, Ok(value)));
+                self.loading = loading;
+                if loading {
+                    self.lost(RedisError::Closed, "redis is loading its data", effects);
+                    return false;
+                }
+            }
             Waiting::Select => {
                 if let Err(e) = resp::ok(&value) {
                     self.lost(RedisError::Closed, &format!("SELECT failed: {e}"), effects);
@@ -552,7 +561,9 @@ impl Inner {
 
     fn up(&mut self, effects: &mut Effects) {
         self.state = State::Up;
-        self.backoff.reset();
+        if !self.loading {
+            self.backoff.reset();
+        }
         let (level, again) = if self.outage_logged {
             (NGX_LOG_NOTICE, " again")
         } else {

@@ -402,8 +402,6 @@ fn answer_later(req: &mut RequestRef) -> impl FnOnce(u32, String) + 'static {
         // SAFETY: the request was held until this finalizes it.
         let req = unsafe { RequestRef::from_raw(r) };
         req.set_status(status, None);
-        // nginx refuses an empty body buffer ("zero size buf").
-        let body = if body.is_empty() { "\n".into() } else { body };
         let rc = req.send_small_response(body.as_bytes());
         req.finalize_status(rc);
         // SAFETY: `c` is the request's client connection, in this worker.

@@ -157,10 +157,6 @@ impl Parser {
         }
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     /// Forgets a reply in progress (the connection was closed).
     pub fn reset(&mut self) {
         self.pos = 0;

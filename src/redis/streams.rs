@@ -10,13 +10,17 @@
 //! the next XREAD names the new set. When the reader's connection is lost,
 //! the next XREAD after the reconnect starts from the last ids delivered:
 //! whatever Redis accepted meanwhile (and still holds) arrives then, once.
+//! A reply too large for the link's limits (a backlog of big entries)
+//! halves the XREAD's COUNT, down to one entry, until the reader has caught
+//! up (a reply with fewer entries than asked for): so a backlog of entries
+//! each within the limits is read, however large it is in all.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::{Rc, Weak};
 
-use super::conn::{Link, Reply};
-use super::resp::{self, Entry, StreamId};
+use super::conn::{Link, RedisError, Reply};
+use super::resp::{self, Entry, RespError, StreamId};
 
 /// Gets the entries of one stream, in order, each once.
 pub type OnEntries = Rc<dyn Fn(&[u8], &[Entry])>;
@@ -25,7 +29,9 @@ struct State {
     reader: Link,
     commands: Link,
     block_ms: u64,
+    /// Entries per XREAD: `max_count`, or less after a reply too large.
     count: usize,
+    max_count: usize,
     /// Key → the id of the last entry delivered (or the id to read after).
     streams: BTreeMap<Vec<u8>, StreamId>,
     in_flight: bool,
@@ -55,6 +61,7 @@ impl StreamReader {
             commands,
             block_ms,
             count: count.max(1),
+            max_count: count.max(1),
             streams: BTreeMap::new(),
             in_flight: false,
             unblocked: false,
@@ -85,15 +92,6 @@ impl StreamReader {
         if self.0.borrow_mut().streams.remove(key).is_some() {
             self.keys_changed();
         }
-    }
-
-    /// The id of the last entry delivered for `key` (or where it starts).
-    pub fn position(&self, key: &[u8]) -> Option<StreamId> {
-        self.0.borrow().streams.get(key).copied()
-    }
-
-    pub fn watched(&self) -> usize {
-        self.0.borrow().streams.len()
     }
 
     fn keys_changed(&self) {
@@ -177,11 +175,22 @@ impl StreamReader {
             let mut s = self.0.borrow_mut();
             s.in_flight = false;
             s.unblocked = false;
-            let Ok(value) = reply else {
+            let value = match reply {
+                Ok(value) => value,
+                // The reply was too large: fewer entries from now on.
+                Err(RedisError::Protocol(RespError::ReplyTooLarge)) => {
+                    s.count = (s.count / 2).max(1);
+                    return;
+                }
                 // The link went down: the next XREAD goes out once it is
                 // back up (its state hook), from the same ids.
-                return;
+                Err(_) => return,
             };
+            // The link goes down after it (see `conn`); reading resumes
+            // when it is back up.
+            if matches!(&value, resp::Value::Error(e) if e.starts_with(b"LOADING")) {
+                return;
+            }
             let streams = match resp::xread(&value) {
                 Ok(streams) => streams,
                 Err(e) => {
@@ -198,6 +207,10 @@ impl StreamReader {
                 }
             };
             // Keep what is new for keys still watched, move the ids on.
+            // No stream gave as many as asked for: caught up.
+            if streams.iter().all(|(_, entries)| entries.len() < s.count) {
+                s.count = s.max_count;
+            }
             let mut fresh = Vec::new();
             for (key, entries) in streams {
                 let Some(last) = s.streams.get_mut(&key) else {
