@@ -90,6 +90,7 @@ mod client;
 mod connect;
 mod compression;
 mod config;
+mod counted;
 mod drain;
 mod echo;
 mod limit;
@@ -124,10 +125,12 @@ pub use connect::{
 };
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use random::EntropyError;
+pub use pool::Fence;
+pub use relay::Relay;
 pub use serve::{
     serve, Context, Handler, Next, Origin, RelayContext, RelayHandler, RelayNext, Waker,
 };
-pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
-pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
+pub use upgrade::{upgrade, validate, ClientHandshake, Deflate, ServerOptions, Upgraded};
+pub use session::{FrameRef, Quiet, Received, RecvFrame, WebSocket, WsError};
 pub use ws_client::{KeepaliveError, WsClient};
 pub use stats::Stats;
