@@ -184,7 +184,10 @@ impl Waker {
 /// end closes the upstream or (after [`WsClient::set_keepalive`]) pools it.
 /// The handler moves the frames ([`WebSocket::recv_frame_in_place`],
 /// [`WebSocket::send_frame`]), keeps what it queues in check with
-/// [`WebSocket::queued`], and writes with [`RelayContext::flush`].
+/// [`WebSocket::queued`], and writes with [`RelayContext::flush`]; it
+/// handles the legs' deadlines ([`WebSocket::take_timedout`]) and, to pool
+/// the upstream, fences it ([`Fence`](crate::Fence)). [`Relay`](crate::Relay)
+/// is the library's own, ready to use, and shows how.
 pub trait RelayHandler: 'static {
     /// Moves what arrived on either leg (or [`RelayContext::origin`] says
     /// why else it runs), flushes, and says what to wait for.
