@@ -14,10 +14,17 @@ use crate::{serve, upgrade, Context, Handler, Next, Received, RequestRef};
 
 /// Echoes every data message back whole, answers pings, and answers a
 /// close with the same code.
-struct Echo;
+struct Echo {
+    /// The error log says "while serving WebSocket echo".
+    named: bool,
+}
 
 impl Handler for Echo {
     fn step(&mut self, cx: &mut Context<'_>) -> Next {
+        if !self.named {
+            self.named = true;
+            cx.connection().set_log_action(c"serving WebSocket echo");
+        }
         let ws = cx.ws();
         loop {
             let sent = match ws.recv() {
@@ -59,5 +66,5 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let limiter = crate::limit::Limiter::for_request(upgraded.request(), conf);
     upgraded.ws().limit_messages(limiter);
     // SAFETY: this module's own request context slot.
-    unsafe { serve(upgraded, Module::module(), Counted::new(Kind::Echo, Echo)) }
+    unsafe { serve(upgraded, Module::module(), Counted::new(Kind::Echo, Echo { named: false })) }
 }
