@@ -125,7 +125,9 @@ sub info_once {
 {
     my $m = mark();
     violation($port, 'echo: an unmasked frame', '/ws', build_frame(opcode => OP_TEXT, payload => 'x', mask => 0), 1002);
-    info_once('echo: an unmasked frame', $m, qr/websocket: client sent .*unmasked frame.*1002/);
+    my @l = info_once('echo: an unmasked frame', $m, qr/websocket: client sent .*unmasked frame.*1002/);
+    like((grep { /unmasked frame/ } @l)[0] // '', qr/while serving WebSocket echo\b/,
+        'echo: the line says what the connection was doing');
 
     $m = mark();
     violation($port, 'echo: a reserved opcode', '/ws', build_frame(opcode => 5, payload => 'x'), 1002);
@@ -138,7 +140,9 @@ sub info_once {
     $m = mark();
     violation($port, 'pass: an unmasked frame from the client', '/pass/ok/3',
         build_frame(opcode => OP_TEXT, payload => 'x', mask => 0), 1002);
-    info_once('pass: an unmasked frame from the client', $m, qr/websocket: client.*unmasked frame/);
+    @l = info_once('pass: an unmasked frame from the client', $m, qr/websocket: client.*unmasked frame/);
+    like((grep { /unmasked frame/ } @l)[0] // '', qr/while proxying WebSocket\b/,
+        'pass: the line says what the connection was doing');
 }
 
 # --- a client that goes away: [info] at most ------------------------------------------------------

@@ -8,17 +8,21 @@ use ngx::ffi::ngx_msec_t;
 
 use crate::stats::Limits;
 
-/// What a quiet peer gets when its read deadline passes.
+/// What a quiet peer gets when its read deadline passes (see
+/// [`WebSocket::on_read_timeout`](crate::WebSocket::on_read_timeout)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quiet {
-    /// No heartbeats configured: it was idle for `websocket_timeout`.
+    /// No heartbeats configured: it was idle for the `timeout`
+    /// (`websocket_timeout`).
     Idle,
     /// A heartbeat ping is due (and was sent, once the session says so).
     Pinged,
-    /// It did not answer a ping within `websocket_ping_timeout`.
+    /// It did not answer a ping within the `ping_timeout`
+    /// (`websocket_ping_timeout`).
     Dead,
-    /// Not quiet: the session is due to close (see [`Clock::take_due`]),
-    /// or reading waited for a `websocket_limit` and may go on.
+    /// Not quiet: the session is due to close (its age, or its turn while
+    /// the worker exits), or reading waited for a `websocket_limit` and
+    /// may go on.
     Due,
 }
 

@@ -275,7 +275,6 @@ pub struct ClientContext<'a> {
     request: &'a mut RequestRef,
     client: &'a mut Option<Box<WsClient>>,
     timed_out: bool,
-    log: &'a mut SessionLog,
     handover: Option<Handover>,
 }
 
@@ -319,7 +318,6 @@ impl<'a> ClientContext<'a> {
             request,
             client,
             handover,
-            log,
             ..
         } = self;
         if client.is_none() {
@@ -330,7 +328,6 @@ impl<'a> ClientContext<'a> {
             upgraded,
             client,
             handover,
-            log,
         })
     }
 }
@@ -342,7 +339,6 @@ pub struct Relaying<'c> {
     upgraded: Upgraded<'c>,
     client: &'c mut Option<Box<WsClient>>,
     handover: &'c mut Option<Handover>,
-    log: &'c mut SessionLog,
 }
 
 impl Relaying<'_> {
@@ -366,23 +362,19 @@ impl Relaying<'_> {
         self.client.as_deref_mut()
     }
 
-    /// What the access log reports of the session.
-    pub(crate) fn log_mut(&mut self) -> &mut SessionLog {
-        self.log
-    }
-
     /// Serves both legs with `handler` from the next event on (on
     /// [`serve`](crate::serve())'s trampolines); the [`ClientHandler`] is
     /// not called again, whatever it returns now (return
     /// [`ClientNext::Wait`]).
-    pub fn serve<H: RelayHandler>(self, handler: H) {
+    pub fn serve<H: RelayHandler>(self, mut handler: H) {
         let Relaying {
-            upgraded,
+            mut upgraded,
             client,
             handover,
-            ..
         } = self;
+        // `upgrade` made it with the upstream, which it only lends.
         let Some(upstream) = client.take() else {
+            handler.finish(&upgraded.ws().stats());
             return;
         };
         let (r, ws, subprotocol) = upgraded.into_parts();
@@ -887,7 +879,6 @@ impl ClientSession {
             request: r,
             client: &mut self.client,
             timed_out,
-            log: &mut self.log,
             handover: None,
         };
         let next = match result {

@@ -1,21 +1,30 @@
 //! `websocket_echo`: upgrades the request and echoes every message back, a
-//! [`Handler`] written against the crate's public API.
+//! [`Handler`] written against the crate's public API, served by the public
+//! [`serve`] and counted in the metrics from its [`Handler::finish`] (see
+//! `counted`).
 
 use ngx::ffi::{ngx_http_request_t, ngx_int_t, NGX_ERROR};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 
+use crate::counted::Counted;
 use crate::metrics::Kind;
 use crate::module::Module;
 use crate::protocol::close::NORMAL;
-use crate::serve::serve_as;
-use crate::{upgrade, Context, Handler, Next, Received, RequestRef};
+use crate::{serve, upgrade, Context, Handler, Next, Received, RequestRef};
 
 /// Echoes every data message back whole, answers pings, and answers a
 /// close with the same code.
-struct Echo;
+struct Echo {
+    /// The error log says "while serving WebSocket echo".
+    named: bool,
+}
 
 impl Handler for Echo {
     fn step(&mut self, cx: &mut Context<'_>) -> Next {
+        if !self.named {
+            self.named = true;
+            cx.connection().set_log_action(c"serving WebSocket echo");
+        }
         let ws = cx.ws();
         loop {
             let sent = match ws.recv() {
@@ -57,5 +66,5 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let limiter = crate::limit::Limiter::for_request(upgraded.request(), conf);
     upgraded.ws().limit_messages(limiter);
     // SAFETY: this module's own request context slot.
-    unsafe { serve_as(upgraded, Module::module(), Box::new(Echo), Some(Kind::Echo)) }
+    unsafe { serve(upgraded, Module::module(), Counted::new(Kind::Echo, Echo { named: false })) }
 }

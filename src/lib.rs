@@ -54,23 +54,31 @@
 //! with [`Relaying::serve`]: one session, on [`serve`]'s trampolines, whose
 //! [`RelayHandler::step`] moves frames between the legs (see
 //! [`RelayContext`]) and whose upstream goes back to its keepalive pool at
-//! the end after [`WsClient::set_keepalive`]. `websocket_pass` is such a
-//! [`ClientHandler`] and [`RelayHandler`].
+//! the end after [`WsClient::set_keepalive`]. [`Relay`] is the library's
+//! ready-made [`RelayHandler`] (`websocket_pass`'s, which is such a
+//! [`ClientHandler`]), to use as is; a relay of one's own does what it does
+//! with the public timeout ([`WebSocket::take_timedout`],
+//! [`WebSocket::on_read_timeout`]), backpressure
+//! ([`WebSocket::pause_reading_above`], [`WebSocket::take_throttled`]) and
+//! pooling ([`WebSocket::reusable`], [`Fence`]) methods. [`validate`] checks
+//! the client's handshake before the upstream is connected.
 //!
 //! # Layers
 //!
 //! Top to bottom, each uses only the ones below it (`tools/import-graph.sh`
 //! checks it):
 //! - `module` and `config`: the nginx module, its directives and their merge;
-//! - `echo`, `proxy` (with `relay`, `pool`), `channels`, `status`: the
-//!   directives' content handlers; echo is a [`Handler`] on the public API,
-//!   pass a [`ClientHandler`] whose relay is a [`RelayHandler`];
+//! - `echo`, `proxy`, `channels`, `status`: the directives' content
+//!   handlers; echo is a [`Handler`] on the public API, pass a
+//!   [`ClientHandler`] that serves the public [`Relay`], both counted by
+//!   kind in the metrics by `counted` (from their `finish`);
 //!   `status` renders `metrics` and the zones' families;
 //! - `limit`, `metrics`, `variables`: shared-memory zones and the session's
 //!   log, beside the session they account for;
-//! - `serve`, `upgrade`, `connect`, `client`, `ws_client`: [`upgrade`],
-//!   [`serve`] (one generic set of trampolines for every session),
-//!   [`connect`] (the client's), its handshake and [`WsClient`];
+//! - `relay`, `serve`, `upgrade`, `connect`, `client`, `ws_client`, `pool`:
+//!   [`Relay`], [`upgrade`], [`serve`] (one generic set of trampolines for
+//!   every session), [`connect`] (the client's), its handshake,
+//!   [`WsClient`] and its keepalive pools;
 //! - `session`: the WebSocket object over an nginx connection; below it
 //!   `clock` (heartbeat and session-age timers) and `stats` (`Stats`,
 //!   `Limits`), I/O-free and unit-tested;
@@ -90,6 +98,7 @@ mod client;
 mod connect;
 mod compression;
 mod config;
+mod counted;
 mod drain;
 mod echo;
 mod limit;
@@ -124,10 +133,12 @@ pub use connect::{
 };
 pub use ngx_io::{ConnectionRef, Direction, NgxError, RequestRef};
 pub use random::EntropyError;
+pub use pool::Fence;
+pub use relay::Relay;
 pub use serve::{
     serve, Context, Handler, Next, Origin, RelayContext, RelayHandler, RelayNext, Waker,
 };
-pub use upgrade::{upgrade, Deflate, ServerOptions, Upgraded};
-pub use session::{FrameRef, Received, RecvFrame, WebSocket, WsError};
+pub use upgrade::{upgrade, validate, ClientHandshake, Deflate, ServerOptions, Upgraded};
+pub use session::{FrameRef, Quiet, Received, RecvFrame, WebSocket, WsError};
 pub use ws_client::{KeepaliveError, WsClient};
 pub use stats::Stats;

@@ -370,8 +370,10 @@ impl ConnectionRef {
         }
     }
 
-    /// Sets the phrase nginx appends to log lines ("while ...").
-    pub(crate) fn set_log_action(&self, action: &'static core::ffi::CStr) {
+    /// Sets the phrase nginx appends to the connection's log lines
+    /// ("while ..."): [`serve`](crate::serve()) sets "serving WebSocket",
+    /// a handler may name what it does instead.
+    pub fn set_log_action(&self, action: &'static core::ffi::CStr) {
         // SAFETY: the log belongs to the connection; `action` lives forever.
         unsafe { (*self.log()).action = action.as_ptr().cast_mut() }
     }

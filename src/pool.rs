@@ -144,12 +144,27 @@ pub fn pool(name: &str) -> Rc<Pool> {
 }
 
 /// The ping that fences an upstream connection before it goes back to its
-/// pool (see the module's notes).
+/// keepalive pool.
+///
+/// The upstream does not know where one client's session ends and the next
+/// begins, so what it sends for the old session must never reach the next.
+/// A relay whose client closed normally while the upstream leg is
+/// [`reusable`](crate::WebSocket::reusable) does not forward that close:
+/// it sends a [`Fence`] (a ping with a random payload) instead, and keeps
+/// relaying towards the client. The pong that
+/// [`answers`](Fence::answered_by) it, with no data or close before it,
+/// shows that all the upstream sent for the session was seen (TCP keeps
+/// its frames in order): the relay then answers the client's close and
+/// asks for [`WsClient::set_keepalive`](crate::WsClient::set_keepalive).
+/// Data or a close first breaks the fence: the relay closes the upstream
+/// as usual instead. Once pooled, anything but a ping from the upstream
+/// closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence([u8; 8]);
 
 impl Fence {
-    /// Queues the fencing ping on the upstream leg.
+    /// Queues the fencing ping on the upstream leg (a
+    /// [`WsClient`](crate::WsClient), through its [`WebSocket`]).
     pub fn send(upstream: &mut WebSocket) -> Result<Fence, WsError> {
         let mut token = [0; 8];
         random::fill(&mut token)?;

@@ -4,24 +4,30 @@
 //! handshake) before the client is answered; then
 //! [`ClientContext::upgrade`] upgrades the client and
 //! [`Relaying::serve`](crate::Relaying::serve) hands both legs to the
-//! [`Relay`], a [`RelayHandler`](crate::RelayHandler).
+//! library's [`Relay`], a [`RelayHandler`](crate::RelayHandler), counted in
+//! the metrics from its [`RelayHandler::finish`](crate::RelayHandler::finish)
+//! (see `counted`). Only the public API, besides the directives' settings,
+//! `websocket_limit` and the metrics.
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_LOG_ERR};
+use ngx::ffi::{
+    ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_LOG_ERR,
+};
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 use ngx::ngx_log_error;
 
 use crate::config::{configured, LocConf, PassTarget};
-use crate::connect::{
-    connect, ClientContext, ClientHandler, ClientNext, ClientOptions, ConnectOptions, Connected,
-    TlsContext,
-};
+use crate::counted::Counted;
 use crate::metrics::{self, Kind};
 use crate::module::Module;
-use crate::ngx_io::RequestRef;
-use crate::relay::Relay;
-use crate::upgrade::{self, ClientHandshake, Deflate, ServerOptions, HTTP_INTERNAL_SERVER_ERROR};
 use crate::url::{UrlError, WsUrl};
-use crate::ClientError;
+use crate::{
+    connect, validate, ClientContext, ClientError, ClientHandler, ClientHandshake, ClientNext,
+    ClientOptions, ConnectOptions, Connected, Deflate, NgxError, Relay, RequestRef, ServerOptions,
+    TlsContext,
+};
+
+const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
 
 /// What the pass handler needs once the upstream is connected.
 struct Pass {
@@ -48,7 +54,7 @@ pub unsafe extern "C" fn handler(r: *mut ngx_http_request_t) -> ngx_int_t {
         return NGX_ERROR as ngx_int_t;
     };
     let server = conf.server_options();
-    let handshake = match upgrade::validate(r, &server) {
+    let handshake = match validate(r, &server) {
         Ok(h) => h,
         Err(rc) => return rc,
     };
@@ -106,7 +112,7 @@ fn options(
     conf: &LocConf,
     url: &WsUrl,
     handshake: &ClientHandshake,
-) -> Result<(ClientOptions, ConnectOptions), crate::ngx_io::NgxError> {
+) -> Result<(ClientOptions, ConnectOptions), NgxError> {
     let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
     let host = match &conf.pass_host {
         Some(cv) => Some(text(cv.evaluate(r)?)),
@@ -114,7 +120,7 @@ fn options(
     };
     let origin = match &conf.pass_origin {
         Some(cv) => Some(text(cv.evaluate(r)?)),
-        None => handshake.origin.clone().map(text),
+        None => handshake.origin().map(|o| text(o.to_vec())),
     };
     let mut headers = Vec::new();
     for (name, value) in conf.pass_headers.iter().flatten() {
@@ -150,7 +156,7 @@ fn options(
         }),
     };
     let opts = ConnectOptions {
-        protocols: handshake.protocols.clone(),
+        protocols: handshake.protocols().to_vec(),
         origin,
         pool,
         pool_size: settings.map(|s| s.size),
@@ -212,12 +218,9 @@ impl Pass {
             let limiter = crate::limit::Limiter::for_request(relaying.request(), conf);
             relaying.ws().limit_messages(limiter);
         }
-        let log = relaying.log_mut();
-        log.upstream_reused = reused;
-        log.kind = Some(Kind::Pass);
-        metrics::session_started(Kind::Pass);
         metrics::upstream_connected(reused);
-        relaying.serve(Relay::new(self.pool_size, self.keepalive_timeout));
+        let relay = Relay::new(self.pool_size, self.keepalive_timeout);
+        relaying.serve(Counted::new(Kind::Pass, relay));
         Ok(())
     }
 }

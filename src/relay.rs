@@ -1,21 +1,13 @@
-//! The frame relay of an upgraded `websocket_pass` session: frames move
-//! both ways, unmasked from the upstream and re-masked towards it, every
-//! rule checked on both legs, with backpressure. A client that closes
-//! normally can leave its upstream connection to a keepalive pool, once the
-//! upstream is fenced (see `pool`): the client's close is answered when the
-//! upstream has answered a ping with no data or close before it; what the
-//! upstream still sent for the session reaches this client, which then
-//! closes the upstream connection as usual instead of pooling it.
+//! [`Relay`]: the library's ready-made frame relay, the
+//! [`RelayHandler`] of `websocket_pass`, written against the public API
+//! only (its methods of [`WebSocket`] and [`WsClient`](crate::WsClient)).
 
 use ngx::ffi::{ngx_log_t, NGX_LOG_ERR, NGX_LOG_INFO};
 use ngx::ngx_log_error;
 
-use crate::ngx_io::Direction;
-use crate::pool::Fence;
 use crate::protocol::close::{BAD_GATEWAY, GOING_AWAY, INTERNAL, POLICY, TOO_BIG};
 use crate::protocol::frame::OpCode;
-use crate::serve::{RelayContext, RelayHandler, RelayNext};
-use crate::session::{Quiet, WebSocket, WsError};
+use crate::{Direction, Fence, Quiet, RelayContext, RelayHandler, RelayNext, WebSocket, WsError};
 
 /// Queued bytes towards one side above which the other side is not read.
 const RELAY_HIGH_WATER: usize = 64 * 1024;
@@ -30,7 +22,36 @@ enum Way {
     ToClient,
 }
 
-/// An upgraded client and its upstream, relaying frames.
+/// The library's frame relay, a [`RelayHandler`] to use as is (it is
+/// `websocket_pass`'s): hand it to
+/// [`Relaying::serve`](crate::Relaying::serve) once the upstream is
+/// connected and the client upgraded.
+///
+/// Frames move both ways as they come (a fragmented message stays
+/// fragmented), unmasked from the upstream and re-masked towards it, every
+/// rule of both legs' options checked on the leg that receives; close codes
+/// pass through, a leg that breaks the protocol gets its RFC code and the
+/// other leg 1014 (an upstream's fault) or the client's code after the
+/// upstream finished. With backpressure: a leg is not read while more than
+/// 64 KiB wait towards the other one, and a peer that takes nothing for the
+/// `timeout` is given up. Quiet legs get the heartbeats and idle closes of
+/// their options. A session due to close (worker exit, `max_session_time`)
+/// closes both legs with 1001 after the messages under way.
+///
+/// With a keepalive pool for the upstream (`pool_size`), a client's normal
+/// close on a clean upstream leg is not forwarded: the upstream is fenced
+/// (see [`Fence`]) and, once the fence's pong came back, goes to its pool
+/// for `keepalive_timeout` milliseconds
+/// ([`WsClient::set_keepalive`](crate::WsClient::set_keepalive)).
+///
+/// It uses only the public API: a custom [`RelayHandler`] (to inspect,
+/// rewrite or route frames) does what it does with
+/// [`WebSocket::take_timedout`], [`WebSocket::on_read_timeout`] and
+/// [`WebSocket::discard_output`] for the timeouts,
+/// [`WebSocket::pause_reading_above`], [`WebSocket::queued`],
+/// [`WebSocket::reading_paused`] and [`WebSocket::take_throttled`] for
+/// backpressure, and [`WebSocket::reusable`], [`Fence`] and
+/// [`WsClient::set_keepalive`](crate::WsClient::set_keepalive) for pooling.
 pub struct Relay {
     /// The legs' reading limits were set (on the first step).
     started: bool,
@@ -63,8 +84,11 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay whose upstream leg, with a keepalive pool of `pool_size`,
-    /// goes to it for `keepalive_timeout` after a clean close.
+    /// A relay whose upstream leg, connected with a keepalive pool
+    /// ([`ConnectOptions::pool_size`](crate::ConnectOptions::pool_size)) of
+    /// `pool_size` idle connections, goes back to it for
+    /// `keepalive_timeout` milliseconds after a clean close; `None`: the
+    /// upstream is closed at the end.
     pub fn new(pool_size: Option<usize>, keepalive_timeout: ngx::ffi::ngx_msec_t) -> Relay {
         Relay {
             started: false,
@@ -88,7 +112,8 @@ impl Relay {
         // the upstream does not read because it cannot write its answers
         // (issue 15). A leg's own queue holds at most what `pump` puts there,
         // one frame over the high water mark, and frames of its own.
-        for leg in [&mut *l.client, &mut **l.upstream] {
+        let (client, upstream) = l.legs();
+        for leg in [client, &mut **upstream] {
             let frame = usize::try_from(leg.max_send_len()).unwrap_or(usize::MAX);
             leg.pause_reading_above(
                 RELAY_HIGH_WATER
@@ -97,7 +122,6 @@ impl Relay {
             );
         }
     }
-
 }
 
 impl RelayHandler for Relay {
@@ -110,7 +134,7 @@ impl RelayHandler for Relay {
         // A leg that took nothing for websocket_timeout is given up (what is
         // queued for it cannot be cut short by a close frame); the other leg
         // gets a close frame and the session ends once it is out.
-        if l.client.take_timedout(Direction::Write) {
+        if l.client().take_timedout(Direction::Write) {
             ngx_log_error!(
                 NGX_LOG_INFO,
                 log,
@@ -118,10 +142,10 @@ impl RelayHandler for Relay {
             );
             self.closing = true;
             self.client_given_up = true;
-            l.client.discard_output();
-            let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
+            l.client().discard_output();
+            let _ = l.upstream().send_close(Some(GOING_AWAY), b"");
         }
-        if l.upstream.take_timedout(Direction::Write) {
+        if l.upstream().take_timedout(Direction::Write) {
             // RFC 6455 §7.4.1: 1011, the proxy met a condition that keeps it
             // from serving the session; 1001 would say it is going away. A
             // client already being closed hears the code it was due.
@@ -132,13 +156,14 @@ impl RelayHandler for Relay {
                 "websocket: upstream timed out while we were sending, closing with {code}"
             );
             self.closing = true;
-            l.upstream.discard_output();
-            let _ = l.client.send_close(Some(code), b"");
+            l.upstream().discard_output();
+            let _ = l.client().send_close(Some(code), b"");
         }
         for way in [Way::ToUpstream, Way::ToClient] {
+            let (client, upstream) = l.legs();
             let (leg, side) = match way {
-                Way::ToUpstream => (&mut *l.client, "client"),
-                Way::ToClient => (&mut **l.upstream, "upstream"),
+                Way::ToUpstream => (client, "client"),
+                Way::ToClient => (&mut **upstream, "upstream"),
             };
             if !leg.take_timedout(Direction::Read) || self.closing {
                 continue;
@@ -184,8 +209,8 @@ impl RelayHandler for Relay {
                 && !self.pooling
                 && self.fencing.is_none()
                 && self.close_client_with.is_none()
-                && !l.client.in_message()
-                && !l.upstream.in_message()
+                && !l.client().in_message()
+                && !l.upstream().in_message()
             {
                 ngx_log_error!(
                     NGX_LOG_INFO,
@@ -193,16 +218,17 @@ impl RelayHandler for Relay {
                     "websocket: session is due to close, closing with {GOING_AWAY}"
                 );
                 self.close_client_with = Some(GOING_AWAY);
-                let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
+                let _ = l.upstream().send_close(Some(GOING_AWAY), b"");
             }
             if let Some(code) = self.close_client_with {
-                if l.upstream.close_received() && !l.client.close_sent() {
-                    let _ = l.client.send_close(Some(code), self.close_client_reason);
+                let (client, upstream) = l.legs();
+                if upstream.close_received() && !client.close_sent() {
+                    let _ = client.send_close(Some(code), self.close_client_reason);
                 }
             }
             // The fence passed: the upstream goes to its pool at the end.
             if let Some(size) = self.pool_size.filter(|_| self.pooling) {
-                let _ = l.upstream.set_keepalive(self.keepalive_timeout, size);
+                let _ = l.upstream().set_keepalive(self.keepalive_timeout, size);
             }
             let Ok(flushed) = l.flush() else {
                 return RelayNext::Abort;
@@ -210,9 +236,10 @@ impl RelayHandler for Relay {
             if self.pooling && flushed {
                 return RelayNext::Finish;
             }
-            let upstream_done = l.upstream.close_sent() && l.upstream.close_received();
-            let client_done = l.client.close_sent()
-                && (l.client.close_received() || self.close_client_with.is_some());
+            let (client, upstream) = l.legs();
+            let upstream_done = upstream.close_sent() && upstream.close_received();
+            let client_done = client.close_sent()
+                && (client.close_received() || self.close_client_with.is_some());
             if flushed && (self.closing || (upstream_done && client_done)) {
                 // A client given up gets no lingering close.
                 return if self.client_given_up {
@@ -231,15 +258,15 @@ impl RelayHandler for Relay {
             }
         }
         let read_client =
-            !self.closing && self.close_client_with.is_none() && !l.client.close_received();
-        let read_upstream = !self.closing && !l.upstream.close_received();
+            !self.closing && self.close_client_with.is_none() && !l.client().close_received();
+        let read_upstream = !self.closing && !l.upstream().close_received();
         // A leg whose reading waits for the other leg to drain is not idle,
         // nor is one with output waiting: its write deadline times it, so
         // that a peer that stopped reading is told apart from an idle one.
         let read_client =
-            read_client && !Self::blocked(l, Way::ToUpstream) && l.client.queued() == 0;
+            read_client && !Self::blocked(l, Way::ToUpstream) && l.client().queued() == 0;
         let read_upstream =
-            read_upstream && !Self::blocked(l, Way::ToClient) && l.upstream.queued() == 0;
+            read_upstream && !Self::blocked(l, Way::ToClient) && l.upstream().queued() == 0;
         RelayNext::Wait {
             read_client,
             read_upstream,
@@ -248,13 +275,13 @@ impl RelayHandler for Relay {
 }
 
 impl Relay {
-
     /// Whether moving frames `way` waits for queued output: the
     /// destination's, or (see `start`) the source's own.
-    fn blocked(l: &RelayContext<'_>, way: Way) -> bool {
+    fn blocked(l: &mut RelayContext<'_>, way: Way) -> bool {
+        let (client, upstream) = l.legs();
         let (src, dst): (&WebSocket, &WebSocket) = match way {
-            Way::ToUpstream => (&*l.client, &**l.upstream),
-            Way::ToClient => (&**l.upstream, &*l.client),
+            Way::ToUpstream => (client, upstream),
+            Way::ToClient => (upstream, client),
         };
         dst.queued() > RELAY_HIGH_WATER || src.reading_paused()
     }
@@ -266,9 +293,10 @@ impl Relay {
     fn pump(&mut self, l: &mut RelayContext<'_>, way: Way, log: *mut ngx_log_t) -> bool {
         let close_client_with = self.close_client_with;
         let may_pool = way == Way::ToUpstream && self.pool_size.is_some();
-        let (src, dst) = match way {
-            Way::ToUpstream => (&mut *l.client, &mut **l.upstream),
-            Way::ToClient => (&mut **l.upstream, &mut *l.client),
+        let (client, upstream) = l.legs();
+        let (src, dst): (&mut WebSocket, &mut WebSocket) = match way {
+            Way::ToUpstream => (client, upstream),
+            Way::ToClient => (upstream, client),
         };
         while !src.close_received() {
             if dst.queued() > RELAY_HIGH_WATER {
@@ -335,7 +363,7 @@ impl Relay {
         if let WsError::RateExceeded = e {
             self.close_client_with = Some(POLICY);
             self.close_client_reason = crate::limit::CLOSE_REASON;
-            let _ = l.upstream.send_close(Some(GOING_AWAY), b"");
+            let _ = l.upstream().send_close(Some(GOING_AWAY), b"");
             return;
         }
         match on_failure(from_client, &e, self.close_client_with) {
@@ -346,8 +374,8 @@ impl Relay {
                     "websocket: upstream: {e}, closing with {code}, the client with {client_code}"
                 );
                 self.closing = true;
-                let _ = l.upstream.send_close(Some(code), b"");
-                let _ = l.client.send_close(Some(client_code), b"");
+                let _ = l.upstream().send_close(Some(code), b"");
+                let _ = l.client().send_close(Some(client_code), b"");
             }
             failure => {
                 let (side, level) = if from_client {
@@ -361,10 +389,11 @@ impl Relay {
                     Failure::Gone { code } => {
                         // The source is gone: only the other leg can hear the close.
                         self.closing = true;
-                        let (gone, other) = if from_client {
-                            (&mut *l.client, &mut **l.upstream)
+                        let (client, upstream) = l.legs();
+                        let (gone, other): (&mut WebSocket, &mut WebSocket) = if from_client {
+                            (client, upstream)
                         } else {
-                            (&mut **l.upstream, &mut *l.client)
+                            (upstream, client)
                         };
                         gone.discard_output();
                         let _ = other.send_close(Some(code), b"");
@@ -372,7 +401,7 @@ impl Relay {
                     Failure::ClientAfterUpstream { code } => {
                         // Let the upstream finish what it is sending first.
                         self.close_client_with = Some(code);
-                        let _ = l.upstream.send_close(Some(code), b"");
+                        let _ = l.upstream().send_close(Some(code), b"");
                     }
                     Failure::Both { code } | Failure::UpstreamFault { code, .. } => {
                         self.close_both(l, code)
@@ -384,8 +413,8 @@ impl Relay {
 
     fn close_both(&mut self, l: &mut RelayContext<'_>, code: u16) {
         self.closing = true;
-        let _ = l.client.send_close(Some(code), b"");
-        let _ = l.upstream.send_close(Some(code), b"");
+        let _ = l.client().send_close(Some(code), b"");
+        let _ = l.upstream().send_close(Some(code), b"");
     }
 }
 

@@ -15,7 +15,6 @@ use ngx::ffi::{
 };
 use ngx::ngx_log_error;
 
-use crate::metrics::{self, Kind};
 use crate::ngx_detach::{
     detach_session, detached_session, end_detached, serve_close_request, Detach, DetachedSession,
 };
@@ -50,7 +49,12 @@ pub trait Handler: 'static {
         let _ = cx;
     }
 
-    /// The session ended (however it did), with what crossed it.
+    /// The session ended (however it did), with what crossed it: called
+    /// once for every handler that [`serve`] took, even when `serve` itself
+    /// failed. Where a module accounts for its sessions: the library keeps
+    /// no per-application counts (`websocket_echo` counts its sessions in
+    /// the module's `nginx_websocket_*` metrics from here, by the close
+    /// code in [`Stats::close_code`]).
     fn finish(&mut self, stats: &Stats) {
         let _ = stats;
     }
@@ -180,13 +184,19 @@ impl Waker {
 /// end closes the upstream or (after [`WsClient::set_keepalive`]) pools it.
 /// The handler moves the frames ([`WebSocket::recv_frame_in_place`],
 /// [`WebSocket::send_frame`]), keeps what it queues in check with
-/// [`WebSocket::queued`], and writes with [`RelayContext::flush`].
+/// [`WebSocket::queued`], and writes with [`RelayContext::flush`]; it
+/// handles the legs' deadlines ([`WebSocket::take_timedout`]) and, to pool
+/// the upstream, fences it ([`Fence`](crate::Fence)). [`Relay`](crate::Relay)
+/// is the library's own, ready to use, and shows how.
 pub trait RelayHandler: 'static {
     /// Moves what arrived on either leg (or [`RelayContext::origin`] says
     /// why else it runs), flushes, and says what to wait for.
     fn step(&mut self, cx: &mut RelayContext<'_>) -> RelayNext;
 
-    /// The session ended (however it did), with what crossed the client leg.
+    /// The session ended (however it did), with what crossed the client
+    /// leg: called once for every handler that
+    /// [`Relaying::serve`](crate::Relaying::serve) took, as
+    /// [`Handler::finish`] is.
     fn finish(&mut self, stats: &Stats) {
         let _ = stats;
     }
@@ -216,8 +226,8 @@ pub enum RelayNext {
 
 /// What a [`RelayHandler`] works with during one call: both legs.
 pub struct RelayContext<'a> {
-    pub(crate) client: &'a mut WebSocket,
-    pub(crate) upstream: &'a mut WsClient,
+    client: &'a mut WebSocket,
+    upstream: &'a mut WsClient,
     conn: &'a ConnectionRef,
     origin: Origin,
 }
@@ -469,7 +479,17 @@ pub(crate) enum End {
 
 /// Serves an upgraded request with `handler`: returns what the content
 /// handler returns to nginx (`NGX_DONE`, or `NGX_ERROR` when the session
-/// could not start). The first [`Handler::step`] runs from the event loop.
+/// could not start). The first [`Handler::step`] runs from the event loop;
+/// [`Handler::finish`] is called once the session ended, or at once when it
+/// could not start.
+///
+/// Metrics: the sessions of this crate's own nginx module add their
+/// traffic to its `nginx_websocket_*` metrics, and its directives count
+/// their sessions by kind (`websocket_echo` from [`Handler::finish`]); the
+/// kinds name those directives, so no label is offered to other
+/// applications. A dependent built with `default-features = false` has no
+/// metrics zone: it accounts for its sessions itself, from
+/// [`Handler::finish`].
 ///
 /// # Safety
 /// `module` must be the calling module, an HTTP module loaded in this
@@ -480,34 +500,17 @@ pub unsafe fn serve<H: Handler>(
     module: &'static ngx_module_t,
     handler: H,
 ) -> ngx_int_t {
-    // SAFETY: guaranteed by the caller.
-    unsafe { serve_as(upgraded, module, Box::new(handler), None) }
-}
-
-/// [`serve`], counted in the module's metrics as `kind`.
-///
-/// # Safety
-/// As for [`serve`].
-pub(crate) unsafe fn serve_as(
-    upgraded: Upgraded<'_>,
-    module: &'static ngx_module_t,
-    handler: Box<dyn Handler>,
-    kind: Option<Kind>,
-) -> ngx_int_t {
     let (r, ws, subprotocol) = upgraded.into_parts();
-    if let Some(kind) = kind {
-        metrics::session_started(kind);
-    }
     let c = r.connection();
     let drive = HandlerSession {
         ws,
-        handler,
+        handler: Box::new(handler),
         waker: Waker::new(c),
         shutting_down: false,
         told: false,
     };
     let served = Served::new(
-        SessionLog::new(kind, subprotocol),
+        SessionLog::new(None, subprotocol),
         Box::new(drive),
         Detach::for_request(r),
     );
@@ -516,11 +519,7 @@ pub(crate) unsafe fn serve_as(
         return NGX_ERROR as ngx_int_t;
     }
     r.hold();
-    let action = match kind {
-        Some(Kind::Echo) => c"serving WebSocket echo",
-        _ => c"serving WebSocket",
-    };
-    if start(r, action).is_err() {
+    if start(r, c"serving WebSocket").is_err() {
         return NGX_ERROR as ngx_int_t;
     }
     NGX_DONE as ngx_int_t

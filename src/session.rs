@@ -441,8 +441,16 @@ impl WebSocket {
         self.limiter.as_ref().and_then(|l| l.waiting())
     }
 
-    /// Whether the connection's read or write deadline passed (and clears it).
-    pub(crate) fn take_timedout(&self, dir: Direction) -> bool {
+    /// Whether the connection's read or write deadline passed since the
+    /// last call (and clears it). The library arms the deadlines (see
+    /// [`RelayNext::Wait`](crate::RelayNext::Wait)): a write deadline that
+    /// passed is a peer that took nothing for the `timeout` while output
+    /// was queued (give it up: [`WebSocket::discard_output`]); a read
+    /// deadline, a quiet peer (ask [`WebSocket::on_read_timeout`] what it
+    /// gets). A [`Handler`](crate::Handler)'s session has it done by the
+    /// library; a [`RelayHandler`](crate::RelayHandler) checks both legs at
+    /// the start of each [`step`](crate::RelayHandler::step).
+    pub fn take_timedout(&self, dir: Direction) -> bool {
         self.conn().take_timedout(dir)
     }
 
@@ -887,7 +895,9 @@ impl WebSocket {
 
     /// Whether the connection could serve another session as it is: nothing
     /// queued or buffered, no message half sent or half received, no close.
-    pub(crate) fn reusable(&self) -> bool {
+    /// A relay checks it on the upstream leg before it fences the leg for
+    /// its keepalive pool (see [`Fence`](crate::Fence)).
+    pub fn reusable(&self) -> bool {
         self.queued() == 0
             && self.rpos == self.rend
             && !self.decoder.in_message()
@@ -897,10 +907,11 @@ impl WebSocket {
     }
 
     /// Drops queued output and sends nothing more: the peer is gone, or
-    /// stopped reading for so long that it is given up. Nothing may be
-    /// written after it (as after a close frame): a TLS write waiting for
-    /// its retry could only be retried with the dropped bytes.
-    pub(crate) fn discard_output(&mut self) {
+    /// stopped reading for so long that it is given up. Nothing can be
+    /// sent after it (sends fail with [`WsError::Closed`], as after a close
+    /// frame): a TLS write waiting for its retry could only be retried with
+    /// the dropped bytes.
+    pub fn discard_output(&mut self) {
         self.wbuf.clear();
         self.wpos = 0;
         self.close_sent = true;
@@ -911,13 +922,19 @@ impl WebSocket {
     /// output (an echo), so a peer that does not read cannot make us queue
     /// its answers. A relay leg's output comes from the other leg instead,
     /// and pausing its reading for it would make the legs wait on each
-    /// other; there the bound only guards against replies of its own.
-    pub(crate) fn pause_reading_above(&mut self, queued: usize) {
+    /// other; there the bound only guards against replies of its own: a
+    /// [`RelayHandler`](crate::RelayHandler) raises it on both legs before
+    /// its first move (to its own high-water mark, plus one frame, plus
+    /// room for closes and heartbeat pings), and bounds what it queues
+    /// towards a leg itself with [`WebSocket::queued`].
+    pub fn pause_reading_above(&mut self, queued: usize) {
         self.read_pause_above = queued;
     }
 
-    /// Whether reading waits for queued output to drain.
-    pub(crate) fn reading_paused(&self) -> bool {
+    /// Whether reading waits for queued output to drain (more than
+    /// [`WebSocket::pause_reading_above`]'s bound is queued): frames are not
+    /// read, and the read deadline is not armed, until it drained.
+    pub fn reading_paused(&self) -> bool {
         self.queued() > self.read_pause_above
     }
 
@@ -926,8 +943,11 @@ impl WebSocket {
         self.limits.max_send_len
     }
 
-    /// Whether reading stopped for queued output since the last call.
-    pub(crate) fn take_throttled(&mut self) -> bool {
+    /// Whether a receive stopped for queued output (see
+    /// [`WebSocket::reading_paused`]) since the last call (and clears it).
+    /// After output drained, go on receiving at once: the socket does not
+    /// signal again for bytes that are already there.
+    pub fn take_throttled(&mut self) -> bool {
         core::mem::take(&mut self.throttled)
     }
 
@@ -962,8 +982,15 @@ impl WebSocket {
         Ok(true)
     }
 
-    /// The read deadline passed: what to do about a quiet peer.
-    pub(crate) fn on_read_timeout(&mut self) -> Quiet {
+    /// The read deadline passed ([`WebSocket::take_timedout`] with
+    /// [`Direction::Read`]): what the quiet peer gets. With a
+    /// `ping_interval` a heartbeat ping is queued here
+    /// ([`Quiet::Pinged`]: wait on); [`Quiet::Idle`] and [`Quiet::Dead`]
+    /// ask for a close (1001 and 1011 are usual); [`Quiet::Due`]: the peer
+    /// was not quiet (the session is due to close, see
+    /// [`RelayContext::due_to_close`](crate::RelayContext::due_to_close)),
+    /// go on.
+    pub fn on_read_timeout(&mut self) -> Quiet {
         // [limit] not quiet: reading waited for the buckets.
         if self.limit_wait().is_some() {
             return Quiet::Due;

@@ -12,16 +12,29 @@ use crate::protocol::handshake::select_subprotocol;
 use crate::session::{Limits, Role, WebSocket};
 use crate::protocol::handshake::{validate_request, HandshakeRequest};
 
-/// A client handshake that passed every check, with what the response and
-/// a proxied handshake need from it.
+/// A client handshake that passed every check of [`validate`], not
+/// answered yet, with what a proxied handshake needs from it.
 pub struct ClientHandshake {
-    pub accept: String,
+    pub(crate) accept: String,
     /// Subprotocols the client offered, in its order of preference.
-    pub protocols: Vec<String>,
-    pub origin: Option<Vec<u8>>,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) origin: Option<Vec<u8>>,
     /// permessage-deflate as agreed (`websocket_deflate on` and an
     /// acceptable offer), with the response header's value.
-    pub deflate: Option<(NegotiatedDeflate, String)>,
+    pub(crate) deflate: Option<(NegotiatedDeflate, String)>,
+}
+
+impl ClientHandshake {
+    /// The subprotocols the client offered, in its order of preference (to
+    /// offer them upstream: [`ConnectOptions::protocols`](crate::ConnectOptions::protocols)).
+    pub fn protocols(&self) -> &[String] {
+        &self.protocols
+    }
+
+    /// The client's `Origin` header, if it sent one.
+    pub fn origin(&self) -> Option<&[u8]> {
+        self.origin.as_deref()
+    }
 }
 
 const HTTP_FORBIDDEN: ngx_int_t = 403;
@@ -29,9 +42,15 @@ const HTTP_BAD_REQUEST: ngx_int_t = 400;
 const HTTP_UPGRADE_REQUIRED: u32 = 426;
 pub const HTTP_INTERNAL_SERVER_ERROR: ngx_int_t = 500;
 
-/// Checks the client's handshake (and `origins`) against `opts`, for a
-/// session that answers later (`websocket_pass`, once the upstream agreed).
-/// On failure the returned code is what the content handler returns.
+/// Checks the current request's handshake (method, headers, version,
+/// `origins`, a permessage-deflate offer) against `opts` as [`upgrade`]
+/// does, without answering it: for a session that answers later. A relay
+/// checks its client first, so that a bad handshake gets its own status
+/// rather than an upstream's, then connects its upstream (see
+/// [`connect`](crate::connect())) and upgrades with
+/// [`ClientContext::upgrade`](crate::ClientContext::upgrade)
+/// (`websocket_pass` does). On failure, the status to return from the
+/// content handler (400, 403, 405, 426 — answered already — or 500).
 pub fn validate(r: &mut RequestRef, opts: &ServerOptions) -> Result<ClientHandshake, ngx_int_t> {
     let origins: Option<Vec<Vec<u8>>> = opts
         .origins
