@@ -63,8 +63,9 @@
 //! checks it):
 //! - `module` and `config`: the nginx module, its directives and their merge;
 //! - `echo`, `proxy` (with `relay`, `pool`), `channels`, `status`: the
-//!   directives' content handlers; echo is a [`Handler`] on the public API,
-//!   pass a [`ClientHandler`] whose relay is a [`RelayHandler`];
+//!   directives' content handlers; echo and the channels' subscriber are
+//!   [`Handler`]s on the public API, pass a [`ClientHandler`] whose relay is
+//!   a [`RelayHandler`];
 //!   `status` renders `metrics` and the zones' families;
 //! - `limit`, `metrics`, `variables`: shared-memory zones and the session's
 //!   log, beside the session they account for;

@@ -1,6 +1,7 @@
 //! [`serve`]: the library drives an upgraded session and calls a
 //! [`Handler`]. The one generic set of `extern "C"` trampolines of the
-//! crate's WebSocket servers (`websocket_echo` is a [`Handler`] too).
+//! crate's WebSocket servers (`websocket_echo` and `websocket_subscribe` are
+//! [`Handler`]s too).
 
 use core::any::Any;
 use core::cell::Cell;
@@ -50,6 +51,7 @@ pub trait Handler: 'static {
         let _ = cx;
     }
 
+    // [subscriber] added for websocket_subscribe (channels/subscriber.rs).
     /// The session sent its close frame, whoever started the close (the
     /// handler, or the library: a timeout, a protocol error, a limit, the
     /// shutdown): no [`Handler::step`] follows. Called once; release here
@@ -68,6 +70,7 @@ pub trait Handler: 'static {
 pub enum Next {
     /// Wait for the next event (everything received was handled).
     Wait,
+    // [subscriber] added for websocket_subscribe (channels/subscriber.rs).
     /// As [`Next::Wait`], but the handler holds more to send than it
     /// queued (it feeds its output in slices, to keep
     /// [`WebSocket::queued`] short): [`Handler::step`] runs again as soon
@@ -154,7 +157,7 @@ struct WakeState {
     /// The session's connection while the session lives.
     conn: Cell<Option<NonNull<ngx_connection_t>>>,
     woken: Cell<bool>,
-    /// What the session had queued at the end of its last event.
+    /// [subscriber] What the session had queued at the end of its last event.
     queued: Cell<usize>,
 }
 
@@ -182,6 +185,7 @@ impl Waker {
         self.0.conn.get().is_some()
     }
 
+    // [subscriber] added for websocket_subscribe's inbox (channels/local.rs).
     /// Bytes the session has queued and not yet written, as its last event
     /// left them (0 once it ended): what a producer that feeds several
     /// sessions weighs to find one that does not keep up.
@@ -720,6 +724,7 @@ impl Drive for HandlerSession {
 
     fn run(&mut self, c: &ConnectionRef, request: Option<&mut RequestRef>, _: Origin) -> End {
         let end = self.round(c, request);
+        // [subscriber] see `Waker::queued`.
         self.waker.0.queued.set(self.ws.queued());
         end
     }
@@ -768,6 +773,7 @@ impl HandlerSession {
         }
         let woken = self.waker.0.woken.replace(false);
         loop {
+            // [subscriber] `Next::Again`.
             let mut again = false;
             if !self.ws.close_sent() {
                 match self.handle(c, woken) {
@@ -777,14 +783,11 @@ impl HandlerSession {
                 // Everything received is answered and what the handler held
                 // is sent; a message still arriving is waited for
                 // (worker_shutdown_timeout bounds it).
-                if self.shutting_down
-                    && !again
-                    && !self.ws.close_sent()
-                    && !self.ws.in_message()
-                {
+                if self.shutting_down && !again && !self.ws.close_sent() && !self.ws.in_message() {
                     let _ = self.ws.send_close(Some(GOING_AWAY), b"");
                 }
             }
+            // [subscriber] `Handler::closing`.
             if self.ws.close_sent() && !self.closing_told {
                 self.closing_told = true;
                 self.handler.closing();
