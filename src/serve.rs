@@ -46,7 +46,8 @@ pub trait Handler: 'static {
 
     /// The session is due to close (the worker is exiting, or it reached
     /// `max_session_time`): the library sends close 1001 once no message is
-    /// being received. Called once, before the next [`Handler::step`].
+    /// being received (and a step did not return [`Next::Again`]). Called
+    /// once, before the next [`Handler::step`].
     fn shut_down(&mut self, cx: &mut Context<'_>) {
         let _ = cx;
     }

@@ -232,11 +232,16 @@ impl Handler for Subscriber {
 
 impl Subscriber {
     /// Moves messages from the inbox to the output queue while it is
-    /// short; `Err` is the close code the session ends with.
+    /// short; `Err` is the close code the session ends with, queued once
+    /// the inbox is empty, however much output waits (an overflow empties
+    /// the inbox: the session leaves its channel at once).
     fn feed(&mut self, ws: &mut WebSocket, log: *mut ngx_log_t) -> Result<(), u16> {
-        while ws.queued() < FEED_HIGH_WATER {
+        loop {
             let (m, end) = {
                 let mut inbox = self.sub.inbox.borrow_mut();
+                if !inbox.queue.is_empty() && ws.queued() >= FEED_HIGH_WATER {
+                    return Ok(());
+                }
                 (inbox.pop(), inbox.end)
             };
             let Some(m) = m else {
@@ -262,7 +267,6 @@ impl Subscriber {
                 return Err(INTERNAL);
             }
         }
-        Ok(())
     }
 
     /// Sends one channel message, in frames of at most `max_send_len`.
