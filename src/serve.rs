@@ -488,6 +488,8 @@ struct HandlerSession {
 impl Drop for HandlerSession {
     fn drop(&mut self) {
         self.waker.0.conn.set(None);
+        // [subscriber] see `Waker::queued`.
+        self.waker.0.queued.set(0);
         self.handler.finish(&self.ws.stats());
     }
 }
