@@ -16,7 +16,10 @@
 #   its id then live messages; subscribers resuming while a publisher runs
 #   get every message after their id exactly once, in order;
 # - a subscriber that never reads is closed with 1008 while another keeps
-#   receiving, and the publisher is never held up;
+#   receiving, and the publisher is never held up; it stops counting as a
+#   subscriber as soon as its close is queued;
+# - websocket_max_session_time on a subscriber with 320 KiB waiting in its
+#   inbox: every message, then 1001;
 # - thousands of distinct channel names in a small zone: every publish is
 #   201 and the zone stays usable (old channels are gone);
 # - a subscribe location with websocket_channel_publish on and a single
@@ -150,6 +153,10 @@ server {
 server {
     listen 127.0.0.1:%%PORT_1%% sndbuf=16k;
     location /sub { websocket_subscribe chat \$arg_c; }
+    location /aged {
+        websocket_subscribe chat \$arg_c;
+        websocket_max_session_time 2s;
+    }
 }
 EOF
 my ($port, @workers);
@@ -429,12 +436,34 @@ sub metric {
     is($ok, 60, 'every publish answered 201 while a subscriber does not read');
     cmp_ok($max_wait, '<', scaled(2), sprintf('no publish waited (longest %.2f s)', $max_wait));
     is_deeply(\@fast_got, [map { sprintf '%03d', $_ } 1 .. 60], 'the reading subscriber got everything');
+    # Its close is queued behind what it does not read: it left the channel.
+    my (undef, undef, $desc) = req('GET', '/pub?c=slow');
+    like($desc, qr/"subscribers":1,/, 'the closed subscriber no longer counts while its close waits');
     # Now it reads: some messages, then 1008.
     my ($code) = $slow->recv_close(timeout => 20);
     is($code, 1008, 'the subscriber that did not read gets 1008');
     my @before = grep { $_->{opcode} != OP_CLOSE } $slow->skipped;
     ok(@before < 60, scalar(@before) . ' frames reached it before the close');
     like($t->error_log, qr/subscriber too slow/, 'the close is logged');
+}
+
+# --- max_session_time with messages waiting -----------------------------------------
+
+{
+    # 320 KiB for a subscriber that does not read yet: most of it waits in
+    # its inbox when its session is due to close.
+    my $t0 = time;
+    my $ws = ws_open($port1, '/aged?c=aged', rcvbuf => 4096);
+    my @sent = map { sprintf('%03d', $_) . ('a' x 8000) } 1 .. 40;
+    publish('/pub?c=aged', $_) for @sent;
+    my $left = 2.5 - (time - $t0);
+    sleep $left if $left > 0;
+    my ($code) = $ws->recv_close(timeout => 10);
+    my @got = map { $_->{payload} } grep { $_->{opcode} != OP_CLOSE } $ws->skipped;
+    is(scalar @got, 40, 'websocket_max_session_time: every message waiting in the inbox first');
+    ok(join(',', map { substr $_, 0, 3 } @got) eq join(',', map { substr $_, 0, 3 } @sent)
+        && !grep({ length($_) != 8003 } @got), 'whole and in order');
+    is($code, 1001, 'then 1001');
 }
 
 # --- many distinct channel names ---------------------------------------------------

@@ -424,7 +424,7 @@ pub unsafe fn connect<H: ClientHandler>(
         Err(e) => State::Failed(e),
     };
     let session: SessionCtx = Box::new(ClientSession {
-        log: SessionLog::new(None, None),
+        log: SessionLog::new(None),
         detach: Detach::for_request(r),
         handler: Box::new(handler),
         state: start,

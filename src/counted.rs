@@ -43,6 +43,10 @@ impl<H: Handler> Handler for Counted<H> {
         self.inner.shut_down(cx)
     }
 
+    fn closing(&mut self) {
+        self.inner.closing()
+    }
+
     fn finish(&mut self, stats: &Stats) {
         self.close_code = stats.close_code;
         self.inner.finish(stats)

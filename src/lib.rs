@@ -68,10 +68,11 @@
 //! Top to bottom, each uses only the ones below it (`tools/import-graph.sh`
 //! checks it):
 //! - `module` and `config`: the nginx module, its directives and their merge;
-//! - `echo`, `proxy`, `channels`, `status`: the directives' content
-//!   handlers; echo is a [`Handler`] on the public API, pass a
-//!   [`ClientHandler`] that serves the public [`Relay`], both counted by
-//!   kind in the metrics by `counted` (from their `finish`);
+//! - `echo`, `proxy` (with `relay`, `pool`), `channels`, `status`: the
+//!   directives' content handlers; echo and the channels' subscriber are
+//!   [`Handler`]s on the public API, pass a [`ClientHandler`] that serves
+//!   the public [`Relay`], all counted by kind in the metrics by `counted`
+//!   (from their `finish`);
 //!   `status` renders `metrics` and the zones' families;
 //! - `limit`, `metrics`, `variables`: shared-memory zones and the session's
 //!   log, beside the session they account for;

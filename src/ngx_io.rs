@@ -623,13 +623,6 @@ impl RequestRef {
         r.set_keepalive(0);
     }
 
-    /// The module context of `module` in the request (see
-    /// `RequestRef::set_owned_ctx`).
-    pub(crate) fn ctx<T>(&self, module: &ngx::ffi::ngx_module_t) -> Option<NonNull<T>> {
-        // SAFETY: `ctx` has one slot per HTTP module, indexed by ctx_index.
-        NonNull::new(unsafe { *self.raw().ctx.add(module.ctx_index) }.cast())
-    }
-
     /// The client connection, to run posted requests on after the request
     /// itself may be gone (see [`run_posted_requests`]).
     pub(crate) fn connection_ptr(&self) -> *mut ngx_connection_t {

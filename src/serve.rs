@@ -1,6 +1,7 @@
 //! [`serve`]: the library drives an upgraded session and calls a
 //! [`Handler`]. The one generic set of `extern "C"` trampolines of the
-//! crate's WebSocket servers (`websocket_echo` is a [`Handler`] too).
+//! crate's WebSocket servers (`websocket_echo` and `websocket_subscribe` are
+//! [`Handler`]s too).
 
 use core::any::Any;
 use core::cell::Cell;
@@ -44,10 +45,18 @@ pub trait Handler: 'static {
 
     /// The session is due to close (the worker is exiting, or it reached
     /// `max_session_time`): the library sends close 1001 once no message is
-    /// being received. Called once, before the next [`Handler::step`].
+    /// being received (and a step did not return [`Next::Again`]). Called
+    /// once, before the next [`Handler::step`].
     fn shut_down(&mut self, cx: &mut Context<'_>) {
         let _ = cx;
     }
+
+    /// The session sent its close frame, whoever started the close (the
+    /// handler, or the library: a timeout, a protocol error, a limit, the
+    /// shutdown): no [`Handler::step`] follows. Called once; release here
+    /// what would bring the session more work (a subscription, say). The
+    /// library still writes what is queued and waits for the peer's close.
+    fn closing(&mut self) {}
 
     /// The session ended (however it did), with what crossed it: called
     /// once for every handler that [`serve`] took, even when `serve` itself
@@ -65,6 +74,13 @@ pub trait Handler: 'static {
 pub enum Next {
     /// Wait for the next event (everything received was handled).
     Wait,
+    /// As [`Next::Wait`], but the handler holds more to send than it
+    /// queued (it feeds its output in slices, to keep
+    /// [`WebSocket::queued`] short): [`Handler::step`] runs again as soon
+    /// as everything queued is written. A session due to close sends its
+    /// 1001 only once a step returns something else, so what the handler
+    /// held goes first.
+    Again,
     /// Send a close frame with this code, then end the session once the
     /// peer answers (or the timeout passes).
     Close(u16),
@@ -144,6 +160,8 @@ struct WakeState {
     /// The session's connection while the session lives.
     conn: Cell<Option<NonNull<ngx_connection_t>>>,
     woken: Cell<bool>,
+    /// What the session had queued at the end of its last event.
+    queued: Cell<usize>,
 }
 
 impl Waker {
@@ -151,6 +169,7 @@ impl Waker {
         Waker(Rc::new(WakeState {
             conn: Cell::new(NonNull::new(conn.as_ptr())),
             woken: Cell::new(false),
+            queued: Cell::new(0),
         }))
     }
 
@@ -167,6 +186,13 @@ impl Waker {
     /// Whether the session still runs.
     pub fn is_alive(&self) -> bool {
         self.0.conn.get().is_some()
+    }
+
+    /// Bytes the session has queued and not yet written, as its last event
+    /// left them (0 once it ended): what a producer that feeds several
+    /// sessions weighs to find one that does not keep up.
+    pub fn queued(&self) -> usize {
+        self.0.queued.get()
     }
 }
 
@@ -462,11 +488,15 @@ struct HandlerSession {
     shutting_down: bool,
     /// `shut_down` was told.
     told: bool,
+    /// `closing` was told.
+    closing_told: bool,
 }
 
 impl Drop for HandlerSession {
     fn drop(&mut self) {
         self.waker.0.conn.set(None);
+        // See `Waker::queued`.
+        self.waker.0.queued.set(0);
         self.handler.finish(&self.ws.stats());
     }
 }
@@ -508,9 +538,10 @@ pub unsafe fn serve<H: Handler>(
         waker: Waker::new(c),
         shutting_down: false,
         told: false,
+        closing_told: false,
     };
     let served = Served::new(
-        SessionLog::new(None, subprotocol),
+        SessionLog::new(subprotocol),
         Box::new(drive),
         Detach::for_request(r),
     );
@@ -689,7 +720,17 @@ impl Drive for HandlerSession {
         self.ws.stats()
     }
 
-    fn run(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>, _: Origin) -> End {
+    fn run(&mut self, c: &ConnectionRef, request: Option<&mut RequestRef>, _: Origin) -> End {
+        let end = self.round(c, request);
+        // See `Waker::queued`.
+        self.waker.0.queued.set(self.ws.queued());
+        end
+    }
+}
+
+impl HandlerSession {
+    /// One round of work after an event.
+    fn round(&mut self, c: &ConnectionRef, mut request: Option<&mut RequestRef>) -> End {
         let log = c.log();
         if c.take_timedout(Direction::Write) {
             ngx_log_error!(
@@ -730,15 +771,25 @@ impl Drive for HandlerSession {
         }
         let woken = self.waker.0.woken.replace(false);
         loop {
+            // Set when the step returned `Next::Again`: it runs again once
+            // its output is written, and a due 1001 waits for it.
+            let mut again = false;
             if !self.ws.close_sent() {
-                if let Err(end) = self.handle(c, woken) {
-                    return end;
+                match self.handle(c, woken) {
+                    Ok(more) => again = more,
+                    Err(end) => return end,
                 }
-                // Everything received is answered; a message still arriving
-                // is waited for (worker_shutdown_timeout bounds it).
-                if self.shutting_down && !self.ws.close_sent() && !self.ws.in_message() {
+                // Everything received is answered and what the handler held
+                // is sent; a message still arriving is waited for
+                // (worker_shutdown_timeout bounds it).
+                if self.shutting_down && !again && !self.ws.close_sent() && !self.ws.in_message() {
                     let _ = self.ws.send_close(Some(GOING_AWAY), b"");
                 }
+            }
+            // Tell the handler once that its close frame is queued.
+            if self.ws.close_sent() && !self.closing_told {
+                self.closing_told = true;
+                self.handler.closing();
             }
             if let Some(r) = request.as_deref_mut().filter(|r| r.output_pending()) {
                 if r.flush_output().is_err() {
@@ -758,8 +809,9 @@ impl Drive for HandlerSession {
                     }
                 }
                 // Reading paused for the output that just drained: resume now,
-                // the socket will not signal again for data already there.
-                Ok(true) if self.ws.take_throttled() => continue,
+                // the socket will not signal again for data already there;
+                // and the handler holds more to send.
+                Ok(true) if self.ws.take_throttled() || again => continue,
                 Ok(_) => return self.arm(),
                 Err(_) => return FINISH_ERROR,
             }
@@ -768,8 +820,9 @@ impl Drive for HandlerSession {
 }
 
 impl HandlerSession {
-    /// Calls the handler and does what it asks; stops at a close.
-    fn handle(&mut self, c: &ConnectionRef, woken: bool) -> Result<(), End> {
+    /// Calls the handler and does what it asks (`Ok(true)`: it holds more
+    /// to send); stops at a close.
+    fn handle(&mut self, c: &ConnectionRef, woken: bool) -> Result<bool, End> {
         let mut cx = Context {
             ws: &mut self.ws,
             conn: c,
@@ -783,10 +836,12 @@ impl HandlerSession {
         }
         let log = c.log();
         match self.handler.step(&mut cx) {
-            Next::Wait => Ok(()),
+            Next::Wait => Ok(false),
+            Next::Again => Ok(true),
             Next::Close(code) => self
                 .ws
                 .send_close(Some(code), b"")
+                .map(|()| false)
                 .map_err(|_| FINISH_ERROR),
             Next::Abort => Err(FINISH_ERROR),
             Next::Fail(WsError::Protocol(e)) => {
@@ -797,7 +852,7 @@ impl HandlerSession {
                     "websocket: client sent {e}, closing with {code}"
                 );
                 let _ = self.ws.send_close(Some(code), b"");
-                Ok(())
+                Ok(false)
             }
             Next::Fail(WsError::Eof) => {
                 ngx_log_error!(
@@ -818,15 +873,15 @@ impl HandlerSession {
                     "websocket: cannot send: {e}, closing with {code}"
                 );
                 let _ = self.ws.send_close(Some(code), b"");
-                Ok(())
+                Ok(false)
             }
-            Next::Fail(WsError::Closed) => Ok(()),
+            Next::Fail(WsError::Closed) => Ok(false),
             // [limit] past a `websocket_limit ... close` (logged there).
             Next::Fail(WsError::RateExceeded) => {
                 let _ = self
                     .ws
                     .send_close(Some(POLICY), crate::limit::CLOSE_REASON);
-                Ok(())
+                Ok(false)
             }
             Next::Fail(_) => Err(FINISH_ERROR),
         }

@@ -9,7 +9,7 @@ use ngx::ffi::{
     ngx_variable_value_t, NGX_ERROR, NGX_HTTP_VAR_NOCACHEABLE, NGX_OK,
 };
 
-use crate::metrics::{self, Kind};
+use crate::metrics;
 use crate::ngx_detach::{Detach, DetachedSession};
 use crate::ngx_io::RequestRef;
 use crate::stats::Stats;
@@ -45,34 +45,22 @@ pub struct SessionLog {
     pub subprotocol: Option<String>,
     pub upstream_addr: Option<String>,
     pub upstream_reused: bool,
-    /// Set once the session upgraded (counted in the metrics).
-    pub kind: Option<Kind>,
     /// What was added to the metrics so far.
     pub reported: Stats,
 }
 
 impl SessionLog {
-    pub fn new(kind: Option<Kind>, subprotocol: Option<String>) -> Self {
-        let mut log = SessionLog::default();
-        log.kind = kind;
-        log.subprotocol = subprotocol;
-        log
+    pub fn new(subprotocol: Option<String>) -> Self {
+        SessionLog {
+            subprotocol,
+            ..SessionLog::default()
+        }
     }
 
     /// Takes the client leg's latest counts into the log and the metrics.
     pub fn update(&mut self, stats: Stats) {
         self.stats = stats;
         metrics::report_traffic(&self.stats, &mut self.reported);
-    }
-}
-
-impl Drop for SessionLog {
-    /// The session is over (its request is freed, however it ended): the
-    /// metrics hear how it closed.
-    fn drop(&mut self) {
-        if let Some(kind) = self.kind.take() {
-            metrics::session_ended(kind, self.stats.close_code);
-        }
     }
 }
 

@@ -2,8 +2,8 @@
 //! an inbox, and what it fetched from the zone so far.
 //!
 //! Delivering never touches a session: it appends to the session's inbox
-//! and posts the session's event, so a publish from inside a subscriber's
-//! own handler (`websocket_channel_publish on`) is safe. Each local channel
+//! and wakes the session (its [`Waker`]), so a publish from inside a
+//! subscriber's own handler (`websocket_channel_publish on`) is safe. Each local channel
 //! keeps a cursor (the last sequence number it fetched), and each inbox the
 //! last one it was given, so every subscriber gets every message once, in
 //! the channel's order.
@@ -15,6 +15,7 @@ use std::rc::Rc;
 use super::shm::{ChannelKey, Message};
 use super::store::{Store, StoreError};
 use super::{ipc, remote};
+use crate::Waker;
 
 /// A message as this worker's subscribers share it.
 pub type Shared = Rc<Message>;
@@ -28,21 +29,36 @@ pub enum End {
     Overflow,
 }
 
+/// The session an inbox feeds: a subscriber's [`Waker`].
+pub trait Reader {
+    /// Runs the session's handler soon.
+    fn wake(&self);
+    /// Bytes the session queued and has not written yet.
+    fn queued(&self) -> usize;
+}
+
+impl Reader for Waker {
+    fn wake(&self) {
+        Waker::wake(self);
+    }
+
+    fn queued(&self) -> usize {
+        Waker::queued(self)
+    }
+}
+
 /// What waits to be sent to one subscriber.
 pub struct Inbox {
     pub queue: VecDeque<Shared>,
     /// Payload bytes in `queue`.
     pub bytes: usize,
-    /// Bytes the session's own output queue holds (it reports them).
-    pub ws_queued: usize,
     /// Unsent data above which the subscriber is closed with 1008.
     pub limit: usize,
     /// The last message given to it.
     pub last_seq: u64,
     pub end: Option<End>,
-    /// Runs the session's handler soon (posts its event); a session's own
-    /// doing, so that a library session can pass its waker.
-    wake: Box<dyn Fn()>,
+    /// The session, once it runs (see [`Inbox::attach`]).
+    reader: Option<Box<dyn Reader>>,
     /// The session is closing (its worker exits, or it reached its
     /// `websocket_max_session_time`): it takes no new message.
     pub frozen: bool,
@@ -52,18 +68,31 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn new(wake: Box<dyn Fn()>, limit: usize) -> Rc<RefCell<Inbox>> {
+    /// An inbox for a session that is not running yet: what comes before
+    /// it runs waits for its first step, which takes the inbox's messages
+    /// and [`Inbox::attach`]es it.
+    pub fn new(limit: usize) -> Rc<RefCell<Inbox>> {
         Rc::new(RefCell::new(Inbox {
             queue: VecDeque::new(),
             bytes: 0,
-            ws_queued: 0,
             limit,
             last_seq: 0,
             end: None,
             frozen: false,
             held: None,
-            wake,
+            reader: None,
         }))
+    }
+
+    /// The session runs: it is woken when the inbox changes, and its own
+    /// output counts towards the limit.
+    pub fn attach(&mut self, reader: Box<dyn Reader>) {
+        self.reader = Some(reader);
+    }
+
+    /// Whether the inbox is attached to its session.
+    pub fn attached(&self) -> bool {
+        self.reader.is_some()
     }
 
     /// Takes a message (once): whether it was queued, and whether the
@@ -77,7 +106,8 @@ impl Inbox {
             return (false, false);
         }
         self.last_seq = m.seq;
-        if self.bytes + self.ws_queued + m.data.len() > self.limit {
+        let ws_queued = self.reader.as_ref().map_or(0, |r| r.queued());
+        if self.bytes + ws_queued + m.data.len() > self.limit {
             self.end = Some(End::Overflow);
             self.queue.clear();
             self.bytes = 0;
@@ -131,7 +161,9 @@ impl Inbox {
     }
 
     fn wake(&self) {
-        (self.wake)();
+        if let Some(reader) = &self.reader {
+            reader.wake();
+        }
     }
 }
 
@@ -354,7 +386,7 @@ mod tests {
 
     #[test]
     fn an_inbox_takes_each_message_once_in_order() {
-        let inbox = Inbox::new(Box::new(|| ()), 1000);
+        let inbox = Inbox::new(1000);
         let mut i = inbox.borrow_mut();
         assert_eq!(i.push(&msg(3, 10)), (true, true));
         assert_eq!(i.push(&msg(3, 10)), (false, false));
@@ -367,11 +399,22 @@ mod tests {
         assert!(i.pop().is_none());
     }
 
+    /// A session with 50 bytes of output queued.
+    struct Queued50;
+
+    impl Reader for Queued50 {
+        fn wake(&self) {}
+
+        fn queued(&self) -> usize {
+            50
+        }
+    }
+
     #[test]
     fn past_its_limit_an_inbox_ends_with_overflow() {
-        let inbox = Inbox::new(Box::new(|| ()), 100);
+        let inbox = Inbox::new(100);
         let mut i = inbox.borrow_mut();
-        i.ws_queued = 50;
+        i.attach(Box::new(Queued50));
         assert_eq!(i.push(&msg(1, 40)), (true, true));
         assert_eq!(i.push(&msg(2, 40)), (false, true));
         assert_eq!(i.end, Some(End::Overflow));
@@ -381,7 +424,7 @@ mod tests {
 
     #[test]
     fn a_held_inbox_queues_stored_then_live_once() {
-        let inbox = Inbox::new(Box::new(|| ()), 1000);
+        let inbox = Inbox::new(1000);
         let mut i = inbox.borrow_mut();
         i.hold();
         assert_eq!(i.push(&msg(5, 1)), (false, false));
@@ -404,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_frozen_inbox_takes_nothing_new() {
-        let inbox = Inbox::new(Box::new(|| ()), 100);
+        let inbox = Inbox::new(100);
         let mut i = inbox.borrow_mut();
         assert_eq!(i.push(&msg(1, 1)), (true, true));
         i.frozen = true;
