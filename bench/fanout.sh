@@ -25,11 +25,16 @@
 #          publish on A to receive on B
 # Without shm the report goes to YYYY-MM-DD-<rev>-fanout-redis.md.
 #
+# BENCH_FANOUT_RT=1: nginx, redis-server and the load generator run
+# SCHED_FIFO (chrt -f 10), so that other work on the machine (builds) cannot
+# delay their wakeups; without it, latencies on a busy machine move by
+# several times from run to run.
+#
 # Knobs: BENCH_FANOUT_SUBS="1000 10000"  BENCH_FANOUT_SIZES="100 4096"
 #        BENCH_FANOUT_DELIVERIES=50000  BENCH_FANOUT_WINDOW=4
 #        BENCH_FANOUT_DURATION=4  BENCH_FANOUT_REPS=3  BENCH_PORT=28180
 #        BENCH_FANOUT_SERVERS="nchan ours"  BENCH_FANOUT_SECTIONS="shm redis cross"
-#        BENCH_REDIS_PORT=28379
+#        BENCH_REDIS_PORT=28379  BENCH_FANOUT_RT=0
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,6 +49,8 @@ PORT=${BENCH_PORT:-28180}
 SERVERS=${BENCH_FANOUT_SERVERS:-"nchan ours"}
 SECTIONS=${BENCH_FANOUT_SECTIONS:-"shm redis cross"}
 REDIS_PORT=${BENCH_REDIS_PORT:-28379}
+RT=()
+if [ "${BENCH_FANOUT_RT:-0}" = 1 ]; then RT=(chrt -f 10); fi
 NGINX=/usr/sbin/nginx
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -139,7 +146,7 @@ EOF
 
 start() {
     local dir=$RUN/$1
-    taskset -c 0 "$NGINX" -p "$dir/" -c "$dir/nginx.conf" 2>>"$dir/logs/start.log" ||
+    "${RT[@]}" taskset -c 0 "$NGINX" -p "$dir/" -c "$dir/nginx.conf" 2>>"$dir/logs/start.log" ||
         die "$1: nginx did not start ($(tail -2 "$dir/logs/start.log" "$dir/logs/error.log"))"
     for _ in $(seq 50); do
         [ -s "$dir/nginx.pid" ] && pgrep -P "$(cat "$dir/nginx.pid")" >/dev/null && return 0
@@ -162,7 +169,7 @@ start_redis() {
     local dir=$RUN/redis
     while ss -Hltn "sport = :$REDIS_PORT" | grep -q .; do REDIS_PORT=$((REDIS_PORT + 1)); done
     mkdir -p "$dir"
-    taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    "${RT[@]}" taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$dir" --logfile "$dir/redis.log" --daemonize no &
     REDIS_PID=$!
     for _ in $(seq 50); do
@@ -206,7 +213,7 @@ measure() {
     [ "$section" = shm ] || sleep 0.3
     worker=$(pgrep -P "$(cat "$RUN/$sub/nginx.pid")" | head -1)
     out=$RUN/$sub/logs/loadgen.log
-    if line=$(taskset -c 1 "$FANOUT" --sub-url "ws://127.0.0.1:$(port "$sub")/sub" \
+    if line=$("${RT[@]}" taskset -c 1 "$FANOUT" --sub-url "ws://127.0.0.1:$(port "$sub")/sub" \
         --pub-url "http://127.0.0.1:$(port "$pub")/pub" --subscribers "$subs" --size "$size" \
         --rate "$rate" --window "$WINDOW" --duration "$DURATION" --server-pid "$worker" \
         2>>"$out"); then
@@ -257,6 +264,6 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 SUFFIX=fanout
 [[ " $SECTIONS " == *" shm "* ]] || SUFFIX=fanout-redis
 OUT=$BENCH/results/$(date +%F)-$REV-$SUFFIX.md
-python3 "$BENCH/fanout_report.py" "$RESULTS" "$NGINX" "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3)" >"$OUT"
+BENCH_FANOUT_RT=${BENCH_FANOUT_RT:-0} python3 "$BENCH/fanout_report.py" "$RESULTS" "$NGINX" "$(redis-server --version 2>/dev/null | cut -d' ' -f1-3)" >"$OUT"
 cat "$OUT"
 log "report: $OUT"
