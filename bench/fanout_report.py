@@ -6,12 +6,13 @@
 Medians over the repetitions of each cell (section, server, subscribers,
 size, mode), per section (shm, redis, cross) a table per mode and one of
 memory, and the verdict of each of issue 18's targets in every section: at
-least 1.0x nchan's deliveries per second with a lower p99, and no more memory
-per idle subscriber than nchan; a verdict says when the repetitions of ours
-and nchan overlap in the figure it compares (within the spread). The
-environment variable BENCH_FANOUT_NOTE, if set, is printed under the heading
-(for instance what else ran on the machine); BENCH_FANOUT_RT=1 says the
-processes ran SCHED_FIFO.
+least 1.0x nchan's deliveries per second with a lower p99 (at a fixed rate,
+where both get the same schedule: carrying it, nothing lost, with a lower
+p99), and no more memory per idle subscriber than nchan. A verdict says when
+the repetitions of ours and nchan overlap in the figure it compares (within
+the spread). The environment variable BENCH_FANOUT_NOTE, if set, is printed
+under the heading (for instance what else ran on the machine);
+BENCH_FANOUT_RT=1 says the processes ran SCHED_FIFO.
 """
 
 import json
@@ -83,20 +84,34 @@ def section_tables(cells, section, servers, verdicts):
             theirs = cells.get((section, "nchan", subs, size, mode), [])
             d_o, d_n = median(ours, "deliveries_per_s"), median(theirs, "deliveries_per_s")
             p_o, p_n = median(ours, "p99_us"), median(theirs, "p99_us")
-            target = f"{section}: {mode}, {subs:,} × {size} B: deliveries/s ≥ 1.0× nchan, lower p99"
             if None in (d_o, d_n, p_o, p_n) or d_n == 0:
-                verdicts.append((target, "no data", "not measured"))
+                verdicts.append((f"{section}: {mode}, {subs:,} × {size} B", "no data", "not measured"))
                 continue
-            # Judged as printed: at a fixed rate both deliver what is
-            # published, and the count in the window moves by a few tenths
-            # of a percent with timing alone.
             ratio = round(d_o / d_n, 2)
-            ok = ratio >= 1.0 and p_o < p_n
-            spread = [name for key, name in (("deliveries_per_s", "deliveries/s"), ("p99_us", "p99"))
-                      if overlap(span(ours, key), span(theirs, key))]
+            if mode == "fixed":
+                # Both get the same schedule: the throughput part is whether
+                # ours carried it (every message published on time, give or
+                # take the last one, and none lost). Deliveries per second in
+                # the window count whole messages, 10,000 deliveries each at
+                # 10,000 subscribers: about 5% apart by timing alone.
+                target = (f"{section}: fixed, {subs:,} × {size} B: carries the rate as nchan does "
+                          "(nothing lost), lower p99")
+                pub_o, pub_n = median(ours, "published"), median(theirs, "published")
+                lost = sum(r.get("lost", 0) for r in ours if not r.get("failed"))
+                carried = pub_o is not None and pub_n is not None and pub_o >= pub_n - 1 and lost == 0
+                ok = carried and p_o < p_n
+                measured = (f"published {pub_o:,.0f} vs {pub_n:,.0f}, lost {lost}, "
+                            f"deliveries/s {ratio:.2f}×, p99 {p_o:,.0f} vs {p_n:,.0f} µs")
+                compared = (("p99_us", "p99"),)
+            else:
+                target = f"{section}: max, {subs:,} × {size} B: deliveries/s ≥ 1.0× nchan, lower p99"
+                # Judged as printed (two decimals).
+                ok = ratio >= 1.0 and p_o < p_n
+                measured = f"{ratio:.2f}×, p99 {p_o:,.0f} vs {p_n:,.0f} µs"
+                compared = (("deliveries_per_s", "deliveries/s"), ("p99_us", "p99"))
+            spread = [name for key, name in compared if overlap(span(ours, key), span(theirs, key))]
             within = f" (within the spread: {', '.join(spread)})" if spread else ""
-            verdicts.append((target, f"{ratio:.2f}×, p99 {p_o:,.0f} vs {p_n:,.0f} µs",
-                             ("met" if ok else "NOT met") + within))
+            verdicts.append((target, measured, ("met" if ok else "NOT met") + within))
         print()
     print("### Memory per idle subscriber\n")
     print("| subscribers | server | worker RSS before | idle | KiB per subscriber |")
@@ -127,9 +142,11 @@ def main():
     uses_redis = any(s != "shm" for s in sections)
     rt = " (all SCHED_FIFO)" if os.environ.get("BENCH_FANOUT_RT") == "1" else ""
     print(f"{version}{', ' + redis if uses_redis and redis else ''}; one worker on CPU 0, "
-          f"load generator on CPU 1{rt}; median of {reps} runs per cell. A deliveries/s ratio is "
-          "judged as printed (two decimals); \"within the spread\" means that the repetitions "
-          "of ours and nchan overlap in that figure.\n")
+          f"load generator on CPU 1{rt}; median of {reps} runs per cell. At a fixed rate both "
+          "servers get the same schedule, so the throughput target there is that ours carries it "
+          "(publishes as many messages as nchan, give or take the last, and loses none); at the "
+          "highest rate a deliveries/s ratio is judged as printed (two decimals). \"Within the "
+          "spread\": the repetitions of ours and nchan overlap in that figure.\n")
     note = os.environ.get("BENCH_FANOUT_NOTE")
     if note:
         print(f"{note}\n")
