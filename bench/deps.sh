@@ -5,9 +5,10 @@
 #   linux-perf   perf stat, used instead of callgrind when the CPU counters work
 #   util-linux   taskset            procps   pgrep, ps
 #   iproute2     ss                 python3  the report
+#   redis-server the fan-out benchmark's Redis sections (bench/fanout.sh)
 set -euo pipefail
 
-packages=(valgrind linux-perf util-linux procps iproute2 python3)
+packages=(valgrind linux-perf util-linux procps iproute2 python3 redis-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
