@@ -960,6 +960,9 @@ impl WebSocket {
     /// A write that must wait is retried from the same first byte with at
     /// least as many bytes, as [`ConnectionRef::send`] requires.
     pub(crate) fn flush(&mut self) -> Result<bool, WsError> {
+        if self.wbuf.capacity() == 0 {
+            return Ok(true);
+        }
         while self.wpos < self.wbuf.len() {
             match self.io_send() {
                 Io::Done(n) => self.wpos += n,
