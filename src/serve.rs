@@ -417,6 +417,12 @@ impl<H: RelayHandler> Drive for RelaySession<H> {
             upstream.redirect_events(c.cast(), handler);
         }
     }
+
+    fn writes_waiting(&self) -> bool {
+        self.legs
+            .as_ref()
+            .is_none_or(|(_, upstream)| upstream.queued() > 0)
+    }
 }
 
 /// What a served session does with a round of work: a [`Handler`]'s
@@ -434,6 +440,13 @@ pub(crate) trait Drive: 'static {
     /// with `c` as their data.
     fn detached(&mut self, c: *mut ngx_connection_t, handler: EventHandler) {
         let _ = (c, handler);
+    }
+    /// Whether output waits for the upstream connection (of a detached
+    /// session, see [`Drive::detached`]): without it, and without a timer
+    /// that fired, the upstream's write event has nothing to do. Epoll
+    /// reports a connected socket writable with every read event.
+    fn writes_waiting(&self) -> bool {
+        true
     }
 }
 
@@ -650,14 +663,24 @@ pub(crate) unsafe extern "C" fn on_upstream_event(ev: *mut ngx_event_t) {
 unsafe extern "C" fn on_detached_upstream_event(ev: *mut ngx_event_t) {
     // SAFETY: `Drive::detached` redirected the upstream's events with the
     // client connection as data; its data is the session.
-    let (c, session) = unsafe {
+    let (c, session, idle_write) = unsafe {
         let upstream: *mut ngx_connection_t = (*ev).data.cast();
         let c: *mut ngx_connection_t = (*upstream).data.cast();
         (
             ConnectionRef::from_ptr(c),
             &mut *(*c).data.cast::<SessionCtx>(),
+            (*ev).write() != 0 && (*ev).timedout() == 0,
         )
     };
+    if idle_write {
+        let waiting = session
+            .as_any_mut()
+            .downcast_mut::<Served>()
+            .is_none_or(|served| served.drive.writes_waiting());
+        if !waiting {
+            return;
+        }
+    }
     run_detached(c, session, Origin::Upstream);
 }
 

@@ -543,6 +543,12 @@ impl WebSocket {
         if core::mem::take(&mut self.frame_in_message) {
             self.message.clear();
         }
+        // A relay asks for the next frame until there is none, and both legs
+        // after an event on one: mostly nothing is buffered nor readable.
+        if self.drained() {
+            self.release_idle_buffers();
+            return Ok(None);
+        }
         match self.read_until(Unit::Frame)? {
             Some(Got::InPlace { header, range }) => Ok(Some(FrameRef {
                 typ: header.opcode,
@@ -601,7 +607,10 @@ impl WebSocket {
             if let Some(got) = self.decode_buffered(unit)? {
                 return Ok(Some(got));
             }
-            if self.rpos > 0 {
+            if self.rpos == self.rend {
+                self.rpos = 0;
+                self.rend = 0;
+            } else if self.rpos > 0 {
                 self.rbuf.copy_within(self.rpos..self.rend, 0);
                 self.rend -= self.rpos;
                 self.rpos = 0;
@@ -641,7 +650,21 @@ impl WebSocket {
         }
     }
 
+    /// `read_until` would find nothing and only release the idle buffers:
+    /// no bytes buffered, reading waiting for neither the buckets nor
+    /// queued output, the socket not ready.
+    #[inline]
+    fn drained(&self) -> bool {
+        self.rpos == self.rend
+            && self.limit_wait().is_none()
+            && !self.reading_paused()
+            && !self.io_ready()
+    }
+
     /// Gets a read buffer when the connection holds none (it was idle).
+    /// Not inlined: the worker's buffer list would be looked up at every
+    /// `read_until`, which mostly needs none.
+    #[inline(never)]
     fn grow_read_buffer(&mut self) {
         if self.rbuf.is_empty() {
             self.rbuf = buffers::take();
@@ -960,6 +983,9 @@ impl WebSocket {
     /// A write that must wait is retried from the same first byte with at
     /// least as many bytes, as [`ConnectionRef::send`] requires.
     pub(crate) fn flush(&mut self) -> Result<bool, WsError> {
+        if self.wbuf.capacity() == 0 {
+            return Ok(true);
+        }
         while self.wpos < self.wbuf.len() {
             match self.io_send() {
                 Io::Done(n) => self.wpos += n,
