@@ -6,7 +6,10 @@
 //! its subscribers are on ([`RedisChannels::follow`]): every server and
 //! every worker reads the same streams, so every subscriber gets every
 //! message once, in the stream's order. A channel's first subscriber in
-//! the worker starts following it from its newest entry; a resume asks for
+//! the worker starts following it from its newest entry, or from the
+//! moment that subscriber came if that is earlier (by this server's clock:
+//! a publish that lands while the newest id is asked for, or while the
+//! link is still down, is not lost); a resume asks for
 //! the stored messages after its id (`XREVRANGE`, on the same command link
 //! after that, so they reach at least where following starts), and the
 //! subscriber's inbox holds live messages until they came.
@@ -48,6 +51,8 @@ struct Followed {
     started: bool,
     /// Its newest id was asked for.
     asking: bool,
+    /// Just before its first subscriber came: following starts no later.
+    since: StreamId,
 }
 
 /// A resume waiting for the stored messages after its id.
@@ -266,6 +271,7 @@ pub fn subscribe(
                 subscribers: Vec::new(),
                 started: false,
                 asking: false,
+                since: just_before(wall_ms()),
             }
         });
         f.subscribers.push(inbox.clone());
@@ -302,12 +308,20 @@ fn start_following(at: usize, key: ChannelKey, name: &[u8], from: StreamId) {
             return None;
         }
         f.started = true;
-        Some(())
+        Some(from.min(f.since))
     });
-    if go.is_some() {
+    if let Some(from) = go {
         if let Some(redis) = redis_of(at) {
             redis.follow(name, from);
         }
+    }
+}
+
+/// The id that every entry Redis adds from millisecond `ms` on follows.
+fn just_before(ms: u64) -> StreamId {
+    match ms.checked_sub(1) {
+        Some(ms) => StreamId { ms, seq: u64::MAX },
+        None => StreamId::ZERO,
     }
 }
 
@@ -416,7 +430,15 @@ pub fn delete(
 
 #[cfg(test)]
 mod tests {
-    use crate::redis::resp::Limits;
+    use crate::redis::resp::{Limits, StreamId};
+
+    #[test]
+    fn following_from_a_moment_takes_every_entry_of_that_millisecond() {
+        let from = super::just_before(1_700_000_000_123);
+        assert!(from < StreamId { ms: 1_700_000_000_123, seq: 0 });
+        assert!(from > StreamId { ms: 1_700_000_000_122, seq: 99 });
+        assert_eq!(super::just_before(0), StreamId::ZERO);
+    }
 
     #[test]
     fn the_largest_message_is_the_largest_bulk_a_reader_takes() {
