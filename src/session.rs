@@ -42,6 +42,10 @@ const NO_STATUS: u16 = 1005;
 /// Queued output above which the object stops reading from its peer,
 /// unless told otherwise (`pause_reading_above`).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
+/// The most a message buffer grows by ahead of the bytes for a frame's
+/// announced length: a peer that announces large frames and trickles them
+/// gets no more memory set aside than this per connection.
+const EAGER_RESERVE: u64 = 1 << 20;
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -738,7 +742,13 @@ impl WebSocket {
                             &mut self.message,
                             self.limits.max_recv_len,
                         )?,
-                        None => self.message.extend_from_slice(chunk),
+                        None => {
+                            // Room for the rest of the frame at once, not
+                            // by doubling (each step copies what came).
+                            let left = self.decoder.frame_left().min(EAGER_RESERVE);
+                            self.message.reserve(chunk.len() + left as usize);
+                            self.message.extend_from_slice(chunk);
+                        }
                     }
                     self.stats.bytes_in += (self.message.len() - before) as u64;
                     if message_end {

@@ -187,6 +187,16 @@ impl Decoder {
         matches!(self.state, State::Header) && self.message.is_none()
     }
 
+    /// Payload bytes of the current data frame still to come (0 between
+    /// frames or in a control frame): a receiver that collects the frame
+    /// can make room for all of it at once.
+    pub fn frame_left(&self) -> u64 {
+        match self.state {
+            State::Data { header, received } => header.payload_len - received,
+            _ => 0,
+        }
+    }
+
     /// Forgets everything received, including a failure.
     pub fn reset(&mut self) {
         *self = Self::new(self.cfg);
@@ -563,6 +573,7 @@ mod tests {
         };
         assert_eq!(decoder.decode(&mut first), Ok((8, expected)));
         assert!(decoder.in_message());
+        assert_eq!(decoder.frame_left(), 4, "cdef is still to come");
         assert_eq!(decoder.decode(&mut []), Ok((0, DecodeEvent::NeedMore)));
 
         let mut rest = stream[8..].to_vec();
@@ -579,6 +590,7 @@ mod tests {
         // Unmasked in the caller's buffer.
         assert_eq!(rest, b"cdef");
         assert!(!decoder.in_message());
+        assert_eq!(decoder.frame_left(), 0, "between frames");
     }
 
     #[test]
