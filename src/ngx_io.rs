@@ -9,11 +9,11 @@ use core::cell::UnsafeCell;
 
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t, ngx_create_temp_buf,
+    iovec, ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t, ngx_create_temp_buf,
     ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
     ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
-    ngx_http_send_special, ngx_int_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
-    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, SSL_ctrl, SSL_set_quiet_shutdown, NGX_AGAIN,
+    ngx_http_send_special, ngx_int_t, ngx_iovec_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
+    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, ngx_writev, SSL_ctrl, SSL_set_quiet_shutdown, NGX_AGAIN,
     NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH, NGX_HTTP_LAST, NGX_LOG_EMERG, NGX_OK, SSL_CTRL_MODE,
     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
 };
@@ -189,6 +189,40 @@ impl ConnectionRef {
         };
         self.note_tls_write(io);
         io
+    }
+
+    /// Writes `head` then `body` in one system call, on a plain connection;
+    /// `None` over TLS (whose records need the bytes in one buffer: use
+    /// [`send`](Self::send)). A partial write is `Io::Done` with fewer
+    /// bytes than both hold.
+    pub(crate) fn send_pair(&self, head: &[u8], body: &[u8]) -> Option<Io> {
+        if !self.raw().ssl.is_null() {
+            return None;
+        }
+        let mut iovs = [
+            iovec {
+                iov_base: head.as_ptr().cast_mut().cast(),
+                iov_len: head.len(),
+            },
+            iovec {
+                iov_base: body.as_ptr().cast_mut().cast(),
+                iov_len: body.len(),
+            },
+        ];
+        let mut vec = ngx_iovec_t {
+            iovs: iovs.as_mut_ptr(),
+            count: iovs.len() as _,
+            size: head.len() + body.len(),
+            nalloc: iovs.len() as _,
+        };
+        // SAFETY: a live plain connection; both slices are valid for reads
+        // for their lengths during the call, and writev(2) only reads them.
+        let n = unsafe { ngx_writev(self.as_ptr(), &mut vec) };
+        Some(match n {
+            n if n >= 0 => Io::Done(n as usize),
+            n if n == NGX_AGAIN as isize => Io::Again,
+            _ => Io::Error,
+        })
     }
 
     /// Prepares a TLS connection for the retry of a write that could not

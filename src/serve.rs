@@ -361,6 +361,8 @@ impl<H: RelayHandler> Drive for RelaySession<H> {
             }
             c.del_timer(Direction::Write);
         }
+        client.allow_direct_writes();
+        upstream.allow_direct_writes();
         let mut cx = RelayContext {
             client,
             upstream,
@@ -793,6 +795,9 @@ impl HandlerSession {
             self.shutting_down = true;
         }
         let woken = self.waker.0.woken.replace(false);
+        if !request.as_deref().is_some_and(RequestRef::output_pending) {
+            self.ws.allow_direct_writes();
+        }
         loop {
             // Set when the step returned `Next::Again`: it runs again once
             // its output is written, and a due 1001 waits for it.

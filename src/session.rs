@@ -46,6 +46,10 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// announced length: a peer that announces large frames and trickles them
 /// gets no more memory set aside than this per connection.
 const EAGER_RESERVE: u64 = 1 << 20;
+/// A frame payload from this size on is written straight from the caller's
+/// bytes when nothing is queued before it (one system call either way; a
+/// smaller one is copied, so that frames sent together go out together).
+const DIRECT_WRITE_MIN: usize = 32 * 1024;
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -242,6 +246,9 @@ pub struct WebSocket {
     read_pause_above: usize,
     /// A fragmented message is being sent (its last frame not yet queued).
     sending_message: bool,
+    /// Nothing but our frames goes to the socket any more (the whole 101 is
+    /// out): a large frame may be written before it is queued.
+    direct_writes: bool,
     /// permessage-deflate, when negotiated.
     compression: Option<Box<Compression>>,
     /// The heartbeat and session-age timers.
@@ -296,6 +303,7 @@ impl WebSocket {
             throttled: false,
             read_pause_above: WRITE_HIGH_WATER,
             sending_message: false,
+            direct_writes: false,
             compression: None,
             clock: Clock::new(now_msec(), limits, role == Role::Server),
             draining: false,
@@ -367,6 +375,17 @@ impl WebSocket {
     #[cfg(not(test))]
     fn io_send(&self) -> Io {
         self.conn().send(&self.wbuf[self.wpos..])
+    }
+
+    /// Writes a frame's header and payload together, on a plain connection.
+    #[cfg(not(test))]
+    fn io_send_pair(&self, head: &[u8], body: &[u8]) -> Option<Io> {
+        self.conn().send_pair(head, body)
+    }
+
+    #[cfg(test)]
+    fn io_send_pair(&self, head: &[u8], body: &[u8]) -> Option<Io> {
+        Some(self.fake.borrow_mut().send(&[head, body].concat()))
     }
 
     #[cfg(test)]
@@ -849,7 +868,7 @@ impl WebSocket {
             self.queue_compressed_frame(fin, rsv, opcode, payload, mask)?;
             self.stats.compressed_out += u64::from(rsv != 0);
         } else {
-            self.queue_frame(fin, opcode, payload, mask);
+            self.write_or_queue_frame(fin, opcode, payload, mask);
         }
         if opcode == OpCode::Close {
             self.close_sent = true;
@@ -866,6 +885,35 @@ impl WebSocket {
             }
         }
         Ok(())
+    }
+
+    /// A large unmasked frame with nothing queued before it goes out from
+    /// `payload` itself; only what the socket does not take is queued.
+    fn write_or_queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+        if self.direct_writes && mask.is_none() && payload.len() >= DIRECT_WRITE_MIN && self.queued() == 0 {
+            let header = encode_header(fin, 0, opcode, payload.len() as u64, None);
+            let head = header.as_slice();
+            // Over TLS, or when the socket takes nothing now (or failed, which
+            // the flush reports), the frame is queued whole.
+            if let Some(Io::Done(n)) = self.io_send_pair(head, payload) {
+                if n < head.len() + payload.len() {
+                    self.take_output_buffer();
+                    if n < head.len() {
+                        self.wbuf.extend_from_slice(&head[n..]);
+                    }
+                    self.wbuf.extend_from_slice(&payload[n.saturating_sub(head.len())..]);
+                }
+                return;
+            }
+        }
+        self.queue_frame(fin, opcode, payload, mask);
+    }
+
+    /// From now on nothing but this object writes to the socket (nginx's
+    /// filters hold none of the 101 any more): large frames may be written
+    /// straight away instead of queued first.
+    pub(crate) fn allow_direct_writes(&mut self) {
+        self.direct_writes = true;
     }
 
     /// Queues a frame as it is, masked if `mask`.
@@ -1334,6 +1382,37 @@ mod tests {
         assert!(ws.flush().unwrap());
         assert_eq!(ws.queued(), 0);
         assert_eq!(ws.fake.borrow().output, want, "server frames go out unmasked");
+    }
+
+    #[test]
+    fn large_frames_are_written_before_they_are_queued() {
+        let big = |byte: u8| vec![byte; DIRECT_WRITE_MIN];
+        let mut ws = WebSocket::over(NonNull::dangling(), Role::Server, limits(1 << 20), &[]);
+        // Not before the 101 is out: queued whole.
+        ws.send_binary(&big(1)).unwrap();
+        assert_eq!(ws.queued(), DIRECT_WRITE_MIN + 4);
+        assert!(ws.flush().unwrap());
+        ws.allow_direct_writes();
+        let mut want = build_frame(true, OpCode::Binary, &big(1), None);
+        // (room, frame): taken whole; cut in the header; cut in the
+        // payload; nothing taken; behind a queued frame (kept in order).
+        let cases: [(Option<usize>, u8); 4] = [(None, 2), (Some(1), 3), (Some(100), 4), (Some(0), 5)];
+        for (room, byte) in cases {
+            ws.fake.borrow_mut().room = room;
+            let frame = build_frame(true, OpCode::Binary, &big(byte), None);
+            let taken = room.unwrap_or(frame.len());
+            ws.send_binary(&big(byte)).unwrap();
+            assert_eq!(ws.queued(), frame.len() - taken, "room {room:?}");
+            want.extend_from_slice(&frame);
+            // The next one goes behind what is queued.
+            ws.send_text(b"small").unwrap();
+            ws.send_binary(&big(byte)).unwrap();
+            want.extend_from_slice(&build_frame(true, OpCode::Text, b"small", None));
+            want.extend_from_slice(&frame);
+            ws.fake.borrow_mut().room = None;
+            assert!(ws.flush().unwrap());
+        }
+        assert_eq!(ws.fake.borrow().output, want);
     }
 
     #[test]
