@@ -169,6 +169,31 @@ impl ConnectionRef {
         }
     }
 
+    /// Reads at most `max` bytes onto the end of `buf` (its length grows by
+    /// what came), with the connection's own `recv`.
+    pub(crate) fn recv_onto(&self, buf: &mut Vec<u8>, max: usize) -> Io {
+        let recv = self
+            .raw()
+            .recv
+            .expect("nginx sets c->recv on every connection");
+        buf.reserve(max);
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        // SAFETY: `spare` is valid for `max` bytes of writes; recv only
+        // writes, and says how many bytes it wrote.
+        let n = unsafe { recv(self.as_ptr(), spare.as_mut_ptr().cast(), max) };
+        match n {
+            0 => Io::Eof,
+            n if n > 0 => {
+                let len = buf.len() + n as usize;
+                // SAFETY: recv initialised the `n` bytes after the old length.
+                unsafe { buf.set_len(len) };
+                Io::Done(n as usize)
+            }
+            n if n == NGX_AGAIN as isize => Io::Again,
+            _ => Io::Error,
+        }
+    }
+
     /// Writes from `buf` with the connection's own `send` (plain or TLS).
     ///
     /// After [`Io::Again`] the next send must start with the same bytes and

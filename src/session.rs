@@ -50,6 +50,10 @@ const EAGER_RESERVE: u64 = 1 << 20;
 /// bytes when nothing is queued before it (one system call either way; a
 /// smaller one is copied, so that frames sent together go out together).
 const DIRECT_WRITE_MIN: usize = 32 * 1024;
+/// The rest of a frame's payload from this size on is read straight into
+/// the message (a smaller rest comes through the read buffer with what
+/// follows it, in one system call).
+const DIRECT_READ_MIN: u64 = 16 * 1024;
 /// Which end of the connection this object is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -377,6 +381,27 @@ impl WebSocket {
         self.conn().send(&self.wbuf[self.wpos..])
     }
 
+    /// Reads at most `max` bytes onto the end of the message.
+    #[cfg(not(test))]
+    fn io_recv_onto_message(&mut self, max: usize) -> Io {
+        let conn = self.conn.as_ptr();
+        // SAFETY: see `conn()`; the reference does not outlive this call.
+        unsafe { ConnectionRef::from_ptr(conn) }.recv_onto(&mut self.message, max)
+    }
+
+    #[cfg(test)]
+    fn io_recv_onto_message(&mut self, max: usize) -> Io {
+        let len = self.message.len();
+        self.message.resize(len + max, 0);
+        let io = self.fake.clone().borrow_mut().recv(&mut self.message[len..]);
+        let got = match io {
+            Io::Done(n) => n,
+            _ => 0,
+        };
+        self.message.truncate(len + got);
+        io
+    }
+
     /// Writes a frame's header and payload together, on a plain connection.
     #[cfg(not(test))]
     fn io_send_pair(&self, head: &[u8], body: &[u8]) -> Option<Io> {
@@ -653,6 +678,27 @@ impl WebSocket {
                 self.release_idle_buffers();
                 return Ok(None);
             }
+            // The rest of a large frame's payload: straight into the
+            // message, not through the read buffer.
+            let left = self.decoder.plain_payload_left();
+            if left >= DIRECT_READ_MIN {
+                let want = left.min(EAGER_RESERVE) as usize;
+                match self.io_recv_onto_message(want) {
+                    Io::Done(n) => {
+                        self.clock.received(now_msec());
+                        if let Some(got) = self.take_direct_payload(n, unit)? {
+                            return Ok(Some(got));
+                        }
+                        continue;
+                    }
+                    Io::Again => {
+                        self.release_idle_buffers();
+                        return Ok(None);
+                    }
+                    Io::Eof => return Err(WsError::Eof),
+                    Io::Error => return Err(WsError::Io),
+                }
+            }
             if self.rbuf.len() == self.rend {
                 self.grow_read_buffer();
             }
@@ -671,6 +717,38 @@ impl WebSocket {
                 Io::Error => return Err(WsError::Io),
             }
         }
+    }
+
+    /// The last `n` bytes of the message were read into it (payload of the
+    /// frame under way): unmasked and checked there, as the decoder does in
+    /// the read buffer.
+    fn take_direct_payload(&mut self, n: usize, unit: Unit) -> Result<Option<Got>, WsError> {
+        let start = self.message.len() - n;
+        let (used, event) = self.decoder.decode(&mut self.message[start..])?;
+        let DecodeEvent::Data {
+            opcode,
+            frame_header,
+            frame_end,
+            message_end,
+            ..
+        } = event
+        else {
+            unreachable!("inside a data frame the decoder reports data");
+        };
+        debug_assert_eq!(used, n, "no more than the frame's payload was read");
+        if let Some(limiter) = self.limiter.as_mut() {
+            limiter.consumed();
+        }
+        self.stats.bytes_in += n as u64;
+        self.stats.messages_in += u64::from(message_end);
+        let done = match unit {
+            Unit::Message => message_end,
+            Unit::Frame => frame_end,
+        };
+        Ok(done.then_some(Got::Data {
+            opcode,
+            header: frame_header,
+        }))
     }
 
     /// `read_until` would find nothing and only release the idle buffers:
@@ -1382,6 +1460,37 @@ mod tests {
         assert!(ws.flush().unwrap());
         assert_eq!(ws.queued(), 0);
         assert_eq!(ws.fake.borrow().output, want, "server frames go out unmasked");
+    }
+
+    #[test]
+    fn the_rest_of_a_large_frame_is_read_into_the_message() {
+        // Text whose characters straddle every read's edge, then a byte
+        // that is not UTF-8 in a part read straight into the message.
+        let text: Vec<u8> = "é€".repeat(40_000).into_bytes();
+        let mut bad = text.clone();
+        let end = bad.len() - 1;
+        bad[end] = 0xff;
+        let frames = [
+            masked(false, OpCode::Text, &text),
+            masked(true, OpCode::Continuation, b"!"),
+            masked(true, OpCode::Binary, &text[..DIRECT_READ_MIN as usize + 1]),
+            masked(true, OpCode::Text, &bad),
+        ];
+        let mut ws = WebSocket::over(NonNull::dangling(), Role::Server, limits(1 << 20), &[]);
+        ws.fake.borrow_mut().input.extend(frames.concat());
+        let mut whole = text.clone();
+        whole.push(b'!');
+        let Ok(Some(Received::Message { opcode: OpCode::Text, data })) = ws.recv() else {
+            panic!("the fragmented text arrives")
+        };
+        assert!(data == whole, "intact across the direct reads");
+        let Ok(Some(Received::Message { opcode: OpCode::Binary, data })) = ws.recv() else {
+            panic!("the binary message arrives")
+        };
+        assert_eq!(data, &text[..DIRECT_READ_MIN as usize + 1]);
+        assert_eq!(ws.stats().messages_in, 2);
+        assert_eq!(ws.stats().bytes_in, (whole.len() + data.len()) as u64);
+        assert!(matches!(ws.recv(), Err(WsError::Protocol(e)) if e.close_code() == 1007));
     }
 
     #[test]

@@ -197,6 +197,18 @@ impl Decoder {
         }
     }
 
+    /// Like [`frame_left`](Self::frame_left), but only inside a frame of an
+    /// uncompressed message that has begun (a chunk of it was reported):
+    /// then the next bytes are payload that [`decode`](Self::decode) only
+    /// unmasks and checks in place, so a receiver may read them straight
+    /// into where it collects the message.
+    pub fn plain_payload_left(&self) -> u64 {
+        match &self.message {
+            Some(m) if m.started && !m.compressed => self.frame_left(),
+            _ => 0,
+        }
+    }
+
     /// Forgets everything received, including a failure.
     pub fn reset(&mut self) {
         *self = Self::new(self.cfg);
@@ -574,6 +586,7 @@ mod tests {
         assert_eq!(decoder.decode(&mut first), Ok((8, expected)));
         assert!(decoder.in_message());
         assert_eq!(decoder.frame_left(), 4, "cdef is still to come");
+        assert_eq!(decoder.plain_payload_left(), 4, "and the message has begun");
         assert_eq!(decoder.decode(&mut []), Ok((0, DecodeEvent::NeedMore)));
 
         let mut rest = stream[8..].to_vec();
@@ -591,6 +604,7 @@ mod tests {
         assert_eq!(rest, b"cdef");
         assert!(!decoder.in_message());
         assert_eq!(decoder.frame_left(), 0, "between frames");
+        assert_eq!(decoder.plain_payload_left(), 0);
     }
 
     #[test]
