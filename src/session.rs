@@ -965,10 +965,16 @@ impl WebSocket {
         Ok(())
     }
 
-    /// A large unmasked frame with nothing queued before it goes out from
-    /// `payload` itself; only what the socket does not take is queued.
+    /// A large unmasked frame goes out from `payload` itself once nothing
+    /// is queued before it; only what the socket does not take is queued.
     fn write_or_queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
-        if self.direct_writes && mask.is_none() && payload.len() >= DIRECT_WRITE_MIN && self.queued() == 0 {
+        // What is queued goes first: if the socket takes it all now, the
+        // frame can follow it directly.
+        if self.direct_writes
+            && mask.is_none()
+            && payload.len() >= DIRECT_WRITE_MIN
+            && (self.queued() == 0 || matches!(self.flush(), Ok(true)))
+        {
             let header = encode_header(fin, 0, opcode, payload.len() as u64, None);
             let head = header.as_slice();
             // Over TLS, or when the socket takes nothing now (or failed, which
@@ -1515,7 +1521,13 @@ mod tests {
             want.extend_from_slice(&frame);
             // The next one goes behind what is queued.
             ws.send_text(b"small").unwrap();
+            let queued = ws.queued();
             ws.send_binary(&big(byte)).unwrap();
+            if room.is_none() {
+                assert_eq!(ws.queued(), 0, "what was queued went first, then the frame directly");
+            } else {
+                assert_eq!(ws.queued(), queued + frame.len(), "queued behind what the socket did not take");
+            }
             want.extend_from_slice(&build_frame(true, OpCode::Text, b"small", None));
             want.extend_from_slice(&frame);
             ws.fake.borrow_mut().room = None;
