@@ -9,11 +9,12 @@ use core::cell::UnsafeCell;
 
 use foreign_types::ForeignTypeRef;
 use ngx::ffi::{
-    iovec, ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t, ngx_create_temp_buf,
-    ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
+    iovec, ngx_buf_t, ngx_chain_t, ngx_conf_log_error, ngx_conf_t, ngx_connection_t,
+    ngx_create_temp_buf, ngx_del_timer, ngx_event_t, ngx_handle_read_event, ngx_handle_write_event,
     ngx_http_finalize_request, ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header,
-    ngx_http_send_special, ngx_int_t, ngx_iovec_t, ngx_list_part_t, ngx_list_push, ngx_log_t, ngx_msec_t,
-    ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, ngx_writev, SSL_ctrl, SSL_set_quiet_shutdown, NGX_AGAIN,
+    ngx_http_send_special, ngx_int_t, ngx_iovec_t, ngx_list_part_t, ngx_list_push, ngx_log_t,
+    ngx_msec_t, ngx_str_t, ngx_table_elt_t, ngx_tcp_nodelay, ngx_writev, SSL_ctrl,
+    SSL_set_quiet_shutdown, NGX_AGAIN,
     NGX_DONE, NGX_ERROR, NGX_HTTP_FLUSH, NGX_HTTP_LAST, NGX_LOG_EMERG, NGX_OK, SSL_CTRL_MODE,
     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER,
 };
@@ -111,6 +112,18 @@ pub enum Io {
     Error,
 }
 
+impl Io {
+    /// What nginx's send and recv functions return: bytes, `NGX_AGAIN` or
+    /// `NGX_ERROR` (a recv's 0, the peer's close, is the caller's to tell).
+    fn from_nginx(n: isize) -> Io {
+        match n {
+            n if n >= 0 => Io::Done(n as usize),
+            n if n == NGX_AGAIN as isize => Io::Again,
+            _ => Io::Error,
+        }
+    }
+}
+
 /// What nginx asks of a connection when the worker exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseRequest {
@@ -155,42 +168,37 @@ impl ConnectionRef {
 
     /// Reads into `buf` with the connection's own `recv` (plain or TLS).
     pub(crate) fn recv(&self, buf: &mut [u8]) -> Io {
-        let recv = self
-            .raw()
-            .recv
-            .expect("nginx sets c->recv on every connection");
         // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
-        let n = unsafe { recv(self.as_ptr(), buf.as_mut_ptr(), buf.len()) };
-        match n {
-            0 => Io::Eof,
-            n if n > 0 => Io::Done(n as usize),
-            n if n == NGX_AGAIN as isize => Io::Again,
-            _ => Io::Error,
-        }
+        unsafe { self.recv_raw(buf.as_mut_ptr(), buf.len()) }
     }
 
     /// Reads at most `max` bytes onto the end of `buf` (its length grows by
     /// what came), with the connection's own `recv`.
     pub(crate) fn recv_onto(&self, buf: &mut Vec<u8>, max: usize) -> Io {
+        buf.reserve(max);
+        let spare = &mut buf.spare_capacity_mut()[..max];
+        // SAFETY: `spare` is valid for `max` bytes of writes.
+        let io = unsafe { self.recv_raw(spare.as_mut_ptr().cast(), max) };
+        if let Io::Done(n) = io {
+            let len = buf.len() + n;
+            // SAFETY: recv initialised the `n` bytes after the old length.
+            unsafe { buf.set_len(len) };
+        }
+        io
+    }
+
+    /// # Safety
+    /// `buf` is valid for `len` bytes of writes (it may be uninitialised:
+    /// recv only writes, and says how many bytes it wrote).
+    unsafe fn recv_raw(&self, buf: *mut u8, len: usize) -> Io {
         let recv = self
             .raw()
             .recv
             .expect("nginx sets c->recv on every connection");
-        buf.reserve(max);
-        let spare = &mut buf.spare_capacity_mut()[..max];
-        // SAFETY: `spare` is valid for `max` bytes of writes; recv only
-        // writes, and says how many bytes it wrote.
-        let n = unsafe { recv(self.as_ptr(), spare.as_mut_ptr().cast(), max) };
-        match n {
+        // SAFETY: the caller's contract.
+        match unsafe { recv(self.as_ptr(), buf, len) } {
             0 => Io::Eof,
-            n if n > 0 => {
-                let len = buf.len() + n as usize;
-                // SAFETY: recv initialised the `n` bytes after the old length.
-                unsafe { buf.set_len(len) };
-                Io::Done(n as usize)
-            }
-            n if n == NGX_AGAIN as isize => Io::Again,
-            _ => Io::Error,
+            n => Io::from_nginx(n),
         }
     }
 
@@ -207,11 +215,7 @@ impl ConnectionRef {
         // SAFETY: `buf` is valid for `buf.len()` bytes of reads; nginx's send
         // functions do not write through the pointer.
         let n = unsafe { send(self.as_ptr(), buf.as_ptr().cast_mut(), buf.len()) };
-        let io = match n {
-            n if n >= 0 => Io::Done(n as usize),
-            n if n == NGX_AGAIN as isize => Io::Again,
-            _ => Io::Error,
-        };
+        let io = Io::from_nginx(n);
         self.note_tls_write(io);
         io
     }
@@ -242,12 +246,7 @@ impl ConnectionRef {
         };
         // SAFETY: a live plain connection; both slices are valid for reads
         // for their lengths during the call, and writev(2) only reads them.
-        let n = unsafe { ngx_writev(self.as_ptr(), &mut vec) };
-        Some(match n {
-            n if n >= 0 => Io::Done(n as usize),
-            n if n == NGX_AGAIN as isize => Io::Again,
-            _ => Io::Error,
-        })
+        Some(Io::from_nginx(unsafe { ngx_writev(self.as_ptr(), &mut vec) }))
     }
 
     /// Prepares a TLS connection for the retry of a write that could not

@@ -795,9 +795,6 @@ impl HandlerSession {
             self.shutting_down = true;
         }
         let woken = self.waker.0.woken.replace(false);
-        if !request.as_deref().is_some_and(RequestRef::output_pending) {
-            self.ws.allow_direct_writes();
-        }
         loop {
             // Set when the step returned `Next::Again`: it runs again once
             // its output is written, and a due 1001 waits for it.
@@ -827,6 +824,8 @@ impl HandlerSession {
                     return self.arm();
                 }
             }
+            // The whole 101 is out.
+            self.ws.allow_direct_writes();
             match self.ws.flush() {
                 // When we started the close the client may still be sending:
                 // linger so that its data does not turn our close into a reset.

@@ -967,7 +967,13 @@ impl WebSocket {
 
     /// A large unmasked frame goes out from `payload` itself once nothing
     /// is queued before it; only what the socket does not take is queued.
-    fn write_or_queue_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {
+    fn write_or_queue_frame(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) {
         // What is queued goes first: if the socket takes it all now, the
         // frame can follow it directly.
         if self.direct_writes
@@ -1511,7 +1517,8 @@ mod tests {
         let mut want = build_frame(true, OpCode::Binary, &big(1), None);
         // (room, frame): taken whole; cut in the header; cut in the
         // payload; nothing taken; behind a queued frame (kept in order).
-        let cases: [(Option<usize>, u8); 4] = [(None, 2), (Some(1), 3), (Some(100), 4), (Some(0), 5)];
+        let cases: [(Option<usize>, u8); 4] =
+            [(None, 2), (Some(1), 3), (Some(100), 4), (Some(0), 5)];
         for (room, byte) in cases {
             ws.fake.borrow_mut().room = room;
             let frame = build_frame(true, OpCode::Binary, &big(byte), None);
