@@ -86,8 +86,15 @@ run: build
 	@echo "demo:   http://127.0.0.1:8080/"
 	@echo "status: http://127.0.0.1:8080/status (websocket_status metrics)"
 	@echo "logs:   $(RUN_DIR)/logs/ (error.log, access.log); Ctrl-C stops nginx"
+	@# Run as root, nginx's workers are nobody, who cannot enter a checkout in /root or
+	@# in a 0700 directory: then the demo's workers stay root to serve the page.
+	@workers=""; if [ "$$(id -u)" = 0 ] && \
+		! runuser -u nobody -- test -r $(CURDIR)/conf/html/index.html 2>/dev/null; then \
+		echo "note:   user nobody cannot read $(CURDIR)/conf/html; the demo's workers run as root"; \
+		workers="user root;"; fi; \
+	echo "exec $$(cat $(TARGET)/nginx-path) -p $(RUN_DIR)/ -c $(CURDIR)/conf/nginx.conf"; \
 	exec $$(cat $(TARGET)/nginx-path) -p $(RUN_DIR)/ -e $(RUN_DIR)/logs/error.log \
-		-c $(CURDIR)/conf/nginx.conf -g 'daemon off;'
+		-c $(CURDIR)/conf/nginx.conf -g "daemon off; $$workers"
 
 # Installs the system packages the build and the tests need, when missing.
 deps:

@@ -20,6 +20,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use File::Copy ();
 use POSIX ();
 use Time::HiRes qw(sleep time);
 use WsNginx;
@@ -43,7 +44,9 @@ my $node_modules = "$root/browser/node_modules";
 
 # --- the configuration: the http{} body of conf/nginx.conf ---------------------------
 # Its fixed ports become free ones (%%PORT_0%% for the first one named, ...),
-# `root html` the repository's conf/html; the harness sets the logs and temp paths.
+# `root html` a copy of the repository's conf/html in the test directory (the
+# workers may run as nobody, who need not be able to enter the checkout: a clone
+# in /root or in a `mktemp -d` directory); the harness sets the logs and temp paths.
 sub conf_from_repo {
     my $file = "$root/conf/nginx.conf";
     open my $fh, '<', $file or die "cannot read $file: $!";
@@ -65,12 +68,22 @@ sub conf_from_repo {
         $port{$1} = $n++ unless exists $port{$1};
         "127.0.0.1:%%PORT_$port{$1}%%"
     }ge;
-    $http =~ s{^(\s*root\s+)html\s*;}{$1$root/conf/html;}mg;
+    $http =~ s{^(\s*root\s+)html\s*;}{$1%%TESTDIR%%/html;}mg;
     return $http;
+}
+# Copies the page's files (a flat directory) where the workers can read them.
+sub copy_html {
+    my ($from, $to) = @_;
+    mkdir $to or die "mkdir $to: $!";
+    opendir my $dh, $from or die "cannot list $from: $!";
+    for my $name (grep { -f "$from/$_" } readdir $dh) {
+        File::Copy::copy("$from/$name", "$to/$name") or die "copy $from/$name: $!";
+    }
+    chmod 0755, $to;
 }
 my $conf = conf_from_repo();
 like($conf, qr/listen\s+127\.0\.0\.1:%%PORT_0%%;/, 'conf/nginx.conf: the demo server (port 8080 -> a free port)');
-like($conf, qr{location\s*=\s*/\s*\{\s*root\s+\Q$root\E/conf/html;}, 'conf/nginx.conf: the page from conf/html');
+like($conf, qr{location\s*=\s*/\s*\{\s*root\s+%%TESTDIR%%/html;}, 'conf/nginx.conf: the page from conf/html');
 like($conf, qr{location\s+/echo\s*\{[^\}]*\bwebsocket_echo;}, 'conf/nginx.conf: /echo');
 like($conf, qr{location\s*=\s*/status\s*\{[^\}]*\bwebsocket_status;}, 'conf/nginx.conf: /status for the live panel');
 like($conf, qr{location\s+/proxy\s*\{[^\}]*\bwebsocket_pass\s+ws://127\.0\.0\.1:%%PORT_1%%/echo;},
@@ -87,6 +100,7 @@ log_format browser '\$server_port \$request_uri \$status close=\$websocket_close
                    'z=\$websocket_compressed_in/\$websocket_compressed_out';
 access_log %%TESTDIR%%/browser.log browser;
 EOF_CONF
+copy_html("$root/conf/html", $t->testdir . '/html');
 $t->start;
 my ($port, $backend) = ($t->port(0), $t->port(1));
 my @workers = $t->worker_pids;
